@@ -1,0 +1,21 @@
+import { buildLlamaStyle, legacyRotary } from './llama-style.js';
+import type { ArchitectureSpec } from './spec.js';
+
+/** Llama 1/2/3 (and LLaMA-derived fine-tunes): `attention_bias` covers q/k/v and o. */
+export const llama: ArchitectureSpec = {
+  family: 'llama',
+  architectures: ['LlamaForCausalLM', 'LLaMAForCausalLM'],
+  modelTypes: ['llama'],
+  build(cfg, dtype) {
+    const bias = cfg.bool('attention_bias', false);
+    return buildLlamaStyle(cfg, dtype, {
+      prefix: 'Llama',
+      qkvBias: bias,
+      oBias: bias,
+      qkNorm: false,
+      mlpBias: cfg.bool('mlp_bias', false),
+      tieDefault: false,
+    });
+  },
+  legacyTensor: legacyRotary('Llama'),
+};

@@ -1,0 +1,128 @@
+import { InputError } from '../util/errors.js';
+import { lookupDType } from './dtypes.js';
+
+/**
+ * Typed access to a Hugging Face config.json, with the key aliases the families use
+ * (`num_hidden_layers`/`n_layer`/`num_layers`, ...). Errors name the file and every key tried.
+ */
+export class ConfigReader {
+  constructor(
+    readonly raw: Record<string, unknown>,
+    /** Where the config came from, for error messages. */
+    readonly file: string,
+  ) {}
+
+  has(...keys: string[]): boolean {
+    return keys.some((k) => this.raw[k] !== undefined && this.raw[k] !== null);
+  }
+
+  private find(keys: readonly string[]): [string, unknown] | undefined {
+    for (const k of keys) {
+      const v = this.raw[k];
+      if (v !== undefined && v !== null) return [k, v];
+    }
+    return undefined;
+  }
+
+  private missing(keys: readonly string[], what: string): InputError {
+    const tried = keys.length > 1 ? ` (tried ${keys.join(', ')})` : '';
+    return new InputError(this.file, `missing ${what}: ${keys[0]}${tried}`, 'BAD_CONFIG');
+  }
+
+  /** A required positive integer. */
+  int(keys: string | readonly string[], what?: string): number {
+    const list = typeof keys === 'string' ? [keys] : keys;
+    const found = this.find(list);
+    if (!found) throw this.missing(list, what ?? list[0]!);
+    return this.checkInt(found[0], found[1]);
+  }
+
+  optInt(keys: string | readonly string[], fallback: number): number;
+  optInt(keys: string | readonly string[]): number | undefined;
+  optInt(keys: string | readonly string[], fallback?: number): number | undefined {
+    const list = typeof keys === 'string' ? [keys] : keys;
+    const found = this.find(list);
+    return found ? this.checkInt(found[0], found[1]) : fallback;
+  }
+
+  private checkInt(key: string, v: unknown): number {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
+      throw new InputError(this.file, `${key} must be a non-negative integer, got ${JSON.stringify(v)}`, 'BAD_CONFIG');
+    }
+    return v;
+  }
+
+  optNumber(keys: string | readonly string[]): number | undefined {
+    const list = typeof keys === 'string' ? [keys] : keys;
+    const found = this.find(list);
+    if (!found) return undefined;
+    if (typeof found[1] !== 'number' || !Number.isFinite(found[1])) {
+      throw new InputError(this.file, `${found[0]} must be a number, got ${JSON.stringify(found[1])}`, 'BAD_CONFIG');
+    }
+    return found[1];
+  }
+
+  bool(keys: string | readonly string[], fallback: boolean): boolean {
+    const list = typeof keys === 'string' ? [keys] : keys;
+    const found = this.find(list);
+    if (!found) return fallback;
+    if (typeof found[1] !== 'boolean') {
+      throw new InputError(this.file, `${found[0]} must be true or false, got ${JSON.stringify(found[1])}`, 'BAD_CONFIG');
+    }
+    return found[1];
+  }
+
+  optString(keys: string | readonly string[]): string | undefined {
+    const list = typeof keys === 'string' ? [keys] : keys;
+    const found = this.find(list);
+    if (!found) return undefined;
+    if (typeof found[1] !== 'string') {
+      throw new InputError(this.file, `${found[0]} must be a string, got ${JSON.stringify(found[1])}`, 'BAD_CONFIG');
+    }
+    return found[1];
+  }
+
+  /** The sub-config of a composite model (`text_config`) or a quantization block. */
+  optObject(key: string): Record<string, unknown> | undefined {
+    const v = this.raw[key];
+    return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+  }
+
+  /**
+   * The dtype the checkpoint was saved in: `torch_dtype` (or `dtype` in newer re-saves); Qwen v1's
+   * `bf16`/`fp16`/`fp32` flags; undefined for `auto` or when nothing says.
+   */
+  dtype(): string | undefined {
+    const found = this.find(['torch_dtype', 'dtype']);
+    if (found && typeof found[1] === 'string' && found[1] !== 'auto') {
+      const info = lookupDType(found[1]);
+      if (!info) throw new InputError(this.file, `${found[0]} names an unknown dtype ${JSON.stringify(found[1])}`, 'BAD_CONFIG');
+      return info.name;
+    }
+    if (this.raw['bf16'] === true) return 'bfloat16';
+    if (this.raw['fp16'] === true) return 'float16';
+    if (this.raw['fp32'] === true) return 'float32';
+    return undefined;
+  }
+
+  architectures(): string[] {
+    const a = this.raw['architectures'];
+    return Array.isArray(a) ? a.filter((x): x is string => typeof x === 'string') : [];
+  }
+
+  modelType(): string | undefined {
+    const t = this.raw['model_type'];
+    return typeof t === 'string' ? t : undefined;
+  }
+}
+
+/** Common aliases, in the order the families use them. */
+export const KEYS = {
+  layers: ['num_hidden_layers', 'n_layer', 'num_layers'],
+  hidden: ['hidden_size', 'n_embd', 'n_embed', 'd_model'],
+  heads: ['num_attention_heads', 'n_head', 'num_heads'],
+  kvHeads: ['num_key_value_heads', 'multi_query_group_num', 'num_kv_heads', 'n_head_kv'],
+  vocab: ['vocab_size', 'padded_vocab_size', 'n_vocab'],
+  intermediate: ['intermediate_size', 'ffn_hidden_size', 'n_inner'],
+  maxPositions: ['max_position_embeddings', 'n_positions', 'seq_length', 'max_sequence_length'],
+} as const;
