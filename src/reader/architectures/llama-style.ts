@@ -21,6 +21,15 @@ export interface LlamaStyleOptions {
   tieDefault: boolean;
   /** Mixture-of-experts layout; undefined for a dense MLP. */
   moe?: MoeOptions;
+  /** Class of the MLPs' `act_fn` (what `ACT2FN[hidden_act]` builds); `SiLU` when unset. */
+  actClass?: string;
+  /** Gemma2's extra `pre_feedforward_layernorm` and `post_feedforward_layernorm` in every layer. */
+  feedforwardNorms?: boolean;
+  /**
+   * Sliding window for the attention facts; unset reads `sliding_window`, null means none (Qwen2/3 keep
+   * `sliding_window` in the config even when `use_sliding_window` is false).
+   */
+  slidingWindow?: number | null;
 }
 
 export interface MoeOptions {
@@ -61,11 +70,11 @@ export function llamaStyleDims(cfg: ConfigReader): LlamaStyleDims {
   };
 }
 
-function denseMlp(m: ModuleScope, prefix: string, hidden: number, intermediate: number, bias: boolean, cls = `${prefix}MLP`): void {
-  m.child('mlp', cls, (mlp) => mlpBody(mlp, hidden, intermediate, bias, { gate: 'gate_proj', up: 'up_proj', down: 'down_proj' }));
+function denseMlp(m: ModuleScope, prefix: string, hidden: number, intermediate: number, bias: boolean, act: string): void {
+  m.child('mlp', `${prefix}MLP`, (mlp) => mlpBody(mlp, hidden, intermediate, bias, { gate: 'gate_proj', up: 'up_proj', down: 'down_proj' }, act));
 }
 
-function mlpBody(mlp: ModuleScope, hidden: number, intermediate: number, bias: boolean, n: MoeOptions['names']): void {
+function mlpBody(mlp: ModuleScope, hidden: number, intermediate: number, bias: boolean, n: MoeOptions['names'], act: string): void {
   mlp.linear(n.gate, hidden, intermediate, bias);
   // Mixtral registers w1, w2, w3 (gate, down, up); the dense MLPs register gate, up, down.
   if (n.gate === 'w1') {
@@ -75,7 +84,7 @@ function mlpBody(mlp: ModuleScope, hidden: number, intermediate: number, bias: b
     mlp.linear(n.up, hidden, intermediate, bias);
     mlp.linear(n.down, intermediate, hidden, bias);
   }
-  mlp.leaf('act_fn', 'SiLU');
+  mlp.leaf('act_fn', act);
 }
 
 export function buildLlamaStyle(cfg: ConfigReader, dtype: string, o: LlamaStyleOptions): ModelLayout {
@@ -84,6 +93,7 @@ export function buildLlamaStyle(cfg: ConfigReader, dtype: string, o: LlamaStyleO
   const tree = new ModuleTree(dtype);
   const tie = cfg.bool('tie_word_embeddings', o.tieDefault);
   const norm = `${p}RMSNorm`;
+  const act = o.actClass ?? 'SiLU';
   tree.root.child('model', `${p}Model`, (model) => {
     model.embedding('embed_tokens', d.vocab, d.hidden);
     model.list('layers', d.layers, `${p}DecoderLayer`, (layer, i) => {
@@ -102,14 +112,18 @@ export function buildLlamaStyle(cfg: ConfigReader, dtype: string, o: LlamaStyleO
         layer.child(moe.attr, moe.blockClass, (b) => {
           b.linear('gate', d.hidden, moe.numExperts, false);
           b.list('experts', moe.numExperts, moe.expertClass, (e) =>
-            mlpBody(e, d.hidden, moe.expertIntermediate, false, moe.names),
+            mlpBody(e, d.hidden, moe.expertIntermediate, false, moe.names, act),
           );
         });
       } else {
-        denseMlp(layer, p, d.hidden, d.intermediate, o.mlpBias);
+        denseMlp(layer, p, d.hidden, d.intermediate, o.mlpBias, act);
       }
       layer.norm('input_layernorm', norm, d.hidden);
       layer.norm('post_attention_layernorm', norm, d.hidden);
+      if (o.feedforwardNorms) {
+        layer.norm('pre_feedforward_layernorm', norm, d.hidden);
+        layer.norm('post_feedforward_layernorm', norm, d.hidden);
+      }
     });
     model.norm('norm', norm, d.hidden);
     model.child('rotary_emb', `${p}RotaryEmbedding`, (r) => r.buffer('inv_freq', [d.headDim / 2], 'float32', false));
@@ -130,7 +144,7 @@ export function buildLlamaStyle(cfg: ConfigReader, dtype: string, o: LlamaStyleO
       headDim: d.headDim,
       intermediateSize: d.intermediate,
       maxPositionEmbeddings: cfg.optInt(KEYS.maxPositions),
-      slidingWindow: cfg.optInt('sliding_window'),
+      slidingWindow: o.slidingWindow === undefined ? cfg.optInt('sliding_window') : (o.slidingWindow ?? undefined),
       numExperts: o.moe?.numExperts,
       expertsPerToken: o.moe?.expertsPerToken,
     }),

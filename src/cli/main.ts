@@ -1,0 +1,76 @@
+import { Command, Option } from 'commander';
+import { readModel } from '../reader/read-model.js';
+import { summarize } from '../reader/summary.js';
+import { isKnownDType, canonicalDType } from '../reader/dtypes.js';
+import { InputError } from '../util/errors.js';
+import { reportError } from './errors.js';
+import { renderSummary } from './inspect.js';
+import { renderTree } from './tree.js';
+import { ARCHITECTURES } from '../reader/architectures/index.js';
+
+export interface Io {
+  stdout: (s: string) => void;
+  stderr: (s: string) => void;
+}
+
+const defaultIo: Io = {
+  stdout: (s) => process.stdout.write(s),
+  stderr: (s) => process.stderr.write(s),
+};
+
+function families(): string {
+  return ARCHITECTURES.map((a) => `${a.family} (${a.architectures.join(', ')})`).join('\n  ');
+}
+
+function buildProgram(io: Io): Command {
+  const program = new Command('vramfit')
+    .description('Fit large language models onto the GPUs you choose, inside the memory you allow on each one.')
+    .option('--debug', 'print stack traces with errors')
+    .exitOverride()
+    .configureOutput({ writeOut: io.stdout, writeErr: io.stderr })
+    .showHelpAfterError('(run with --help for usage)');
+
+  program
+    .command('inspect')
+    .description('Read a model\'s structure from its headers alone (no weights are read) and print what planning needs.')
+    .argument('<model>', 'model folder, .safetensors, .gguf, config.json, skeleton .json, or a repo id in the local Hugging Face cache')
+    .option('--tree', 'print the module tree with sizes (runs of identical blocks collapsed)')
+    .option('--depth <n>', 'with --tree: deepest level to print', (v) => positiveInt(v, '--depth'))
+    .option('--json', 'print the skeleton as JSON (the input `plan` and parity tests take)')
+    .option('--kv-dtype <dtype>', 'dtype of the KV cache for the per-token figures (default: the model\'s 16-bit dtype)')
+    .addHelpText('after', `\nArchitectures with a spec:\n  ${families()}\nOthers are read from safetensors headers, guessing the repeated blocks from tensor names.`)
+    .action(async (model: string, opts: { tree?: boolean; json?: boolean; kvDtype?: string; depth?: number }) => {
+      if (opts.kvDtype !== undefined && !isKnownDType(opts.kvDtype)) throw new InputError('--kv-dtype', `unknown dtype ${JSON.stringify(opts.kvDtype)}`);
+      const skeleton = await readModel(model);
+      if (opts.json) {
+        io.stdout(`${JSON.stringify(skeleton, null, 1)}\n`);
+        return;
+      }
+      if (opts.tree) {
+        io.stdout(`${renderTree(skeleton, opts.depth)}\n`);
+        return;
+      }
+      const kvDtype = opts.kvDtype === undefined ? undefined : canonicalDType(opts.kvDtype);
+      io.stdout(`${renderSummary(summarize(skeleton, kvDtype ? { kvDtype } : {}))}\n`);
+    });
+
+  return program;
+}
+
+function positiveInt(v: string, flag: string): number {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 1) throw new InputError(flag, `expected a positive integer, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+/** Runs the CLI; returns the exit code instead of exiting so tests can call it in-process. */
+export async function main(argv: string[], io: Io = defaultIo): Promise<number> {
+  const debug = argv.includes('--debug');
+  const program = buildProgram(io);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (e) {
+    return reportError(e, debug, io.stderr);
+  }
+}

@@ -1,0 +1,40 @@
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { InputError } from '../util/errors.js';
+
+const REPO_ID = /^[A-Za-z0-9][\w.-]*\/[A-Za-z0-9][\w.-]*(@[\w./-]+)?$/;
+
+export function looksLikeRepoId(s: string): boolean {
+  return REPO_ID.test(s) && !s.includes('..');
+}
+
+/** The hub cache folder, as huggingface_hub picks it: HF_HUB_CACHE, then HF_HOME/hub, then ~/.cache/huggingface/hub. */
+export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env['HF_HUB_CACHE']) return env['HF_HUB_CACHE'];
+  if (env['HUGGINGFACE_HUB_CACHE']) return env['HUGGINGFACE_HUB_CACHE'];
+  const home = env['HF_HOME'] ?? join(env['XDG_CACHE_HOME'] ?? join(homedir(), '.cache'), 'huggingface');
+  return join(home, 'hub');
+}
+
+/**
+ * Resolves `org/name[@revision]` to its snapshot folder in the local cache: `refs/<revision>` (default
+ * `main`) names the commit, `snapshots/<commit>` holds the files. Nothing is downloaded, ever.
+ */
+export function resolveRepoId(spec: string, env: NodeJS.ProcessEnv = process.env): string {
+  const [repo, revision = 'main'] = spec.split('@') as [string, string?];
+  const cache = hubCacheDir(env);
+  const repoDir = join(cache, `models--${repo.replace('/', '--')}`);
+  const hint = `vramfit never downloads: fetch it first (huggingface-cli download ${repo}) or pass a model directory`;
+  if (!existsSync(repoDir)) {
+    throw new InputError(spec, `not a file or folder, and not in the local Hugging Face cache (looked for ${repoDir}); ${hint}`, 'NOT_FOUND');
+  }
+  let commit = revision;
+  const ref = join(repoDir, 'refs', revision);
+  if (existsSync(ref)) commit = readFileSync(ref, 'utf8').trim();
+  const snapshot = join(repoDir, 'snapshots', commit);
+  if (!existsSync(snapshot) || !statSync(snapshot).isDirectory()) {
+    throw new InputError(spec, `revision ${revision} has no snapshot in the local cache (${snapshot} is missing); ${hint}`, 'NOT_FOUND');
+  }
+  return snapshot;
+}

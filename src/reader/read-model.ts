@@ -1,0 +1,135 @@
+import { existsSync, statSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { InputError } from '../util/errors.js';
+import { buildSkeleton } from './build-skeleton.js';
+import type { ConfigReader } from './config.js';
+import { looksLikeRepoId, resolveRepoId } from './hf-cache.js';
+import { readWeightIndex, shardPath, type WeightIndex } from './index-file.js';
+import { readConfigFile } from './read-config.js';
+import type { StoredTensor } from './reconcile.js';
+import { readSafetensorsHeader } from './formats/safetensors.js';
+import { readSkeletonJson } from './skeleton-json.js';
+import type { Skeleton, SkeletonSource } from './skeleton.js';
+import { readGgufModel } from './gguf-model.js';
+
+export interface ReadModelOptions {
+  env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * Reads any supported MODEL argument into a skeleton, touching headers only:
+ * a model folder, a `.safetensors` / `.gguf` / `config.json` / skeleton JSON file, or a repo id in the local HF cache.
+ */
+export async function readModel(model: string, opts: ReadModelOptions = {}): Promise<Skeleton> {
+  const env = opts.env ?? process.env;
+  let path = resolve(model);
+  if (!existsSync(path)) {
+    if (!looksLikeRepoId(model)) throw new InputError(model, 'no such file or folder', 'NOT_FOUND');
+    path = resolveRepoId(model, env);
+    return readModelFolder(path, model);
+  }
+  if (statSync(path).isDirectory()) return readModelFolder(path, model);
+  const name = basename(path);
+  if (name.endsWith('.safetensors')) return readSingleSafetensors(path, model);
+  if (name.endsWith('.gguf')) return readGgufModel(path, model);
+  if (name.endsWith('.index.json')) return readModelFolder(dirname(path), model);
+  if (name === 'config.json') return fromConfig(readConfigFile(path), { kind: 'config', path: model, shapes: 'synthesized', files: [path], bytesRead: statSync(path).size }, []);
+  if (name.endsWith('.json')) return readSkeletonJson(path);
+  throw new InputError(model, 'not a model: expected a folder, .safetensors, .gguf, config.json or a skeleton .json', 'BAD_INPUT');
+}
+
+async function readModelFolder(dir: string, shown: string): Promise<Skeleton> {
+  const configPath = join(dir, 'config.json');
+  const cfg = existsSync(configPath) ? readConfigFile(configPath) : undefined;
+  const configBytes = cfg ? statSync(configPath).size : 0;
+  const stIndex = join(dir, 'model.safetensors.index.json');
+  const binIndex = join(dir, 'pytorch_model.bin.index.json');
+  const single = join(dir, 'model.safetensors');
+
+  if (existsSync(stIndex)) return fromIndex(dir, shown, readWeightIndex(stIndex), cfg, configBytes, 'safetensors');
+  if (existsSync(single)) {
+    const header = await readSafetensorsHeader(single);
+    const source: SkeletonSource = { kind: 'safetensors', path: shown, shapes: 'headers', files: [single], bytesRead: header.bytesRead + configBytes };
+    return buildSkeleton(cfg, source, storedFromHeader(header.tensors, 'model.safetensors'));
+  }
+  if (existsSync(binIndex)) return fromIndex(dir, shown, readWeightIndex(binIndex), cfg, configBytes, 'bin');
+  if (cfg) {
+    const warnings = existsSync(join(dir, 'pytorch_model.bin'))
+      ? ['pytorch_model.bin is not read yet (pickle reading is a later feature): shapes come from the architecture spec']
+      : [];
+    return fromConfig(cfg, { kind: 'config', path: shown, shapes: 'synthesized', files: [configPath], bytesRead: configBytes }, warnings);
+  }
+  throw new InputError(shown, 'no config.json, model.safetensors or weight index in this folder', 'BAD_INPUT');
+}
+
+async function fromIndex(
+  dir: string,
+  shown: string,
+  index: WeightIndex,
+  cfg: ConfigReader | undefined,
+  configBytes: number,
+  format: 'safetensors' | 'bin',
+): Promise<Skeleton> {
+  const present = index.shards.filter((s) => existsSync(shardPath(dir, s)));
+  const source: SkeletonSource = {
+    kind: format === 'safetensors' ? 'safetensors-index' : 'bin-index',
+    path: shown,
+    shapes: 'synthesized',
+    files: [index.file],
+    bytesRead: index.bytesRead + configBytes,
+  };
+  if (index.totalSize !== undefined) source.indexTotalSize = index.totalSize;
+  if (present.length > 0 && present.length < index.shards.length) {
+    const missing = index.shards.find((s) => !present.includes(s))!;
+    throw new InputError(index.file, `shard ${missing} is listed in weight_map but missing from ${dir} (${index.shards.length - present.length} of ${index.shards.length} missing)`, 'MISSING_SHARD');
+  }
+  if (format === 'safetensors' && present.length === index.shards.length) {
+    const stored: StoredTensor[] = [];
+    for (const shard of index.shards) {
+      const file = shardPath(dir, shard);
+      const header = await readSafetensorsHeader(file);
+      source.bytesRead += header.bytesRead;
+      source.files.push(file);
+      for (const t of header.tensors) {
+        const expected = index.weightMap.get(t.name);
+        if (expected !== shard) {
+          throw new InputError(file, expected === undefined ? `holds ${t.name}, which the index does not list` : `holds ${t.name}, which the index puts in ${expected}`, 'BAD_FORMAT');
+        }
+      }
+      stored.push(...storedFromHeader(header.tensors, shard));
+    }
+    const found = new Set(stored.map((s) => s.name));
+    const lost = [...index.weightMap.keys()].find((n) => !found.has(n));
+    if (lost) throw new InputError(index.file, `${lost} is listed in weight_map but not in ${index.weightMap.get(lost)}`, 'BAD_FORMAT');
+    source.shapes = 'headers';
+    return buildSkeleton(cfg, source, stored);
+  }
+  const warnings =
+    format === 'bin' && present.length > 0
+      ? ['.bin shards are not read yet (pickle reading is a later feature): shapes come from the architecture spec']
+      : [];
+  return buildSkeleton(cfg, source, [...index.weightMap.keys()].map((name) => ({ name })), warnings);
+}
+
+async function readSingleSafetensors(path: string, shown: string): Promise<Skeleton> {
+  const header = await readSafetensorsHeader(path);
+  const configPath = join(dirname(path), 'config.json');
+  const cfg = existsSync(configPath) ? readConfigFile(configPath) : undefined;
+  const source: SkeletonSource = {
+    kind: 'safetensors',
+    path: shown,
+    shapes: 'headers',
+    files: cfg ? [path, configPath] : [path],
+    bytesRead: header.bytesRead + (cfg ? statSync(configPath).size : 0),
+  };
+  return buildSkeleton(cfg, source, storedFromHeader(header.tensors, basename(path)));
+}
+
+function storedFromHeader(tensors: readonly { name: string; dtype: string; shape: number[]; range: [number, number] }[], file: string): StoredTensor[] {
+  return tensors.map((t) => ({ name: t.name, shape: t.shape, dtype: t.dtype, location: { file, range: t.range } }));
+}
+
+function fromConfig(cfg: ConfigReader, source: SkeletonSource, warnings: string[]): Skeleton {
+  return buildSkeleton(cfg, source, undefined, warnings);
+}
+

@@ -1,0 +1,200 @@
+import { tensorBytes } from './dtypes.js';
+import type { LegacyTensor } from './architectures/spec.js';
+import type { SkeletonModule, SkeletonTensor, TensorLocation } from './skeleton.js';
+
+/** What a checkpoint says about one tensor: always its name, shape and dtype when headers were read. */
+export interface StoredTensor {
+  name: string;
+  shape?: number[];
+  dtype?: string;
+  location?: TensorLocation;
+}
+
+export interface ReconcileInput {
+  modules: SkeletonModule[];
+  tensors: SkeletonTensor[];
+  tied: string[][];
+  stored: StoredTensor[];
+  legacy?: (name: string) => LegacyTensor | undefined;
+  /** `metadata.total_size` of an index, used to tell which dtype legacy buffers were saved in. */
+  indexTotalSize?: number;
+}
+
+export interface ReconcileResult {
+  modules: SkeletonModule[];
+  tensors: SkeletonTensor[];
+  /** Stored tensors the model ties to another (stored twice on disk, loaded once). */
+  storedTiedCopies: string[];
+  /** Stored tensors neither the architecture nor a legacy rule knows. */
+  unexpected: StoredTensor[];
+  /** Params and persistent buffers the model needs that the checkpoint lacks. */
+  missing: string[];
+  /** Synthesized tensors whose stored shape or dtype differs. */
+  mismatched: { name: string; synthesized: string; stored: string }[];
+  warnings: string[];
+}
+
+/**
+ * Merges an architecture's synthesized layout with what the checkpoint really stores: stored shapes,
+ * dtypes and byte ranges win; tensors older code saved become persistent buffers; tied copies are noted.
+ */
+export function reconcile(input: ReconcileInput): ReconcileResult {
+  const modules = input.modules.map((m) => ({ ...m }));
+  const tensors = input.tensors.map((t) => ({ ...t, shape: [...t.shape] }));
+  const byName = new Map(tensors.map((t) => [t.name, t]));
+  const aliasOf = tiedAliases(input.tied);
+  const storedNames = new Set(input.stored.map((s) => s.name));
+  const result: ReconcileResult = {
+    modules,
+    tensors,
+    storedTiedCopies: [],
+    unexpected: [],
+    missing: [],
+    mismatched: [],
+    warnings: [],
+  };
+  const legacyAdded: { tensor: SkeletonTensor; candidates: string[] }[] = [];
+
+  for (const s of input.stored) {
+    const t = byName.get(s.name);
+    if (t) {
+      if (aliasOf.has(s.name) && storedNames.has(aliasOf.get(s.name)!)) result.storedTiedCopies.push(s.name);
+      applyStored(t, s, result);
+      continue;
+    }
+    const legacy = input.legacy?.(s.name);
+    if (legacy) {
+      const tensor: SkeletonTensor = {
+        name: s.name,
+        shape: s.shape ?? legacy.shape,
+        dtype: s.dtype ?? legacy.dtypes[0]!,
+        kind: 'buffer',
+        persistent: true,
+      };
+      if (s.location) tensor.location = s.location;
+      insertTensor(modules, tensors, tensor, legacy.module, legacy.moduleClass);
+      byName.set(tensor.name, tensor);
+      if (!s.dtype) legacyAdded.push({ tensor, candidates: legacy.dtypes });
+      continue;
+    }
+    result.unexpected.push(s);
+  }
+
+  for (const t of tensors) {
+    if (storedNames.has(t.name) || (t.kind === 'buffer' && t.persistent === false)) continue;
+    const owner = aliasOf.get(t.name);
+    if (owner !== undefined && storedNames.has(owner)) continue;
+    if (owner === undefined && tiedOwnerStoredViaAlias(t.name, input.tied, storedNames)) continue;
+    result.missing.push(t.name);
+  }
+
+  if (legacyAdded.length > 0) resolveLegacyDtypes(legacyAdded, tensors, input.tied, result, input.indexTotalSize);
+  if (result.unexpected.length > 0) {
+    const names = result.unexpected.slice(0, 3).map((u) => u.name).join(', ');
+    result.warnings.push(
+      `${result.unexpected.length} stored tensor(s) the architecture does not define (${names}${result.unexpected.length > 3 ? ', …' : ''})`,
+    );
+  }
+  if (result.missing.length > 0) {
+    const names = result.missing.slice(0, 3).join(', ');
+    result.warnings.push(
+      `${result.missing.length} tensor(s) the model needs are not in the checkpoint (${names}${result.missing.length > 3 ? ', …' : ''}); transformers would initialise them randomly`,
+    );
+  }
+  if (result.mismatched.length > 0) {
+    const m = result.mismatched[0]!;
+    result.warnings.push(
+      `${result.mismatched.length} tensor(s) differ from what the config implies (first: ${m.name} is ${m.stored}, config says ${m.synthesized}); sizes use the checkpoint's`,
+    );
+  }
+  return result;
+}
+
+/** Maps every non-owner name of a tie group to its owner (the first name). */
+function tiedAliases(tied: string[][]): Map<string, string> {
+  const map = new Map<string, string>();
+  for (const group of tied) for (const name of group.slice(1)) map.set(name, group[0]!);
+  return map;
+}
+
+/** The owner of a tie group counts as present when only an alias of it was stored. */
+function tiedOwnerStoredViaAlias(name: string, tied: string[][], stored: Set<string>): boolean {
+  const group = tied.find((g) => g[0] === name);
+  return group !== undefined && group.some((n) => stored.has(n));
+}
+
+function describe(shape: readonly number[], dtype: string): string {
+  return `[${shape.join(', ')}] ${dtype}`;
+}
+
+function applyStored(t: SkeletonTensor, s: StoredTensor, result: ReconcileResult): void {
+  const shapeDiffers = s.shape !== undefined && (s.shape.length !== t.shape.length || s.shape.some((v, i) => v !== t.shape[i]));
+  if (shapeDiffers) {
+    result.mismatched.push({ name: t.name, synthesized: describe(t.shape, t.dtype), stored: describe(s.shape!, s.dtype ?? t.dtype) });
+  }
+  if (s.shape) t.shape = [...s.shape];
+  if (s.dtype) t.dtype = s.dtype;
+  if (s.location) t.location = s.location;
+}
+
+/**
+ * An index names legacy buffers but not their dtype: Llama-2-7b-hf saved `inv_freq` in float32,
+ * Llama-2-7b-chat in float16. The candidate whose total equals `metadata.total_size` is the one saved.
+ */
+function resolveLegacyDtypes(
+  added: { tensor: SkeletonTensor; candidates: string[] }[],
+  tensors: SkeletonTensor[],
+  tied: string[][],
+  result: ReconcileResult,
+  indexTotalSize: number | undefined,
+): void {
+  const candidates = added[0]!.candidates;
+  if (indexTotalSize === undefined || candidates.length < 2) return;
+  for (const dtype of candidates) {
+    for (const a of added) a.tensor.dtype = dtype;
+    if (storedBytes(tensors, result.storedTiedCopies, tied) === indexTotalSize) return;
+  }
+  for (const a of added) a.tensor.dtype = candidates[0]!;
+  result.warnings.push(`could not tell the dtype of ${added.length} legacy buffer(s) from the index; assuming ${candidates[0]}`);
+}
+
+/** Bytes a checkpoint stores for this skeleton: persistent tensors, tied groups once, plus stored tied copies. */
+export function storedBytes(tensors: readonly SkeletonTensor[], storedTiedCopies: readonly string[], tied: string[][] = []): number {
+  const aliases = tiedAliases(tied);
+  const copies = new Set(storedTiedCopies);
+  let total = 0;
+  for (const t of tensors) {
+    if (t.kind === 'buffer' && t.persistent === false) continue;
+    if (aliases.has(t.name) && !copies.has(t.name)) continue;
+    total += tensorBytes(t.shape, t.dtype);
+  }
+  return total;
+}
+
+/** Puts a tensor (and its module, if new) after the last entry of its parent, as registration would. */
+function insertTensor(
+  modules: SkeletonModule[],
+  tensors: SkeletonTensor[],
+  tensor: SkeletonTensor,
+  modulePath: string,
+  moduleClass: string,
+): void {
+  if (!modules.some((m) => m.name === modulePath)) {
+    const parent = modulePath.includes('.') ? modulePath.slice(0, modulePath.lastIndexOf('.')) : '';
+    const at = lastIndexUnder(modules.map((m) => m.name), parent);
+    modules.splice(at + 1, 0, { name: modulePath, class: moduleClass });
+  }
+  const parent = modulePath.includes('.') ? modulePath.slice(0, modulePath.lastIndexOf('.')) : '';
+  const at = Math.max(lastIndexUnder(tensors.map((t) => t.name), modulePath), lastIndexUnder(tensors.map((t) => t.name), parent));
+  tensors.splice(at + 1, 0, tensor);
+}
+
+function lastIndexUnder(names: readonly string[], prefix: string): number {
+  if (prefix === '') return names.length - 1;
+  let last = -1;
+  for (let i = 0; i < names.length; i++) {
+    const n = names[i]!;
+    if (n === prefix || n.startsWith(`${prefix}.`)) last = i;
+  }
+  return last;
+}

@@ -1,0 +1,37 @@
+import { tensorBytes } from './dtypes.js';
+import type { Skeleton, SkeletonTensor } from './skeleton.js';
+
+/**
+ * Memory a tensor costs once loaded. A tie group's memory is counted once, on its first member in
+ * registration order (what transformers does); the other names cost nothing.
+ */
+export function tensorMemory(s: Pick<Skeleton, 'tensors' | 'tied'>): Map<string, number> {
+  const aliases = new Set<string>();
+  const order = new Map(s.tensors.map((t, i) => [t.name, i]));
+  for (const group of s.tied) {
+    const sorted = [...group].sort((a, b) => (order.get(a) ?? Infinity) - (order.get(b) ?? Infinity));
+    for (const name of sorted.slice(1)) aliases.add(name);
+  }
+  const out = new Map<string, number>();
+  for (const t of s.tensors) out.set(t.name, aliases.has(t.name) ? 0 : tensorBytes(t.shape, t.dtype));
+  return out;
+}
+
+/** Bytes below every module ('' is the whole model), tied tensors once. */
+export function moduleSizes(s: Pick<Skeleton, 'tensors' | 'tied'>): Map<string, number> {
+  const mem = tensorMemory(s);
+  const sizes = new Map<string, number>([['', 0]]);
+  for (const [name, bytes] of mem) {
+    const parts = name.split('.');
+    sizes.set('', sizes.get('')! + bytes);
+    for (let i = 1; i < parts.length; i++) {
+      const prefix = parts.slice(0, i).join('.');
+      sizes.set(prefix, (sizes.get(prefix) ?? 0) + bytes);
+    }
+  }
+  return sizes;
+}
+
+export function isParam(t: SkeletonTensor): boolean {
+  return t.kind === 'param';
+}
