@@ -1,0 +1,22 @@
+import { buildLlamaStyle } from './llama-style.js';
+import type { ArchitectureSpec } from './spec.js';
+
+/** Mistral 7B and its fine-tunes (Zephyr, ...): Llama's layout without biases, plus a sliding window. */
+export const mistral: ArchitectureSpec = {
+  family: 'mistral',
+  architectures: ['MistralForCausalLM'],
+  modelTypes: ['mistral'],
+  build(cfg, dtype) {
+    // MistralConfig defaults sliding_window to 4096 when the key is absent; an explicit null (v0.3) disables it.
+    const slidingWindow = cfg.raw['sliding_window'] === undefined ? 4096 : (cfg.optInt('sliding_window') ?? null);
+    return buildLlamaStyle(cfg, dtype, {
+      prefix: 'Mistral',
+      qkvBias: false,
+      oBias: false,
+      qkNorm: false,
+      mlpBias: false,
+      tieDefault: false,
+      slidingWindow,
+    });
+  },
+};
