@@ -33,20 +33,42 @@ function chooseDtype(cfg: ConfigReader, spec: ArchitectureSpec, source: Skeleton
   return fallback;
 }
 
-function reconcileWith(cfg: ConfigReader, spec: ArchitectureSpec, dtype: string, stored: StoredTensor[], total: number | undefined) {
+function reconcileWith(cfg: ConfigReader, spec: ArchitectureSpec, dtype: string, storedRaw: StoredTensor[], total: number | undefined) {
   const layout = spec.build(cfg, dtype);
+  const stored = addBasePrefix(storedRaw, layout.tree.tensors.map((t) => t.name));
   const r = reconcile({
     modules: layout.tree.modules,
     tensors: layout.tree.tensors,
     tied: layout.tied,
     stored,
     legacy: spec.legacyTensor ? (n) => spec.legacyTensor!(n, cfg, dtype) : undefined,
+    ignored: spec.ignoredStored ? (n) => spec.ignoredStored!(n, cfg) : undefined,
     indexTotalSize: total,
   });
   return { layout, r, total: storedBytes(r.tensors, r.storedTiedCopies, layout.tied) };
 }
 
+/**
+ * A checkpoint saved from the base model (`BloomModel` rather than `BloomForCausalLM`) lacks the
+ * `transformer.` prefix; transformers adds it on load, and so does the reader.
+ */
+function addBasePrefix(stored: StoredTensor[], names: string[]): StoredTensor[] {
+  if (stored.length === 0) return stored;
+  const known = new Set(names);
+  const hits = stored.filter((s) => known.has(s.name)).length;
+  if (hits > 0) return stored;
+  const bases = [...new Set(names.filter((n) => n.includes('.')).map((n) => n.slice(0, n.indexOf('.'))))];
+  for (const base of bases) {
+    const renamed = stored.map((s) => (known.has(`${base}.${s.name}`) ? { ...s, name: `${base}.${s.name}` } : s));
+    if (renamed.filter((s) => known.has(s.name)).length > stored.length / 2) return renamed;
+  }
+  return stored;
+}
+
 function quantizationOf(cfg: ConfigReader | undefined): QuantizationInfo | undefined {
+  // ChatGLM's own int4/int8 layout, which its spec synthesizes exactly.
+  const chatglmBits = cfg?.optInt('quantization_bit');
+  if (chatglmBits) return { method: 'chatglm', bits: chatglmBits, sizesModelled: true };
   const q = cfg?.optObject('quantization_config') ?? cfg?.optObject('quantization');
   if (!q) return undefined;
   const method = typeof q['quant_method'] === 'string' ? (q['quant_method'] as string) : q['bits'] !== undefined ? 'mlx' : 'unknown';
@@ -69,7 +91,7 @@ export function buildSkeleton(cfg: ConfigReader | undefined, source: SkeletonSou
   const modules = stored ? r.modules : layout.tree.modules;
   const extraWarnings: string[] = [];
   if (stored) {
-    if (quantization) {
+    if (quantization && !quantization.sizesModelled) {
       // A quantized checkpoint stores other tensors (qweight, scales, ...) in place of the float weights.
       quantization.sizesModelled = source.shapes === 'headers';
       if (source.shapes === 'headers') {
@@ -86,7 +108,7 @@ export function buildSkeleton(cfg: ConfigReader | undefined, source: SkeletonSou
       if (source.shapes === 'headers') for (const u of r.unexpected) insertStored(modules, tensors, u);
     }
     if (r.storedTiedCopies.length > 0) source.storedTiedCopies = r.storedTiedCopies;
-  } else if (quantization) {
+  } else if (quantization && !quantization.sizesModelled) {
     extraWarnings.push(`quantized model (${describeQuant(quantization)}): sizes are those of the unquantized model`);
   }
 

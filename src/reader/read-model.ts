@@ -2,6 +2,7 @@ import { existsSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { InputError } from '../util/errors.js';
 import { buildSkeleton } from './build-skeleton.js';
+import { catalogConfig, catalogNames } from './catalog/index.js';
 import type { ConfigReader } from './config.js';
 import { looksLikeRepoId, resolveRepoId } from './hf-cache.js';
 import { readWeightIndex, shardPath, type WeightIndex } from './index-file.js';
@@ -18,13 +19,20 @@ export interface ReadModelOptions {
 
 /**
  * Reads any supported MODEL argument into a skeleton, touching headers only:
- * a model folder, a `.safetensors` / `.gguf` / `config.json` / skeleton JSON file, or a repo id in the local HF cache.
+ * a model folder, a `.safetensors` / `.gguf` / `config.json` / skeleton JSON file, a built-in catalog name
+ * (`llama-2-7b`), or a repo id in the local HF cache.
  */
 export async function readModel(model: string, opts: ReadModelOptions = {}): Promise<Skeleton> {
   const env = opts.env ?? process.env;
   let path = resolve(model);
   if (!existsSync(path)) {
-    if (!looksLikeRepoId(model)) throw new InputError(model, 'no such file or folder', 'NOT_FOUND');
+    const entry = catalogConfig(model);
+    if (entry) {
+      return fromConfig(entry.cfg, { kind: 'config', path: `catalog:${model.toLowerCase()}`, shapes: 'synthesized', files: [], bytesRead: 0 }, []);
+    }
+    if (!looksLikeRepoId(model)) {
+      throw new InputError(model, `no such file or folder, and not a catalog model (vramfit catalog lists ${catalogNames().length}: ${catalogNames().slice(0, 6).join(', ')}, …)`, 'NOT_FOUND');
+    }
     path = resolveRepoId(model, env);
     return readModelFolder(path, model);
   }

@@ -16,6 +16,8 @@ export interface ReconcileInput {
   tied: string[][];
   stored: StoredTensor[];
   legacy?: (name: string) => LegacyTensor | undefined;
+  /** Stored tensors the runtime does not load, with the reason. */
+  ignored?: (name: string) => string | undefined;
   /** `metadata.total_size` of an index, used to tell which dtype legacy buffers were saved in. */
   indexTotalSize?: number;
 }
@@ -25,6 +27,8 @@ export interface ReconcileResult {
   tensors: SkeletonTensor[];
   /** Stored tensors the model ties to another (stored twice on disk, loaded once). */
   storedTiedCopies: string[];
+  /** Stored tensors the runtime skips on load, grouped by reason. */
+  ignored: Map<string, string[]>;
   /** Stored tensors neither the architecture nor a legacy rule knows. */
   unexpected: StoredTensor[];
   /** Params and persistent buffers the model needs that the checkpoint lacks. */
@@ -48,18 +52,25 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
     modules,
     tensors,
     storedTiedCopies: [],
+    ignored: new Map(),
     unexpected: [],
     missing: [],
     mismatched: [],
     warnings: [],
   };
   const legacyAdded: { tensor: SkeletonTensor; candidates: string[] }[] = [];
+  const inserter = new Inserter(modules, tensors);
 
   for (const s of input.stored) {
     const t = byName.get(s.name);
     if (t) {
       if (aliasOf.has(s.name) && storedNames.has(aliasOf.get(s.name)!)) result.storedTiedCopies.push(s.name);
       applyStored(t, s, result);
+      continue;
+    }
+    const skip = input.ignored?.(s.name);
+    if (skip !== undefined) {
+      result.ignored.set(skip, [...(result.ignored.get(skip) ?? []), s.name]);
       continue;
     }
     const legacy = input.legacy?.(s.name);
@@ -72,7 +83,7 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
         persistent: true,
       };
       if (s.location) tensor.location = s.location;
-      insertTensor(modules, tensors, tensor, legacy.module, legacy.moduleClass);
+      inserter.insert(tensor, legacy.module, legacy.moduleClass);
       byName.set(tensor.name, tensor);
       if (!s.dtype) legacyAdded.push({ tensor, candidates: legacy.dtypes });
       continue;
@@ -88,7 +99,11 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
     result.missing.push(t.name);
   }
 
+  inserter.finish();
   if (legacyAdded.length > 0) resolveLegacyDtypes(legacyAdded, tensors, input.tied, result, input.indexTotalSize);
+  for (const [why, names] of result.ignored) {
+    result.warnings.push(`${names.length} stored tensor(s) are not loaded: ${why} (${names[0]}${names.length > 1 ? ', …' : ''})`);
+  }
   if (result.unexpected.length > 0) {
     const names = result.unexpected.slice(0, 3).map((u) => u.name).join(', ');
     result.warnings.push(
@@ -139,7 +154,8 @@ function applyStored(t: SkeletonTensor, s: StoredTensor, result: ReconcileResult
 
 /**
  * An index names legacy buffers but not their dtype: Llama-2-7b-hf saved `inv_freq` in float32,
- * Llama-2-7b-chat in float16. The candidate whose total equals `metadata.total_size` is the one saved.
+ * Llama-2-7b-chat in float16. Each tensor has its own candidates (most likely first); the k-th choice
+ * of every tensor is tried together, and the one whose total equals `metadata.total_size` is the one saved.
  */
 function resolveLegacyDtypes(
   added: { tensor: SkeletonTensor; candidates: string[] }[],
@@ -148,14 +164,17 @@ function resolveLegacyDtypes(
   result: ReconcileResult,
   indexTotalSize: number | undefined,
 ): void {
-  const candidates = added[0]!.candidates;
-  if (indexTotalSize === undefined || candidates.length < 2) return;
-  for (const dtype of candidates) {
-    for (const a of added) a.tensor.dtype = dtype;
+  const rounds = Math.max(...added.map((a) => a.candidates.length));
+  if (indexTotalSize === undefined || rounds < 2) return;
+  const choose = (k: number): void => {
+    for (const a of added) a.tensor.dtype = a.candidates[Math.min(k, a.candidates.length - 1)]!;
+  };
+  for (let k = 0; k < rounds; k++) {
+    choose(k);
     if (storedBytes(tensors, result.storedTiedCopies, tied) === indexTotalSize) return;
   }
-  for (const a of added) a.tensor.dtype = candidates[0]!;
-  result.warnings.push(`could not tell the dtype of ${added.length} legacy buffer(s) from the index; assuming ${candidates[0]}`);
+  choose(0);
+  result.warnings.push(`could not tell the dtype of ${added.length} legacy buffer(s) from the index; assuming ${added[0]!.candidates[0]}`);
 }
 
 /** Bytes a checkpoint stores for this skeleton: persistent tensors, tied groups once, plus stored tied copies. */
@@ -171,30 +190,75 @@ export function storedBytes(tensors: readonly SkeletonTensor[], storedTiedCopies
   return total;
 }
 
-/** Puts a tensor (and its module, if new) after the last entry of its parent, as registration would. */
-function insertTensor(
-  modules: SkeletonModule[],
-  tensors: SkeletonTensor[],
-  tensor: SkeletonTensor,
-  modulePath: string,
-  moduleClass: string,
-): void {
-  if (!modules.some((m) => m.name === modulePath)) {
-    const parent = modulePath.includes('.') ? modulePath.slice(0, modulePath.lastIndexOf('.')) : '';
-    const at = lastIndexUnder(modules.map((m) => m.name), parent);
-    modules.splice(at + 1, 0, { name: modulePath, class: moduleClass });
+/**
+ * Adds tensors (and their modules, with any missing parents) right after the last entry of their
+ * parent, as registration would have put them. Insertions are collected and spliced in once, so a
+ * checkpoint with thousands of legacy tensors costs one pass, not one pass per tensor.
+ */
+class Inserter {
+  private readonly newModules = new Map<number, SkeletonModule[]>();
+  private readonly newTensors = new Map<number, SkeletonTensor[]>();
+  private readonly moduleIndex: Map<string, number>;
+  private readonly lastModuleUnder = new Map<string, number>();
+  private readonly lastTensorUnder = new Map<string, number>();
+
+  constructor(
+    private readonly modules: SkeletonModule[],
+    private readonly tensors: SkeletonTensor[],
+  ) {
+    this.moduleIndex = new Map(modules.map((m, i) => [m.name, i]));
+    modules.forEach((m, i) => forEachPrefix(m.name, (p) => this.lastModuleUnder.set(p, i)));
+    tensors.forEach((t, i) => forEachPrefix(t.name, (p) => this.lastTensorUnder.set(p, i)));
   }
-  const parent = modulePath.includes('.') ? modulePath.slice(0, modulePath.lastIndexOf('.')) : '';
-  const at = Math.max(lastIndexUnder(tensors.map((t) => t.name), modulePath), lastIndexUnder(tensors.map((t) => t.name), parent));
-  tensors.splice(at + 1, 0, tensor);
+
+  insert(tensor: SkeletonTensor, modulePath: string, moduleClass: string): void {
+    this.ensureModule(modulePath, moduleClass);
+    const at = this.lastTensorUnder.get(modulePath) ?? this.lastTensorUnder.get(parentOf(modulePath)) ?? this.tensors.length - 1;
+    push(this.newTensors, at, tensor);
+  }
+
+  private ensureModule(path: string, cls: string): void {
+    if (path === '' || this.moduleIndex.has(path)) return;
+    const parent = parentOf(path);
+    this.ensureModule(parent, 'Module');
+    const at = this.lastModuleUnder.get(parent) ?? this.moduleIndex.get(parent) ?? this.modules.length - 1;
+    push(this.newModules, at, { name: path, class: cls });
+    // Children of a new module go into the same batch, after it.
+    this.moduleIndex.set(path, at);
+    this.lastModuleUnder.set(path, at);
+  }
+
+  finish(): void {
+    splice(this.modules, this.newModules);
+    splice(this.tensors, this.newTensors);
+  }
 }
 
-function lastIndexUnder(names: readonly string[], prefix: string): number {
-  if (prefix === '') return names.length - 1;
-  let last = -1;
-  for (let i = 0; i < names.length; i++) {
-    const n = names[i]!;
-    if (n === prefix || n.startsWith(`${prefix}.`)) last = i;
-  }
-  return last;
+function parentOf(path: string): string {
+  const cut = path.lastIndexOf('.');
+  return cut < 0 ? '' : path.slice(0, cut);
+}
+
+function forEachPrefix(name: string, f: (prefix: string) => void): void {
+  f('');
+  for (let i = name.indexOf('.'); i >= 0; i = name.indexOf('.', i + 1)) f(name.slice(0, i));
+  f(name);
+}
+
+function push<T>(map: Map<number, T[]>, at: number, item: T): void {
+  const list = map.get(at);
+  if (list) list.push(item);
+  else map.set(at, [item]);
+}
+
+/** Rebuilds `list` with each batch of new items placed after the index it was keyed by. */
+function splice<T>(list: T[], additions: Map<number, T[]>): void {
+  if (additions.size === 0) return;
+  const out: T[] = [...(additions.get(-1) ?? [])];
+  list.forEach((item, i) => {
+    out.push(item);
+    const more = additions.get(i);
+    if (more) out.push(...more);
+  });
+  list.splice(0, list.length, ...out);
 }

@@ -141,72 +141,19 @@ function build(cfg: ConfigReader, dtype: string): ModelLayout {
   };
 }
 
-const MTP_LAYER = /^model\.layers\.(\d+)\.(.+)$/;
-
-/** Tensors of the multi-token-prediction layer besides its decoder layer, with the class their module would have. */
-function mtpExtras(d: DeepseekDims): Map<string, { cls: string; shape: number[] }> {
-  return new Map([
-    ['embed_tokens.weight', { cls: 'Embedding', shape: [d.vocab, d.hidden] }],
-    ['enorm.weight', { cls: 'DeepseekV3RMSNorm', shape: [d.hidden] }],
-    ['hnorm.weight', { cls: 'DeepseekV3RMSNorm', shape: [d.hidden] }],
-    ['eh_proj.weight', { cls: 'Linear', shape: [d.hidden, 2 * d.hidden] }],
-    ['shared_head.norm.weight', { cls: 'DeepseekV3RMSNorm', shape: [d.hidden] }],
-    ['shared_head.head.weight', { cls: 'Linear', shape: [d.vocab, d.hidden] }],
-  ]);
-}
-
-interface BuiltLayer {
-  tensors: Map<string, { shape: number[] }>;
-  classes: Map<string, string>;
-}
-
-// The reader asks once per stored tensor, and an MTP layer has ~1,800 of them: build each layer once.
-const mtpLayers = new WeakMap<ConfigReader, Map<string, BuiltLayer>>();
-
-function mtpLayer(cfg: ConfigReader, d: DeepseekDims, index: number, dtype: string): BuiltLayer {
-  let byKey = mtpLayers.get(cfg);
-  if (!byKey) mtpLayers.set(cfg, (byKey = new Map()));
-  const key = `${index}:${dtype}`;
-  let built = byKey.get(key);
-  if (!built) {
-    const tree = new ModuleTree(dtype);
-    tree.root.child('model', 'DeepseekV3Model', (model) =>
-      model.child('layers', 'ModuleList', (l) => l.child(String(index), 'DeepseekV3DecoderLayer', (layer) => decoderLayer(layer, index, d, dtype))),
-    );
-    built = {
-      tensors: new Map(tree.tensors.map((t) => [t.name, { shape: t.shape }])),
-      classes: new Map(tree.modules.map((m) => [m.name, m.class])),
-    };
-    byKey.set(key, built);
-  }
-  return built;
-}
+const MTP_LAYER = /^model\.layers\.(\d+)\./;
 
 /**
  * DeepSeek checkpoints store `num_nextn_predict_layers` multi-token-prediction layers after the last
- * decoder layer (`model.layers.61.*` in V3/R1): a full MoE decoder layer plus its own embedding, two
- * norms, `eh_proj` and a shared head. transformers never builds them (DeepseekV3Model ignores
- * `model.layers.61.*` on load), but they are on disk, so they are described here to let the stored
- * total match. FP8 checkpoints' `weight_scale_inv` tensors belong to the quantized layout and are not.
+ * decoder layer (`model.layers.61.*` in V3/R1). transformers never builds them and skips them on load,
+ * so they cost no memory: the reader sets them aside instead of counting them.
  */
-function legacyTensor(name: string, cfg: ConfigReader, dtype: string): LegacyTensor | undefined {
+function ignoredStored(name: string, cfg: ConfigReader): string | undefined {
   const m = MTP_LAYER.exec(name);
   if (!m) return undefined;
   const d = dims(cfg);
   const index = Number(m[1]);
-  if (index < d.layers || index >= d.layers + d.nextN) return undefined;
-  const rest = m[2]!;
-  const prefix = `model.layers.${index}`;
-  const extra = mtpExtras(d).get(rest);
-  if (extra) {
-    return { module: `${prefix}.${rest.slice(0, rest.lastIndexOf('.'))}`, moduleClass: extra.cls, shape: extra.shape, dtypes: [dtype] };
-  }
-  const layer = mtpLayer(cfg, d, index, dtype);
-  const tensor = layer.tensors.get(name);
-  if (!tensor) return undefined;
-  const module = name.slice(0, name.lastIndexOf('.'));
-  const moduleClass = layer.classes.get(module) ?? 'Module';
-  return { module, moduleClass, shape: tensor.shape, dtypes: [dtype] };
+  return index >= d.layers && index < d.layers + d.nextN ? 'multi-token-prediction layer, which transformers does not load' : undefined;
 }
 
 /**
@@ -219,5 +166,5 @@ export const deepseekV3: ArchitectureSpec = {
   architectures: ['DeepseekV3ForCausalLM'],
   modelTypes: ['deepseek_v3'],
   build,
-  legacyTensor,
+  ignoredStored,
 };

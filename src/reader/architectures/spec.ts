@@ -38,6 +38,8 @@ export interface ArchitectureSpec {
   /** Builds the layout; `dtype` is the dtype floating params are synthesized in. */
   build(cfg: ConfigReader, dtype: string): ModelLayout;
   legacyTensor?(name: string, cfg: ConfigReader, dtype: string): LegacyTensor | undefined;
+  /** Stored tensors the runtime skips on load (DeepSeek's MTP layer): returns why, or undefined. */
+  ignoredStored?(name: string, cfg: ConfigReader): string | undefined;
   /** Config values when the config does not name a dtype (`float32`, as PretrainedConfig does). */
   defaultDtype?: string;
 }

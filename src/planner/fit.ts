@@ -1,0 +1,278 @@
+import type { Skeleton } from '../reader/skeleton.js';
+import { InputError } from '../util/errors.js';
+import { blockWorkspace, dominantDtype, headWorkspace, kvBytesPerLayer, loadedBytes, TARGETS } from './memory-model.js';
+import { linearize, type PlacementUnit } from './placement-units.js';
+import { buildPlan, type Placement } from './plan-builder.js';
+import type { Plan, PlanDeviceSpec, Target, Workload } from './plan.js';
+
+/**
+ * vramfit's own strategy. Every cap holds after counting weights, KV cache, compute workspace and
+ * runtime overhead. No-split blocks stay whole, tie groups stay together, stages are contiguous;
+ * accelerators fill first (balanced by utilisation or --gpu-weights), then CPU RAM, then disk.
+ */
+export interface FitInput {
+  skeleton: Skeleton;
+  /** Accelerators in the order stages should follow, then at most one cpu and one disk. */
+  devices: PlanDeviceSpec[];
+  workload: Workload;
+  target: Target;
+  /** Modules that must sit on the first accelerator (ChatGLM's chat code moves inputs there). */
+  pins?: string[];
+}
+
+/** A run of units that must share a device: a chain unit plus the tied or pinned units riding with it. */
+interface Group {
+  units: PlacementUnit[];
+  weights: number;
+  kv: number;
+  hasBlock: boolean;
+  hasHead: boolean;
+  /** Tensor names counted on this device although their memory is owned elsewhere. */
+  duplicates: string[];
+}
+
+export class InfeasiblePlanError extends InputError {
+  constructor(
+    reason: string,
+    readonly shortfalls: { device: string; short: number }[],
+    readonly suggestions: string[],
+  ) {
+    super('plan', `${reason}${suggestions.length ? `; to make it fit: ${suggestions.join('; ')}` : ''}`, 'INFEASIBLE');
+  }
+}
+
+const HOST: PlanDeviceSpec = { id: 'cpu', kind: 'cpu', cap: 0, overhead: 0 };
+
+interface Costs {
+  kvPerBlock: number;
+  blockWs: number;
+  headWs: number;
+}
+
+function costsFor(input: FitInput): Costs {
+  const a = input.skeleton.attention;
+  if (!a) return { kvPerBlock: 0, blockWs: 0, headWs: 0 };
+  const profile = TARGETS[input.target];
+  const dtype = dominantDtype(input.skeleton, input.workload.dtype);
+  return {
+    kvPerBlock: kvBytesPerLayer(a, input.workload) * (a.kvLayers / Math.max(1, input.skeleton.blocks?.count ?? a.kvLayers)),
+    blockWs: blockWorkspace(a, input.workload, profile, dtype),
+    headWs: headWorkspace(a, input.workload, profile, dtype),
+  };
+}
+
+function makeGroups(units: PlacementUnit[], s: Skeleton, pins: readonly string[], attachTies: boolean, c: Costs, dtype: string | undefined): Group[] {
+  const owner = new Map<number, number>();
+  if (attachTies) {
+    for (const g of s.tied) {
+      const members = units.map((u, i) => (u.tensors.some((t) => g.includes(t)) ? i : -1)).filter((i) => i >= 0);
+      for (const i of members.slice(1)) if (!owner.has(i)) owner.set(i, owner.get(members[0]!) ?? members[0]!);
+    }
+  }
+  const pinned = units.map((u, i) => (pins.some((p) => u.name === p || u.name.startsWith(`${p}.`)) ? i : -1)).filter((i) => i >= 0);
+  if (pinned.length > 0) {
+    const anchor = pinned[0]!;
+    for (const i of pinned.slice(1)) owner.set(i, anchor);
+  }
+  const groups: Group[] = [];
+  const groupOf = new Map<number, Group>();
+  units.forEach((u, i) => {
+    const o = owner.get(i);
+    const target = o === undefined ? undefined : groupOf.get(o);
+    const g = target ?? { units: [], weights: 0, kv: 0, hasBlock: false, hasHead: false, duplicates: [] };
+    if (!target) groups.push(g);
+    groupOf.set(i, g);
+    g.units.push(u);
+    g.weights += u.weights;
+    if (u.block !== undefined) {
+      g.kv += c.kvPerBlock;
+      g.hasBlock = true;
+    }
+    if (u.head) g.hasHead = true;
+  });
+  if (!attachTies) chargeTiedDuplicates(groups, s, dtype);
+  return groups;
+}
+
+/** Without attachment a tied tensor is loaded on every device that uses it: charge its bytes there too. */
+function chargeTiedDuplicates(groups: Group[], s: Skeleton, dtype: string | undefined): void {
+  const tensorOf = new Map(s.tensors.map((t) => [t.name, t]));
+  for (const tie of s.tied) {
+    const holders = groups.filter((g) => g.units.some((u) => u.tensors.some((t) => tie.includes(t))));
+    const owner = tensorOf.get(tie[0]!);
+    if (!owner) continue;
+    for (const g of holders.slice(1)) {
+      g.weights += loadedBytes(owner.shape, owner.dtype, dtype);
+      g.duplicates.push(g.units.flatMap((u) => u.tensors).find((t) => tie.includes(t))!);
+    }
+  }
+}
+
+/** Memory a device needs to hold `groups`: their weights and KV, the workspace their roles need, overhead. */
+function deviceNeed(groups: readonly Group[], d: PlanDeviceSpec, c: Costs): { weights: number; kv: number; workspace: number; overhead: number; total: number } {
+  if (groups.length === 0) return { weights: 0, kv: 0, workspace: 0, overhead: 0, total: 0 };
+  const weights = groups.reduce((s, g) => s + g.weights, 0);
+  const kv = groups.reduce((s, g) => s + g.kv, 0);
+  const workspace = (groups.some((g) => g.hasBlock) ? c.blockWs : 0) + (groups.some((g) => g.hasHead) ? c.headWs : 0);
+  const overhead = d.overhead;
+  return { weights, kv, workspace, overhead, total: weights + kv + workspace + overhead };
+}
+
+/**
+ * Fills accelerators in order, each up to min(cap, limit(device)); returns how many groups were placed
+ * and where each accelerator's run ends.
+ */
+function fillAccelerators(groups: Group[], accs: PlanDeviceSpec[], c: Costs, limit: (d: PlanDeviceSpec) => number): { placed: number; ends: number[] } {
+  let next = 0;
+  const ends: number[] = [];
+  for (const d of accs) {
+    const room = Math.min(d.cap, limit(d));
+    let end = next;
+    while (end < groups.length && deviceNeed(groups.slice(next, end + 1), d, c).total <= room) end++;
+    ends.push(end);
+    next = end;
+  }
+  return { placed: next, ends };
+}
+
+export function planFit(input: FitInput): Plan {
+  const warnings: string[] = [];
+  const s = input.skeleton;
+  if (!s.attention) warnings.push('the model has no attention facts (unknown architecture): KV cache and workspace are not budgeted');
+  const c = costsFor(input);
+  const units = linearize(s, input.workload.dtype);
+  let attempt = tryFit(input, units, c, true);
+  if ('failure' in attempt && s.tied.length > 0) {
+    const detached = tryFit(input, units, c, false);
+    if (!('failure' in detached)) {
+      warnings.push('tied weights could not stay on one device; each device that uses them holds a copy (counted on both)');
+      attempt = detached;
+    }
+  }
+  if ('failure' in attempt) throw attempt.failure;
+  return buildPlan({ ...input, placement: attempt.placement, units, warnings: [...warnings, ...attempt.warnings], strategy: 'fit' });
+}
+
+type Attempt = { placement: Placement; warnings: string[] } | { failure: InfeasiblePlanError };
+
+function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: boolean): Attempt {
+  const s = input.skeleton;
+  const groups = makeGroups(units, s, input.pins ?? [], attachTies, c, input.workload.dtype);
+  const accs = input.devices.filter((d) => d.kind === 'gpu' || d.kind === 'virtual');
+  const cpu = input.devices.find((d) => d.kind === 'cpu');
+  const disk = input.devices.find((d) => d.kind === 'disk');
+  const warnings: string[] = [];
+
+  // 1. As many groups as possible on the accelerators, then the most even utilisation that keeps them.
+  const most = fillAccelerators(groups, accs, c, () => Infinity);
+  let ends = most.ends;
+  if (most.placed > 0 && accs.length > 1) {
+    const weight = (d: PlanDeviceSpec): number => d.weight ?? d.cap;
+    let lo = 0;
+    let hi = Math.max(...accs.map((d) => d.cap / weight(d)));
+    for (let i = 0; i < 64 && hi - lo > 1e-9 * hi; i++) {
+      const mid = (lo + hi) / 2;
+      if (fillAccelerators(groups, accs, c, (d) => mid * weight(d)).placed >= most.placed) hi = mid;
+      else lo = mid;
+    }
+    ends = fillAccelerators(groups, accs, c, (d) => hi * weight(d)).ends;
+  }
+  const placed = most.placed;
+
+  // Pinned modules must land on the first accelerator.
+  if (input.pins?.length && accs.length > 0 && (ends[0] ?? 0) === 0) {
+    return { failure: new InfeasiblePlanError(`pinned modules (${input.pins.join(', ')}) do not fit on the first GPU (${accs[0]!.id})`, [{ device: accs[0]!.id, short: groups[0]!.weights }], []) };
+  }
+
+  // 2. The rest on CPU RAM, then disk. Blocks on disk run on the CPU from the mapped file, so CPU RAM
+  //    holds the KV cache and the compute workspace of everything past the accelerators either way.
+  const hostNeed = (end: number): ReturnType<typeof deviceNeed> => {
+    const host = groups.slice(placed);
+    if (host.length === 0) return deviceNeed([], cpu ?? HOST, c);
+    const weights = groups.slice(placed, end).reduce((sum, g) => sum + g.weights, 0);
+    const kv = host.reduce((sum, g) => sum + g.kv, 0);
+    const workspace = (host.some((g) => g.hasBlock) ? c.blockWs : 0) + (host.some((g) => g.hasHead) ? c.headWs : 0);
+    const overhead = cpu?.overhead ?? 0;
+    return { weights, kv, workspace, overhead, total: weights + kv + workspace + overhead };
+  };
+  const cpuCap = cpu?.cap ?? 0;
+  let cpuEnd = placed;
+  if (placed < groups.length) {
+    if (disk) {
+      while (cpuEnd < groups.length && hostNeed(cpuEnd + 1).total <= cpuCap) cpuEnd++;
+    } else if (hostNeed(groups.length).total <= cpuCap) {
+      cpuEnd = groups.length;
+    }
+  }
+  const diskWeights = groups.slice(cpuEnd).reduce((sum, g) => sum + g.weights, 0);
+  const fits = placed === groups.length || (hostNeed(cpuEnd).total <= cpuCap && (cpuEnd === groups.length || (disk !== undefined && diskWeights <= disk.cap)));
+  if (!fits) return { failure: diagnose(input, groups, c, ends, placed, hostNeed(groups.length).total, cpuCap) };
+
+  const assignment: string[] = [];
+  let start = 0;
+  accs.forEach((d, i) => {
+    for (let g = start; g < ends[i]!; g++) assignment[g] = d.id;
+    start = ends[i]!;
+  });
+  for (let g = placed; g < cpuEnd; g++) assignment[g] = 'cpu';
+  for (let g = cpuEnd; g < groups.length; g++) assignment[g] = 'disk';
+  if (placed < groups.length) {
+    const off = groups.slice(placed).reduce((sum, g) => sum + g.weights, 0);
+    warnings.push(`${formatShare(off, groups)} of the weights are offloaded (${cpuEnd - placed} unit(s) to cpu, ${groups.length - cpuEnd} to disk): generation will be slower`);
+  }
+  const unitDevice = new Map<string, string>();
+  const duplicates = new Map<string, string[]>();
+  groups.forEach((g, i) => {
+    for (const u of g.units) unitDevice.set(u.name, assignment[i]!);
+    if (g.duplicates.length) duplicates.set(assignment[i]!, [...(duplicates.get(assignment[i]!) ?? []), ...g.duplicates]);
+  });
+  const perDevice = new Map<string, Group[]>();
+  groups.forEach((g, i) => perDevice.set(assignment[i]!, [...(perDevice.get(assignment[i]!) ?? []), g]));
+  const usage = new Map<string, ReturnType<typeof deviceNeed>>();
+  for (const d of input.devices) {
+    if (d.kind === 'cpu') usage.set(d.id, hostNeed(cpuEnd));
+    else if (d.kind === 'disk') usage.set(d.id, { weights: diskWeights, kv: 0, workspace: 0, overhead: 0, total: diskWeights });
+    else usage.set(d.id, deviceNeed(perDevice.get(d.id) ?? [], d, c));
+  }
+  return { placement: { unitDevice, usage, duplicates }, warnings };
+}
+
+function formatShare(bytes: number, groups: Group[]): string {
+  const total = groups.reduce((s, g) => s + g.weights, 0);
+  return `${((100 * bytes) / Math.max(1, total)).toFixed(1)} %`;
+}
+
+/** Names each short device, by how much, and what would make the model fit. */
+function diagnose(input: FitInput, groups: Group[], c: Costs, ends: number[], placed: number, hostTotal: number, cpuCap: number): InfeasiblePlanError {
+  const left = groups.slice(placed);
+  const leftWeights = left.reduce((s, g) => s + g.weights, 0);
+  const leftKv = left.reduce((s, g) => s + g.kv, 0);
+  const shortfalls: { device: string; short: number }[] = [];
+  const accs = input.devices.filter((d) => d.kind === 'gpu' || d.kind === 'virtual');
+  const next = groups[placed]!;
+  let start = 0;
+  accs.forEach((d, i) => {
+    const need = deviceNeed([...groups.slice(start, ends[i]), next], d, c).total;
+    shortfalls.push({ device: d.id, short: Math.max(0, need - d.cap) });
+    start = ends[i]!;
+  });
+  const cpu = input.devices.find((d) => d.kind === 'cpu');
+  const disk = input.devices.find((d) => d.kind === 'disk');
+  const hostShort = disk ? Math.max(0, hostTotal - leftWeights - cpuCap) : Math.max(0, hostTotal - cpuCap);
+  if (hostShort > 0) shortfalls.push({ device: 'cpu', short: hostShort });
+  const fmt = (n: number): string => `${(n / 2 ** 30).toFixed(2)} GiB`;
+  const parts = shortfalls.filter((s) => s.short > 0).map((s) => `${s.device === 'cpu' ? 'cpu' : `GPU ${s.device}`} is short by ${fmt(s.short)}`);
+  const suggestions: string[] = [];
+  const kvTotal = groups.reduce((s, g) => s + g.kv, 0);
+  if (kvTotal > 0 && input.workload.ctx > 256) suggestions.push(`a shorter context (--ctx; the KV cache is ${fmt(kvTotal)} at ${input.workload.ctx} tokens) or --ctx auto`);
+  if (kvTotal > 0 && ['float32', 'float16', 'bfloat16'].includes(input.workload.kvDtype)) suggestions.push('a smaller KV dtype (--kv-dtype q8_0 halves a 16-bit cache)');
+  if (dominantDtype(input.skeleton, input.workload.dtype) === 'float32') suggestions.push('load the weights in 16 bits (--dtype bfloat16 halves them)');
+  if (!cpu) suggestions.push(`a CPU RAM budget (--max-memory cpu=${Math.ceil((leftWeights + leftKv + c.blockWs + c.headWs) / 2 ** 30)}GiB or more)`);
+  if (!disk) suggestions.push('a disk budget for offloading (--max-memory disk=…)');
+  suggestions.push(`another GPU with at least ${fmt(leftWeights + leftKv + c.blockWs + c.headWs + (accs[0]?.overhead ?? 0))} for this process`);
+  return new InfeasiblePlanError(
+    `the model does not fit: ${fmt(leftWeights)} of weights and ${fmt(leftKv)} of KV cache have no room${parts.length ? ` (${parts.join(', ')})` : ''}`,
+    shortfalls,
+    suggestions,
+  );
+}

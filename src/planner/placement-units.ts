@@ -1,0 +1,100 @@
+import type { Skeleton } from '../reader/skeleton.js';
+import { loadedBytes } from './memory-model.js';
+
+/**
+ * The planner's atoms: modules that must not be divided (no-split blocks, leaf modules) and tensors
+ * owned directly by containers, in forward (registration) order.
+ */
+export interface PlacementUnit {
+  name: string;
+  /** Bytes of weights, tied tensors counted on their first unit only. */
+  weights: number;
+  /** Index of the decoder block this unit is, when it is one (it then owns one layer's KV cache). */
+  block?: number;
+  /** Produces the logits (the LM head). */
+  head: boolean;
+  /** Tensor names inside, for tie bookkeeping. */
+  tensors: string[];
+}
+
+export function linearize(s: Skeleton, dtype?: string): PlacementUnit[] {
+  const noSplit = new Set(s.no_split_module_classes);
+  const children = new Map<string, string[]>([['', []]]);
+  const cls = new Map<string, string>();
+  for (const m of s.modules) {
+    const cut = m.name.lastIndexOf('.');
+    const parent = cut < 0 ? '' : m.name.slice(0, cut);
+    if (!children.has(parent)) children.set(parent, []);
+    children.get(parent)!.push(m.name);
+    children.set(m.name, children.get(m.name) ?? []);
+    cls.set(m.name, m.class);
+  }
+  const direct = new Map<string, string[]>();
+  const below = new Map<string, string[]>();
+  for (const t of s.tensors) {
+    const cut = t.name.lastIndexOf('.');
+    const owner = cut < 0 ? '' : t.name.slice(0, cut);
+    if (!direct.has(owner)) direct.set(owner, []);
+    direct.get(owner)!.push(t.name);
+  }
+  const tensorOf = new Map(s.tensors.map((t) => [t.name, t]));
+  const aliases = tiedAliases(s);
+  const bytesOf = (names: string[]): number =>
+    names.reduce((sum, n) => {
+      const t = tensorOf.get(n)!;
+      return aliases.has(n) ? sum : sum + loadedBytes(t.shape, t.dtype, t.kind === 'param' ? dtype : undefined);
+    }, 0);
+  const collect = (m: string): string[] => {
+    const cached = below.get(m);
+    if (cached) return cached;
+    const all = [...(direct.get(m) ?? [])];
+    for (const c of children.get(m) ?? []) all.push(...collect(c));
+    below.set(m, all);
+    return all;
+  };
+
+  const blockIndex = (name: string): number | undefined => {
+    const b = s.blocks;
+    if (!b || !name.startsWith(`${b.prefix}.`)) return undefined;
+    const rest = name.slice(b.prefix.length + 1);
+    return /^\d+$/.test(rest) ? Number(rest) : undefined;
+  };
+  const vocab = s.attention?.vocabSize;
+  const isHead = (tensors: string[]): boolean =>
+    vocab !== undefined &&
+    s.blocks !== undefined &&
+    tensors.some((n) => {
+      const t = tensorOf.get(n)!;
+      return t.shape.length === 2 && t.shape[0] === vocab && !n.includes('embed') && !/\b(wte|word_embeddings|tok_embeddings)\b/.test(n);
+    });
+
+  const units: PlacementUnit[] = [];
+  const pastBlocks = (): boolean => units.some((u) => u.block !== undefined);
+  const visit = (m: string): void => {
+    const kids = children.get(m) ?? [];
+    const atomic = m !== '' && (kids.length === 0 || noSplit.has(cls.get(m) ?? '') || blockIndex(m) !== undefined);
+    if (atomic) {
+      const tensors = collect(m);
+      const unit: PlacementUnit = { name: m, weights: bytesOf(tensors), head: pastBlocks() && isHead(tensors), tensors };
+      const b = blockIndex(m);
+      if (b !== undefined) unit.block = b;
+      units.push(unit);
+      return;
+    }
+    for (const t of direct.get(m) ?? []) units.push({ name: t, weights: bytesOf([t]), head: false, tensors: [t] });
+    for (const c of kids) visit(c);
+  };
+  visit('');
+  return units;
+}
+
+/** Names of tied tensors that share the memory of an earlier name. */
+export function tiedAliases(s: Pick<Skeleton, 'tensors' | 'tied'>): Set<string> {
+  const order = new Map(s.tensors.map((t, i) => [t.name, i]));
+  const out = new Set<string>();
+  for (const g of s.tied) {
+    const sorted = [...g].sort((a, b) => (order.get(a) ?? Infinity) - (order.get(b) ?? Infinity));
+    for (const n of sorted.slice(1)) out.add(n);
+  }
+  return out;
+}

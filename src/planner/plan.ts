@@ -1,0 +1,74 @@
+/** A placement plan: a device for every module, and for every device what it will hold. */
+export const PLAN_FORMAT = 'vramfit-plan';
+export const PLAN_VERSION = 1;
+
+export type DeviceKind = 'gpu' | 'virtual' | 'cpu' | 'disk';
+
+/** A device the planner may use, with the cap the user allows on it. */
+export interface PlanDeviceSpec {
+  /** How plans and device maps name it: logical GPU index ('0', '1', …), 'cpu' or 'disk'. */
+  id: string;
+  kind: DeviceKind;
+  /** Bytes this process may use there; Infinity for an unlimited disk. */
+  cap: number;
+  /** Runtime overhead (CUDA context, library workspaces) charged when the device is used. */
+  overhead: number;
+  name?: string;
+  /** Physical GPU index when it differs from the logical one (CUDA_VISIBLE_DEVICES). */
+  physical?: number;
+  uuid?: string;
+  /** Total memory of the device, for fractions (`set_per_process_memory_fraction`). */
+  totalBytes?: number;
+  /** Relative share for balancing (`--gpu-weights`); defaults to the cap. */
+  weight?: number;
+}
+
+export interface Workload {
+  /** Tokens of context the KV cache must hold, per sequence. */
+  ctx: number;
+  batch: number;
+  /** Tokens computed in one forward pass (micro-batch): sizes activations and logits. */
+  ubatch: number;
+  kvDtype: string;
+  /** dtype floating weights are loaded in; undefined keeps the checkpoint's. */
+  dtype?: string;
+}
+
+export type Target = 'vramfit' | 'transformers' | 'llama.cpp';
+
+export interface DevicePlan {
+  id: string;
+  kind: DeviceKind;
+  name?: string;
+  physical?: number;
+  uuid?: string;
+  totalBytes?: number;
+  cap: number;
+  weights: number;
+  kv: number;
+  workspace: number;
+  overhead: number;
+  /** weights + kv + workspace + overhead. */
+  used: number;
+  /** Modules placed here, in forward order. */
+  modules: string[];
+  /** Human ranges such as "layers 0–9". */
+  ranges: string[];
+  /** Tied tensors counted here although they also live on another device. */
+  tiedDuplicates: string[];
+}
+
+export interface Plan {
+  format: typeof PLAN_FORMAT;
+  version: number;
+  model: { root_class: string; family: string; source: string };
+  target: Target;
+  strategy: string;
+  workload: Workload;
+  devices: DevicePlan[];
+  /** Module → device id, in forward order; compact (a parent key when all its children share a device). */
+  deviceMap: [string, string][];
+  /** Device changes along one forward pass. */
+  handoffs: number;
+  warnings: string[];
+}
