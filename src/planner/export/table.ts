@@ -1,0 +1,53 @@
+import { label } from '../plan-builder.js';
+import type { DevicePlan, Plan } from '../plan.js';
+import { formatBytes } from '../units.js';
+
+const WIDTH = 40;
+const GLYPHS = { weights: '█', kv: '▓', workspace: '▒', overhead: '░', free: '·' } as const;
+
+/** One bar per device: weights / KV / workspace / overhead / free against the cap. */
+function bar(d: DevicePlan): string {
+  if (!Number.isFinite(d.cap) || d.cap <= 0) return '';
+  const cells = (n: number): number => Math.round((WIDTH * n) / d.cap);
+  let out = '';
+  for (const part of ['weights', 'kv', 'workspace', 'overhead'] as const) out += GLYPHS[part].repeat(Math.max(0, cells(d[part])));
+  out = out.slice(0, WIDTH);
+  return `[${out}${GLYPHS.free.repeat(Math.max(0, WIDTH - out.length))}]`;
+}
+
+function row(d: DevicePlan): string[] {
+  const name = `${label(d)}${d.physical !== undefined && String(d.physical) !== d.id ? ` (physical ${d.physical})` : ''}${d.name ? ` ${d.name}` : ''}`;
+  const cap = Number.isFinite(d.cap) ? formatBytes(d.cap) : 'unlimited';
+  const lines = [`${name}`];
+  if (d.kind === 'disk') {
+    lines.push(`  weights ${formatBytes(d.weights)} (used in place from the files)   cap ${cap}`);
+  } else {
+    lines.push(
+      `  ${bar(d)} ${formatBytes(d.used)} of ${cap}` +
+        (Number.isFinite(d.cap) ? `, ${formatBytes(d.cap - d.used)} free` : ''),
+    );
+    lines.push(
+      `  weights ${formatBytes(d.weights)} · KV ${formatBytes(d.kv)} · workspace ${formatBytes(d.workspace)} · overhead ${formatBytes(d.overhead)}`,
+    );
+  }
+  lines.push(`  holds: ${d.ranges.length ? d.ranges.join(', ') : '(nothing)'}`);
+  return lines;
+}
+
+export function renderPlanTable(p: Plan): string {
+  const w = p.workload;
+  const lines = [
+    `plan for ${p.model.root_class} (${p.model.source}) · strategy ${p.strategy} · target ${p.target}`,
+    `workload: ${w.ctx} tokens of context × ${w.batch} sequence(s), micro-batch ${w.ubatch}, KV ${w.kvDtype}${w.dtype ? `, weights as ${w.dtype}` : ''}`,
+    '',
+  ];
+  for (const d of p.devices) lines.push(...row(d), '');
+  const total = (k: 'weights' | 'kv' | 'workspace' | 'overhead'): number => p.devices.reduce((s, d) => s + d[k], 0);
+  const onAcc = p.devices.filter((d) => d.kind === 'gpu' || d.kind === 'virtual').reduce((s, d) => s + d.weights, 0);
+  lines.push(
+    `totals: weights ${formatBytes(total('weights'))} (${formatBytes(onAcc)} on GPUs) · KV ${formatBytes(total('kv'))} · workspace ${formatBytes(total('workspace'))} · overhead ${formatBytes(total('overhead'))} · ${p.handoffs} hand-off(s) per forward pass`,
+  );
+  lines.push(`legend: ${GLYPHS.weights} weights  ${GLYPHS.kv} KV cache  ${GLYPHS.workspace} workspace  ${GLYPHS.overhead} overhead  ${GLYPHS.free} free`);
+  for (const warning of p.warnings) lines.push(`warning: ${warning}`);
+  return lines.join('\n');
+}
