@@ -7,6 +7,7 @@ import { reportError } from './errors.js';
 import { renderSummary } from './inspect.js';
 import { renderTree } from './tree.js';
 import { ARCHITECTURES } from '../reader/architectures/index.js';
+import { addPlanCommand } from './plan-command.js';
 
 export interface Io {
   stdout: (s: string) => void;
@@ -54,6 +55,7 @@ function buildProgram(io: Io): Command {
       io.stdout(`${renderSummary(summarize(skeleton, kvDtype ? { kvDtype } : {}))}\n`);
     });
 
+  addPlanCommand(program, io);
   return program;
 }
 

@@ -71,4 +71,11 @@ export interface Plan {
   /** Device changes along one forward pass. */
   handoffs: number;
   warnings: string[];
+  /** --compat accelerate only: accelerate's own numbers for this plan. */
+  accelerate?: {
+    module_sizes: Record<string, number>;
+    max_memory_used: Record<string, number>;
+    balanced_max_memory?: Record<string, number>;
+    info_logs: string[];
+  };
 }

@@ -1,0 +1,186 @@
+import { Command, Option } from 'commander';
+import { canonicalDType, isKnownDType } from '../reader/dtypes.js';
+import { readModel } from '../reader/read-model.js';
+import type { Skeleton } from '../reader/skeleton.js';
+import { kvDefaultDtype } from '../reader/summary.js';
+import { largestContext } from '../planner/ctx-auto.js';
+import { detectInventory, simulatedInventory, type Inventory } from '../planner/devices/inventory.js';
+import { devicesForPlan } from '../planner/devices-for-plan.js';
+import { renderAccelerate } from '../planner/export/accelerate.js';
+import { renderPlanJson } from '../planner/export/json.js';
+import { renderLlamaCpp } from '../planner/export/llamacpp.js';
+import { renderPython } from '../planner/export/python.js';
+import { renderPlanTable } from '../planner/export/table.js';
+import { planFit } from '../planner/fit.js';
+import { pinsFor } from '../planner/pins.js';
+import type { Plan, Target } from '../planner/plan.js';
+import { InputError } from '../util/errors.js';
+import { planAccelerateCompat, type CompatFlags } from './plan-compat.js';
+import type { Io } from './main.js';
+
+export const FORMATS = ['table', 'json', 'accelerate', 'python', 'llama.cpp'] as const;
+export type Format = (typeof FORMATS)[number];
+const STRATEGIES = ['fit', 'sequential', 'balanced', 'balanced_low_0', 'auto'] as const;
+const TARGET_NAMES = ['vramfit', 'transformers', 'llama.cpp'] as const;
+
+export interface PlanFlags extends CompatFlags {
+  maxMemory?: string;
+  gpus?: string;
+  gpuMemory?: string;
+  deviceSpec?: string;
+  devices?: string;
+  offloadFolder?: string;
+  strategy: (typeof STRATEGIES)[number];
+  compat?: string;
+  ctx: string;
+  batch: string;
+  ubatch: string;
+  kvDtype?: string;
+  dtype?: string;
+  target?: Target;
+  overhead?: string;
+  gpuWeights?: string;
+  format: Format;
+}
+
+/** Each export implies the runtime that will execute the plan. */
+function targetFor(flags: PlanFlags): Target {
+  const implied: Partial<Record<Format, Target>> = { accelerate: 'transformers', python: 'transformers', 'llama.cpp': 'llama.cpp' };
+  const fromFormat = implied[flags.format];
+  if (flags.target && fromFormat && flags.target !== fromFormat) {
+    throw new InputError('--target', `--format ${flags.format} runs under ${fromFormat}, not ${flags.target}`);
+  }
+  return flags.target ?? fromFormat ?? 'vramfit';
+}
+
+function positive(value: string, flag: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1) throw new InputError(flag, `expected a positive integer, got ${JSON.stringify(value)}`);
+  return n;
+}
+
+function virtualCount(devices: string | undefined): number | undefined {
+  if (devices === undefined) return undefined;
+  const m = /^virtual:(\d+)$/.exec(devices.trim());
+  if (!m || Number(m[1]) < 1 || Number(m[1]) > 64) throw new InputError('--devices', `expected virtual:N with N from 1 to 64, got ${JSON.stringify(devices)}`);
+  return Number(m[1]);
+}
+
+async function inventoryFor(flags: PlanFlags): Promise<Inventory> {
+  const simulated = flags.gpuMemory !== undefined || flags.deviceSpec !== undefined;
+  if (simulated && flags.gpus !== undefined) throw new InputError('--gpus', 'selects real GPUs; it cannot be combined with --gpu-memory or --device-spec');
+  if (simulated && flags.devices !== undefined) throw new InputError('--devices', 'virtual devices cannot be combined with --gpu-memory or --device-spec');
+  if (simulated) {
+    const opts: { deviceSpec?: string; gpuMemory?: string; offloadFolder?: string } = {};
+    if (flags.deviceSpec !== undefined) opts.deviceSpec = flags.deviceSpec;
+    if (flags.gpuMemory !== undefined) opts.gpuMemory = flags.gpuMemory;
+    if (flags.offloadFolder !== undefined) opts.offloadFolder = flags.offloadFolder;
+    return simulatedInventory(opts);
+  }
+  const opts: { gpus?: string; offloadFolder?: string } = {};
+  if (flags.gpus !== undefined) opts.gpus = flags.gpus;
+  if (flags.offloadFolder !== undefined) opts.offloadFolder = flags.offloadFolder;
+  return detectInventory(opts);
+}
+
+function checkDtype(value: string | undefined, flag: string): string | undefined {
+  if (value === undefined) return undefined;
+  if (!isKnownDType(value)) throw new InputError(flag, `unknown dtype ${JSON.stringify(value)}`);
+  return canonicalDType(value);
+}
+
+export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan: Plan; skeleton: Skeleton; notes: string[] }> {
+  if (!(FORMATS as readonly string[]).includes(flags.format)) throw new InputError('--format', `expected one of ${FORMATS.join(', ')}, got ${JSON.stringify(flags.format)}`);
+  if (flags.compat !== undefined && flags.compat !== 'accelerate') throw new InputError('--compat', `the only compat mode is "accelerate", got ${JSON.stringify(flags.compat)}`);
+  const skeleton = await readModel(model);
+  if (flags.compat === 'accelerate') {
+    return { plan: await planAccelerateCompat(skeleton, flags, await inventoryFor(flags)), skeleton, notes: [] };
+  }
+  if (flags.strategy !== 'fit') {
+    throw new InputError('--strategy', `${flags.strategy} reproduces accelerate and needs --compat accelerate; the default strategy is fit`);
+  }
+  const target = targetFor(flags);
+  const inv = await inventoryFor(flags);
+  const virtual = virtualCount(flags.devices);
+  const deviceOpts: Parameters<typeof devicesForPlan>[1] = { target };
+  for (const k of ['maxMemory', 'offloadFolder', 'overhead', 'gpuWeights'] as const) if (flags[k] !== undefined) deviceOpts[k] = flags[k];
+  if (virtual !== undefined) deviceOpts.virtual = virtual;
+  const devices = devicesForPlan(inv, deviceOpts);
+  if (devices.length === 0) throw new InputError('--max-memory', 'names no device the plan could use');
+  const kvDtype = checkDtype(flags.kvDtype, '--kv-dtype') ?? kvDefaultDtype(skeleton);
+  const dtype = checkDtype(flags.dtype, '--dtype');
+  const batch = positive(flags.batch, '--batch');
+  const ubatch = positive(flags.ubatch, '--ubatch');
+  const maxCtx = skeleton.attention?.maxPositionEmbeddings ?? 131072;
+  const pins = pinsFor(skeleton, target);
+  const planAt = (ctx: number): Plan => {
+    const workload = { ctx, batch, ubatch: Math.min(ubatch, ctx), kvDtype, ...(dtype ? { dtype } : {}) };
+    return planFit({ skeleton, devices, workload, target, pins });
+  };
+  const plan = flags.ctx === 'auto' ? largestContext(maxCtx, planAt) : planAt(positive(flags.ctx, '--ctx'));
+  if (flags.ctx !== 'auto' && plan.workload.ctx > maxCtx) plan.warnings.push(`--ctx ${plan.workload.ctx} is longer than the model's ${maxCtx}-token maximum`);
+  if (flags.ctx === 'auto') plan.warnings.unshift(`--ctx auto chose ${plan.workload.ctx} tokens (the longest that keeps the same weights on the GPUs; model maximum ${maxCtx})`);
+  if (pins.length) plan.warnings.push(`pinned to the first GPU for ${target}: ${pins.join(', ')}`);
+  return { plan, skeleton, notes: inv.notes };
+}
+
+export function renderPlan(plan: Plan, skeleton: Skeleton, model: string, format: Format): string {
+  switch (format) {
+    case 'json':
+      return `${renderPlanJson(plan)}\n`;
+    case 'accelerate':
+      return `${renderAccelerate(plan)}\n`;
+    case 'python':
+      return renderPython(plan, model);
+    case 'llama.cpp':
+      return renderLlamaCpp(plan, skeleton, model);
+    default:
+      return `${renderPlanTable(plan)}\n`;
+  }
+}
+
+export function addPlanCommand(program: Command, io: Io): void {
+  program
+    .command('plan')
+    .description('Plan where every block goes (GPUs, then CPU RAM, then disk) under per-device caps, budgeting KV cache, workspace and overhead.')
+    .argument('<model>', 'model folder, .safetensors, .gguf, config.json, skeleton .json, catalog name (llama-2-7b, …) or cached repo id')
+    .option('--max-memory <budgets>', 'per-device caps: 0=5GiB,1=10GB,cpu=30GiB,disk=200GiB; 0=40% (of total); 0=free-2GiB / 0=total-2GiB (leave room); or a JSON dict. GB = 10^9, GiB = 2^30')
+    .option('--gpus <ids>', 'physical GPUs to use, as CUDA_VISIBLE_DEVICES takes them (indices, UUIDs, MIG ids)')
+    .option('--gpu-memory <sizes>', 'simulate GPUs with these totals: 24GiB,24GiB or 2x24GiB')
+    .option('--device-spec <spec>', 'simulate known cards: 4xA100-80GB, 2xRTX-4090,1xA6000')
+    .option('--devices <spec>', 'virtual:N — N independent CPU backends standing in for GPUs (capped like GPUs)')
+    .option('--offload-folder <dir>', 'allow disk offload into this folder (its free space is the disk budget)')
+    .addOption(new Option('--strategy <name>', 'fit (default, ours) or, with --compat accelerate, sequential|balanced|balanced_low_0|auto').choices([...STRATEGIES]).default('fit'))
+    .option('--compat <mode>', 'accelerate: reproduce accelerate\'s infer_auto_device_map exactly (weights only, its quirks included)')
+    .option('--ctx <tokens>', 'context tokens the KV cache must hold, or auto for the longest that fits', '4096')
+    .option('--batch <n>', 'sequences generated together', '1')
+    .option('--ubatch <n>', 'tokens per forward pass during prefill (sizes activations and logits)', '512')
+    .option('--kv-dtype <dtype>', 'KV cache dtype (default: the model\'s 16-bit dtype)')
+    .option('--dtype <dtype>', 'load floating weights in this dtype (float16, bfloat16, float32)')
+    .addOption(new Option('--target <runtime>', 'runtime that will run the plan (its workspace and overhead); implied by --format').choices([...TARGET_NAMES]))
+    .option('--overhead <size>', 'runtime overhead per GPU (CUDA context, …): one size or 0=1GiB,1=512MiB (default depends on --target)')
+    .option('--gpu-weights <w>', 'relative share of each GPU when balancing, e.g. 1,2 (default: balance utilisation)')
+    .addOption(new Option('--format <format>', 'output format').choices([...FORMATS]).default('table'))
+    .option('--no-split <classes>', '[compat] no_split_module_classes, comma-separated')
+    .option('--special-dtypes <list>', '[compat] per-tensor dtypes: NAME=float32,…')
+    .option('--keep-in-fp32 <modules>', '[compat] keep_in_fp32_modules (with --dtype float16)')
+    .option('--fallback-allocation', '[compat] accelerate\'s fallback_allocation')
+    .option('--offload-buffers', '[compat] accelerate\'s offload_buffers')
+    .option('--reserved-unused <bytes>', '[compat] per-GPU reserved-but-unallocated bytes transformers adds: 0=500000000,…')
+    .addHelpText(
+      'after',
+      `
+The fit strategy never exceeds a cap after counting, per device: weights (tied weights once when kept
+together, on both devices otherwise), the KV cache of its layers (--ctx × --batch at --kv-dtype), the
+compute workspace (activations, attention scores, and logits on the device with the head, for --ubatch
+tokens) and the runtime overhead. It keeps no-split blocks whole and stages contiguous, fills GPUs, then
+CPU RAM, then disk, and prefers the most bytes on GPUs, then balanced utilisation, then fewer hand-offs.
+Without --max-memory it uses every visible GPU's free memory and the available RAM; with it, only the
+devices named. A lower-case b (5gb) is refused as ambiguous: accelerate reads it as bits.`,
+    )
+    .action(async (model: string, flags: PlanFlags) => {
+      const { plan, skeleton, notes } = await makePlan(model, flags);
+      io.stdout(renderPlan(plan, skeleton, model, flags.format));
+      if (flags.format === 'table') for (const n of notes) io.stdout(`note: ${n}\n`);
+    });
+}
