@@ -8,6 +8,8 @@ import { renderSummary } from './inspect.js';
 import { renderTree } from './tree.js';
 import { ARCHITECTURES } from '../reader/architectures/index.js';
 import { addPlanCommand } from './plan-command.js';
+import { detectInventory, simulatedInventory } from '../planner/devices/inventory.js';
+import { renderInventory } from '../planner/devices/format.js';
 
 export interface Io {
   stdout: (s: string) => void;
@@ -56,6 +58,27 @@ function buildProgram(io: Io): Command {
     });
 
   addPlanCommand(program, io);
+
+  program
+    .command('devices')
+    .description('List the GPUs (nvidia-smi, respecting CUDA_VISIBLE_DEVICES), CPU RAM and free disk a plan can use.')
+    .option('--gpus <ids>', 'physical GPUs to use, as CUDA_VISIBLE_DEVICES takes them')
+    .option('--gpu-memory <sizes>', 'simulate GPUs with these totals: 24GiB,24GiB')
+    .option('--device-spec <spec>', 'simulate known cards: 4xA100-80GB')
+    .option('--offload-folder <dir>', 'folder whose free space is the disk budget (default: the current folder)')
+    .option('--json', 'print the inventory as JSON')
+    .action(async (opts: { gpus?: string; gpuMemory?: string; deviceSpec?: string; offloadFolder?: string; json?: boolean }) => {
+      const simulated = opts.gpuMemory !== undefined || opts.deviceSpec !== undefined;
+      if (simulated && opts.gpus !== undefined) throw new InputError('--gpus', 'selects real GPUs; it cannot be combined with --gpu-memory or --device-spec');
+      const inv = simulated
+        ? await simulatedInventory({
+            ...(opts.gpuMemory !== undefined ? { gpuMemory: opts.gpuMemory } : {}),
+            ...(opts.deviceSpec !== undefined ? { deviceSpec: opts.deviceSpec } : {}),
+            ...(opts.offloadFolder !== undefined ? { offloadFolder: opts.offloadFolder } : {}),
+          })
+        : await detectInventory({ ...(opts.gpus !== undefined ? { gpus: opts.gpus } : {}), ...(opts.offloadFolder !== undefined ? { offloadFolder: opts.offloadFolder } : {}) });
+      io.stdout(opts.json ? `${JSON.stringify(inv, null, 2)}\n` : `${renderInventory(inv)}\n`);
+    });
   return program;
 }
 
