@@ -71,7 +71,7 @@ export function parseMaxMemory(value: string | Record<string, unknown>, options:
   if (typeof value === 'string') {
     const text = value.trim();
     if (text === '') throw new InputError(WHERE, 'is empty: write e.g. 0=20GiB,cpu=64GiB');
-    if (text.startsWith('{')) {
+    if (text.startsWith('{') || text.startsWith('[')) {
       let parsed: unknown;
       try {
         parsed = JSON.parse(text);
