@@ -48,7 +48,7 @@ describe('readModel: Hugging Face folders', () => {
     const s = await readModel(dir);
     assert.equal(s.source.kind, 'safetensors-index');
     assert.equal(s.source.shapes, 'headers');
-    assert.equal(s.source.files.length, 4);
+    assert.equal(s.source.files.length, 5, "index, config and three shards");
     const layers = s.modules.filter((m) => /^model\.layers\.\d+$/.test(m.name)).map((m) => m.name);
     assert.deepEqual(layers, ['model.layers.0', 'model.layers.1', 'model.layers.2', 'model.layers.3']);
     assert.equal(s.modules[0]!.name, 'model');

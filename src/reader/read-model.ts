@@ -57,7 +57,7 @@ async function readModelFolder(dir: string, shown: string): Promise<Skeleton> {
   if (existsSync(stIndex)) return fromIndex(dir, shown, readWeightIndex(stIndex), cfg, configBytes, 'safetensors');
   if (existsSync(single)) {
     const header = await readSafetensorsHeader(single);
-    const source: SkeletonSource = { kind: 'safetensors', path: shown, shapes: 'headers', files: [single], bytesRead: header.bytesRead + configBytes };
+    const source: SkeletonSource = { kind: 'safetensors', path: shown, shapes: 'headers', files: cfg ? [single, configPath] : [single], bytesRead: header.bytesRead + configBytes };
     return buildSkeleton(cfg, source, storedFromHeader(header.tensors, 'model.safetensors'));
   }
   if (existsSync(binIndex)) return fromIndex(dir, shown, readWeightIndex(binIndex), cfg, configBytes, 'bin');
@@ -83,7 +83,7 @@ async function fromIndex(
     kind: format === 'safetensors' ? 'safetensors-index' : 'bin-index',
     path: shown,
     shapes: 'synthesized',
-    files: [index.file],
+    files: cfg ? [index.file, join(dir, 'config.json')] : [index.file],
     bytesRead: index.bytesRead + configBytes,
   };
   if (index.totalSize !== undefined) source.indexTotalSize = index.totalSize;

@@ -1,0 +1,231 @@
+import { KEYS, type ConfigReader } from '../../reader/config.js';
+import { InputError } from '../../util/errors.js';
+import { ROPE_MODE, type Tensor } from '../ggml/binding.js';
+import type { GraphBuilder } from '../ggml/graph.js';
+
+/**
+ * The Llama family as transformers computes it: Llama 2/3 (rope scaling default, linear, llama3),
+ * Mistral, Qwen2/2.5 (q/k/v bias), Qwen3 (per-head q/k RMSNorm before rope).
+ *
+ * ggml keeps shapes innermost-first: a torch weight [out, in] is ggml [in, out]; the hidden state of
+ * n tokens is [hidden, n]. transformers' rotate_half rotary layout is ggml's NEOX mode on the
+ * checkpoint's own (un-permuted) q/k weights.
+ */
+export interface LlamaHyper {
+  family: string;
+  layers: number;
+  hidden: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  ffn: number;
+  vocab: number;
+  eps: number;
+  ropeTheta: number;
+  /** ggml freq_scale: 1 / linear factor. */
+  freqScale: number;
+  /** llama3 scaling as per-dimension divisors of the rotary frequency (ggml freq_factors). */
+  freqFactors?: Float32Array;
+  maxPositions: number;
+  qkvBias: boolean;
+  oBias: boolean;
+  qkNorm: boolean;
+  tied: boolean;
+}
+
+const FAMILIES: Record<string, { qkvBias: boolean; qkNorm: boolean }> = {
+  llama: { qkvBias: false, qkNorm: false },
+  mistral: { qkvBias: false, qkNorm: false },
+  qwen2: { qkvBias: true, qkNorm: false },
+  qwen3: { qkvBias: false, qkNorm: true },
+};
+
+export function isLlamaFamily(family: string): boolean {
+  return family in FAMILIES;
+}
+
+export function llamaHyper(cfg: ConfigReader, family: string): LlamaHyper {
+  const f = FAMILIES[family];
+  if (!f) throw new InputError(cfg.file, `the engine runs the Llama family (${Object.keys(FAMILIES).join(', ')}), not ${family}`, 'UNSUPPORTED_ARCHITECTURE');
+  const hidden = cfg.int(KEYS.hidden);
+  const heads = cfg.int(KEYS.heads);
+  const headDim = cfg.optInt('head_dim') ?? Math.floor(hidden / heads);
+  const h: LlamaHyper = {
+    family,
+    layers: cfg.int(KEYS.layers),
+    hidden,
+    heads,
+    kvHeads: cfg.optInt('num_key_value_heads', heads),
+    headDim,
+    ffn: cfg.int(KEYS.intermediate),
+    vocab: cfg.int(KEYS.vocab),
+    eps: cfg.optNumber('rms_norm_eps') ?? 1e-6,
+    ropeTheta: cfg.optNumber('rope_theta') ?? 10000,
+    freqScale: 1,
+    maxPositions: cfg.optInt(KEYS.maxPositions) ?? 4096,
+    qkvBias: f.qkvBias || cfg.bool('attention_bias', false),
+    oBias: family === 'llama' && cfg.bool('attention_bias', false),
+    qkNorm: f.qkNorm,
+    tied: cfg.bool('tie_word_embeddings', false),
+  };
+  if (h.heads % h.kvHeads !== 0) throw new InputError(cfg.file, `num_attention_heads ${h.heads} is not a multiple of num_key_value_heads ${h.kvHeads}`, 'BAD_CONFIG');
+  if (h.headDim % 2 !== 0) throw new InputError(cfg.file, `head dim ${h.headDim} must be even for rotary embeddings`, 'BAD_CONFIG');
+  applyRopeScaling(cfg, h);
+  return h;
+}
+
+/** transformers' ROPE_INIT_FUNCTIONS for the scalings Llama checkpoints use. */
+function applyRopeScaling(cfg: ConfigReader, h: LlamaHyper): void {
+  const rs = cfg.optObject('rope_scaling');
+  if (!rs) return;
+  const type = String(rs['rope_type'] ?? rs['type'] ?? 'default');
+  const factor = Number(rs['factor'] ?? 1);
+  if (type === 'default') return;
+  if (!(factor > 0)) throw new InputError(cfg.file, `rope_scaling.factor must be positive, got ${String(rs['factor'])}`, 'BAD_CONFIG');
+  if (type === 'linear') {
+    h.freqScale = 1 / factor;
+    return;
+  }
+  if (type === 'llama3') {
+    const low = Number(rs['low_freq_factor'] ?? 1);
+    const high = Number(rs['high_freq_factor'] ?? 4);
+    const original = Number(rs['original_max_position_embeddings'] ?? 8192);
+    const lowWavelen = original / low;
+    const highWavelen = original / high;
+    const half = h.headDim / 2;
+    const factors = new Float32Array(half);
+    for (let i = 0; i < half; i++) {
+      const invFreq = 1 / h.ropeTheta ** ((2 * i) / h.headDim);
+      const wavelen = (2 * Math.PI) / invFreq;
+      let scaled: number;
+      if (wavelen < highWavelen) scaled = invFreq;
+      else if (wavelen > lowWavelen) scaled = invFreq / factor;
+      else {
+        const smooth = (original / wavelen - low) / (high - low);
+        scaled = (1 - smooth) * (invFreq / factor) + smooth * invFreq;
+      }
+      // ggml divides the angle by the factor: theta_i = p * base^(-2i/d) / freq_factor[i].
+      factors[i] = invFreq / scaled;
+    }
+    h.freqFactors = factors;
+    return;
+  }
+  throw new InputError(cfg.file, `rope_scaling type ${type} is not supported by the engine yet (default, linear, llama3 are)`, 'UNSUPPORTED_ARCHITECTURE');
+}
+
+/** The checkpoint tensors of one layer, with the ggml shape the engine expects (innermost first). */
+export function layerTensors(h: LlamaHyper, i: number): { name: string; ne: number[] }[] {
+  const p = `model.layers.${i}`;
+  const q = h.heads * h.headDim;
+  const kv = h.kvHeads * h.headDim;
+  const out = [
+    { name: `${p}.input_layernorm.weight`, ne: [h.hidden] },
+    { name: `${p}.self_attn.q_proj.weight`, ne: [h.hidden, q] },
+    { name: `${p}.self_attn.k_proj.weight`, ne: [h.hidden, kv] },
+    { name: `${p}.self_attn.v_proj.weight`, ne: [h.hidden, kv] },
+    { name: `${p}.self_attn.o_proj.weight`, ne: [q, h.hidden] },
+    { name: `${p}.post_attention_layernorm.weight`, ne: [h.hidden] },
+    { name: `${p}.mlp.gate_proj.weight`, ne: [h.hidden, h.ffn] },
+    { name: `${p}.mlp.up_proj.weight`, ne: [h.hidden, h.ffn] },
+    { name: `${p}.mlp.down_proj.weight`, ne: [h.ffn, h.hidden] },
+  ];
+  if (h.qkvBias) {
+    out.push({ name: `${p}.self_attn.q_proj.bias`, ne: [q] }, { name: `${p}.self_attn.k_proj.bias`, ne: [kv] }, { name: `${p}.self_attn.v_proj.bias`, ne: [kv] });
+  }
+  if (h.oBias) out.push({ name: `${p}.self_attn.o_proj.bias`, ne: [h.hidden] });
+  if (h.qkNorm) out.push({ name: `${p}.self_attn.q_norm.weight`, ne: [h.headDim] }, { name: `${p}.self_attn.k_norm.weight`, ne: [h.headDim] });
+  return out;
+}
+
+export const EMBED = 'model.embed_tokens.weight';
+export const FINAL_NORM = 'model.norm.weight';
+export const HEAD = 'lm_head.weight';
+
+export function globalTensors(h: LlamaHyper): { embed: { name: string; ne: number[] }; norm: { name: string; ne: number[] }; head?: { name: string; ne: number[] } } {
+  const g: ReturnType<typeof globalTensors> = {
+    embed: { name: EMBED, ne: [h.hidden, h.vocab] },
+    norm: { name: FINAL_NORM, ne: [h.hidden] },
+  };
+  if (!h.tied) g.head = { name: HEAD, ne: [h.hidden, h.vocab] };
+  return g;
+}
+
+/** What one layer's attention reads and writes: its KV cache and where this batch goes in it. */
+export interface LayerCache {
+  k: Tensor;
+  v: Tensor;
+  /** Tokens already in the cache before this batch. */
+  past: number;
+}
+
+export interface StepInputs {
+  /** I32 [n]: absolute positions of the batch's tokens. */
+  positions: Tensor;
+  /** F32 [past + n, n]: 0 where a token may attend, -inf where not (causal). */
+  mask: Tensor;
+  freqFactors: Tensor | null;
+  /** Roots the graph must compute besides its output: the KV cache writes. */
+  writes: Tensor[];
+}
+
+/** Embedding lookup: [n] token ids → [hidden, n]. */
+export function embed(gb: GraphBuilder, table: Tensor, tokens: Tensor): Tensor {
+  return gb.getRows(table, tokens);
+}
+
+/** One decoder layer, as transformers' LlamaDecoderLayer.forward: x [hidden, n] → [hidden, n]. */
+export function decoderLayer(gb: GraphBuilder, h: LlamaHyper, w: (name: string) => Tensor, i: number, x: Tensor, cache: LayerCache, step: StepInputs): Tensor {
+  const p = `model.layers.${i}`;
+  const n = gb.shape(x)[1];
+  const kvDim = h.kvHeads * h.headDim;
+  const linear = (name: string, input: Tensor, bias: boolean): Tensor => {
+    const y = gb.mulMat(w(`${name}.weight`), input);
+    return bias ? gb.add(y, w(`${name}.bias`)) : y;
+  };
+
+  // Attention block.
+  let hs = gb.mul(gb.rmsNorm(x, h.eps), w(`${p}.input_layernorm.weight`));
+  let q = gb.reshape(linear(`${p}.self_attn.q_proj`, hs, h.qkvBias), [h.headDim, h.heads, n]);
+  let k = gb.reshape(linear(`${p}.self_attn.k_proj`, hs, h.qkvBias), [h.headDim, h.kvHeads, n]);
+  const v = linear(`${p}.self_attn.v_proj`, hs, h.qkvBias);
+  if (h.qkNorm) {
+    q = gb.mul(gb.rmsNorm(q, h.eps), w(`${p}.self_attn.q_norm.weight`));
+    k = gb.mul(gb.rmsNorm(k, h.eps), w(`${p}.self_attn.k_norm.weight`));
+  }
+  const rope = { nDims: h.headDim, mode: ROPE_MODE.NEOX, nCtxOrig: h.maxPositions, base: h.ropeTheta, freqScale: h.freqScale };
+  q = gb.rope(q, step.positions, step.freqFactors, rope);
+  k = gb.rope(k, step.positions, step.freqFactors, rope);
+
+  // Write this batch's K and V into the layer's cache (rows past .. past+n).
+  const kRow = gb.g.rowSize(gb.g.type(cache.k), kvDim);
+  const vRow = gb.g.rowSize(gb.g.type(cache.v), kvDim);
+  step.writes.push(gb.cpy(k, gb.view(cache.k, [kvDim, n], [kRow], cache.past * kRow)));
+  step.writes.push(gb.cpy(v, gb.view(cache.v, [kvDim, n], [vRow], cache.past * vRow)));
+
+  // Attend over everything cached so far: K as [headDim, nKv, kvHeads], V as [nKv, headDim, kvHeads].
+  const nKv = cache.past + n;
+  const headBytesK = gb.g.rowSize(gb.g.type(cache.k), h.headDim);
+  const headBytesV = gb.g.rowSize(gb.g.type(cache.v), h.headDim);
+  const keys = gb.permute(gb.view(cache.k, [h.headDim, h.kvHeads, nKv], [headBytesK, kRow], 0), [0, 2, 1, 3]);
+  const values = gb.cont(gb.permute(gb.view(cache.v, [h.headDim, h.kvHeads, nKv], [headBytesV, vRow], 0), [1, 2, 0, 3]));
+  const qh = gb.permute(q, [0, 2, 1, 3]);
+  const scores = gb.softMax(gb.mulMat(keys, qh), step.mask, 1 / Math.sqrt(h.headDim));
+  const attn = gb.permute(gb.mulMat(values, scores), [0, 2, 1, 3]);
+  const merged = gb.reshape(gb.cont(attn), [h.headDim * h.heads, n]);
+  x = gb.add(x, linear(`${p}.self_attn.o_proj`, merged, h.oBias));
+
+  // MLP block: down(silu(gate(x)) * up(x)).
+  hs = gb.mul(gb.rmsNorm(x, h.eps), w(`${p}.post_attention_layernorm.weight`));
+  const gate = gb.silu(gb.mulMat(w(`${p}.mlp.gate_proj.weight`), hs));
+  const up = gb.mulMat(w(`${p}.mlp.up_proj.weight`), hs);
+  return gb.add(x, gb.mulMat(w(`${p}.mlp.down_proj.weight`), gb.mul(gate, up)));
+}
+
+export function finalNorm(gb: GraphBuilder, h: LlamaHyper, w: (name: string) => Tensor, x: Tensor): Tensor {
+  return gb.mul(gb.rmsNorm(x, h.eps), w(FINAL_NORM));
+}
+
+/** Logits [vocab, n]; a tied model multiplies by the embedding matrix. */
+export function lmHead(gb: GraphBuilder, h: LlamaHyper, w: (name: string) => Tensor, x: Tensor): Tensor {
+  return gb.mulMat(w(h.tied ? EMBED : HEAD), x);
+}

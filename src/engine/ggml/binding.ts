@@ -1,0 +1,324 @@
+/**
+ * The one module that knows ggml's C ABI (ggml 0.25.1 as shipped in @node-llama-cpp/<platform>@3.22.1).
+ * Every native declaration, enum value and struct offset lives here; the offsets are checked against
+ * ggml itself at load time. Handles are branded bigints so one kind cannot be passed as another.
+ * Nothing outside src/engine/ggml calls koffi.
+ *
+ * A GGML_ASSERT aborts the whole process, so callers validate shapes and types before any call
+ * (graph.ts does it for ops); the abort callback only gets the message onto stderr first.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import koffi from 'koffi';
+import { VramfitError } from '../../util/errors.js';
+
+declare const brand: unique symbol;
+type Handle<B extends string> = bigint & { readonly [brand]: B };
+export type Ctx = Handle<'ggml_context'>;
+export type Tensor = Handle<'ggml_tensor'>;
+export type Graph = Handle<'ggml_cgraph'>;
+export type Backend = Handle<'ggml_backend'>;
+export type Buffer_ = Handle<'ggml_backend_buffer'>;
+export type BufferType = Handle<'ggml_backend_buffer_type'>;
+export type Device = Handle<'ggml_backend_dev'>;
+export type Reg = Handle<'ggml_backend_reg'>;
+export type Gallocr = Handle<'ggml_gallocr'>;
+export type Ptr = Handle<'void*'>;
+
+/** ggml_type values (ggml.h); re-check when the pinned package changes. */
+export const GGML_TYPE = {
+  F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q5_0: 6, Q5_1: 7, Q8_0: 8, Q8_1: 9, Q2_K: 10, Q3_K: 11, Q4_K: 12, Q5_K: 13,
+  Q6_K: 14, Q8_K: 15, IQ2_XXS: 16, IQ2_XS: 17, IQ3_XXS: 18, IQ1_S: 19, IQ4_NL: 20, IQ3_S: 21, IQ2_S: 22, IQ4_XS: 23,
+  I8: 24, I16: 25, I32: 26, I64: 27, F64: 28, IQ1_M: 29, BF16: 30, TQ1_0: 34, TQ2_0: 35, MXFP4: 39,
+} as const;
+export type GgmlType = (typeof GGML_TYPE)[keyof typeof GGML_TYPE];
+
+export const DEV_TYPE = { CPU: 0, GPU: 1, IGPU: 2, ACCEL: 3, META: 4 } as const;
+export const ROPE_MODE = { NORMAL: 0, NEOX: 2 } as const;
+export const GGML_STATUS_SUCCESS = 0;
+
+/** struct ggml_tensor offsets for LP64 with GGML_MAX_DIMS 4, MAX_OP_PARAMS 64, MAX_SRC 10, MAX_NAME 64. */
+const T_OFF = { type: 0, buffer: 8, ne: 16, nb: 48, data: 248, name: 256 } as const;
+
+export class EngineUnavailableError extends VramfitError {
+  constructor(reason: string) {
+    super('ENGINE_UNAVAILABLE', `the ggml engine is not available: ${reason}`, 2);
+  }
+}
+
+/** Raised when ggml's own check fails (it aborts right after); kept for the message. */
+let lastAbort = '';
+
+const InitParams = koffi.struct('ggml_init_params', { mem_size: 'size_t', mem_buffer: 'void *', no_alloc: 'bool' });
+const LogCallback = koffi.proto('void ggml_log_callback(int level, const char *text, void *user_data)');
+const AbortCallback = koffi.proto('void ggml_abort_callback_t(const char *message)');
+const SetThreads = koffi.proto('void ggml_backend_set_n_threads_t(void *backend, int n_threads)');
+
+const BASE = {
+  ggml_free: 'void ggml_free(void *ctx)',
+  ggml_tensor_overhead: 'size_t ggml_tensor_overhead()',
+  ggml_graph_overhead_custom: 'size_t ggml_graph_overhead_custom(size_t size, bool grads)',
+  ggml_new_tensor_1d: 'void *ggml_new_tensor_1d(void *ctx, int type, int64_t ne0)',
+  ggml_new_tensor_2d: 'void *ggml_new_tensor_2d(void *ctx, int type, int64_t ne0, int64_t ne1)',
+  ggml_new_tensor_3d: 'void *ggml_new_tensor_3d(void *ctx, int type, int64_t ne0, int64_t ne1, int64_t ne2)',
+  ggml_new_tensor_4d: 'void *ggml_new_tensor_4d(void *ctx, int type, int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3)',
+  ggml_set_name: 'void *ggml_set_name(void *t, const char *name)',
+  ggml_get_name: 'const char *ggml_get_name(void *t)',
+  ggml_set_input: 'void ggml_set_input(void *t)',
+  ggml_set_output: 'void ggml_set_output(void *t)',
+  ggml_nbytes: 'size_t ggml_nbytes(void *t)',
+  ggml_type_size: 'size_t ggml_type_size(int type)',
+  ggml_blck_size: 'int64_t ggml_blck_size(int type)',
+  ggml_row_size: 'size_t ggml_row_size(int type, int64_t ne)',
+  ggml_mul_mat: 'void *ggml_mul_mat(void *ctx, void *a, void *b)',
+  ggml_add: 'void *ggml_add(void *ctx, void *a, void *b)',
+  ggml_mul: 'void *ggml_mul(void *ctx, void *a, void *b)',
+  ggml_scale: 'void *ggml_scale(void *ctx, void *a, float s)',
+  ggml_silu: 'void *ggml_silu(void *ctx, void *a)',
+  ggml_gelu: 'void *ggml_gelu(void *ctx, void *a)',
+  ggml_rms_norm: 'void *ggml_rms_norm(void *ctx, void *a, float eps)',
+  ggml_norm: 'void *ggml_norm(void *ctx, void *a, float eps)',
+  ggml_soft_max_ext: 'void *ggml_soft_max_ext(void *ctx, void *a, void *mask, float scale, float max_bias)',
+  ggml_rope_ext:
+    'void *ggml_rope_ext(void *ctx, void *a, void *pos, void *freq_factors, int n_dims, int mode, int n_ctx_orig, float freq_base, float freq_scale, float ext_factor, float attn_factor, float beta_fast, float beta_slow)',
+  ggml_reshape_2d: 'void *ggml_reshape_2d(void *ctx, void *a, int64_t ne0, int64_t ne1)',
+  ggml_reshape_3d: 'void *ggml_reshape_3d(void *ctx, void *a, int64_t ne0, int64_t ne1, int64_t ne2)',
+  ggml_view_1d: 'void *ggml_view_1d(void *ctx, void *a, int64_t ne0, size_t offset)',
+  ggml_view_2d: 'void *ggml_view_2d(void *ctx, void *a, int64_t ne0, int64_t ne1, size_t nb1, size_t offset)',
+  ggml_view_3d: 'void *ggml_view_3d(void *ctx, void *a, int64_t ne0, int64_t ne1, int64_t ne2, size_t nb1, size_t nb2, size_t offset)',
+  ggml_permute: 'void *ggml_permute(void *ctx, void *a, int ax0, int ax1, int ax2, int ax3)',
+  ggml_cont: 'void *ggml_cont(void *ctx, void *a)',
+  ggml_cpy: 'void *ggml_cpy(void *ctx, void *a, void *b)',
+  ggml_get_rows: 'void *ggml_get_rows(void *ctx, void *a, void *b)',
+  ggml_new_graph_custom: 'void *ggml_new_graph_custom(void *ctx, size_t size, bool grads)',
+  ggml_build_forward_expand: 'void ggml_build_forward_expand(void *gf, void *t)',
+  ggml_graph_n_nodes: 'int ggml_graph_n_nodes(void *gf)',
+  ggml_fp16_to_fp32_row: 'void ggml_fp16_to_fp32_row(const void *x, _Out_ void *y, int64_t n)',
+  ggml_bf16_to_fp32_row: 'void ggml_bf16_to_fp32_row(const void *x, _Out_ void *y, int64_t n)',
+  ggml_fp32_to_fp16_row: 'void ggml_fp32_to_fp16_row(const void *x, _Out_ void *y, int64_t n)',
+  ggml_fp32_to_bf16_row: 'void ggml_fp32_to_bf16_row(const void *x, _Out_ void *y, int64_t n)',
+  ggml_log_set: 'void ggml_log_set(void *cb, void *user_data)',
+  ggml_set_abort_callback: 'void *ggml_set_abort_callback(void *cb)',
+  ggml_gallocr_new: 'void *ggml_gallocr_new(void *buft)',
+  ggml_gallocr_free: 'void ggml_gallocr_free(void *galloc)',
+  ggml_gallocr_reserve: 'bool ggml_gallocr_reserve(void *galloc, void *gf)',
+  ggml_gallocr_reserve_n_size: 'void ggml_gallocr_reserve_n_size(void *galloc, void *gf, void *node_ids, void *leaf_ids, _Out_ size_t *sizes)',
+  ggml_gallocr_alloc_graph: 'bool ggml_gallocr_alloc_graph(void *galloc, void *gf)',
+  ggml_gallocr_get_buffer_size: 'size_t ggml_gallocr_get_buffer_size(void *galloc, int buffer_id)',
+  ggml_backend_name: 'const char *ggml_backend_name(void *backend)',
+  ggml_backend_free: 'void ggml_backend_free(void *backend)',
+  ggml_backend_get_default_buffer_type: 'void *ggml_backend_get_default_buffer_type(void *backend)',
+  ggml_backend_synchronize: 'void ggml_backend_synchronize(void *backend)',
+  ggml_backend_graph_compute: 'int ggml_backend_graph_compute(void *backend, void *gf)',
+  ggml_backend_tensor_set: 'void ggml_backend_tensor_set(void *t, const void *data, size_t offset, size_t size)',
+  ggml_backend_tensor_get: 'void ggml_backend_tensor_get(void *t, _Out_ void *data, size_t offset, size_t size)',
+  ggml_backend_tensor_copy: 'void ggml_backend_tensor_copy(void *src, void *dst)',
+  ggml_backend_tensor_alloc: 'int ggml_backend_tensor_alloc(void *buffer, void *t, void *addr)',
+  ggml_backend_buffer_free: 'void ggml_backend_buffer_free(void *buf)',
+  ggml_backend_buffer_get_size: 'size_t ggml_backend_buffer_get_size(void *buf)',
+  ggml_backend_buffer_get_base: 'void *ggml_backend_buffer_get_base(void *buf)',
+  ggml_backend_buffer_clear: 'void ggml_backend_buffer_clear(void *buf, uint8_t value)',
+  ggml_backend_buft_alloc_buffer: 'void *ggml_backend_buft_alloc_buffer(void *buft, size_t size)',
+  ggml_backend_buft_get_alignment: 'size_t ggml_backend_buft_get_alignment(void *buft)',
+  ggml_backend_buft_get_alloc_size: 'size_t ggml_backend_buft_get_alloc_size(void *buft, void *t)',
+  ggml_backend_buft_name: 'const char *ggml_backend_buft_name(void *buft)',
+  ggml_backend_cpu_buffer_from_ptr: 'void *ggml_backend_cpu_buffer_from_ptr(void *ptr, size_t size)',
+  ggml_backend_dev_name: 'const char *ggml_backend_dev_name(void *dev)',
+  ggml_backend_dev_description: 'const char *ggml_backend_dev_description(void *dev)',
+  ggml_backend_dev_type: 'int ggml_backend_dev_type(void *dev)',
+  ggml_backend_dev_memory: 'void ggml_backend_dev_memory(void *dev, _Out_ size_t *free, _Out_ size_t *total)',
+  ggml_backend_dev_init: 'void *ggml_backend_dev_init(void *dev, const char *params)',
+  ggml_backend_dev_buffer_type: 'void *ggml_backend_dev_buffer_type(void *dev)',
+  ggml_backend_dev_backend_reg: 'void *ggml_backend_dev_backend_reg(void *dev)',
+  ggml_backend_reg_get_proc_address: 'void *ggml_backend_reg_get_proc_address(void *reg, const char *name)',
+} as const;
+
+const REGISTRY = {
+  ggml_backend_load: 'void *ggml_backend_load(const char *path)',
+  ggml_backend_load_all_from_path: 'void ggml_backend_load_all_from_path(const char *dir)',
+  ggml_backend_dev_count: 'size_t ggml_backend_dev_count()',
+  ggml_backend_dev_get: 'void *ggml_backend_dev_get(size_t i)',
+} as const;
+
+type Fn = (...args: unknown[]) => unknown;
+
+/** Typed facade over the raw functions; argument order and meaning as in ggml.h. */
+export interface Ggml {
+  readonly binsDir: string;
+  init(memSize: number, noAlloc: boolean): Ctx;
+  free(ctx: Ctx): void;
+  tensorOverhead(): number;
+  graphOverhead(size: number): number;
+  newTensor(ctx: Ctx, type: GgmlType, ne: readonly number[]): Tensor;
+  setName(t: Tensor, name: string): void;
+  getName(t: Tensor): string;
+  setInput(t: Tensor): void;
+  setOutput(t: Tensor): void;
+  nbytes(t: Tensor): number;
+  typeSize(type: GgmlType): number;
+  blockSize(type: GgmlType): number;
+  rowSize(type: GgmlType, ne: number): number;
+  ne(t: Tensor): [number, number, number, number];
+  nb(t: Tensor): [number, number, number, number];
+  type(t: Tensor): GgmlType;
+  raw: Record<keyof typeof BASE | keyof typeof REGISTRY, Fn>;
+  setThreads(backend: Backend, n: number): void;
+  lastAbortMessage(): string;
+}
+
+let loaded: Ggml | undefined;
+
+/** Where the pinned CPU package keeps its libraries (and a GPU package, when installed). */
+function findBinsDir(): string {
+  if (process.platform !== 'linux' || process.arch !== 'x64') {
+    throw new EngineUnavailableError(`no prebuilt ggml for ${process.platform}-${process.arch} is wired up yet (linux-x64 only)`);
+  }
+  const require = createRequire(import.meta.url);
+  let entry: string;
+  try {
+    entry = require.resolve('@node-llama-cpp/linux-x64');
+  } catch {
+    throw new EngineUnavailableError('the package @node-llama-cpp/linux-x64 is not installed (run npm install)');
+  }
+  const dir = join(dirname(entry), '..', 'bins', 'linux-x64');
+  if (!existsSync(join(dir, 'libggml-base.so'))) throw new EngineUnavailableError(`libggml-base.so is missing from ${dir}`);
+  return dir;
+}
+
+/** Loads ggml once per process: libraries, log/abort callbacks, the best CPU variant, and the ABI self-check. */
+export function loadGgml(): Ggml {
+  if (loaded) return loaded;
+  try {
+    // ggml's CPU thread 0 computes on koffi's call stack: raise it before the first library is loaded.
+    koffi.config({ ...koffi.config(), sync_stack_size: 8 << 20, async_stack_size: 8 << 20 });
+  } catch {
+    // Another module loaded a library first; the default stacks still run small graphs.
+  }
+  const binsDir = findBinsDir();
+  const regName = readdirSync(binsDir).find((f) => /^libggml(\.[a-z]+)?\.v[\d.]+\.so$/.test(f));
+  if (!regName) throw new EngineUnavailableError(`no libggml.v*.so in ${binsDir}`);
+  const base = koffi.load(join(binsDir, 'libggml-base.so'));
+  const reg = koffi.load(join(binsDir, regName));
+  const raw = {} as Ggml['raw'];
+  for (const [name, decl] of Object.entries(BASE)) (raw as Record<string, Fn>)[name] = base.func(decl) as Fn;
+  for (const [name, decl] of Object.entries(REGISTRY)) (raw as Record<string, Fn>)[name] = reg.func(decl) as Fn;
+  const ggmlInit = base.func('ggml_init', 'void *', [InitParams]) as Fn;
+
+  // Logging first: backends log while loading. Only warnings and errors reach stderr, and only with
+  // VRAMFIT_GGML_LOG set, so normal runs print nothing of ggml's.
+  const verbose = process.env['VRAMFIT_GGML_LOG'] !== undefined;
+  const log = koffi.register((level: number, text: string) => {
+    if (verbose || level === 4) process.stderr.write(`[ggml] ${text}`);
+  }, koffi.pointer(LogCallback));
+  raw.ggml_log_set(log, null);
+  const abort = koffi.register((message: string) => {
+    lastAbort = message;
+    process.stderr.write(`vramfit: ggml aborted: ${message}\n`);
+  }, koffi.pointer(AbortCallback));
+  raw.ggml_set_abort_callback(abort);
+  raw.ggml_backend_load_all_from_path(binsDir);
+
+  const g: Ggml = {
+    binsDir,
+    raw,
+    init: (memSize, noAlloc) => {
+      const ctx = ggmlInit({ mem_size: memSize, mem_buffer: null, no_alloc: noAlloc }) as Ctx | null;
+      if (!ctx) throw new VramfitError('GGML', `ggml_init failed for a ${memSize}-byte context`, 1);
+      return ctx;
+    },
+    free: (ctx) => void raw.ggml_free(ctx),
+    tensorOverhead: () => raw.ggml_tensor_overhead() as number,
+    graphOverhead: (size) => raw.ggml_graph_overhead_custom(size, false) as number,
+    newTensor: (ctx, type, ne) => {
+      const t =
+        ne.length === 1 ? raw.ggml_new_tensor_1d(ctx, type, ne[0])
+        : ne.length === 2 ? raw.ggml_new_tensor_2d(ctx, type, ne[0], ne[1])
+        : ne.length === 3 ? raw.ggml_new_tensor_3d(ctx, type, ne[0], ne[1], ne[2])
+        : raw.ggml_new_tensor_4d(ctx, type, ne[0], ne[1], ne[2], ne[3]);
+      if (!t) throw new VramfitError('GGML', 'ggml context is out of tensor slots', 1);
+      return t as Tensor;
+    },
+    setName: (t, name) => void raw.ggml_set_name(t, name.slice(0, 63)),
+    getName: (t) => raw.ggml_get_name(t) as string,
+    setInput: (t) => void raw.ggml_set_input(t),
+    setOutput: (t) => void raw.ggml_set_output(t),
+    nbytes: (t) => raw.ggml_nbytes(t) as number,
+    typeSize: (type) => raw.ggml_type_size(type) as number,
+    blockSize: (type) => Number(raw.ggml_blck_size(type)),
+    rowSize: (type, ne) => raw.ggml_row_size(type, ne) as number,
+    ne: (t) => (Array.from(koffi.decode(t, T_OFF.ne, 'int64_t', 4) as ArrayLike<number | bigint>, Number) as [number, number, number, number]),
+    nb: (t) => (Array.from(koffi.decode(t, T_OFF.nb, 'uint64_t', 4) as ArrayLike<number | bigint>, Number) as [number, number, number, number]),
+    type: (t) => koffi.decode(t, T_OFF.type, 'int') as GgmlType,
+    setThreads: () => undefined,
+    lastAbortMessage: () => lastAbort,
+  };
+  checkTensorLayout(g);
+  const cpu = firstCpuDevice(g);
+  if (cpu) {
+    const regHandle = raw.ggml_backend_dev_backend_reg(cpu) as Reg;
+    const fn = raw.ggml_backend_reg_get_proc_address(regHandle, 'ggml_backend_set_n_threads');
+    if (fn) {
+      const setThreads = koffi.decode(fn, SetThreads) as Fn;
+      g.setThreads = (backend, n) => void setThreads(backend, n);
+    }
+  }
+  loaded = g;
+  return g;
+}
+
+/** Fails fast when struct ggml_tensor's layout differs from the offsets this module reads. */
+function checkTensorLayout(g: Ggml): void {
+  const ctx = g.init(g.tensorOverhead() * 2, true);
+  try {
+    const t = g.newTensor(ctx, GGML_TYPE.F32, [7, 5, 3]);
+    g.setName(t, 'abi_probe');
+    const ok =
+      g.type(t) === GGML_TYPE.F32 &&
+      g.ne(t).join() === '7,5,3,1' &&
+      g.nb(t).join() === '4,28,140,420' &&
+      koffi.decode(t, T_OFF.name, 'char', 9) === 'abi_probe' &&
+      g.nbytes(t) === 420;
+    if (!ok) throw new EngineUnavailableError('struct ggml_tensor does not have the layout this vramfit was built for (check the pinned @node-llama-cpp version)');
+  } finally {
+    g.free(ctx);
+  }
+}
+
+export function devices(g: Ggml): { handle: Device; name: string; description: string; type: number }[] {
+  const n = g.raw.ggml_backend_dev_count() as number;
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const handle = g.raw.ggml_backend_dev_get(i) as Device;
+    out.push({
+      handle,
+      name: g.raw.ggml_backend_dev_name(handle) as string,
+      description: g.raw.ggml_backend_dev_description(handle) as string,
+      type: g.raw.ggml_backend_dev_type(handle) as number,
+    });
+  }
+  return out;
+}
+
+function firstCpuDevice(g: Ggml): Device | undefined {
+  return devices(g).find((d) => d.type === DEV_TYPE.CPU)?.handle;
+}
+
+export function cpuDevice(g: Ggml): Device {
+  const d = firstCpuDevice(g);
+  if (!d) throw new EngineUnavailableError('ggml registered no CPU device');
+  return d;
+}
+
+/** Device memory (free, total) as the backend reports it. */
+export function deviceMemory(g: Ggml, dev: Device): { free: number; total: number } {
+  const free = [0];
+  const total = [0];
+  g.raw.ggml_backend_dev_memory(dev, free, total);
+  return { free: Number(free[0]), total: Number(total[0]) };
+}
+
+/** Address of a JS typed array for `_Out_`-less pointer parameters. */
+export function addressOf(view: ArrayBufferView): bigint {
+  return koffi.address(view) as bigint;
+}

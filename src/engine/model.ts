@@ -1,0 +1,450 @@
+import { statSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { readConfigFile } from '../reader/read-config.js';
+import { readModel } from '../reader/read-model.js';
+import type { Skeleton } from '../reader/skeleton.js';
+import { parseMaxMemory, resolveBudgets } from '../planner/budgets.js';
+import { planFit } from '../planner/fit.js';
+import type { Plan, PlanDeviceSpec } from '../planner/plan.js';
+import { InputError, VramfitError } from '../util/errors.js';
+import * as llama from './architectures/llama.js';
+import { closeDevices, openVirtualDevices, type Allocation, type EngineDevice } from './device.js';
+import { GGML_TYPE, loadGgml, type Gallocr, type Ggml, type Graph, type Tensor } from './ggml/binding.js';
+import { GraphBuilder } from './ggml/graph.js';
+import { describeWeights, freeWeights, ggmlTypeFor, loadWeightData, placeWeights, type DeviceWeights, type WeightSpec } from './weights.js';
+
+export interface LoadOptions {
+  /** `virtual:N` (N independent CPU backends) or `cpu` (one). */
+  devices?: string;
+  /** Caps per device, as `vramfit plan --max-memory` takes them. */
+  maxMemory?: string;
+  ctx?: number;
+  ubatch?: number;
+  kvDtype?: 'float32' | 'float16';
+  /** Load matrices in this dtype instead of the checkpoint's. */
+  dtype?: 'float32' | 'float16' | 'bfloat16';
+  threads?: number;
+  onProgress?: (loadedBytes: number, totalBytes: number) => void;
+}
+
+/** One pipeline stage: consecutive parts of the forward pass computed on one device. */
+interface Stage {
+  device: EngineDevice;
+  embed: boolean;
+  layers: number[];
+  norm: boolean;
+  head: boolean;
+}
+
+export interface DeviceReport {
+  id: string;
+  cap: number;
+  /** What the plan predicted this device would hold at most. */
+  predicted: number;
+  /** The most the capped allocator ever had out on it. */
+  measured: number;
+  breakdown: Record<string, number>;
+  /** Bytes of hidden state copied into this device from another. */
+  bytesIn: number;
+}
+
+const STAGE_NODES = 8192;
+
+/** A model loaded as planned: weights and each layer's KV cache on their devices, ready to run. */
+export class LoadedModel {
+  private past = 0;
+  private readonly bytesIn = new Map<string, number>();
+  private disposed = false;
+
+  constructor(
+    private readonly g: Ggml,
+    readonly skeleton: Skeleton,
+    readonly hyper: llama.LlamaHyper,
+    readonly plan: Plan,
+    readonly devices: EngineDevice[],
+    private readonly stages: Stage[],
+    private readonly weights: Map<string, DeviceWeights>,
+    private readonly kv: Map<number, { k: Tensor; v: Tensor }>,
+    private readonly kvAllocations: Map<string, Allocation>,
+    private readonly kvCtx: ReturnType<Ggml['init']>[],
+    private readonly gallocs: Map<string, Gallocr>,
+    private readonly computeBytes: Map<string, number>,
+    readonly ctx: number,
+    readonly ubatch: number,
+  ) {}
+
+  /** Tokens in the KV cache. */
+  get position(): number {
+    return this.past;
+  }
+
+  reset(): void {
+    this.past = 0;
+  }
+
+  /**
+   * Runs `tokens` through the pipeline in micro-batches of at most `ubatch`, appending to the KV
+   * cache. Returns one logits row per token when `allLogits`, else only the last token's.
+   */
+  forward(tokens: readonly number[], allLogits = false): Float32Array[] {
+    this.ensureOpen();
+    if (tokens.length === 0) return [];
+    if (this.past + tokens.length > this.ctx) {
+      throw new InputError('--ctx', `${this.past + tokens.length} tokens do not fit the ${this.ctx}-token context this model was loaded with`);
+    }
+    for (const id of tokens) {
+      if (!Number.isSafeInteger(id) || id < 0 || id >= this.hyper.vocab) throw new InputError('--input-ids', `token id ${id} is outside the vocabulary (0..${this.hyper.vocab - 1})`);
+    }
+    const rows: Float32Array[] = [];
+    for (let start = 0; start < tokens.length; start += this.ubatch) {
+      const chunk = tokens.slice(start, start + this.ubatch);
+      const last = start + this.ubatch >= tokens.length;
+      const logits = this.step(chunk);
+      const n = chunk.length;
+      const v = this.hyper.vocab;
+      if (allLogits) for (let i = 0; i < n; i++) rows.push(logits.slice(i * v, (i + 1) * v));
+      else if (last) rows.push(logits.slice((n - 1) * v, n * v));
+    }
+    return rows;
+  }
+
+  private step(tokens: number[]): Float32Array {
+    const n = tokens.length;
+    let carried: Tensor | undefined;
+    let carriedFrom: GraphBuilder | undefined;
+    let result: Float32Array | undefined;
+    for (const stage of this.stages) {
+      const built = this.buildStage(stage, n, this.past);
+      const galloc = this.gallocs.get(stage.device.id)!;
+      if (!this.g.raw.ggml_gallocr_alloc_graph(galloc, built.graph)) throw new VramfitError('GGML', `could not allocate the compute graph on device ${stage.device.id}`, 1);
+      const size = this.g.raw.ggml_gallocr_get_buffer_size(galloc, 0) as number;
+      if (size > this.computeBytes.get(stage.device.id)!) {
+        throw new VramfitError('COMPUTE_GREW', `device ${stage.device.id}: the compute buffer grew past its reservation (${size} bytes); this is a bug`, 1);
+      }
+      this.setInputs(built, tokens);
+      if (carried && built.hidden) {
+        this.g.raw.ggml_backend_tensor_copy(carried, built.hidden);
+        this.bytesIn.set(stage.device.id, (this.bytesIn.get(stage.device.id) ?? 0) + this.g.nbytes(built.hidden));
+      }
+      carriedFrom?.free();
+      const status = this.g.raw.ggml_backend_graph_compute(stage.device.backend, built.graph) as number;
+      if (status !== 0) throw new VramfitError('GGML', `graph compute failed on device ${stage.device.id} (status ${status})`, 1);
+      if (stage.head) {
+        const out = new Float32Array(this.hyper.vocab * n);
+        this.g.raw.ggml_backend_tensor_get(built.output, out, 0, out.byteLength);
+        result = out;
+      }
+      carried = built.output;
+      carriedFrom = built.gb;
+    }
+    carriedFrom?.free();
+    this.past += n;
+    if (!result) throw new VramfitError('PIPELINE', 'no stage produced logits', 1);
+    return result;
+  }
+
+  private buildStage(stage: Stage, n: number, past: number): BuiltStage {
+    return buildStageGraph(this.g, this.hyper, stage, this.weights, this.kv, n, past);
+  }
+
+  private setInputs(b: BuiltStage, tokens: number[]): void {
+    const g = this.g;
+    if (b.tokens) g.raw.ggml_backend_tensor_set(b.tokens, Int32Array.from(tokens), 0, tokens.length * 4);
+    if (b.positions) {
+      const pos = Int32Array.from(tokens, (_, i) => this.past + i);
+      g.raw.ggml_backend_tensor_set(b.positions, pos, 0, pos.byteLength);
+    }
+    if (b.mask) {
+      const nKv = this.past + tokens.length;
+      const mask = new Float32Array(nKv * tokens.length);
+      for (let i = 0; i < tokens.length; i++) for (let j = this.past + i + 1; j < nKv; j++) mask[i * nKv + j] = -Infinity;
+      g.raw.ggml_backend_tensor_set(b.mask, mask, 0, mask.byteLength);
+    }
+    if (b.freqFactors && this.hyper.freqFactors) g.raw.ggml_backend_tensor_set(b.freqFactors, this.hyper.freqFactors, 0, this.hyper.freqFactors.byteLength);
+  }
+
+  report(): DeviceReport[] {
+    return this.devices.map((d) => {
+      const p = this.plan.devices.find((x) => x.id === d.id);
+      return {
+        id: d.id,
+        cap: d.allocator.cap,
+        predicted: p ? p.weights + p.kv + p.workspace + p.overhead : 0,
+        measured: d.allocator.peak,
+        breakdown: d.allocator.breakdown(),
+        bytesIn: this.bytesIn.get(d.id) ?? 0,
+      };
+    });
+  }
+
+  private ensureOpen(): void {
+    if (this.disposed) throw new VramfitError('DISPOSED', 'this model was disposed', 1);
+  }
+
+  /** Frees every buffer on every device. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const galloc of this.gallocs.values()) this.g.raw.ggml_gallocr_free(galloc);
+    for (const d of this.devices) {
+      const w = this.weights.get(d.id);
+      if (w) freeWeights(this.g, d, w);
+      const kv = this.kvAllocations.get(d.id);
+      if (kv) d.allocator.free(kv);
+      const compute = this.computeBytes.get(d.id);
+      if (compute) d.allocator.releaseExternal(compute, 'compute');
+    }
+    for (const c of this.kvCtx) this.g.free(c);
+    closeDevices(this.devices);
+  }
+}
+
+interface BuiltStage {
+  gb: GraphBuilder;
+  graph: Graph;
+  output: Tensor;
+  tokens?: Tensor;
+  hidden?: Tensor;
+  positions?: Tensor;
+  mask?: Tensor;
+  freqFactors?: Tensor;
+}
+
+function buildStageGraph(
+  g: Ggml,
+  h: llama.LlamaHyper,
+  stage: Stage,
+  weights: Map<string, DeviceWeights>,
+  kv: Map<number, { k: Tensor; v: Tensor }>,
+  n: number,
+  past: number,
+): BuiltStage {
+  const gb = new GraphBuilder(g, STAGE_NODES);
+  const w = (name: string): Tensor => {
+    const t = weights.get(stage.device.id)?.tensors.get(name);
+    if (!t) throw new VramfitError('PIPELINE', `${name} is not on device ${stage.device.id}`, 1);
+    return gb.known(t);
+  };
+  const built: Partial<BuiltStage> = { gb };
+  let x: Tensor;
+  if (stage.embed) {
+    built.tokens = gb.input('tokens', GGML_TYPE.I32, [n]);
+    x = llama.embed(gb, w(llama.EMBED), built.tokens);
+  } else {
+    built.hidden = gb.input('hidden_in', GGML_TYPE.F32, [h.hidden, n]);
+    x = built.hidden;
+  }
+  const writes: Tensor[] = [];
+  if (stage.layers.length > 0) {
+    built.positions = gb.input('positions', GGML_TYPE.I32, [n]);
+    built.mask = gb.input('kq_mask', GGML_TYPE.F32, [past + n, n]);
+    if (h.freqFactors) built.freqFactors = gb.input('rope_freqs', GGML_TYPE.F32, [h.freqFactors.length]);
+    const step: llama.StepInputs = { positions: built.positions, mask: built.mask, freqFactors: built.freqFactors ?? null, writes };
+    for (const i of stage.layers) {
+      const cache = kv.get(i)!;
+      x = llama.decoderLayer(gb, h, w, i, x, { k: gb.known(cache.k), v: gb.known(cache.v), past }, step);
+    }
+  }
+  if (stage.norm) x = llama.finalNorm(gb, h, w, x);
+  if (stage.head) x = llama.lmHead(gb, h, w, x);
+  built.output = gb.output(x, stage.head ? 'logits' : 'hidden_out');
+  built.graph = gb.build(writes);
+  return built as BuiltStage;
+}
+
+/** Which device holds each part of the forward pass, in forward order, from the plan. */
+function stagesFromPlan(plan: Plan, h: llama.LlamaHyper, devices: Map<string, EngineDevice>): Stage[] {
+  const where = new Map<string, string>();
+  for (const d of plan.devices) for (const m of d.modules) where.set(m, d.id);
+  const deviceOf = (unit: string): EngineDevice => {
+    const id = where.get(unit);
+    if (id === 'disk') throw new InputError('--max-memory', 'disk offload is planned but the engine does not run disk-offloaded blocks yet: give cpu more room');
+    const d = id === undefined ? undefined : devices.get(id);
+    if (!d) throw new VramfitError('PIPELINE', `the plan puts ${unit} on ${id ?? 'no device'}, which the engine has not opened`, 1);
+    return d;
+  };
+  const parts: { device: EngineDevice; kind: 'embed' | 'layer' | 'norm' | 'head'; layer?: number }[] = [];
+  parts.push({ device: deviceOf('model.embed_tokens'), kind: 'embed' });
+  for (let i = 0; i < h.layers; i++) parts.push({ device: deviceOf(`model.layers.${i}`), kind: 'layer', layer: i });
+  parts.push({ device: deviceOf('model.norm'), kind: 'norm' });
+  parts.push({ device: h.tied ? deviceOf('model.embed_tokens') : deviceOf('lm_head'), kind: 'head' });
+  const stages: Stage[] = [];
+  for (const p of parts) {
+    let s = stages.at(-1);
+    if (!s || s.device !== p.device) {
+      s = { device: p.device, embed: false, layers: [], norm: false, head: false };
+      stages.push(s);
+    }
+    if (p.kind === 'embed') s.embed = true;
+    else if (p.kind === 'layer') s.layers.push(p.layer!);
+    else if (p.kind === 'norm') s.norm = true;
+    else s.head = true;
+  }
+  return stages;
+}
+
+function parseDevices(spec: string | undefined): string[] {
+  if (spec === undefined || spec === 'cpu') return ['0'];
+  const m = /^virtual:(\d+)$/.exec(spec.trim());
+  if (!m || Number(m[1]) < 1 || Number(m[1]) > 64) throw new InputError('--devices', `expected virtual:N (1–64) or cpu, got ${JSON.stringify(spec)}`);
+  return Array.from({ length: Number(m[1]) }, (_, i) => String(i));
+}
+
+/**
+ * Loads a safetensors checkpoint as a plan places it. Every device's weights, KV cache and worst-case
+ * compute buffer are checked against its cap before a byte of weights is read; an over-cap device
+ * fails with OutOfDeviceMemory and nothing stays allocated.
+ */
+export async function loadModel(model: string, opts: LoadOptions = {}): Promise<LoadedModel> {
+  const g = loadGgml();
+  const skeleton = await readModel(model);
+  const aliases = new Set(skeleton.tied.flatMap((group) => group.slice(1)));
+  const needsData = (t: Skeleton['tensors'][number]): boolean => !(t.kind === 'buffer' && t.persistent === false) && !aliases.has(t.name);
+  if (skeleton.source.shapes !== 'headers' || !skeleton.tensors.every((t) => t.location?.range || !needsData(t))) {
+    throw new InputError(model, 'the engine needs a safetensors checkpoint (weights with byte ranges); this model has none here');
+  }
+  const configPath = skeleton.source.files.find((f) => f.endsWith('config.json'));
+  if (!configPath) throw new InputError(model, 'no config.json beside the weights');
+  const modelDir = dirname(skeleton.source.files.find((f) => f.endsWith('.safetensors')) ?? configPath);
+  const h = llama.llamaHyper(readConfigFile(configPath), skeleton.family);
+  const ctx = opts.ctx ?? Math.min(h.maxPositions, 4096);
+  const ubatch = Math.min(opts.ubatch ?? 512, ctx);
+  if (!Number.isSafeInteger(ctx) || ctx < 1) throw new InputError('--ctx', `expected a positive integer, got ${ctx}`);
+  const kvDtype = opts.kvDtype ?? 'float16';
+  const ids = parseDevices(opts.devices);
+
+  // Caps per device: --max-memory names them; unnamed devices are uncapped.
+  const caps = new Map<string, number>();
+  if (opts.maxMemory !== undefined) {
+    const resolved = resolveBudgets(parseMaxMemory(opts.maxMemory), { gpus: ids.filter((i) => i !== 'cpu').map((i) => ({ index: Number(i), totalBytes: Number.MAX_SAFE_INTEGER, freeBytes: Number.MAX_SAFE_INTEGER })) });
+    for (const [k, v] of Object.entries(resolved)) {
+      if (k === 'disk') throw new InputError('--max-memory', 'the engine does not run disk-offloaded blocks yet');
+      if (k !== 'cpu' && !ids.includes(k)) throw new InputError('--max-memory', `names device ${k}, which --devices does not open`);
+      caps.set(k, v);
+    }
+  }
+  const specs: PlanDeviceSpec[] = ids.map((id) => ({ id, kind: 'virtual', cap: caps.get(id) ?? Number.MAX_SAFE_INTEGER, overhead: 0 }));
+  if (caps.has('cpu')) specs.push({ id: 'cpu', kind: 'cpu', cap: caps.get('cpu')!, overhead: 0 });
+  const workload = { ctx, batch: 1, ubatch, kvDtype, ...(opts.dtype ? { dtype: opts.dtype } : {}) };
+  const plan = planFit({ skeleton, devices: specs, workload, target: 'vramfit' });
+
+  const threads = opts.threads ?? Math.max(1, Math.min(8, (await import('node:os')).availableParallelism()));
+  const devices = openVirtualDevices(specs.map((s) => s.id), new Map(specs.map((s) => [s.id, s.cap])), threads);
+  const byId = new Map(devices.map((d) => [d.id, d]));
+  const weights = new Map<string, DeviceWeights>();
+  const kvAllocations = new Map<string, Allocation>();
+  const kvCtx: ReturnType<Ggml['init']>[] = [];
+  const kv = new Map<number, { k: Tensor; v: Tensor }>();
+  const gallocs = new Map<string, Gallocr>();
+  const computeBytes = new Map<string, number>();
+  try {
+    const stages = stagesFromPlan(plan, h, byId);
+    const tensorOf = new Map(skeleton.tensors.map((t) => [t.name, t]));
+    const specFor = (name: string, ne: number[]): WeightSpec => {
+      const source = tensorOf.get(name);
+      if (!source) throw new InputError(model, `the checkpoint has no ${name}`);
+      const expected = [...ne].reverse();
+      if (source.shape.length !== expected.length || source.shape.some((v, i) => v !== expected[i])) {
+        throw new InputError(model, `${name} is [${source.shape.join(', ')}] but config.json implies [${expected.join(', ')}]`);
+      }
+      const stored = ggmlTypeFor(source.dtype);
+      const type = ne.length === 1 ? GGML_TYPE.F32 : opts.dtype ? ggmlTypeFor(opts.dtype) : stored;
+      return { name, ne, type, source };
+    };
+    const perDevice = new Map<string, WeightSpec[]>();
+    const add = (d: EngineDevice, s: WeightSpec): void => void perDevice.set(d.id, [...(perDevice.get(d.id) ?? []), s]);
+    const globals = llama.globalTensors(h);
+    for (const st of stages) {
+      if (st.embed || (st.head && h.tied)) {
+        if (!perDevice.get(st.device.id)?.some((s) => s.name === llama.EMBED)) add(st.device, specFor(globals.embed.name, globals.embed.ne));
+      }
+      for (const i of st.layers) for (const t of llama.layerTensors(h, i)) add(st.device, specFor(t.name, t.ne));
+      if (st.norm) add(st.device, specFor(globals.norm.name, globals.norm.ne));
+      if (st.head && globals.head) add(st.device, specFor(globals.head.name, globals.head.ne));
+    }
+    const kvType = kvDtype === 'float32' ? GGML_TYPE.F32 : GGML_TYPE.F16;
+    const kvDim = h.kvHeads * h.headDim;
+
+    // 1. Weights and KV cache: sized in TypeScript, checked against every cap before allocating.
+    const kvBytes = (d: EngineDevice): number => stages.filter((s) => s.device === d).reduce((sum, s) => sum + s.layers.length, 0) * 2 * g.rowSize(kvType, kvDim) * ctx;
+    for (const d of devices) {
+      const w = describeWeights(g, d, perDevice.get(d.id) ?? []);
+      weights.set(d.id, w);
+      d.allocator.check(w.bytes, 'weights');
+      d.allocator.check(pad(kvBytes(d), d.alignment), 'KV cache', w.bytes);
+    }
+    for (const d of devices) {
+      placeWeights(g, d, weights.get(d.id)!);
+      const layers = stages.filter((s) => s.device === d).flatMap((s) => s.layers);
+      if (layers.length === 0) continue;
+      const c = g.init(g.tensorOverhead() * (layers.length * 2 + 4), true);
+      kvCtx.push(c);
+      const per = pad(g.rowSize(kvType, kvDim) * ctx, d.alignment);
+      const alloc = d.allocator.allocate(per * 2 * layers.length, 'kv');
+      kvAllocations.set(d.id, alloc);
+      const base = g.raw.ggml_backend_buffer_get_base(alloc.buffer) as bigint;
+      layers.forEach((i, j) => {
+        const k = g.newTensor(c, kvType, [kvDim, ctx]);
+        const v = g.newTensor(c, kvType, [kvDim, ctx]);
+        g.raw.ggml_backend_tensor_alloc(alloc.buffer, k, base + BigInt(per * 2 * j));
+        g.raw.ggml_backend_tensor_alloc(alloc.buffer, v, base + BigInt(per * (2 * j + 1)));
+        kv.set(i, { k, v });
+      });
+      g.raw.ggml_backend_buffer_clear(alloc.buffer, 0);
+    }
+
+    // 2. Compute buffers: measured on the worst-case graph (a full micro-batch at the full context)
+    //    without allocating, checked against the cap, then reserved.
+    for (const d of devices) {
+      const mine = stages.filter((s) => s.device === d);
+      if (mine.length === 0) continue;
+      let most = 0;
+      for (const s of mine) {
+        const b = buildStageGraph(g, h, s, weights, kv, ubatch, ctx - ubatch);
+        const probe = g.raw.ggml_gallocr_new(d.buft) as Gallocr;
+        const sizes = [0];
+        g.raw.ggml_gallocr_reserve_n_size(probe, b.graph, null, null, sizes);
+        g.raw.ggml_gallocr_free(probe);
+        b.gb.free();
+        most = Math.max(most, Number(sizes[0]));
+      }
+      d.allocator.reserveExternal(most, 'compute');
+      computeBytes.set(d.id, most);
+      const galloc = g.raw.ggml_gallocr_new(d.buft) as Gallocr;
+      gallocs.set(d.id, galloc);
+      for (const s of mine) {
+        const b = buildStageGraph(g, h, s, weights, kv, ubatch, ctx - ubatch);
+        const ok = g.raw.ggml_gallocr_reserve(galloc, b.graph) as boolean;
+        b.gb.free();
+        if (!ok) throw new VramfitError('GGML', `could not reserve the compute buffer on device ${d.id}`, 1);
+      }
+    }
+
+    // 3. Only now read the weights, shard by shard, into their devices.
+    const total = [...weights.values()].reduce((s, w) => s + w.specs.reduce((x, sp) => x + (sp.source.location!.range![1] - sp.source.location!.range![0]), 0), 0);
+    let loaded = 0;
+    for (const d of devices) {
+      loadWeightData(g, modelDir, weights.get(d.id)!, (n) => {
+        loaded += n;
+        opts.onProgress?.(loaded, total);
+      });
+    }
+    void statSync;
+    return new LoadedModel(g, skeleton, h, plan, devices, stages, weights, kv, kvAllocations, kvCtx, gallocs, computeBytes, ctx, ubatch);
+  } catch (e) {
+    for (const galloc of gallocs.values()) g.raw.ggml_gallocr_free(galloc);
+    for (const d of devices) {
+      const w = weights.get(d.id);
+      if (w) freeWeights(g, d, w);
+      const a = kvAllocations.get(d.id);
+      if (a) d.allocator.free(a);
+      const c = computeBytes.get(d.id);
+      if (c) d.allocator.releaseExternal(c, 'compute');
+    }
+    for (const c of kvCtx) g.free(c);
+    closeDevices(devices);
+    throw e;
+  }
+}
+
+const pad = (n: number, a: number): number => Math.ceil(n / a) * a;

@@ -1,0 +1,141 @@
+import { closeSync, openSync, readSync } from 'node:fs';
+import { isAbsolute, join } from 'node:path';
+import { VramfitError } from '../util/errors.js';
+import { GGML_TYPE, type Ctx, type GgmlType, type Ggml, type Tensor } from './ggml/binding.js';
+import type { Allocation, EngineDevice } from './device.js';
+import type { SkeletonTensor } from '../reader/skeleton.js';
+
+/** The ggml type each stored dtype loads as (matrices keep theirs; 1-D tensors become F32). */
+const GGML_OF: Record<string, GgmlType> = { float32: GGML_TYPE.F32, float16: GGML_TYPE.F16, bfloat16: GGML_TYPE.BF16 };
+
+export function ggmlTypeFor(dtype: string): GgmlType {
+  const t = GGML_OF[dtype];
+  if (t === undefined) throw new VramfitError('UNSUPPORTED_DTYPE', `the engine loads float32, float16 and bfloat16 safetensors weights, not ${dtype}`, 2);
+  return t;
+}
+
+export interface WeightSpec {
+  name: string;
+  /** ggml shape, innermost first. */
+  ne: number[];
+  type: GgmlType;
+  source: SkeletonTensor;
+}
+
+/** A device's weights: ggml tensors laid out in one capped buffer. */
+export interface DeviceWeights {
+  ctx: Ctx;
+  tensors: Map<string, Tensor>;
+  specs: WeightSpec[];
+  bytes: number;
+  allocation?: Allocation;
+}
+
+const pad = (n: number, a: number): number => Math.ceil(n / a) * a;
+
+/** Creates the tensors (no data yet) and says how many bytes their buffer needs on this device. */
+export function describeWeights(g: Ggml, device: EngineDevice, specs: WeightSpec[]): DeviceWeights {
+  const ctx = g.init(g.tensorOverhead() * (specs.length + 4) + 4096, true);
+  const tensors = new Map<string, Tensor>();
+  let bytes = 0;
+  for (const s of specs) {
+    const t = g.newTensor(ctx, s.type, s.ne);
+    g.setName(t, s.name);
+    tensors.set(s.name, t);
+    bytes += pad(g.raw.ggml_backend_buft_get_alloc_size(device.buft, t) as number, device.alignment);
+  }
+  return { ctx, tensors, specs, bytes };
+}
+
+/** Allocates the buffer through the device's capped allocator and places every tensor in it. */
+export function placeWeights(g: Ggml, device: EngineDevice, w: DeviceWeights): void {
+  if (w.bytes === 0) return;
+  w.allocation = device.allocator.allocate(w.bytes, 'weights');
+  const base = g.raw.ggml_backend_buffer_get_base(w.allocation.buffer) as bigint;
+  let offset = 0;
+  for (const s of w.specs) {
+    const t = w.tensors.get(s.name)!;
+    const status = g.raw.ggml_backend_tensor_alloc(w.allocation.buffer, t, base + BigInt(offset)) as number;
+    if (status !== 0) throw new VramfitError('GGML', `could not place ${s.name} in device ${device.id}'s buffer`, 1);
+    offset += pad(g.raw.ggml_backend_buft_get_alloc_size(device.buft, t) as number, device.alignment);
+  }
+}
+
+const CHUNK = 8 * 1024 * 1024;
+
+/**
+ * Streams each tensor's bytes from its shard into the device buffer through one reusable chunk, so
+ * host memory stays bounded whatever the shard size; converts dtype on the way when needed.
+ */
+export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBytes: (n: number) => void): void {
+  const chunk = new Uint8Array(CHUNK);
+  const converted = new Float32Array(CHUNK / 2);
+  const fds = new Map<string, number>();
+  try {
+    const ordered = [...w.specs].sort((a, b) => (a.source.location!.file + a.source.location!.range![0]).localeCompare(b.source.location!.file + b.source.location!.range![0]));
+    for (const s of ordered) {
+      const loc = s.source.location;
+      if (!loc?.range) throw new VramfitError('NO_DATA', `${s.name} has no byte range (the engine loads safetensors checkpoints)`, 2);
+      const file = isAbsolute(loc.file) ? loc.file : join(modelDir, loc.file);
+      let fd = fds.get(file);
+      if (fd === undefined) {
+        fd = openSync(file, 'r');
+        fds.set(file, fd);
+      }
+      const t = w.tensors.get(s.name)!;
+      const from = s.source.dtype;
+      const to = s.type;
+      const srcElem = from === 'float32' ? 4 : 2;
+      const dstElem = to === GGML_TYPE.F32 ? 4 : 2;
+      const [start, end] = loc.range;
+      const total = end - start;
+      const step = Math.floor(CHUNK / Math.max(srcElem, dstElem) / 4) * 4 * srcElem;
+      for (let done = 0; done < total; ) {
+        const n = Math.min(step, total - done);
+        let got = 0;
+        while (got < n) {
+          const r = readSync(fd, chunk, got, n - got, start + done + got);
+          if (r === 0) throw new VramfitError('TRUNCATED', `${file}: ended inside ${s.name}`, 2);
+          got += r;
+        }
+        const elems = n / srcElem;
+        const dstOffset = (done / srcElem) * dstElem;
+        if (sameType(from, to)) {
+          g.raw.ggml_backend_tensor_set(t, chunk.subarray(0, n), dstOffset, n);
+        } else {
+          const out = convert(g, chunk.subarray(0, n), from, to, elems, converted);
+          g.raw.ggml_backend_tensor_set(t, out, dstOffset, elems * dstElem);
+        }
+        done += n;
+        onBytes(n);
+      }
+    }
+  } finally {
+    for (const fd of fds.values()) closeSync(fd);
+  }
+}
+
+function sameType(from: string, to: GgmlType): boolean {
+  return GGML_OF[from] === to;
+}
+
+/** Converts `elems` values between float32/float16/bfloat16 through float32. */
+function convert(g: Ggml, src: Uint8Array, from: string, to: GgmlType, elems: number, f32: Float32Array): Uint8Array {
+  const tmp = f32.subarray(0, elems);
+  if (from === 'float32') tmp.set(new Float32Array(src.buffer, src.byteOffset, elems));
+  else if (from === 'bfloat16') {
+    const u16 = new Uint16Array(src.buffer, src.byteOffset, elems);
+    const u32 = new Uint32Array(tmp.buffer, tmp.byteOffset, elems);
+    for (let i = 0; i < elems; i++) u32[i] = u16[i]! << 16;
+  } else g.raw.ggml_fp16_to_fp32_row(src, tmp, elems);
+  if (to === GGML_TYPE.F32) return new Uint8Array(tmp.buffer, tmp.byteOffset, elems * 4);
+  const out = new Uint16Array(elems);
+  if (to === GGML_TYPE.F16) g.raw.ggml_fp32_to_fp16_row(tmp, out, elems);
+  else g.raw.ggml_fp32_to_bf16_row(tmp, out, elems);
+  return new Uint8Array(out.buffer);
+}
+
+export function freeWeights(g: Ggml, device: EngineDevice, w: DeviceWeights): void {
+  if (w.allocation) device.allocator.free(w.allocation);
+  g.free(w.ctx);
+}
