@@ -1,15 +1,14 @@
-import { statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { readConfigFile } from '../reader/read-config.js';
 import { readModel } from '../reader/read-model.js';
 import type { Skeleton } from '../reader/skeleton.js';
 import { parseMaxMemory, resolveBudgets } from '../planner/budgets.js';
-import { planFit } from '../planner/fit.js';
+import { planFit, rolesKey, type MeasuredWorkspace } from '../planner/fit.js';
 import type { Plan, PlanDeviceSpec } from '../planner/plan.js';
 import { InputError, VramfitError } from '../util/errors.js';
 import * as llama from './architectures/llama.js';
 import { closeDevices, openVirtualDevices, type Allocation, type EngineDevice } from './device.js';
-import { GGML_TYPE, loadGgml, type Gallocr, type Ggml, type Graph, type Tensor } from './ggml/binding.js';
+import { cpuDevice, GGML_TYPE, loadGgml, type BufferType, type Gallocr, type GgmlType, type Ggml, type Graph, type Tensor } from './ggml/binding.js';
 import { GraphBuilder } from './ggml/graph.js';
 import { describeWeights, freeWeights, ggmlTypeFor, loadWeightData, placeWeights, type DeviceWeights, type WeightSpec } from './weights.js';
 
@@ -144,7 +143,7 @@ export class LoadedModel {
   }
 
   private buildStage(stage: Stage, n: number, past: number): BuiltStage {
-    return buildStageGraph(this.g, this.hyper, stage, this.weights, this.kv, n, past);
+    return buildStageGraph(this.g, this.hyper, stage, deviceLookups(stage, this.weights, this.kv), n, past);
   }
 
   private setInputs(b: BuiltStage, tokens: number[]): void {
@@ -210,21 +209,27 @@ interface BuiltStage {
   freqFactors?: Tensor;
 }
 
-function buildStageGraph(
-  g: Ggml,
-  h: llama.LlamaHyper,
-  stage: Stage,
-  weights: Map<string, DeviceWeights>,
-  kv: Map<number, { k: Tensor; v: Tensor }>,
-  n: number,
-  past: number,
-): BuiltStage {
-  const gb = new GraphBuilder(g, STAGE_NODES);
-  const w = (name: string): Tensor => {
-    const t = weights.get(stage.device.id)?.tensors.get(name);
-    if (!t) throw new VramfitError('PIPELINE', `${name} is not on device ${stage.device.id}`, 1);
-    return gb.known(t);
+type StagePlan = Pick<Stage, 'embed' | 'layers' | 'norm' | 'head'>;
+
+function deviceLookups(stage: Stage, weights: Map<string, DeviceWeights>, kv: Map<number, { k: Tensor; v: Tensor }>): Lookups {
+  return {
+    weight: (name) => {
+      const t = weights.get(stage.device.id)?.tensors.get(name);
+      if (!t) throw new VramfitError('PIPELINE', `${name} is not on device ${stage.device.id}`, 1);
+      return t;
+    },
+    cache: (i) => kv.get(i)!,
   };
+}
+
+interface Lookups {
+  weight: (name: string) => Tensor;
+  cache: (layer: number) => { k: Tensor; v: Tensor };
+}
+
+function buildStageGraph(g: Ggml, h: llama.LlamaHyper, stage: StagePlan, look: Lookups, n: number, past: number): BuiltStage {
+  const gb = new GraphBuilder(g, STAGE_NODES);
+  const w = (name: string): Tensor => gb.known(look.weight(name));
   const built: Partial<BuiltStage> = { gb };
   let x: Tensor;
   if (stage.embed) {
@@ -241,7 +246,7 @@ function buildStageGraph(
     if (h.freqFactors) built.freqFactors = gb.input('rope_freqs', GGML_TYPE.F32, [h.freqFactors.length]);
     const step: llama.StepInputs = { positions: built.positions, mask: built.mask, freqFactors: built.freqFactors ?? null, writes };
     for (const i of stage.layers) {
-      const cache = kv.get(i)!;
+      const cache = look.cache(i);
       x = llama.decoderLayer(gb, h, w, i, x, { k: gb.known(cache.k), v: gb.known(cache.v), past }, step);
     }
   }
@@ -281,6 +286,70 @@ function stagesFromPlan(plan: Plan, h: llama.LlamaHyper, devices: Map<string, En
     else s.head = true;
   }
   return stages;
+}
+
+/** Compute buffer a graph needs, from a no-allocation reservation on `buft`. */
+function measureGraph(g: Ggml, buft: ReturnType<typeof cpuBufferType>, graph: Graph): number {
+  const probe = g.raw.ggml_gallocr_new(buft) as Gallocr;
+  try {
+    const sizes = [0];
+    g.raw.ggml_gallocr_reserve_n_size(probe, graph, null, null, sizes);
+    return Number(sizes[0]);
+  } finally {
+    g.raw.ggml_gallocr_free(probe);
+  }
+}
+
+function cpuBufferType(g: Ggml): BufferType {
+  return g.raw.ggml_backend_dev_buffer_type(cpuDevice(g)) as BufferType;
+}
+
+/**
+ * The workspace the plan needs, measured rather than estimated: the real stage graphs (two layers,
+ * the head, and both) at a full micro-batch and the full context are reserved without allocating,
+ * over weight and cache tensors that hold placeholder pointers. This is the engine's calibration of
+ * the memory model, done before the plan is made.
+ */
+function measureWorkspace(g: Ggml, h: llama.LlamaHyper, typeOf: (name: string, ne: number[]) => GgmlType, ctx: number, ubatch: number, kvType: GgmlType): MeasuredWorkspace {
+  const c = g.init(g.tensorOverhead() * 64, true);
+  const tensors = new Map<string, Tensor>();
+  const made: Tensor[] = [];
+  const make = (name: string, ne: number[], type: GgmlType): Tensor => {
+    const t = g.newTensor(c, type, ne);
+    g.setPlaceholderData(t, true);
+    made.push(t);
+    tensors.set(name, t);
+    return t;
+  };
+  try {
+    const globals = llama.globalTensors(h);
+    for (const spec of [globals.embed, globals.norm, ...(globals.head ? [globals.head] : []), ...llama.layerTensors(h, 0), ...llama.layerTensors(h, 1 % h.layers)]) {
+      if (!tensors.has(spec.name)) make(spec.name, spec.ne, typeOf(spec.name, spec.ne));
+    }
+    const kvDim = h.kvHeads * h.headDim;
+    const caches = [0, 1].map(() => ({ k: make(`k${made.length}`, [kvDim, ctx], kvType), v: make(`v${made.length}`, [kvDim, ctx], kvType) }));
+    const look: Lookups = { weight: (name) => tensors.get(name)!, cache: (i) => caches[Math.min(i, 1)]! };
+    const layers = h.layers > 1 ? [0, 1] : [0];
+    const buft = cpuBufferType(g);
+    const out: MeasuredWorkspace = {};
+    for (const embed of [false, true]) {
+      for (const block of [false, true]) {
+        for (const head of [false, true]) {
+          if (!embed && !block && !head) continue;
+          const b = buildStageGraph(g, h, { embed, layers: block ? layers : [], norm: head, head }, look, ubatch, ctx - ubatch);
+          try {
+            out[rolesKey({ embed, block, head })] = measureGraph(g, buft, b.graph);
+          } finally {
+            b.gb.free();
+          }
+        }
+      }
+    }
+    return out;
+  } finally {
+    for (const t of made) g.setPlaceholderData(t, false);
+    g.free(c);
+  }
 }
 
 function parseDevices(spec: string | undefined): string[] {
@@ -326,7 +395,17 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const specs: PlanDeviceSpec[] = ids.map((id) => ({ id, kind: 'virtual', cap: caps.get(id) ?? Number.MAX_SAFE_INTEGER, overhead: 0 }));
   if (caps.has('cpu')) specs.push({ id: 'cpu', kind: 'cpu', cap: caps.get('cpu')!, overhead: 0 });
   const workload = { ctx, batch: 1, ubatch, kvDtype, ...(opts.dtype ? { dtype: opts.dtype } : {}) };
-  const plan = planFit({ skeleton, devices: specs, workload, target: 'vramfit' });
+  const tensorOf = new Map(skeleton.tensors.map((t) => [t.name, t]));
+  const typeOf = (name: string, ne: number[]): GgmlType => {
+    const source = tensorOf.get(name === llama.HEAD && h.tied ? llama.EMBED : name);
+    if (!source) throw new InputError(model, `the checkpoint has no ${name}`);
+    return ne.length === 1 ? GGML_TYPE.F32 : opts.dtype ? ggmlTypeFor(opts.dtype) : ggmlTypeFor(source.dtype);
+  };
+  const kvType = kvDtype === 'float32' ? GGML_TYPE.F32 : GGML_TYPE.F16;
+  const measuredWorkspace = measureWorkspace(g, h, typeOf, ctx, ubatch, kvType);
+  // Uncapped devices share the work evenly; capped ones are balanced by how full they get.
+  if (caps.size === 0) for (const s of specs) s.weight = 1;
+  const plan = planFit({ skeleton, devices: specs, workload, target: 'vramfit', measuredWorkspace });
 
   const threads = opts.threads ?? Math.max(1, Math.min(8, (await import('node:os')).availableParallelism()));
   const devices = openVirtualDevices(specs.map((s) => s.id), new Map(specs.map((s) => [s.id, s.cap])), threads);
@@ -339,7 +418,6 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const computeBytes = new Map<string, number>();
   try {
     const stages = stagesFromPlan(plan, h, byId);
-    const tensorOf = new Map(skeleton.tensors.map((t) => [t.name, t]));
     const specFor = (name: string, ne: number[]): WeightSpec => {
       const source = tensorOf.get(name);
       if (!source) throw new InputError(model, `the checkpoint has no ${name}`);
@@ -347,9 +425,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       if (source.shape.length !== expected.length || source.shape.some((v, i) => v !== expected[i])) {
         throw new InputError(model, `${name} is [${source.shape.join(', ')}] but config.json implies [${expected.join(', ')}]`);
       }
-      const stored = ggmlTypeFor(source.dtype);
-      const type = ne.length === 1 ? GGML_TYPE.F32 : opts.dtype ? ggmlTypeFor(opts.dtype) : stored;
-      return { name, ne, type, source };
+      return { name, ne, type: typeOf(name, ne), source };
     };
     const perDevice = new Map<string, WeightSpec[]>();
     const add = (d: EngineDevice, s: WeightSpec): void => void perDevice.set(d.id, [...(perDevice.get(d.id) ?? []), s]);
@@ -362,7 +438,6 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       if (st.norm) add(st.device, specFor(globals.norm.name, globals.norm.ne));
       if (st.head && globals.head) add(st.device, specFor(globals.head.name, globals.head.ne));
     }
-    const kvType = kvDtype === 'float32' ? GGML_TYPE.F32 : GGML_TYPE.F16;
     const kvDim = h.kvHeads * h.headDim;
 
     // 1. Weights and KV cache: sized in TypeScript, checked against every cap before allocating.
@@ -400,7 +475,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       if (mine.length === 0) continue;
       let most = 0;
       for (const s of mine) {
-        const b = buildStageGraph(g, h, s, weights, kv, ubatch, ctx - ubatch);
+        const b = buildStageGraph(g, h, s, deviceLookups(s, weights, kv), ubatch, ctx - ubatch);
         const probe = g.raw.ggml_gallocr_new(d.buft) as Gallocr;
         const sizes = [0];
         g.raw.ggml_gallocr_reserve_n_size(probe, b.graph, null, null, sizes);
@@ -413,7 +488,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       const galloc = g.raw.ggml_gallocr_new(d.buft) as Gallocr;
       gallocs.set(d.id, galloc);
       for (const s of mine) {
-        const b = buildStageGraph(g, h, s, weights, kv, ubatch, ctx - ubatch);
+        const b = buildStageGraph(g, h, s, deviceLookups(s, weights, kv), ubatch, ctx - ubatch);
         const ok = g.raw.ggml_gallocr_reserve(galloc, b.graph) as boolean;
         b.gb.free();
         if (!ok) throw new VramfitError('GGML', `could not reserve the compute buffer on device ${d.id}`, 1);
@@ -429,7 +504,6 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
         opts.onProgress?.(loaded, total);
       });
     }
-    void statSync;
     return new LoadedModel(g, skeleton, h, plan, devices, stages, weights, kv, kvAllocations, kvCtx, gallocs, computeBytes, ctx, ubatch);
   } catch (e) {
     for (const galloc of gallocs.values()) g.raw.ggml_gallocr_free(galloc);

@@ -1,6 +1,6 @@
 import type { Skeleton } from '../reader/skeleton.js';
 import { InputError } from '../util/errors.js';
-import { blockWorkspace, dominantDtype, headWorkspace, kvBytesPerLayer, loadedBytes, TARGETS } from './memory-model.js';
+import { blockWorkspace, dominantDtype, headWorkspace, kvBytesPerLayer, loadedBytes, passWorkspace, TARGETS } from './memory-model.js';
 import { linearize, type PlacementUnit } from './placement-units.js';
 import { buildPlan, type Placement } from './plan-builder.js';
 import type { Plan, PlanDeviceSpec, Target, Workload } from './plan.js';
@@ -18,6 +18,25 @@ export interface FitInput {
   target: Target;
   /** Modules that must sit on the first accelerator (ChatGLM's chat code moves inputs there). */
   pins?: string[];
+  /**
+   * Compute workspace measured by the runtime (a no-allocation reservation of its real graphs) in place
+   * of the memory model's formula: for a device running blocks only, the head only, or both.
+   */
+  measuredWorkspace?: MeasuredWorkspace;
+}
+
+/** Workspace measured per role combination: keys are the roles a device plays, e.g. 'embed+block+head'. */
+export type MeasuredWorkspace = Record<string, number>;
+
+/** What a device computes: the embedding lookup, decoder blocks, the head (logits). */
+export interface Roles {
+  embed: boolean;
+  block: boolean;
+  head: boolean;
+}
+
+export function rolesKey(r: Roles): string {
+  return [r.embed ? 'embed' : '', r.block ? 'block' : '', r.head ? 'head' : ''].filter(Boolean).join('+') || 'none';
 }
 
 /** A run of units that must share a device: a chain unit plus the tied or pinned units riding with it. */
@@ -25,6 +44,7 @@ interface Group {
   units: PlacementUnit[];
   weights: number;
   kv: number;
+  hasEmbed: boolean;
   hasBlock: boolean;
   hasHead: boolean;
   /** Tensor names counted on this device although their memory is owned elsewhere. */
@@ -47,18 +67,34 @@ interface Costs {
   kvPerBlock: number;
   blockWs: number;
   headWs: number;
+  /** A device that only passes the hidden state on (an embedding lookup) still holds it. */
+  passWs: number;
+  measured?: MeasuredWorkspace;
+}
+
+function workspaceFor(c: Costs, groups: readonly Group[]): number {
+  if (groups.length === 0) return 0;
+  const r: Roles = { embed: groups.some((g) => g.hasEmbed), block: groups.some((g) => g.hasBlock), head: groups.some((g) => g.hasHead) };
+  const measured = c.measured?.[rolesKey(r)];
+  if (measured !== undefined) return measured;
+  if (!r.block && !r.head) return c.passWs;
+  return (r.block ? c.blockWs : 0) + (r.head ? c.headWs : 0);
 }
 
 function costsFor(input: FitInput): Costs {
   const a = input.skeleton.attention;
-  if (!a) return { kvPerBlock: 0, blockWs: 0, headWs: 0 };
+  if (!a) return { kvPerBlock: 0, blockWs: 0, headWs: 0, passWs: 0 };
   const profile = TARGETS[input.target];
   const dtype = dominantDtype(input.skeleton, input.workload.dtype);
-  return {
-    kvPerBlock: kvBytesPerLayer(a, input.workload) * (a.kvLayers / Math.max(1, input.skeleton.blocks?.count ?? a.kvLayers)),
+  const kvPerBlock = kvBytesPerLayer(a, input.workload) * (a.kvLayers / Math.max(1, input.skeleton.blocks?.count ?? a.kvLayers));
+  const costs: Costs = {
+    kvPerBlock,
     blockWs: blockWorkspace(a, input.workload, profile, dtype),
     headWs: headWorkspace(a, input.workload, profile, dtype),
+    passWs: passWorkspace(a, input.workload, profile, dtype),
   };
+  if (input.measuredWorkspace) costs.measured = input.measuredWorkspace;
+  return costs;
 }
 
 function makeGroups(units: PlacementUnit[], s: Skeleton, pins: readonly string[], attachTies: boolean, c: Costs, dtype: string | undefined): Group[] {
@@ -79,7 +115,7 @@ function makeGroups(units: PlacementUnit[], s: Skeleton, pins: readonly string[]
   units.forEach((u, i) => {
     const o = owner.get(i);
     const target = o === undefined ? undefined : groupOf.get(o);
-    const g = target ?? { units: [], weights: 0, kv: 0, hasBlock: false, hasHead: false, duplicates: [] };
+    const g = target ?? { units: [], weights: 0, kv: 0, hasEmbed: false, hasBlock: false, hasHead: false, duplicates: [] };
     if (!target) groups.push(g);
     groupOf.set(i, g);
     g.units.push(u);
@@ -89,6 +125,7 @@ function makeGroups(units: PlacementUnit[], s: Skeleton, pins: readonly string[]
       g.hasBlock = true;
     }
     if (u.head) g.hasHead = true;
+    if (i === 0) g.hasEmbed = true;
   });
   if (!attachTies) chargeTiedDuplicates(groups, s, dtype);
   return groups;
@@ -113,7 +150,7 @@ function deviceNeed(groups: readonly Group[], d: PlanDeviceSpec, c: Costs): { we
   if (groups.length === 0) return { weights: 0, kv: 0, workspace: 0, overhead: 0, total: 0 };
   const weights = groups.reduce((s, g) => s + g.weights, 0);
   const kv = groups.reduce((s, g) => s + g.kv, 0);
-  const workspace = (groups.some((g) => g.hasBlock) ? c.blockWs : 0) + (groups.some((g) => g.hasHead) ? c.headWs : 0);
+  const workspace = workspaceFor(c, groups);
   const overhead = d.overhead;
   return { weights, kv, workspace, overhead, total: weights + kv + workspace + overhead };
 }
@@ -163,25 +200,35 @@ function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: b
   const disk = input.devices.find((d) => d.kind === 'disk');
   const warnings: string[] = [];
 
-  // 1. As many groups as possible on the accelerators, then the most even utilisation that keeps them.
+  // 1. As many groups as possible on the accelerators, then the most even utilisation that keeps them
+  //    (and keeps the pinned group on the first accelerator when the greedy fill could put it there).
   const most = fillAccelerators(groups, accs, c, () => Infinity);
+  const pinnedGroup = pinnedGroupIndex(groups, input.pins ?? []);
+  const keepsPins = (e: number[]): boolean => pinnedGroup === undefined || pinnedGroup < (e[0] ?? 0);
   let ends = most.ends;
   if (most.placed > 0 && accs.length > 1) {
     const weight = (d: PlanDeviceSpec): number => d.weight ?? d.cap;
+    const keeps = (r: { placed: number; ends: number[] }): boolean => r.placed >= most.placed && (!keepsPins(most.ends) || keepsPins(r.ends));
     let lo = 0;
-    let hi = Math.max(...accs.map((d) => d.cap / weight(d)));
+    // A zero cap with no --gpu-weights gives 0/0: leave such devices out of the bound.
+    let hi = Math.max(0, ...accs.map((d) => d.cap / weight(d)).filter((r) => !Number.isNaN(r)));
     for (let i = 0; i < 64 && hi - lo > 1e-9 * hi; i++) {
       const mid = (lo + hi) / 2;
-      if (fillAccelerators(groups, accs, c, (d) => mid * weight(d)).placed >= most.placed) hi = mid;
+      if (keeps(fillAccelerators(groups, accs, c, (d) => mid * weight(d)))) hi = mid;
       else lo = mid;
     }
-    ends = fillAccelerators(groups, accs, c, (d) => hi * weight(d)).ends;
+    const balanced = fillAccelerators(groups, accs, c, (d) => hi * weight(d));
+    if (keeps(balanced)) {
+      // At that balance, the fewest stages (hand-offs): greedy filling may start a stage on a device it could skip.
+      const firstEnd = keepsPins(most.ends) && pinnedGroup !== undefined ? pinnedGroup + 1 : 0;
+      ends = fewestStages(groups, accs, c, most.placed, (d) => hi * weight(d), firstEnd) ?? balanced.ends;
+    }
   }
   const placed = most.placed;
 
   // Pinned modules must land on the first accelerator.
-  if (input.pins?.length && accs.length > 0 && (ends[0] ?? 0) === 0) {
-    return { failure: new InfeasiblePlanError(`pinned modules (${input.pins.join(', ')}) do not fit on the first GPU (${accs[0]!.id})`, [{ device: accs[0]!.id, short: groups[0]!.weights }], []) };
+  if (input.pins?.length && accs.length > 0 && !keepsPins(ends)) {
+    return { failure: new InfeasiblePlanError(`pinned modules (${input.pins.join(', ')}) do not fit on the first GPU (${accs[0]!.id})`, [{ device: accs[0]!.id, short: Math.max(0, deviceNeed(groups.slice(0, (pinnedGroup ?? 0) + 1), accs[0]!, c).total - accs[0]!.cap) }], []) };
   }
 
   // 2. The rest on CPU RAM, then disk. Blocks on disk run on the CPU from the mapped file, so CPU RAM
@@ -191,7 +238,7 @@ function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: b
     if (host.length === 0) return deviceNeed([], cpu ?? HOST, c);
     const weights = groups.slice(placed, end).reduce((sum, g) => sum + g.weights, 0);
     const kv = host.reduce((sum, g) => sum + g.kv, 0);
-    const workspace = (host.some((g) => g.hasBlock) ? c.blockWs : 0) + (host.some((g) => g.hasHead) ? c.headWs : 0);
+    const workspace = workspaceFor(c, host);
     const overhead = cpu?.overhead ?? 0;
     return { weights, kv, workspace, overhead, total: weights + kv + workspace + overhead };
   };
@@ -235,6 +282,49 @@ function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: b
     else usage.set(d.id, deviceNeed(perDevice.get(d.id) ?? [], d, c));
   }
   return { placement: { unitDevice, usage, duplicates }, warnings };
+}
+
+/**
+ * Ends of each accelerator's run placing groups [0, placed) with every device within min(cap, limit(d)),
+ * using the fewest non-empty devices (earlier devices fuller on ties); the first run ends at or after
+ * `firstEnd`. Undefined when no such placement exists.
+ */
+function fewestStages(groups: Group[], accs: PlanDeviceSpec[], c: Costs, placed: number, limit: (d: PlanDeviceSpec) => number, firstEnd: number): number[] | undefined {
+  const k = accs.length;
+  // best[a][i]: fewest stages holding groups [i, placed) on accelerators a…; end[a][i]: where a's run ends.
+  const best = Array.from({ length: k + 1 }, () => new Array<number>(placed + 1).fill(Infinity));
+  const end = Array.from({ length: k }, () => new Array<number>(placed + 1).fill(-1));
+  best[k]![placed] = 0;
+  for (let a = k - 1; a >= 0; a--) {
+    const d = accs[a]!;
+    const room = Math.min(d.cap, limit(d));
+    for (let i = a === 0 ? 0 : placed; i >= 0; i--) {
+      for (let j = i; j <= placed; j++) {
+        if (j > i && deviceNeed(groups.slice(i, j), d, c).total > room) break;
+        if (a === 0 && j < firstEnd) continue;
+        const stages = best[a + 1]![j]! + (j > i ? 1 : 0);
+        if (stages <= best[a]![i]!) {
+          best[a]![i] = stages;
+          end[a]![i] = j;
+        }
+      }
+    }
+  }
+  if (!Number.isFinite(best[0]![0]!)) return undefined;
+  const ends: number[] = [];
+  let i = 0;
+  for (let a = 0; a < k; a++) {
+    i = end[a]![i]!;
+    ends.push(i);
+  }
+  return ends;
+}
+
+/** Index of the group holding the pinned modules (pinned units ride with the first of them). */
+function pinnedGroupIndex(groups: readonly Group[], pins: readonly string[]): number | undefined {
+  if (pins.length === 0) return undefined;
+  const i = groups.findIndex((g) => g.units.some((u) => pins.some((p) => u.name === p || u.name.startsWith(`${p}.`))));
+  return i < 0 ? undefined : i;
 }
 
 function formatShare(bytes: number, groups: Group[]): string {

@@ -57,6 +57,12 @@ export function headWorkspace(a: AttentionFacts, w: Workload, profile: TargetPro
   return u * (4 * a.vocabSize + profile.activationBytes(weightDtype) * a.hiddenSize);
 }
 
+/** A device that only looks up embeddings (or passes the hidden state on) holds u hidden vectors and their ids. */
+export function passWorkspace(a: AttentionFacts, w: Workload, profile: TargetProfile, weightDtype: string): number {
+  const u = w.ubatch * w.batch;
+  return u * (profile.activationBytes(weightDtype) * a.hiddenSize + 4);
+}
+
 /** Bytes of a tensor once loaded at `dtype` (floating tensors convert; integer and quantized ones keep theirs). */
 export function loadedBytes(shape: readonly number[], stored: string, dtype: string | undefined): number {
   if (dtype === undefined || !isFloatDType(stored)) return tensorBytes(shape, stored);

@@ -165,6 +165,11 @@ export interface Ggml {
   raw: Record<keyof typeof BASE | keyof typeof REGISTRY, Fn>;
   setThreads(backend: Backend, n: number): void;
   lastAbortMessage(): string;
+  /**
+   * Gives an unallocated tensor a placeholder data pointer (or clears it), so the graph allocator
+   * treats it as already allocated while measuring a graph's compute buffer. Never computed with.
+   */
+  setPlaceholderData(t: Tensor, on: boolean): void;
 }
 
 let loaded: Ggml | undefined;
@@ -252,6 +257,11 @@ export function loadGgml(): Ggml {
     type: (t) => koffi.decode(t, T_OFF.type, 'int') as GgmlType,
     setThreads: () => undefined,
     lastAbortMessage: () => lastAbort,
+    setPlaceholderData: (t, on) => {
+      const current = koffi.decode(t, T_OFF.data, 'void *') as bigint | null;
+      if (on && current) throw new VramfitError('GGML', 'placeholder data on a tensor that has data', 1);
+      koffi.encode(t, T_OFF.data, 'uint64_t', on ? 4096n : 0n);
+    },
   };
   checkTensorLayout(g);
   const cpu = firstCpuDevice(g);

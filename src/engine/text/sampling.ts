@@ -1,7 +1,7 @@
 /**
  * Choosing the next token from a row of logits, the way transformers' generate() does:
  * greedy = argmax; sampling = TemperatureLogitsWarper → TopKLogitsWarper → TopPLogitsWarper → softmax → multinomial.
- * Everything is a pure function of its inputs; randomness comes only from a seeded PRNG, so a seed reproduces a run.
+ * The functions here are pure; a sampler's only state is its PRNG, seeded, so a seed reproduces a run.
  * NaN logits count as -Infinity (never chosen unless nothing else is left).
  */
 import { randomFillSync } from 'node:crypto';
@@ -46,8 +46,7 @@ export function applyTemperature(logits: Float32Array, temperature: number): Flo
 /** TopKLogitsWarper: logits below the k-th largest become -Infinity; ties with the k-th value are kept. */
 export function topKFilter(logits: Float32Array, k: number): Float32Array {
   const out = logits.slice();
-  if (k >= logits.length) return out;
-  const threshold = kthLargest(logits, k);
+  const threshold = k >= logits.length ? -Infinity : kthLargest(logits, k);
   for (let i = 0; i < out.length; i++) if (!(out[i]! >= threshold)) out[i] = -Infinity;
   return out;
 }
@@ -61,11 +60,47 @@ export function topPFilter(logits: Float32Array, p: number): Float32Array {
   const out = logits.slice();
   if (p >= 1) return out;
   const probs = softmax(logits);
-  const keep = nucleus(probs, p);
-  const kept = new Uint8Array(logits.length);
-  for (const i of keep) kept[i] = 1;
+  const kept = nucleusMask(probs, p);
   for (let i = 0; i < out.length; i++) if (!kept[i]) out[i] = -Infinity;
   return out;
+}
+
+/**
+ * The distribution transformers samples from: softmax of the logits after temperature, top-k and top-p, in that
+ * order. Removed tokens get probability 0. All logits -Infinity/NaN gives all zeros.
+ */
+export function samplingDistribution(
+  logits: Float32Array,
+  options: { temperature?: number; topK?: number; topP?: number } = {},
+): Float64Array {
+  const { temperature = 1, topK, topP = 1 } = options;
+  const n = logits.length;
+  const scores = temperature === 1 ? logits : applyTemperature(logits, temperature);
+  const threshold = topK !== undefined && topK < n ? kthLargest(scores, topK) : -Infinity;
+  let max = -Infinity;
+  for (let i = 0; i < n; i++) if (scores[i]! > max) max = scores[i]!;
+  const w = new Float64Array(n);
+  if (max === -Infinity) return w;
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    const v = scores[i]!;
+    // False for NaN, -Infinity and what top-k removed.
+    if (v >= threshold && v > -Infinity) {
+      const e = expShifted(v, max);
+      w[i] = e;
+      sum += e;
+    }
+  }
+  if (topP < 1) {
+    const kept = nucleusMask(w, topP, sum);
+    sum = 0;
+    for (let i = 0; i < n; i++) {
+      if (kept[i]) sum += w[i]!;
+      else w[i] = 0;
+    }
+  }
+  for (let i = 0; i < n; i++) w[i] = w[i]! / sum;
+  return w;
 }
 
 /** Softmax in float64; all -Infinity (or NaN) gives all zeros. */
@@ -78,12 +113,18 @@ export function softmax(logits: Float32Array): Float64Array {
   for (let i = 0; i < logits.length; i++) {
     const v = logits[i]!;
     // `v > -Infinity` is false for NaN too.
-    const e = v > -Infinity ? Math.exp(v - max) : 0;
+    const e = v > -Infinity ? expShifted(v, max) : 0;
     out[i] = e;
     sum += e;
   }
   for (let i = 0; i < out.length; i++) out[i] = out[i]! / sum;
   return out;
+}
+
+/** exp(v - max), with a +Infinity maximum taking all the mass (Infinity - Infinity would be NaN). */
+function expShifted(v: number, max: number): number {
+  if (max === Infinity) return v === Infinity ? 1 : 0;
+  return Math.exp(v - max);
 }
 
 /** Inverse-CDF draw: the first index whose cumulative probability exceeds u·total, u in [0, 1). */
@@ -180,14 +221,10 @@ export function createSampler(options: SamplerOptions = {}): Sampler {
   validateSamplerOptions(options);
   if (options.greedy) return argmax;
   const rng = createRng(options.seed);
-  const { temperature = 1, topK, topP = 1 } = options;
+  const { temperature, topK, topP } = options;
   return (logits) => {
     if (logits.length === 0) throw new RangeError('cannot sample from an empty row of logits');
-    let scores = temperature === 1 ? logits : applyTemperature(logits, temperature);
-    if (topK !== undefined) scores = topKFilter(scores, topK);
-    if (topP < 1) scores = topPFilter(scores, topP);
-    const probs = softmax(scores);
-    const token = sampleCategorical(probs, rng.nextFloat());
+    const token = sampleCategorical(samplingDistribution(logits, { temperature, topK, topP }), rng.nextFloat());
     // No finite logit at all: nothing to sample, fall back to the greedy rule's answer.
     return token < 0 ? argmax(logits) : token;
   };
@@ -195,74 +232,153 @@ export function createSampler(options: SamplerOptions = {}): Sampler {
 
 // ---------------------------------------------------------------------------------------------------------------
 
-/** The k-th largest value (k ≥ 1), NaN counted as -Infinity. Small k (the usual 20–50) keeps a heap, else sorts. */
+/**
+ * The k-th largest value (1 ≤ k ≤ length), NaN counted as -Infinity. The usual k (20–50) keeps a min-heap of
+ * the k largest, a single pass that mostly just compares with the root; large k uses three-way quickselect.
+ */
 function kthLargest(values: Float32Array, k: number): number {
-  if (k > 256) {
-    const sorted = Float32Array.from(values, (v) => (Number.isNaN(v) ? -Infinity : v)).sort();
-    return sorted[sorted.length - k]!;
-  }
-  // Min-heap of the k largest seen so far; its root is the current k-th largest.
+  return k <= 256 ? kthLargestByHeap(values, k) : kthLargestBySelect(values, k);
+}
+
+function kthLargestByHeap(values: Float32Array, k: number): number {
   const heap = new Float64Array(k);
   let size = 0;
   for (let i = 0; i < values.length; i++) {
     const raw = values[i]!;
-    const v = Number.isNaN(raw) ? -Infinity : raw;
+    const v = raw === raw ? raw : -Infinity;
     if (size < k) {
       let j = size++;
       heap[j] = v;
       while (j > 0) {
         const parent = (j - 1) >> 1;
-        if (heap[parent]! <= heap[j]!) break;
-        [heap[parent], heap[j]] = [heap[j]!, heap[parent]!];
+        if (heap[parent]! <= v) break;
+        heap[j] = heap[parent]!;
         j = parent;
       }
+      heap[j] = v;
     } else if (v > heap[0]!) {
-      heap[0] = v;
       let j = 0;
       for (;;) {
         const l = 2 * j + 1;
-        const r = l + 1;
-        let m = j;
-        if (l < size && heap[l]! < heap[m]!) m = l;
-        if (r < size && heap[r]! < heap[m]!) m = r;
-        if (m === j) break;
-        [heap[m], heap[j]] = [heap[j]!, heap[m]!];
-        j = m;
+        if (l >= size) break;
+        const c = l + 1 < size && heap[l + 1]! < heap[l]! ? l + 1 : l;
+        if (heap[c]! >= v) break;
+        heap[j] = heap[c]!;
+        j = c;
       }
+      heap[j] = v;
     }
   }
   return heap[0]!;
 }
 
-/**
- * Indices of the nucleus for 0 < p < 1. Sorting a whole 150k vocabulary per token is slow, and the nucleus
- * always lies among the most probable tokens: so only tokens with probability ≥ τ are sorted, lowering τ until
- * their mass reaches p (then every nucleus member is among them, since all of them outrank every token below τ).
- */
-function nucleus(probs: Float64Array, p: number): number[] {
-  let max = 0;
-  for (let i = 0; i < probs.length; i++) if (probs[i]! > max) max = probs[i]!;
-  let tau = max / 1024;
-  let candidates: number[];
-  for (;;) {
-    candidates = [];
-    let mass = 0;
-    for (let i = 0; i < probs.length; i++) {
-      if (probs[i]! >= tau) {
-        candidates.push(i);
-        mass += probs[i]!;
+function kthLargestBySelect(values: Float32Array, k: number): number {
+  const a = new Float32Array(values.length);
+  for (let i = 0; i < a.length; i++) {
+    const v = values[i]!;
+    a[i] = Number.isNaN(v) ? -Infinity : v;
+  }
+  const target = k - 1;
+  let lo = 0;
+  let hi = a.length - 1;
+  while (lo < hi) {
+    const x = a[lo]!;
+    const y = a[(lo + hi) >>> 1]!;
+    const z = a[hi]!;
+    const pivot = Math.max(Math.min(x, y), Math.min(Math.max(x, y), z));
+    // Descending three-way partition: a[lo, lt) > pivot, a[lt, i) == pivot, a(gt, hi] < pivot.
+    let lt = lo;
+    let i = lo;
+    let gt = hi;
+    while (i <= gt) {
+      const v = a[i]!;
+      if (v > pivot) {
+        a[i++] = a[lt]!;
+        a[lt++] = v;
+      } else if (v < pivot) {
+        a[i] = a[gt]!;
+        a[gt--] = v;
+      } else {
+        i++;
       }
     }
-    if (mass >= p || tau === 0) break;
-    tau = tau > 1e-300 ? tau / 1024 : 0;
+    if (target < lt) hi = lt - 1;
+    else if (target > gt) lo = gt + 1;
+    else return pivot;
   }
-  candidates.sort((a, b) => probs[b]! - probs[a]! || a - b);
-  const keep: number[] = [];
+  return a[lo]!;
+}
+
+/**
+ * Marks the top-p nucleus of non-negative weights (mass = their sum): a token is kept when the tokens ranked
+ * above it (higher weight; equal weight and lower index) hold less than p·mass. Sorting a 150k vocabulary per
+ * token costs tens of milliseconds, and only set membership matters, so this is a weighted quickselect instead:
+ * partition around a pivot weight into higher / equal / lower, and either narrow into the higher group (the cut
+ * lies inside it), settle the cut inside the equal group (by index), or keep higher and equal and go on in the
+ * lower group with the mass still missing. Expected O(n).
+ */
+function nucleusMask(weights: Float64Array, p: number, mass?: number): Uint8Array {
+  const n = weights.length;
+  let total = mass ?? 0;
+  let m = 0;
+  const idx = new Uint32Array(n);
+  for (let i = 0; i < n; i++) {
+    if (weights[i]! > 0) {
+      idx[m++] = i;
+      if (mass === undefined) total += weights[i]!;
+    }
+  }
+  const target = p * total;
+  const kept = new Uint8Array(n);
+  // idx[0, lo) are kept; idx[lo, hi) is undecided; idx[hi, m) are dropped. `above` is the kept mass.
+  let lo = 0;
+  let hi = m;
   let above = 0;
-  for (const i of candidates) {
-    if (keep.length > 0 && above >= p) break;
-    keep.push(i);
-    above += probs[i]!;
+  while (lo < hi) {
+    const a = weights[idx[lo]!]!;
+    const b = weights[idx[(lo + hi) >>> 1]!]!;
+    const c = weights[idx[hi - 1]!]!;
+    const pivot = Math.max(Math.min(a, b), Math.min(Math.max(a, b), c));
+    // Dutch-flag partition of idx[lo, hi) into [higher | equal | lower].
+    let h = lo;
+    let i = lo;
+    let l = hi;
+    let massHigher = 0;
+    let massEqual = 0;
+    while (i < l) {
+      const id = idx[i]!;
+      const v = weights[id]!;
+      if (v > pivot) {
+        idx[i] = idx[h]!;
+        idx[h++] = id;
+        i++;
+        massHigher += v;
+      } else if (v < pivot) {
+        idx[i] = idx[--l]!;
+        idx[l] = id;
+      } else {
+        i++;
+        massEqual += v;
+      }
+    }
+    if (h > lo && above + massHigher >= target) {
+      hi = h;
+    } else if (above + massHigher + massEqual >= target) {
+      above += massHigher;
+      const equal = idx.subarray(h, l).sort();
+      let end = h;
+      for (const id of equal) {
+        if (above >= target) break;
+        above += weights[id]!;
+        end++;
+      }
+      lo = end;
+      break;
+    } else {
+      above += massHigher + massEqual;
+      lo = l;
+    }
   }
-  return keep;
+  for (let j = 0; j < lo; j++) kept[idx[j]!] = 1;
+  return kept;
 }

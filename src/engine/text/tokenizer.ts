@@ -6,7 +6,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Template } from '@huggingface/jinja';
+import { Environment, Interpreter, Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { InputError } from '../../util/errors.js';
 
@@ -40,6 +40,7 @@ export interface TextTokenizer {
   encode(text: string, options?: EncodeOptions): number[];
   decode(ids: readonly number[], options?: DecodeOptions): string;
   createStreamDecoder(options?: DecodeOptions): StreamDecoder;
+  /** The rendered prompt; encode it with addSpecialTokens: false (or use encodeChat), since it holds bos_token itself. */
   applyChatTemplate(messages: readonly ChatMessage[], options?: ChatTemplateOptions): string;
   /** Renders the chat template and encodes it the way transformers' apply_chat_template(tokenize=True) does. */
   encodeChat(messages: readonly ChatMessage[], options?: ChatTemplateOptions): number[];
@@ -88,9 +89,12 @@ export function loadTokenizer(modelDir: string): TextTokenizer {
     tokenField('eos_token') ?? (eosTokenIds[0] === undefined ? null : tok.id_to_token(eosTokenIds[0]) ?? null);
 
   const decode = (ids: readonly number[], options: DecodeOptions = {}): string => {
+    // Models pad their embedding past the tokenizer's vocabulary (Qwen: 151936 rows, ~151670 tokens), so a sampled
+    // id can name no token; like transformers, such ids decode to nothing instead of breaking the decoder chain.
+    const known = ids.filter((id) => tok.id_to_token(id) !== undefined);
     // The library rejects an empty list; an empty generation is ordinary for us.
-    if (ids.length === 0) return '';
-    return tok.decode(ids as number[], { skip_special_tokens: options.skipSpecialTokens ?? false });
+    if (known.length === 0) return '';
+    return tok.decode(known, { skip_special_tokens: options.skipSpecialTokens ?? false });
   };
   const encode = (text: string, options: EncodeOptions = {}): number[] =>
     tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
@@ -232,16 +236,13 @@ function loadChatTemplate(
   return {
     render(messages, options) {
       try {
-        return template.render({
+        return renderTemplate(template, {
           // transformers passes None for absent tools/documents; templates test `tools is not none`.
           tools: null,
           documents: null,
           ...tokens,
           messages: messages.map((m) => ({ role: m.role, content: m.content })),
           add_generation_prompt: options.addGenerationPrompt ?? false,
-          raise_exception: (message: unknown) => {
-            throw new TemplateRaised(String(message));
-          },
         });
       } catch (e) {
         if (e instanceof TemplateRaised) throw new InputError(where, `the chat template rejected the messages: ${e.message}`);
@@ -249,6 +250,75 @@ function loadChatTemplate(
       }
     },
   };
+}
+
+/**
+ * Template.render() declares its own raise_exception, which throws a plain Error indistinguishable from an
+ * interpreter failure, and refuses a second declaration; so the globals are declared here instead, with
+ * `range` and `strftime_now` as jinja 0.5.11 defines them (strftime with English names, as Python's C locale).
+ */
+function renderTemplate(template: Template, items: Json): string {
+  const env = new Environment();
+  const globals: Json = {
+    true: true,
+    false: false,
+    none: null,
+    True: true,
+    False: false,
+    None: null,
+    raise_exception: (message: unknown) => {
+      throw new TemplateRaised(String(message));
+    },
+    range: pythonRange,
+    strftime_now: (format: string) => strftime(new Date(), String(format)),
+  };
+  for (const [key, value] of Object.entries({ ...globals, ...items })) env.set(key, value);
+  const result = new Interpreter(env).run(template.parsed);
+  return String(result.value);
+}
+
+function pythonRange(start: number, stop?: number, step = 1): number[] {
+  if (stop === undefined || stop === null) [start, stop] = [0, start];
+  if (step === 0) throw new Error('range() step must not be zero');
+  const out: number[] = [];
+  for (let i = start; step > 0 ? i < stop : i > stop; i += step) out.push(i);
+  return out;
+}
+
+const MONTHS = ['January', 'February', 'March', 'April', 'May', 'June', 'July', 'August', 'September', 'October', 'November', 'December'];
+const DAYS = ['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday'];
+
+/** The strftime codes chat templates use (Llama 3.x: "%d %b %Y"). */
+function strftime(date: Date, format: string): string {
+  const pad = (n: number) => String(n).padStart(2, '0');
+  return format.replace(/%[YymdbBaAHMS%]/g, (code) => {
+    switch (code) {
+      case '%Y':
+        return String(date.getFullYear());
+      case '%y':
+        return pad(date.getFullYear() % 100);
+      case '%m':
+        return pad(date.getMonth() + 1);
+      case '%d':
+        return pad(date.getDate());
+      case '%b':
+        return MONTHS[date.getMonth()]!.slice(0, 3);
+      case '%B':
+        return MONTHS[date.getMonth()]!;
+      case '%a':
+        return DAYS[date.getDay()]!.slice(0, 3);
+      case '%A':
+        return DAYS[date.getDay()]!;
+      case '%H':
+        return pad(date.getHours());
+      case '%M':
+        return pad(date.getMinutes());
+      case '%S':
+        return pad(date.getSeconds());
+      default:
+        return '%';
+    }
+  });
 }
 
 /**
