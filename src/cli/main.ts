@@ -8,6 +8,7 @@ import { renderSummary } from './inspect.js';
 import { renderTree } from './tree.js';
 import { ARCHITECTURES } from '../reader/architectures/index.js';
 import { addPlanCommand } from './plan-command.js';
+import { addRunCommands } from './run-command.js';
 import { detectInventory, simulatedInventory } from '../planner/devices/inventory.js';
 import { renderInventory } from '../planner/devices/format.js';
 
@@ -58,6 +59,7 @@ function buildProgram(io: Io): Command {
     });
 
   addPlanCommand(program, io);
+  addRunCommands(program, io);
 
   program
     .command('devices')

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { readConfigFile } from '../reader/read-config.js';
 import { readModel } from '../reader/read-model.js';
@@ -407,7 +408,9 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   if (caps.size === 0) for (const s of specs) s.weight = 1;
   const plan = planFit({ skeleton, devices: specs, workload, target: 'vramfit', measuredWorkspace });
 
-  const threads = opts.threads ?? Math.max(1, Math.min(8, (await import('node:os')).availableParallelism()));
+  // ggml's CPU threads spin at barriers: more threads than free cores (other work, several backends)
+  // slows a step by orders of magnitude, so the default leaves half the cores alone.
+  const threads = opts.threads ?? Math.max(1, Math.min(8, Math.floor(availableParallelism() / 2)));
   const devices = openVirtualDevices(specs.map((s) => s.id), new Map(specs.map((s) => [s.id, s.cap])), threads);
   const byId = new Map(devices.map((d) => [d.id, d]));
   const weights = new Map<string, DeviceWeights>();

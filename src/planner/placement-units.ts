@@ -75,8 +75,9 @@ export function linearize(s: Skeleton, dtype?: string): PlacementUnit[] {
     const atomic = m !== '' && (kids.length === 0 || noSplit.has(cls.get(m) ?? '') || blockIndex(m) !== undefined);
     if (atomic) {
       const tensors = collect(m);
-      const unit: PlacementUnit = { name: m, weights: bytesOf(tensors), head: pastBlocks() && isHead(tensors), tensors };
       const b = blockIndex(m);
+      // A decoder block makes hidden states, never logits, even when it holds a vocab-sized matrix.
+      const unit: PlacementUnit = { name: m, weights: bytesOf(tensors), head: b === undefined && pastBlocks() && isHead(tensors), tensors };
       if (b !== undefined) unit.block = b;
       units.push(unit);
       return;

@@ -110,9 +110,10 @@ export function compactDeviceMap(s: Skeleton, units: readonly PlacementUnit[], w
   const unitNames = new Set(units.map((u) => u.name));
   const out: [string, string][] = [];
   const walk = (m: string): void => {
-    // Tensors owned directly by a container are units of their own.
+    // Tensors owned directly by a container (the root included) are units of their own.
     for (const u of units) {
-      if (u.name.lastIndexOf('.') >= 0 && u.name.slice(0, u.name.lastIndexOf('.')) === m && !children.has(u.name) && !s.modules.some((x) => x.name === u.name)) {
+      const cut = u.name.lastIndexOf('.');
+      if ((cut < 0 ? '' : u.name.slice(0, cut)) === m && !children.has(u.name) && !s.modules.some((x) => x.name === u.name)) {
         out.push([u.name, where.get(u.name)!]);
       }
     }

@@ -55,8 +55,7 @@ function reconcileWith(cfg: ConfigReader, spec: ArchitectureSpec, dtype: string,
 function addBasePrefix(stored: StoredTensor[], names: string[]): StoredTensor[] {
   if (stored.length === 0) return stored;
   const known = new Set(names);
-  const hits = stored.filter((s) => known.has(s.name)).length;
-  if (hits > 0) return stored;
+  if (stored.some((s) => known.has(s.name))) return stored;
   const bases = [...new Set(names.filter((n) => n.includes('.')).map((n) => n.slice(0, n.indexOf('.'))))];
   for (const base of bases) {
     const renamed = stored.map((s) => (known.has(`${base}.${s.name}`) ? { ...s, name: `${base}.${s.name}` } : s));

@@ -74,6 +74,9 @@ const ALIASES: Record<string, string> = {
 
 /** Resolves a dtype name or alias; undefined when unknown. */
 export function lookupDType(name: string): DTypeInfo | undefined {
+  // Canonical names are by far the most common (every skeleton tensor): skip the normalising copies.
+  const exact = BY_NAME.get(name);
+  if (exact) return exact;
   let key = name.trim().toLowerCase();
   if (key.startsWith('torch.')) key = key.slice('torch.'.length);
   return BY_NAME.get(ALIASES[key] ?? key);

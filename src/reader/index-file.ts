@@ -27,13 +27,18 @@ export function readWeightIndex(path: string): WeightIndex {
   if (!map || typeof map !== 'object' || Array.isArray(map)) throw new FormatError(path, 'missing "weight_map" object');
   const weightMap = new Map<string, string>();
   const shards: string[] = [];
+  const seen = new Set<string>();
   for (const [name, shard] of Object.entries(map as Record<string, unknown>)) {
     if (typeof shard !== 'string' || shard === '') {
       throw new FormatError(path, `weight_map["${name}"] must be a shard file name, got ${JSON.stringify(shard)}`);
     }
-    checkShardName(path, name, shard);
     weightMap.set(name, shard);
-    if (!shards.includes(shard)) shards.push(shard);
+    if (!seen.has(shard)) {
+      // Checked once per shard (the first tensor naming a bad one is reported, as before).
+      checkShardName(path, name, shard);
+      seen.add(shard);
+      shards.push(shard);
+    }
   }
   if (weightMap.size === 0) throw new FormatError(path, 'weight_map is empty');
   const index: WeightIndex = { file: path, weightMap, shards, bytesRead: Buffer.byteLength(text) };

@@ -198,20 +198,29 @@ export function storedBytes(tensors: readonly SkeletonTensor[], storedTiedCopies
 class Inserter {
   private readonly newModules = new Map<number, SkeletonModule[]>();
   private readonly newTensors = new Map<number, SkeletonTensor[]>();
-  private readonly moduleIndex: Map<string, number>;
+  private readonly moduleIndex = new Map<string, number>();
   private readonly lastModuleUnder = new Map<string, number>();
   private readonly lastTensorUnder = new Map<string, number>();
+  private indexed = false;
 
   constructor(
     private readonly modules: SkeletonModule[],
     private readonly tensors: SkeletonTensor[],
-  ) {
-    this.moduleIndex = new Map(modules.map((m, i) => [m.name, i]));
-    modules.forEach((m, i) => forEachPrefix(m.name, (p) => this.lastModuleUnder.set(p, i)));
-    tensors.forEach((t, i) => forEachPrefix(t.name, (p) => this.lastTensorUnder.set(p, i)));
+  ) {}
+
+  /** Built on the first insert: most checkpoints insert nothing, and the maps cost a pass over every name prefix. */
+  private index(): void {
+    if (this.indexed) return;
+    this.indexed = true;
+    this.modules.forEach((m, i) => {
+      this.moduleIndex.set(m.name, i);
+      forEachPrefix(m.name, (p) => this.lastModuleUnder.set(p, i));
+    });
+    this.tensors.forEach((t, i) => forEachPrefix(t.name, (p) => this.lastTensorUnder.set(p, i)));
   }
 
   insert(tensor: SkeletonTensor, modulePath: string, moduleClass: string): void {
+    this.index();
     this.ensureModule(modulePath, moduleClass);
     const at = this.lastTensorUnder.get(modulePath) ?? this.lastTensorUnder.get(parentOf(modulePath)) ?? this.tensors.length - 1;
     push(this.newTensors, at, tensor);

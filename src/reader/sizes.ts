@@ -18,17 +18,18 @@ export function tensorMemory(s: Pick<Skeleton, 'tensors' | 'tied'>): Map<string,
 }
 
 /** Bytes below every module ('' is the whole model), tied tensors once. */
-export function moduleSizes(s: Pick<Skeleton, 'tensors' | 'tied'>): Map<string, number> {
-  const mem = tensorMemory(s);
+export function moduleSizes(s: Pick<Skeleton, 'tensors' | 'tied'>, mem: Map<string, number> = tensorMemory(s)): Map<string, number> {
   const sizes = new Map<string, number>([['', 0]]);
+  let total = 0;
   for (const [name, bytes] of mem) {
-    const parts = name.split('.');
-    sizes.set('', sizes.get('')! + bytes);
-    for (let i = 1; i < parts.length; i++) {
-      const prefix = parts.slice(0, i).join('.');
+    total += bytes;
+    // Every proper dotted prefix of the name (`a`, `a.b` for `a.b.c`), without splitting and re-joining.
+    for (let i = name.indexOf('.'); i >= 0; i = name.indexOf('.', i + 1)) {
+      const prefix = name.slice(0, i);
       sizes.set(prefix, (sizes.get(prefix) ?? 0) + bytes);
     }
   }
+  sizes.set('', total);
   return sizes;
 }
 

@@ -34,7 +34,7 @@ export interface ModelSummary {
 
 export function summarize(s: Skeleton, opts: { kvDtype?: string } = {}): ModelSummary {
   const mem = tensorMemory(s);
-  const sizes = moduleSizes(s);
+  const sizes = moduleSizes(s, mem);
   let parameters = 0;
   const bytesByDtype: Record<string, number> = {};
   for (const t of s.tensors) {
