@@ -12,11 +12,14 @@ export class OutOfDeviceMemory extends VramfitError {
   ) {
     super(
       'OUT_OF_DEVICE_MEMORY',
-      `device ${device}: ${purpose} needs ${requested} bytes but ${inUse} of its ${cap}-byte cap are in use (${requested + inUse - cap} bytes over)`,
+      `device ${device}: ${purpose} needs ${requested} bytes on top of ${inUse} already in use or reserved, over its ${cap}-byte cap by ${requested + inUse - cap} bytes`,
       2,
     );
   }
 }
+
+/** Native resources this process holds, so tests can prove a failed or disposed load leaks nothing. */
+export const liveResources = { buffers: 0, backends: 0, graphAllocators: 0, externalBytes: 0 };
 
 export interface Allocation {
   buffer: Buffer_;
@@ -53,6 +56,7 @@ export class CappedAllocator {
     if (!buffer) throw new OutOfDeviceMemory(this.device, bytes, this.inUse, this.cap, `${purpose} (the backend refused the allocation)`);
     const real = this.g.raw.ggml_backend_buffer_get_size(buffer) as number;
     const a: Allocation = { buffer, bytes: real, purpose };
+    liveResources.buffers++;
     this.live.add(a);
     this.inUse += real;
     this.peakBytes = Math.max(this.peakBytes, this.inUse);
@@ -62,6 +66,7 @@ export class CappedAllocator {
   free(a: Allocation): void {
     if (!this.live.delete(a)) return;
     this.g.raw.ggml_backend_buffer_free(a.buffer);
+    liveResources.buffers--;
     this.inUse -= a.bytes;
   }
 
@@ -73,6 +78,7 @@ export class CappedAllocator {
   reserveExternal(bytes: number, purpose: string): void {
     this.check(bytes, purpose);
     this.inUse += bytes;
+    liveResources.externalBytes += bytes;
     this.external.set(purpose, (this.external.get(purpose) ?? 0) + bytes);
     this.peakBytes = Math.max(this.peakBytes, this.inUse);
   }
@@ -82,6 +88,7 @@ export class CappedAllocator {
     const n = Math.min(bytes, held);
     this.external.set(purpose, held - n);
     this.inUse -= n;
+    liveResources.externalBytes -= n;
   }
 
   get used(): number {
@@ -124,6 +131,7 @@ export function openVirtualDevices(ids: readonly string[], caps: ReadonlyMap<str
   return ids.map((id) => {
     const backend = g.raw.ggml_backend_dev_init(dev, null) as Backend | null;
     if (!backend) throw new VramfitError('GGML', `could not start a CPU backend for device ${id}`, 1);
+    liveResources.backends++;
     g.setThreads(backend, threads);
     const buft = g.raw.ggml_backend_get_default_buffer_type(backend) as BufferType;
     const cap = caps.get(id) ?? Number.MAX_SAFE_INTEGER;
@@ -143,5 +151,6 @@ export function closeDevices(devices: readonly EngineDevice[]): void {
   for (const d of devices) {
     d.allocator.freeAll();
     g.raw.ggml_backend_free(d.backend);
+    liveResources.backends--;
   }
 }

@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
+import { tensorBytes } from '../reader/dtypes.js';
 import { readConfigFile } from '../reader/read-config.js';
 import { readModel } from '../reader/read-model.js';
 import type { Skeleton } from '../reader/skeleton.js';
@@ -8,7 +9,7 @@ import { planFit, rolesKey, type MeasuredWorkspace } from '../planner/fit.js';
 import type { Plan, PlanDeviceSpec } from '../planner/plan.js';
 import { InputError, VramfitError } from '../util/errors.js';
 import * as llama from './architectures/llama.js';
-import { closeDevices, openVirtualDevices, type Allocation, type EngineDevice } from './device.js';
+import { closeDevices, liveResources, openVirtualDevices, type Allocation, type EngineDevice } from './device.js';
 import { cpuDevice, GGML_TYPE, loadGgml, type BufferType, type Gallocr, type GgmlType, type Ggml, type Graph, type Tensor } from './ggml/binding.js';
 import { GraphBuilder } from './ggml/graph.js';
 import { describeWeights, freeWeights, ggmlTypeFor, loadWeightData, placeWeights, type DeviceWeights, type WeightSpec } from './weights.js';
@@ -24,6 +25,12 @@ export interface LoadOptions {
   /** Load matrices in this dtype instead of the checkpoint's. */
   dtype?: 'float32' | 'float16' | 'bfloat16';
   threads?: number;
+  /**
+   * Manual split: decoder layers per device, in device order (the embedding goes with the first
+   * device, the final norm and head with the last). Skips the planner; caps are still enforced by
+   * each device's allocator.
+   */
+  layerSplit?: number[];
   onProgress?: (loadedBytes: number, totalBytes: number) => void;
 }
 
@@ -185,7 +192,10 @@ export class LoadedModel {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    for (const galloc of this.gallocs.values()) this.g.raw.ggml_gallocr_free(galloc);
+    for (const galloc of this.gallocs.values()) {
+      this.g.raw.ggml_gallocr_free(galloc);
+      liveResources.graphAllocators--;
+    }
     for (const d of this.devices) {
       const w = this.weights.get(d.id);
       if (w) freeWeights(this.g, d, w);
@@ -353,6 +363,51 @@ function measureWorkspace(g: Ggml, h: llama.LlamaHyper, typeOf: (name: string, n
   }
 }
 
+/**
+ * A plan for a user's own split, with the same per-device predictions the planner would make, so a
+ * device that cannot hold its share is refused by its allocator before anything is loaded.
+ */
+function manualPlan(s: Skeleton, h: llama.LlamaHyper, specs: PlanDeviceSpec[], split: number[], workload: Plan['workload'], measured: MeasuredWorkspace): Plan {
+  const accelerators = specs.filter((d) => d.kind !== 'cpu');
+  if (split.length !== accelerators.length || split.some((n) => !Number.isSafeInteger(n) || n < 0) || split.reduce((a, b) => a + b, 0) !== h.layers) {
+    throw new InputError('--split', `expected ${accelerators.length} layer counts adding up to ${h.layers}, got ${split.join(',')}`);
+  }
+  // Plan as if each device had room, then pin every unit where the user put it.
+  const roomy = accelerators.map((d) => ({ ...d, cap: Number.MAX_SAFE_INTEGER }));
+  const base = planFit({ skeleton: s, devices: roomy, workload, target: 'vramfit', measuredWorkspace: measured });
+  const where = (unit: string): string => {
+    const m = /^model\.layers\.(\d+)$/.exec(unit);
+    if (m) {
+      let layer = Number(m[1]);
+      for (let d = 0; d < split.length; d++) {
+        if (layer < split[d]!) return accelerators[d]!.id;
+        layer -= split[d]!;
+      }
+    }
+    if (unit.startsWith('model.embed_tokens') || (h.tied && unit === 'lm_head')) return accelerators[0]!.id;
+    return accelerators.at(-1)!.id;
+  };
+  const units = base.devices.flatMap((d) => d.modules);
+  const kvLayer = (s.attention?.kvElementsPerToken ?? 0) * (workload.kvDtype === 'float32' ? 4 : 2) * workload.ctx * workload.batch;
+  const devices = accelerators.map((d) => {
+    const modules = units.filter((u) => where(u) === d.id);
+    const weights = modules.reduce((sum, m) => sum + unitWeights(s, m, workload.dtype), 0);
+    const layers = modules.filter((m) => /^model\.layers\.\d+$/.test(m)).length;
+    const roles = { embed: modules.includes('model.embed_tokens'), block: layers > 0, head: modules.includes('lm_head') };
+    const workspace = measured[rolesKey(roles)] ?? 0;
+    return { ...base.devices[0]!, id: d.id, kind: d.kind, cap: d.cap, weights, kv: layers * kvLayer, workspace, overhead: 0, used: weights + layers * kvLayer + workspace, modules, ranges: [] as string[], tiedDuplicates: [] as string[] };
+  });
+  return { ...base, strategy: 'manual split', devices };
+}
+
+/** Bytes a unit's tensors take as the engine loads them: vectors as float32, matrices as stored or --dtype. */
+function unitWeights(s: Skeleton, unit: string, dtype: string | undefined): number {
+  const aliases = new Set(s.tied.flatMap((g) => g.slice(1)));
+  return s.tensors
+    .filter((t) => (t.name.startsWith(`${unit}.`) || t.name === unit) && !aliases.has(t.name) && !(t.kind === 'buffer' && t.persistent === false))
+    .reduce((sum, t) => sum + tensorBytes(t.shape, t.shape.length === 1 ? 'float32' : (dtype ?? t.dtype)), 0);
+}
+
 function parseDevices(spec: string | undefined): string[] {
   if (spec === undefined || spec === 'cpu') return ['0'];
   const m = /^virtual:(\d+)$/.exec(spec.trim());
@@ -406,7 +461,9 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const measuredWorkspace = measureWorkspace(g, h, typeOf, ctx, ubatch, kvType);
   // Uncapped devices share the work evenly; capped ones are balanced by how full they get.
   if (caps.size === 0) for (const s of specs) s.weight = 1;
-  const plan = planFit({ skeleton, devices: specs, workload, target: 'vramfit', measuredWorkspace });
+  const plan = opts.layerSplit
+    ? manualPlan(skeleton, h, specs, opts.layerSplit, workload, measuredWorkspace)
+    : planFit({ skeleton, devices: specs, workload, target: 'vramfit', measuredWorkspace });
 
   // ggml's CPU threads spin at barriers: more threads than free cores (other work, several backends)
   // slows a step by orders of magnitude, so the default leaves half the cores alone.
@@ -448,8 +505,15 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
     for (const d of devices) {
       const w = describeWeights(g, d, perDevice.get(d.id) ?? []);
       weights.set(d.id, w);
+    }
+    // Nothing is allocated until every device is known to hold its weights, KV cache and the
+    // workspace the plan measured; the allocations below then re-check each request.
+    for (const d of devices) {
+      const w = weights.get(d.id)!;
+      const planned = plan.devices.find((x) => x.id === d.id)?.workspace ?? 0;
       d.allocator.check(w.bytes, 'weights');
       d.allocator.check(pad(kvBytes(d), d.alignment), 'KV cache', w.bytes);
+      d.allocator.check(planned, 'compute workspace', w.bytes + pad(kvBytes(d), d.alignment));
     }
     for (const d of devices) {
       placeWeights(g, d, weights.get(d.id)!);
@@ -489,6 +553,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       d.allocator.reserveExternal(most, 'compute');
       computeBytes.set(d.id, most);
       const galloc = g.raw.ggml_gallocr_new(d.buft) as Gallocr;
+      liveResources.graphAllocators++;
       gallocs.set(d.id, galloc);
       for (const s of mine) {
         const b = buildStageGraph(g, h, s, deviceLookups(s, weights, kv), ubatch, ctx - ubatch);
@@ -509,7 +574,10 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
     }
     return new LoadedModel(g, skeleton, h, plan, devices, stages, weights, kv, kvAllocations, kvCtx, gallocs, computeBytes, ctx, ubatch);
   } catch (e) {
-    for (const galloc of gallocs.values()) g.raw.ggml_gallocr_free(galloc);
+    for (const galloc of gallocs.values()) {
+      g.raw.ggml_gallocr_free(galloc);
+      liveResources.graphAllocators--;
+    }
     for (const d of devices) {
       const w = weights.get(d.id);
       if (w) freeWeights(g, d, w);
