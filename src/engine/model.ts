@@ -346,8 +346,8 @@ function measureWorkspace(g: Ggml, h: llama.LlamaHyper, typeOf: (name: string, n
     for (const embed of [false, true]) {
       for (const block of [false, true]) {
         for (const head of [false, true]) {
-          if (!embed && !block && !head) continue;
-          const b = buildStageGraph(g, h, { embed, layers: block ? layers : [], norm: head, head }, look, ubatch, ctx - ubatch);
+          // 'none': a device that only applies the final norm and hands the state on.
+          const b = buildStageGraph(g, h, { embed, layers: block ? layers : [], norm: head || (!embed && !block), head }, look, ubatch, ctx - ubatch);
           try {
             out[rolesKey({ embed, block, head })] = measureGraph(g, buft, b.graph);
           } finally {

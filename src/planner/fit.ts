@@ -177,7 +177,7 @@ export function planFit(input: FitInput): Plan {
   const s = input.skeleton;
   if (!s.attention) warnings.push('the model has no attention facts (unknown architecture): KV cache and workspace are not budgeted');
   const c = costsFor(input);
-  const units = linearize(s, input.workload.dtype);
+  const units = linearize(s, input.workload.dtype, input.target !== 'transformers');
   let attempt = tryFit(input, units, c, true);
   if ('failure' in attempt && s.tied.length > 0) {
     const detached = tryFit(input, units, c, false);

@@ -17,7 +17,11 @@ export interface PlacementUnit {
   tensors: string[];
 }
 
-export function linearize(s: Skeleton, dtype?: string): PlacementUnit[] {
+/**
+ * `dropRecomputed`: leave out non-persistent buffers (rotary `inv_freq`, causal masks), which ggml
+ * runtimes compute in their kernels instead of holding; PyTorch holds them.
+ */
+export function linearize(s: Skeleton, dtype?: string, dropRecomputed = false): PlacementUnit[] {
   const noSplit = new Set(s.no_split_module_classes);
   const children = new Map<string, string[]>([['', []]]);
   const cls = new Map<string, string>();
@@ -42,7 +46,8 @@ export function linearize(s: Skeleton, dtype?: string): PlacementUnit[] {
   const bytesOf = (names: string[]): number =>
     names.reduce((sum, n) => {
       const t = tensorOf.get(n)!;
-      return aliases.has(n) ? sum : sum + loadedBytes(t.shape, t.dtype, t.kind === 'param' ? dtype : undefined);
+      if (aliases.has(n) || (dropRecomputed && t.kind === 'buffer' && t.persistent === false)) return sum;
+      return sum + loadedBytes(t.shape, t.dtype, t.kind === 'param' ? dtype : undefined);
     }, 0);
   const collect = (m: string): string[] => {
     const cached = below.get(m);

@@ -1,0 +1,209 @@
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { main } from '../src/cli/main.js';
+import { liveResources, OutOfDeviceMemory } from '../src/engine/device.js';
+import { generate } from '../src/engine/generate.js';
+import { loadModel, type LoadedModel } from '../src/engine/model.js';
+import { createReferenceModel } from './helpers/reference-llama.js';
+import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { TINY_FAMILY_NAMES, writeTinyFamilyCheckpoint, type TinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
+
+const root = tempDir('vramfit-engine-');
+after(() => cleanup(root));
+
+const PROMPT = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3];
+const NEW_TOKENS = 6;
+
+function checkpoint(name: (typeof TINY_FAMILY_NAMES)[number], dtype: 'float32' | 'float16' | 'bfloat16' = 'float32'): TinyFamilyCheckpoint {
+  return writeTinyFamilyCheckpoint(join(root, `${name}-${dtype}`), name, { dtype, seed: 11 });
+}
+
+async function greedy(model: LoadedModel): Promise<{ ids: number[]; prompt: Float32Array[]; steps: Float32Array[] }> {
+  const stream = generate(model, PROMPT, { maxNewTokens: NEW_TOKENS, sampling: { greedy: true }, keepLogits: true });
+  let step = await stream.next();
+  while (!step.done) step = await stream.next();
+  return { ids: step.value.generatedIds, prompt: step.value.promptLogits!, steps: step.value.stepLogits! };
+}
+
+function maxAbsDiff(a: readonly Float32Array[], b: readonly ArrayLike<number>[]): number {
+  let m = 0;
+  a.forEach((row, r) => row.forEach((v, i) => (m = Math.max(m, Math.abs(v - b[r]![i]!)))));
+  return m;
+}
+
+describe('engine: one device against a plain-TypeScript reference', () => {
+  for (const name of TINY_FAMILY_NAMES) {
+    it(`${name}: logits and greedy tokens agree with the reference`, async () => {
+      const ck = checkpoint(name);
+      const model = await loadModel(ck.dir, { devices: 'virtual:1', ctx: 64, ubatch: 4, kvDtype: 'float32', threads: 1 });
+      try {
+        const got = await greedy(model);
+        const ref = createReferenceModel(ck);
+        const promptRef = ref.forward(PROMPT, 0);
+        assert.ok(maxAbsDiff(got.prompt, promptRef) < 1e-4, `prompt logits differ by ${maxAbsDiff(got.prompt, promptRef)}`);
+        // Feed the engine's own tokens to the reference, so one near-tie cannot derail the comparison.
+        const stepRef = got.ids.slice(0, -1).map((id) => ref.forward([id])[0]!);
+        assert.ok(maxAbsDiff(got.steps.slice(1), stepRef) < 1e-4, `step logits differ by ${maxAbsDiff(got.steps.slice(1), stepRef)}`);
+      } finally {
+        model.dispose();
+      }
+    });
+  }
+});
+
+describe('engine: the same model split over 1, 2 and 4 virtual devices', () => {
+  for (const name of TINY_FAMILY_NAMES) {
+    it(`${name}: identical greedy tokens, logits within 1e-5, every device under its cap`, async () => {
+      const ck = checkpoint(name);
+      const runs: Awaited<ReturnType<typeof greedy>>[] = [];
+      for (const devices of ['virtual:1', 'virtual:2', 'virtual:4']) {
+        const model = await loadModel(ck.dir, { devices, ctx: 64, ubatch: 4, kvDtype: 'float32', threads: 1 });
+        try {
+          if (devices !== 'virtual:1') assert.ok(model.plan.devices.filter((d) => d.modules.length > 0).length > 1, 'the model is really split');
+          runs.push(await greedy(model));
+          for (const d of model.report()) {
+            assert.ok(d.measured <= d.cap, `device ${d.id} over its cap`);
+            assert.ok(Math.abs(d.measured - d.predicted) <= 0.02 * d.predicted, `device ${d.id}: measured ${d.measured} vs predicted ${d.predicted}`);
+          }
+        } finally {
+          model.dispose();
+        }
+      }
+      for (const r of runs.slice(1)) {
+        assert.deepEqual(r.ids, runs[0]!.ids);
+        assert.ok(maxAbsDiff(r.prompt, runs[0]!.prompt) <= 1e-5);
+        assert.ok(maxAbsDiff(r.steps, runs[0]!.steps) <= 1e-5);
+      }
+    });
+  }
+});
+
+describe('engine: caps are enforced', () => {
+  it('a plan under caps: measured peak within 2 % of the prediction and below each cap', async () => {
+    const ck = checkpoint('llama3');
+    const probe = await loadModel(ck.dir, { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1 });
+    const need = probe.report().map((d) => d.predicted);
+    probe.dispose();
+    const model = await loadModel(ck.dir, { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1, maxMemory: `0=${need[0]! + 4096},1=${need[1]! + 4096}` });
+    try {
+      model.forward(PROMPT);
+      for (const d of model.report()) {
+        assert.ok(d.measured <= d.cap);
+        assert.ok(Math.abs(d.measured - d.predicted) <= 0.02 * d.predicted);
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+
+  it('a device one block too small fails with OutOfDeviceMemory before anything is loaded, leaking nothing', async () => {
+    const ck = checkpoint('llama2');
+    const probe = await loadModel(ck.dir, { devices: 'virtual:2', ctx: 64, ubatch: 8, threads: 1, layerSplit: [1, 1] });
+    const [a, b] = probe.report().map((d) => d.predicted) as [number, number];
+    probe.dispose();
+    const before = { ...liveResources };
+    let progressed = 0;
+    await assert.rejects(
+      loadModel(ck.dir, { devices: 'virtual:2', ctx: 64, ubatch: 8, threads: 1, layerSplit: [1, 1], maxMemory: `0=${a},1=${b - 1}`, onProgress: (n) => (progressed = n) }),
+      (e: unknown) => {
+        assert.ok(e instanceof OutOfDeviceMemory, String(e));
+        assert.equal(e.device, '1');
+        assert.equal(e.cap, b - 1);
+        assert.ok(e.requested + e.inUse > e.cap);
+        return true;
+      },
+    );
+    assert.equal(progressed, 0, 'no weight byte was read');
+    assert.deepEqual({ ...liveResources }, before, 'every buffer, backend and allocator was released');
+  });
+
+  it('the planner refuses caps that cannot hold the model, naming the short device', async () => {
+    const ck = checkpoint('llama2');
+    await assert.rejects(loadModel(ck.dir, { devices: 'virtual:2', ctx: 64, maxMemory: '0=100KB,1=100KB' }), /does not fit.*device|GPU 0 is short|short by/);
+  });
+
+  it('dispose frees every buffer', async () => {
+    const ck = checkpoint('qwen3');
+    const before = { ...liveResources };
+    const model = await loadModel(ck.dir, { devices: 'virtual:4', ctx: 32, threads: 1 });
+    assert.ok(liveResources.buffers > before.buffers);
+    model.dispose();
+    assert.deepEqual({ ...liveResources }, before);
+    assert.throws(() => model.forward([1]), /disposed/);
+  });
+});
+
+describe('engine: storage dtypes and inputs', () => {
+  for (const dtype of ['float16', 'bfloat16'] as const) {
+    it(`${dtype} weights run and stay close to the reference`, async () => {
+      const ck = checkpoint('mistral', dtype);
+      const model = await loadModel(ck.dir, { devices: 'virtual:2', ctx: 32, kvDtype: 'float32', threads: 1 });
+      try {
+        const rows = model.forward(PROMPT, true);
+        const ref = createReferenceModel(ck).forward(PROMPT, 0);
+        // Half-precision matrices make ggml round the activations too: a looser bound than F32's.
+        assert.ok(maxAbsDiff(rows, ref) < 0.05, `differs by ${maxAbsDiff(rows, ref)}`);
+      } finally {
+        model.dispose();
+      }
+    });
+  }
+
+  it('token ids outside the vocabulary and contexts that overflow are bad input', async () => {
+    const ck = checkpoint('llama2');
+    const model = await loadModel(ck.dir, { ctx: 8, threads: 1 });
+    try {
+      assert.throws(() => model.forward([1, 100000]), /outside the vocabulary/);
+      assert.throws(() => model.forward(Array.from({ length: 9 }, () => 1)), /do not fit the 8-token context/);
+    } finally {
+      model.dispose();
+    }
+  });
+});
+
+describe('vramfit run', () => {
+  async function run(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+    let out = '';
+    let err = '';
+    const code = await main(argv, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
+    return { code, out, err };
+  }
+
+  it('--json with --logits gives ids, devices and logits rows', async () => {
+    const ck = checkpoint('llama3-tied');
+    const r = await run('run', ck.dir, '--input-ids', '1,2,3', '--max-new-tokens', '3', '--json', '--logits', '--devices', 'virtual:2', '--ctx', '32', '--threads', '1');
+    assert.equal(r.code, 0, r.err);
+    const j = JSON.parse(r.out);
+    assert.deepEqual(j.prompt_ids, [1, 2, 3]);
+    assert.equal(j.generated_ids.length, 3);
+    assert.equal(j.devices.length, 2);
+    assert.equal(j.prompt_logits.length, 3);
+    assert.equal(j.step_logits.length, 3);
+    assert.equal(j.prompt_logits[0].length, ck.config['vocab_size']);
+    assert.ok(j.devices.every((d: { measured_peak: number; predicted_peak: number }) => d.measured_peak > 0));
+  });
+
+  it('--max-new-tokens 0 generates nothing', async () => {
+    const ck = checkpoint('llama2');
+    const r = await run('run', ck.dir, '--input-ids', '5', '--max-new-tokens', '0', '--json', '--threads', '1');
+    assert.equal(r.code, 0, r.err);
+    assert.deepEqual(JSON.parse(r.out).generated_ids, []);
+  });
+
+  it('bad input exits 2 with one line', async () => {
+    const ck = checkpoint('llama2');
+    for (const argv of [
+      ['--input-ids', '1,x'],
+      ['--input-ids', '1', '--temperature', '0'],
+      ['--input-ids', '1', '--kv-dtype', 'q4_0'],
+      ['--prompt', 'hi'],
+      ['--input-ids', '1', '--devices', 'virtual:0'],
+      ['--input-ids', '1', '--max-memory', '0=10KB'],
+    ]) {
+      const r = await run('run', ck.dir, ...argv, '--threads', '1');
+      assert.equal(r.code, 2, `${argv.join(' ')}: ${r.err}`);
+      assert.equal(r.err.trim().split('\n').length, 1, r.err);
+    }
+  });
+});
