@@ -94,8 +94,8 @@ async function runModel(model: string, f: RunFlags, io: Io, tty: boolean): Promi
   if ((f.prompt === undefined) === (f.inputIds === undefined)) throw new InputError('--prompt', 'give exactly one of --prompt or --input-ids');
   const maxNewTokens = int(f.maxNewTokens, '--max-new-tokens', 0)!;
   const sampling = samplingFrom(f);
-  const kv = f.kvDtype ?? 'float16';
-  if (kv !== 'float16' && kv !== 'float32') throw new InputError('--kv-dtype', `the engine keeps the KV cache in float16 or float32, not ${kv}`);
+  const kv = f.kvDtype;
+  if (kv !== undefined && kv !== 'float16' && kv !== 'float32') throw new InputError('--kv-dtype', `the engine keeps the KV cache in float16 or float32, not ${kv}`);
   if (f.dtype !== undefined && !['float32', 'float16', 'bfloat16'].includes(f.dtype)) throw new InputError('--dtype', `expected float32, float16 or bfloat16, got ${f.dtype}`);
   const ctx = int(f.ctx, '--ctx', 1);
   const ubatch = int(f.ubatch, '--ubatch', 1);
@@ -106,7 +106,7 @@ async function runModel(model: string, f: RunFlags, io: Io, tty: boolean): Promi
     ...(f.maxMemory !== undefined ? { maxMemory: f.maxMemory } : {}),
     ...(ctx !== undefined ? { ctx } : {}),
     ...(ubatch !== undefined ? { ubatch } : {}),
-    kvDtype: kv,
+    ...(kv !== undefined ? { kvDtype: kv as 'float16' | 'float32' } : {}),
     ...(f.dtype !== undefined ? { dtype: f.dtype as 'float32' } : {}),
     ...(threads !== undefined ? { threads } : {}),
     ...(progress ? { onProgress: progress } : {}),
@@ -197,7 +197,7 @@ export function addRunCommands(program: Command, io: Io): void {
     .option('--max-memory <budgets>', 'caps per device: 0=200MiB,1=300MiB (as `vramfit plan` takes them)')
     .option('--ctx <tokens>', 'context length to allocate the KV cache for (default: min(model maximum, 4096))')
     .option('--ubatch <n>', 'tokens per forward pass during prefill (default 512)')
-    .option('--kv-dtype <dtype>', 'float16 (default) or float32')
+    .option('--kv-dtype <dtype>', 'float16 or float32 (default: float32 for float32 models, else float16, as transformers keeps it)')
     .option('--dtype <dtype>', 'load matrices as float32, float16 or bfloat16 (default: as stored)')
     .option('--threads <n>', 'CPU threads per device')
     .option('--show-plan', 'print the plan before generating')

@@ -3,6 +3,7 @@ import { dirname } from 'node:path';
 import { tensorBytes } from '../reader/dtypes.js';
 import { readConfigFile } from '../reader/read-config.js';
 import { readModel } from '../reader/read-model.js';
+import { kvDefaultDtype } from '../reader/summary.js';
 import type { Skeleton } from '../reader/skeleton.js';
 import { parseMaxMemory, resolveBudgets } from '../planner/budgets.js';
 import { planFit, rolesKey, type MeasuredWorkspace } from '../planner/fit.js';
@@ -435,7 +436,8 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const ctx = opts.ctx ?? Math.min(h.maxPositions, 4096);
   const ubatch = Math.min(opts.ubatch ?? 512, ctx);
   if (!Number.isSafeInteger(ctx) || ctx < 1) throw new InputError('--ctx', `expected a positive integer, got ${ctx}`);
-  const kvDtype = opts.kvDtype ?? 'float16';
+  // As transformers does, the cache follows the model: float32 models keep a float32 cache.
+  const kvDtype = opts.kvDtype ?? (kvDefaultDtype(skeleton) === 'float32' ? 'float32' : 'float16');
   const ids = parseDevices(opts.devices);
 
   // Caps per device: --max-memory names them; unnamed devices are uncapped.
