@@ -123,6 +123,28 @@ describe('engine: caps are enforced', () => {
     await assert.rejects(loadModel(ck.dir, { devices: 'virtual:2', ctx: 64, maxMemory: '0=100KB,1=100KB' }), /does not fit.*device|GPU 0 is short|short by/);
   });
 
+  it('blocks offloaded to disk run in place from the mapped file and give the same logits', async () => {
+    const ck = checkpoint('llama3');
+    const ram = await loadModel(ck.dir, { devices: 'virtual:1', ctx: 32, threads: 1 });
+    const expected = ram.forward(PROMPT, true);
+    const need = ram.report()[0]!.predicted;
+    ram.dispose();
+    const before = { ...liveResources };
+    const model = await loadModel(ck.dir, { devices: 'virtual:1', ctx: 32, threads: 1, maxMemory: `0=${Math.floor(need / 3)},cpu=${Math.floor(need / 3)},disk=1GB` });
+    try {
+      const disk = model.plan.devices.find((d) => d.id === 'disk')!;
+      assert.ok(disk.modules.some((m) => m.startsWith('model.layers.')), 'some blocks are on disk');
+      assert.equal(maxAbsDiff(model.forward(PROMPT, true), expected), 0);
+      const report = model.report();
+      const mapped = report.find((d) => d.id === 'disk')!;
+      assert.equal(mapped.measured, mapped.predicted, 'every disk tensor is used in place');
+      for (const d of report) assert.ok(d.measured <= d.cap);
+    } finally {
+      model.dispose();
+    }
+    assert.deepEqual({ ...liveResources }, before);
+  });
+
   it('dispose frees every buffer', async () => {
     const ck = checkpoint('qwen3');
     const before = { ...liveResources };

@@ -172,7 +172,7 @@ export class LoadedModel {
   }
 
   report(): DeviceReport[] {
-    return this.devices.map((d) => {
+    const out: DeviceReport[] = this.devices.map((d) => {
       const p = this.plan.devices.find((x) => x.id === d.id);
       return {
         id: d.id,
@@ -183,6 +183,12 @@ export class LoadedModel {
         bytesIn: this.bytesIn.get(d.id) ?? 0,
       };
     });
+    const disk = this.plan.devices.find((x) => x.id === 'disk');
+    if (disk) {
+      const mapped = [...this.weights.values()].reduce((sum, w) => sum + w.mappedBytes, 0);
+      out.push({ id: 'disk', cap: disk.cap, predicted: disk.weights, measured: mapped, breakdown: { mapped }, bytesIn: 0 });
+    }
+    return out;
   }
 
   private ensureOpen(): void {
@@ -275,8 +281,8 @@ function stagesFromPlan(plan: Plan, h: llama.LlamaHyper, devices: Map<string, En
   for (const d of plan.devices) for (const m of d.modules) where.set(m, d.id);
   const deviceOf = (unit: string): EngineDevice => {
     const id = where.get(unit);
-    if (id === 'disk') throw new InputError('--max-memory', 'disk offload is planned but the engine does not run disk-offloaded blocks yet: give cpu more room');
-    const d = id === undefined ? undefined : devices.get(id);
+    // Disk-offloaded blocks run on the host CPU, reading their weights from the mapped file.
+    const d = id === undefined ? undefined : devices.get(id === 'disk' ? 'cpu' : id);
     if (!d) throw new VramfitError('PIPELINE', `the plan puts ${unit} on ${id ?? 'no device'}, which the engine has not opened`, 1);
     return d;
   };
@@ -445,13 +451,16 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   if (opts.maxMemory !== undefined) {
     const resolved = resolveBudgets(parseMaxMemory(opts.maxMemory), { gpus: ids.filter((i) => i !== 'cpu').map((i) => ({ index: Number(i), totalBytes: Number.MAX_SAFE_INTEGER, freeBytes: Number.MAX_SAFE_INTEGER })) });
     for (const [k, v] of Object.entries(resolved)) {
-      if (k === 'disk') throw new InputError('--max-memory', 'the engine does not run disk-offloaded blocks yet');
-      if (k !== 'cpu' && !ids.includes(k)) throw new InputError('--max-memory', `names device ${k}, which --devices does not open`);
+      if (k !== 'cpu' && k !== 'disk' && !ids.includes(k)) throw new InputError('--max-memory', `names device ${k}, which --devices does not open`);
       caps.set(k, v);
     }
   }
   const specs: PlanDeviceSpec[] = ids.map((id) => ({ id, kind: 'virtual', cap: caps.get(id) ?? Number.MAX_SAFE_INTEGER, overhead: 0 }));
   if (caps.has('cpu')) specs.push({ id: 'cpu', kind: 'cpu', cap: caps.get('cpu')!, overhead: 0 });
+  if (caps.has('disk')) {
+    if (!caps.has('cpu')) throw new InputError('--max-memory', 'disk offload needs a cpu budget too: disk-offloaded blocks run on the CPU with their KV cache in RAM');
+    specs.push({ id: 'disk', kind: 'disk', cap: caps.get('disk')!, overhead: 0 });
+  }
   const workload = { ctx, batch: 1, ubatch, kvDtype, ...(opts.dtype ? { dtype: opts.dtype } : {}) };
   const tensorOf = new Map(skeleton.tensors.map((t) => [t.name, t]));
   const typeOf = (name: string, ne: number[]): GgmlType => {
@@ -470,7 +479,9 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   // ggml's CPU threads spin at barriers: more threads than free cores (other work, several backends)
   // slows a step by orders of magnitude, so the default leaves half the cores alone.
   const threads = opts.threads ?? Math.max(1, Math.min(8, Math.floor(availableParallelism() / 2)));
-  const devices = openVirtualDevices(specs.map((s) => s.id), new Map(specs.map((s) => [s.id, s.cap])), threads);
+  const hosts = specs.filter((s) => s.kind !== 'disk');
+  const devices = openVirtualDevices(hosts.map((s) => s.id), new Map(hosts.map((s) => [s.id, s.cap])), threads);
+  const onDisk = new Set(plan.devices.find((d) => d.id === 'disk')?.modules ?? []);
   const byId = new Map(devices.map((d) => [d.id, d]));
   const weights = new Map<string, DeviceWeights>();
   const kvAllocations = new Map<string, Allocation>();
@@ -490,7 +501,12 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       return { name, ne, type: typeOf(name, ne), source };
     };
     const perDevice = new Map<string, WeightSpec[]>();
-    const add = (d: EngineDevice, s: WeightSpec): void => void perDevice.set(d.id, [...(perDevice.get(d.id) ?? []), s]);
+    const add = (d: EngineDevice, s: WeightSpec): void => {
+      // A disk-offloaded tensor is used in place when the kernels can read it as stored.
+      const unit = s.name.startsWith('model.layers.') ? s.name.split('.').slice(0, 3).join('.') : s.name.slice(0, s.name.lastIndexOf('.'));
+      if (onDisk.has(unit) && s.type === ggmlTypeFor(s.source.dtype)) s.mapped = true;
+      perDevice.set(d.id, [...(perDevice.get(d.id) ?? []), s]);
+    };
     const globals = llama.globalTensors(h);
     for (const st of stages) {
       if (st.embed || (st.head && h.tied)) {
@@ -518,7 +534,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       d.allocator.check(planned, 'compute workspace', w.bytes + pad(kvBytes(d), d.alignment));
     }
     for (const d of devices) {
-      placeWeights(g, d, weights.get(d.id)!);
+      placeWeights(g, d, weights.get(d.id)!, modelDir);
       const layers = stages.filter((s) => s.device === d).flatMap((s) => s.layers);
       if (layers.length === 0) continue;
       const c = g.init(g.tensorOverhead() * (layers.length * 2 + 4), true);

@@ -1,7 +1,7 @@
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { VramfitError } from '../util/errors.js';
-import { GGML_TYPE, type Ctx, type GgmlType, type Ggml, type Tensor } from './ggml/binding.js';
+import { GGML_TYPE, mapFile, type Buffer_, type Ctx, type GgmlType, type Ggml, type MappedFile, type Tensor } from './ggml/binding.js';
 import type { Allocation, EngineDevice } from './device.js';
 import type { SkeletonTensor } from '../reader/skeleton.js';
 
@@ -20,6 +20,8 @@ export interface WeightSpec {
   ne: number[];
   type: GgmlType;
   source: SkeletonTensor;
+  /** Used in place from the memory-mapped checkpoint (disk offload) instead of copied into RAM. */
+  mapped?: boolean;
 }
 
 /** A device's weights: ggml tensors laid out in one capped buffer. */
@@ -27,8 +29,12 @@ export interface DeviceWeights {
   ctx: Ctx;
   tensors: Map<string, Tensor>;
   specs: WeightSpec[];
+  /** Bytes of the RAM/VRAM buffer (mapped tensors excluded). */
   bytes: number;
+  /** Bytes used in place from mapped files. */
+  mappedBytes: number;
   allocation?: Allocation;
+  maps: { buffer: Buffer_; file: MappedFile }[];
 }
 
 const pad = (n: number, a: number): number => Math.ceil(n / a) * a;
@@ -38,26 +44,60 @@ export function describeWeights(g: Ggml, device: EngineDevice, specs: WeightSpec
   const ctx = g.init(g.tensorOverhead() * (specs.length + 4) + 4096, true);
   const tensors = new Map<string, Tensor>();
   let bytes = 0;
+  let mappedBytes = 0;
   for (const s of specs) {
     const t = g.newTensor(ctx, s.type, s.ne);
     g.setName(t, s.name);
     tensors.set(s.name, t);
-    bytes += pad(g.raw.ggml_backend_buft_get_alloc_size(device.buft, t) as number, device.alignment);
+    if (s.mapped) mappedBytes += g.nbytes(t);
+    else bytes += pad(g.raw.ggml_backend_buft_get_alloc_size(device.buft, t) as number, device.alignment);
   }
-  return { ctx, tensors, specs, bytes };
+  return { ctx, tensors, specs, bytes, mappedBytes, maps: [] };
 }
 
-/** Allocates the buffer through the device's capped allocator and places every tensor in it. */
-export function placeWeights(g: Ggml, device: EngineDevice, w: DeviceWeights): void {
+/**
+ * Allocates the buffer through the device's capped allocator and places every tensor in it; mapped
+ * tensors point into their shard's mapping instead.
+ */
+export function placeWeights(g: Ggml, device: EngineDevice, w: DeviceWeights, modelDir: string): void {
+  placeMapped(g, w, modelDir);
   if (w.bytes === 0) return;
   w.allocation = device.allocator.allocate(w.bytes, 'weights');
   const base = g.raw.ggml_backend_buffer_get_base(w.allocation.buffer) as bigint;
   let offset = 0;
   for (const s of w.specs) {
+    if (s.mapped) continue;
     const t = w.tensors.get(s.name)!;
     const status = g.raw.ggml_backend_tensor_alloc(w.allocation.buffer, t, base + BigInt(offset)) as number;
     if (status !== 0) throw new VramfitError('GGML', `could not place ${s.name} in device ${device.id}'s buffer`, 1);
     offset += pad(g.raw.ggml_backend_buft_get_alloc_size(device.buft, t) as number, device.alignment);
+  }
+}
+
+function placeMapped(g: Ggml, w: DeviceWeights, modelDir: string): void {
+  const byFile = new Map<string, WeightSpec[]>();
+  for (const s of w.specs) if (s.mapped) byFile.set(s.source.location!.file, [...(byFile.get(s.source.location!.file) ?? []), s]);
+  for (const [rel, specs] of byFile) {
+    const file = isAbsolute(rel) ? rel : join(modelDir, rel);
+    const fd = openSync(file, 'r');
+    let mapped: MappedFile;
+    try {
+      mapped = mapFile(fd, fstatSync(fd).size);
+    } finally {
+      closeSync(fd);
+    }
+    const buffer = g.raw.ggml_backend_cpu_buffer_from_ptr(mapped.ptr, mapped.size) as Buffer_ | null;
+    if (!buffer) {
+      mapped.unmap();
+      throw new VramfitError('GGML', `could not wrap the mapping of ${file}`, 1);
+    }
+    w.maps.push({ buffer, file: mapped });
+    for (const s of specs) {
+      const t = w.tensors.get(s.name)!;
+      const [start, end] = s.source.location!.range!;
+      if (end - start !== g.nbytes(t)) throw new VramfitError('MMAP', `${s.name}: ${end - start} bytes on disk, ${g.nbytes(t)} needed in place`, 1);
+      if (g.raw.ggml_backend_tensor_alloc(buffer, t, mapped.ptr + BigInt(start)) !== 0) throw new VramfitError('GGML', `could not place ${s.name} in its mapping`, 1);
+    }
   }
 }
 
@@ -72,7 +112,7 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
   const converted = new Float32Array(CHUNK / 2);
   const fds = new Map<string, number>();
   try {
-    const ordered = [...w.specs].sort((a, b) => (a.source.location!.file + a.source.location!.range![0]).localeCompare(b.source.location!.file + b.source.location!.range![0]));
+    const ordered = w.specs.filter((s) => !s.mapped).sort((a, b) => (a.source.location!.file + a.source.location!.range![0]).localeCompare(b.source.location!.file + b.source.location!.range![0]));
     for (const s of ordered) {
       const loc = s.source.location;
       if (!loc?.range) throw new VramfitError('NO_DATA', `${s.name} has no byte range (the engine loads safetensors checkpoints)`, 2);
@@ -137,5 +177,10 @@ function convert(g: Ggml, src: Uint8Array, from: string, to: GgmlType, elems: nu
 
 export function freeWeights(g: Ggml, device: EngineDevice, w: DeviceWeights): void {
   if (w.allocation) device.allocator.free(w.allocation);
+  for (const m of w.maps) {
+    g.raw.ggml_backend_buffer_free(m.buffer);
+    m.file.unmap();
+  }
+  w.maps = [];
   g.free(w.ctx);
 }

@@ -332,3 +332,38 @@ export function deviceMemory(g: Ggml, dev: Device): { free: number; total: numbe
 export function addressOf(view: ArrayBufferView): bigint {
   return koffi.address(view) as bigint;
 }
+
+/** A read-only private mapping of a whole file (weights used in place from disk). */
+export interface MappedFile {
+  ptr: bigint;
+  size: number;
+  unmap(): void;
+}
+
+let libc: { mmap: (...a: unknown[]) => unknown; munmap: (...a: unknown[]) => unknown } | undefined;
+
+const PROT_READ = 1;
+const MAP_PRIVATE = 2;
+
+/** mmap through libc: ggml's CPU kernels then read the tensors straight from the page cache. */
+export function mapFile(fd: number, size: number): MappedFile {
+  if (!libc) {
+    const lib = koffi.load('libc.so.6');
+    libc = {
+      mmap: lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)') as Fn,
+      munmap: lib.func('int munmap(void *addr, size_t length)') as Fn,
+    };
+  }
+  const ptr = libc.mmap(null, size, PROT_READ, MAP_PRIVATE, fd, 0) as bigint | null;
+  if (ptr === null || ptr === 0xffffffffffffffffn || ptr === -1n) throw new VramfitError('MMAP', `could not map ${size} bytes of a weights file`, 1);
+  const lc = libc;
+  let mapped = true;
+  return {
+    ptr,
+    size,
+    unmap: () => {
+      if (mapped) lc.munmap(ptr, size);
+      mapped = false;
+    },
+  };
+}
