@@ -1,6 +1,7 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
 import { writeDemoCheckpoint } from '../engine/demo-checkpoint.js';
 import { generate, type GenerationResult } from '../engine/generate.js';
@@ -10,6 +11,8 @@ import { loadTokenizer, type TextTokenizer } from '../engine/text/tokenizer.js';
 import { renderPlanTable } from '../planner/export/table.js';
 import { formatBytes } from '../planner/units.js';
 import { InputError } from '../util/errors.js';
+
+const { SingleBar, Presets } = cliProgress;
 import type { Io } from './main.js';
 
 interface RunFlags {
@@ -100,7 +103,13 @@ async function runModel(model: string, f: RunFlags, io: Io, tty: boolean): Promi
   const ctx = int(f.ctx, '--ctx', 1);
   const ubatch = int(f.ubatch, '--ubatch', 1);
   const threads = int(f.threads, '--threads', 1);
-  const progress = tty && !f.json ? (done: number, total: number) => io.stderr(`\rloading ${formatBytes(done)} / ${formatBytes(total)}`) : undefined;
+  const bar = tty && !f.json ? new SingleBar({ format: 'loading [{bar}] {percentage}% {done} / {all}', stream: process.stderr, hideCursor: true, clearOnComplete: true }, Presets.shades_classic) : undefined;
+  const progress = bar
+    ? (done: number, total: number) => {
+        if (!bar.isActive) bar.start(total, 0, { done: formatBytes(0), all: formatBytes(total) });
+        bar.update(done, { done: formatBytes(done), all: formatBytes(total) });
+      }
+    : undefined;
   const loaded = await loadModel(model, {
     ...(f.devices !== undefined ? { devices: f.devices } : {}),
     ...(f.maxMemory !== undefined ? { maxMemory: f.maxMemory } : {}),
@@ -111,7 +120,7 @@ async function runModel(model: string, f: RunFlags, io: Io, tty: boolean): Promi
     ...(threads !== undefined ? { threads } : {}),
     ...(progress ? { onProgress: progress } : {}),
   });
-  if (progress) io.stderr('\r\x1b[K');
+  bar?.stop();
   try {
     if (f.showPlan) io.stderr(`${renderPlanTable(loaded.plan)}\n\n`);
     let tokenizer: TextTokenizer | undefined;
