@@ -202,7 +202,7 @@ export function addRunCommands(program: Command, io: Io): void {
     .option('--stop <text>', 'stop when this text is generated (repeatable)', collect)
     .option('--json', 'print one JSON object: prompt_ids, generated_ids, devices (and logits with --logits)')
     .option('--logits', 'with --json: include prompt_logits and step_logits')
-    .option('--devices <spec>', 'virtual:N — N independent CPU backends, each capped like a GPU (default: one)')
+    .option('--devices <spec>', 'cpu (default), virtual:N (N independent CPU backends, each capped like a GPU), or gpu / gpu:N (GPUs of an installed CUDA/Vulkan package)')
     .option('--max-memory <budgets>', 'caps per device: 0=200MiB,1=300MiB (as `vramfit plan` takes them)')
     .option('--ctx <tokens>', 'context length to allocate the KV cache for (default: min(model maximum, 4096))')
     .option('--ubatch <n>', 'tokens per forward pass during prefill (default 512)')

@@ -1,5 +1,5 @@
 import { VramfitError } from '../util/errors.js';
-import { cpuDevice, loadGgml, type Backend, type Buffer_, type BufferType, type Ggml } from './ggml/binding.js';
+import { cpuDevice, deviceMemory, devices, DEV_TYPE, loadGgml, type Backend, type Buffer_, type BufferType, type Ggml } from './ggml/binding.js';
 
 /** A request that would take a device past its cap; nothing was allocated. */
 export class OutOfDeviceMemory extends VramfitError {
@@ -144,6 +144,45 @@ export function openVirtualDevices(ids: readonly string[], caps: ReadonlyMap<str
       allocator: new CappedAllocator(g, id, cap, buft),
     };
   });
+}
+
+/** Free memory of GPU `index` as its backend reports it. */
+export function gpuFreeBytes(index: number): number {
+  const g = loadGgml();
+  const dev = devices(g).filter((d) => d.type === DEV_TYPE.GPU)[index];
+  return dev ? deviceMemory(g, dev.handle).free : 0;
+}
+
+/** GPUs ggml registered (from an installed CUDA or Vulkan package), in ggml's order. */
+export function gpuDeviceCount(): number {
+  const g = loadGgml();
+  return devices(g).filter((d) => d.type === DEV_TYPE.GPU).length;
+}
+
+/**
+ * One backend per GPU id ('0', '1', …), capped at `caps` or, without a cap, at the memory the device
+ * reports free. Untested here (no GPU on the machines this was built on); the CPU path is the tested one.
+ */
+export function openGpuDevices(ids: readonly string[], caps: ReadonlyMap<string, number>): EngineDevice[] {
+  const g = loadGgml();
+  const gpus = devices(g).filter((d) => d.type === DEV_TYPE.GPU);
+  const opened: EngineDevice[] = [];
+  try {
+    for (const id of ids) {
+      const dev = gpus[Number(id)];
+      if (!dev) throw new VramfitError('NO_GPU', `GPU ${id} is not available to ggml (${gpus.length} found)`, 2);
+      const backend = g.raw.ggml_backend_dev_init(dev.handle, null) as Backend | null;
+      if (!backend) throw new VramfitError('GGML', `could not start ${dev.name}`, 1);
+      liveResources.backends++;
+      const buft = g.raw.ggml_backend_dev_buffer_type(dev.handle) as BufferType;
+      const cap = caps.get(id) ?? deviceMemory(g, dev.handle).free;
+      opened.push({ id, kind: 'gpu', backend, buft, alignment: g.raw.ggml_backend_buft_get_alignment(buft) as number, allocator: new CappedAllocator(g, id, cap, buft) });
+    }
+  } catch (e) {
+    closeDevices(opened);
+    throw e;
+  }
+  return opened;
 }
 
 export function closeDevices(devices: readonly EngineDevice[]): void {

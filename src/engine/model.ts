@@ -10,7 +10,7 @@ import { planFit, rolesKey, type MeasuredWorkspace } from '../planner/fit.js';
 import type { Plan, PlanDeviceSpec } from '../planner/plan.js';
 import { InputError, VramfitError } from '../util/errors.js';
 import * as llama from './architectures/llama.js';
-import { closeDevices, liveResources, openVirtualDevices, type Allocation, type EngineDevice } from './device.js';
+import { closeDevices, gpuDeviceCount, gpuFreeBytes, liveResources, openGpuDevices, openVirtualDevices, type Allocation, type EngineDevice } from './device.js';
 import { cpuDevice, GGML_TYPE, loadGgml, type BufferType, type Gallocr, type GgmlType, type Ggml, type Graph, type Tensor } from './ggml/binding.js';
 import { GraphBuilder } from './ggml/graph.js';
 import { describeWeights, freeWeights, ggmlTypeFor, loadWeightData, placeWeights, type DeviceWeights, type WeightSpec } from './weights.js';
@@ -415,11 +415,21 @@ function unitWeights(s: Skeleton, unit: string, dtype: string | undefined): numb
     .reduce((sum, t) => sum + tensorBytes(t.shape, t.shape.length === 1 ? 'float32' : (dtype ?? t.dtype)), 0);
 }
 
-function parseDevices(spec: string | undefined): string[] {
-  if (spec === undefined || spec === 'cpu') return ['0'];
-  const m = /^virtual:(\d+)$/.exec(spec.trim());
-  if (!m || Number(m[1]) < 1 || Number(m[1]) > 64) throw new InputError('--devices', `expected virtual:N (1–64) or cpu, got ${JSON.stringify(spec)}`);
-  return Array.from({ length: Number(m[1]) }, (_, i) => String(i));
+/** `cpu` (one host device), `virtual:N`, or `gpu` / `gpu:N` (the GPUs ggml registered). */
+function parseDevices(spec: string | undefined): { ids: string[]; kind: 'virtual' | 'gpu' } {
+  const text = (spec ?? 'cpu').trim();
+  if (text === 'cpu') return { ids: ['0'], kind: 'virtual' };
+  const gpu = /^gpu(?::(\d+))?$/.exec(text);
+  if (gpu) {
+    const available = gpuDeviceCount();
+    const n = gpu[1] === undefined ? available : Number(gpu[1]);
+    if (available === 0) throw new InputError('--devices', 'no GPU backend is available (install @node-llama-cpp/linux-x64-cuda or -vulkan at the pinned version, with its system libraries)');
+    if (n < 1 || n > available) throw new InputError('--devices', `asked for ${n} GPU(s) but ggml sees ${available}`);
+    return { ids: Array.from({ length: n }, (_, i) => String(i)), kind: 'gpu' };
+  }
+  const m = /^virtual:(\d+)$/.exec(text);
+  if (!m || Number(m[1]) < 1 || Number(m[1]) > 64) throw new InputError('--devices', `expected cpu, virtual:N (1–64), gpu or gpu:N, got ${JSON.stringify(spec)}`);
+  return { ids: Array.from({ length: Number(m[1]) }, (_, i) => String(i)), kind: 'virtual' };
 }
 
 /**
@@ -444,7 +454,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   if (!Number.isSafeInteger(ctx) || ctx < 1) throw new InputError('--ctx', `expected a positive integer, got ${ctx}`);
   // As transformers does, the cache follows the model: float32 models keep a float32 cache.
   const kvDtype = opts.kvDtype ?? (kvDefaultDtype(skeleton) === 'float32' ? 'float32' : 'float16');
-  const ids = parseDevices(opts.devices);
+  const { ids, kind } = parseDevices(opts.devices);
 
   // Caps per device: --max-memory names them; unnamed devices are uncapped.
   const caps = new Map<string, number>();
@@ -455,7 +465,9 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       caps.set(k, v);
     }
   }
-  const specs: PlanDeviceSpec[] = ids.map((id) => ({ id, kind: 'virtual', cap: caps.get(id) ?? Number.MAX_SAFE_INTEGER, overhead: 0 }));
+  // An uncapped GPU may use what it has free; an uncapped virtual device is limited only by RAM.
+  if (kind === 'gpu') for (const id of ids) if (!caps.has(id)) caps.set(id, gpuFreeBytes(Number(id)));
+  const specs: PlanDeviceSpec[] = ids.map((id) => ({ id, kind, cap: caps.get(id) ?? Number.MAX_SAFE_INTEGER, overhead: 0 }));
   if (caps.has('cpu')) specs.push({ id: 'cpu', kind: 'cpu', cap: caps.get('cpu')!, overhead: 0 });
   if (caps.has('disk')) {
     if (!caps.has('cpu')) throw new InputError('--max-memory', 'disk offload needs a cpu budget too: disk-offloaded blocks run on the CPU with their KV cache in RAM');
@@ -480,7 +492,11 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   // slows a step by orders of magnitude, so the default leaves half the cores alone.
   const threads = opts.threads ?? Math.max(1, Math.min(8, Math.floor(availableParallelism() / 2)));
   const hosts = specs.filter((s) => s.kind !== 'disk');
-  const devices = openVirtualDevices(hosts.map((s) => s.id), new Map(hosts.map((s) => [s.id, s.cap])), threads);
+  const capOf = new Map(hosts.map((s) => [s.id, s.cap]));
+  const devices =
+    kind === 'gpu'
+      ? [...openGpuDevices(ids, capOf), ...openVirtualDevices(hosts.filter((s) => s.kind === 'cpu').map((s) => s.id), capOf, threads)]
+      : openVirtualDevices(hosts.map((s) => s.id), capOf, threads);
   const onDisk = new Set(plan.devices.find((d) => d.id === 'disk')?.modules ?? []);
   const byId = new Map(devices.map((d) => [d.id, d]));
   const weights = new Map<string, DeviceWeights>();

@@ -223,6 +223,7 @@ export function loadGgml(): Ggml {
   }, koffi.pointer(AbortCallback));
   raw.ggml_set_abort_callback(abort);
   raw.ggml_backend_load_all_from_path(binsDir);
+  loadGpuBackends(raw);
 
   const g: Ggml = {
     binsDir,
@@ -275,6 +276,30 @@ export function loadGgml(): Ggml {
   }
   loaded = g;
   return g;
+}
+
+/**
+ * GPU backends come from the optional packages of the same pinned release, when a user installed one
+ * (`npm install @node-llama-cpp/linux-x64-cuda@3.22.1`): their libggml-<gpu>.so registers one ggml
+ * device per GPU. A package that is absent, or whose system libraries (libcudart, a Vulkan driver)
+ * are missing, simply adds no device; ggml logs why at debug level.
+ */
+function loadGpuBackends(raw: Ggml['raw']): void {
+  const require = createRequire(import.meta.url);
+  for (const [pkg, lib] of [
+    ['@node-llama-cpp/linux-x64-cuda', 'libggml-cuda.so'],
+    ['@node-llama-cpp/linux-x64-vulkan', 'libggml-vulkan.so'],
+  ] as const) {
+    let entry: string;
+    try {
+      entry = require.resolve(pkg);
+    } catch {
+      continue;
+    }
+    const dir = join(dirname(entry), '..', 'bins', pkg.split('/')[1]!);
+    const path = join(dir, lib);
+    if (existsSync(path)) raw.ggml_backend_load(path);
+  }
 }
 
 /** Fails fast when struct ggml_tensor's layout differs from the offsets this module reads. */
