@@ -1,0 +1,45 @@
+/**
+ * `npm run bench`: the reader, planner and fit-vs-accelerate benchmarks, one compact report.
+ * Every timing is a ratio against a baseline measured in the same run; nothing here passes or fails
+ * on a threshold. `--brief` leaves out the per-row comparison table (its summary line stays).
+ */
+import { renderCompare, runCompare } from './compare-accelerate.js';
+import { ms, ratio } from './common.js';
+import { renderPlannerBench, runPlannerBench } from './planner.js';
+import { renderReaderBench, runReaderBench } from './reader.js';
+
+const brief = process.argv.includes('--brief');
+const started = performance.now();
+const section = (name: string): (() => string) => {
+  const t0 = performance.now();
+  return () => `(${name} took ${((performance.now() - t0) / 1000).toFixed(1)} s)`;
+};
+
+console.log(`# vramfit bench — node ${process.version}, ${process.platform}/${process.arch}\n`);
+
+let done = section('reader');
+const reader = await runReaderBench();
+console.log(renderReaderBench(reader));
+console.log(done(), '\n');
+
+done = section('planner');
+const planner = await runPlannerBench();
+console.log(renderPlannerBench(planner));
+console.log(done(), '\n');
+
+done = section('compare');
+const compare = await runCompare();
+const table = renderCompare(compare);
+console.log(brief ? table.split('\n').filter((l) => !l.startsWith('|')).join('\n') : table);
+console.log(done(), '\n');
+
+const fitTotal = planner.rows.reduce((s, x) => s + x.fit, 0);
+const autoTotal = planner.rows.reduce((s, x) => s + x.accelerate.auto, 0);
+const both = compare.rows.filter((x) => x.fitGpu !== undefined && x.accGpu !== undefined);
+console.log('## headline');
+console.log(`readModel / raw header reads      ${ratio(reader.readModel.median, reader.baseline.median)} (${ms(reader.readModel.median)} ms vs ${ms(reader.baseline.median)} ms, ${reader.checkpoint.tensors} tensors in 163 shards)`);
+console.log(`vramfit inspect / node -e 0       ${ratio(reader.cli.median, reader.nodeStartup.median)} (${ms(reader.cli.median)} ms vs ${ms(reader.nodeStartup.median)} ms)`);
+console.log(`bytes read / checkpoint bytes     ${(reader.bytesRead / reader.checkpoint.folderBytes).toExponential(2)} (${reader.bytesRead} of ${reader.checkpoint.folderBytes})`);
+console.log(`fit / accelerate auto (plan time) ${ratio(fitTotal, autoTotal)} summed over ${planner.rows.length} model × set-up rows`);
+console.log(`fit ≥ accelerate (GPU bytes)      ${both.filter((x) => x.fitGpu! >= x.accGpu!).length} of ${both.length} rows; accelerate would overflow in ${compare.rows.filter((x) => x.oom).length}`);
+console.log(`total ${((performance.now() - started) / 1000).toFixed(1)} s`);
