@@ -1,0 +1,200 @@
+/** What `vramfit run` and `vramfit demo` do; loaded only when one of them runs (it pulls in the engine). */
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import cliProgress from 'cli-progress';
+import { writeDemoCheckpoint } from '../engine/demo-checkpoint.js';
+import { generate, type GenerationResult } from '../engine/generate.js';
+import { loadModel, type DeviceReport, type LoadedModel } from '../engine/model.js';
+import type { SamplerOptions } from '../engine/text/sampling.js';
+import { loadTokenizer, type TextTokenizer } from '../engine/text/tokenizer.js';
+import { renderPlanTable } from '../planner/export/table.js';
+import { formatBytes } from '../planner/units.js';
+import { InputError } from '../util/errors.js';
+
+const { SingleBar, Presets } = cliProgress;
+import type { Io } from './main.js';
+
+export interface RunFlags {
+  prompt?: string;
+  inputIds?: string;
+  chat?: boolean;
+  maxNewTokens: string;
+  greedy?: boolean;
+  temperature?: string;
+  topK?: string;
+  topP?: string;
+  seed?: string;
+  stop?: string[];
+  json?: boolean;
+  logits?: boolean;
+  devices?: string;
+  maxMemory?: string;
+  ctx?: string;
+  ubatch?: string;
+  kvDtype?: string;
+  dtype?: string;
+  threads?: string;
+  showPlan?: boolean;
+}
+
+function int(value: string | undefined, flag: string, min: number): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < min) throw new InputError(flag, `expected an integer ≥ ${min}, got ${JSON.stringify(value)}`);
+  return n;
+}
+
+function num(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new InputError(flag, `expected a number, got ${JSON.stringify(value)}`);
+  return n;
+}
+
+function parseIds(value: string): number[] {
+  const ids = value.split(',').map((s) => s.trim()).filter(Boolean).map(Number);
+  if (ids.length === 0 || ids.some((n) => !Number.isSafeInteger(n) || n < 0)) throw new InputError('--input-ids', `expected comma-separated token ids, got ${JSON.stringify(value)}`);
+  return ids;
+}
+
+function samplingFrom(f: RunFlags): SamplerOptions {
+  const s: SamplerOptions = {};
+  const temperature = num(f.temperature, '--temperature');
+  const topK = int(f.topK, '--top-k', 1);
+  const topP = num(f.topP, '--top-p');
+  const seed = int(f.seed, '--seed', 0);
+  // Greedy unless a sampling parameter is given, so a plain run is reproducible.
+  const sampling = temperature !== undefined || topK !== undefined || topP !== undefined;
+  if (f.greedy && sampling) throw new InputError('--greedy', 'cannot be combined with --temperature, --top-k or --top-p');
+  if (!sampling) s.greedy = true;
+  if (temperature !== undefined) s.temperature = temperature;
+  if (topK !== undefined) s.topK = topK;
+  if (topP !== undefined) s.topP = topP;
+  if (seed !== undefined) s.seed = seed;
+  return s;
+}
+
+function modelDirOf(model: LoadedModel): string {
+  const f = model.skeleton.source.files.find((x) => x.endsWith('config.json'));
+  return f ? dirname(f) : '.';
+}
+
+export function renderReport(devices: DeviceReport[], r: GenerationResult): string {
+  const lines = ['device  cap           predicted peak  measured peak  moved in'];
+  for (const d of devices) {
+    const cap = d.cap >= Number.MAX_SAFE_INTEGER ? 'uncapped' : formatBytes(d.cap);
+    const err = d.predicted > 0 ? ` (${(((d.measured - d.predicted) / d.predicted) * 100).toFixed(2)} %)` : '';
+    lines.push(`${d.id.padEnd(8)}${cap.padEnd(14)}${formatBytes(d.predicted).padEnd(16)}${(formatBytes(d.measured) + err).padEnd(24)}${formatBytes(d.bytesIn)}`);
+  }
+  const pps = r.promptSeconds > 0 ? r.promptIds.length / r.promptSeconds : 0;
+  const gps = r.generateSeconds > 0 ? r.generatedIds.length / r.generateSeconds : 0;
+  lines.push(`prompt: ${r.promptIds.length} tokens at ${pps.toFixed(1)} tokens/s · generation: ${r.generatedIds.length} tokens at ${gps.toFixed(1)} tokens/s · stop: ${typeof r.stop === 'string' ? r.stop : r.stop.kind}`);
+  return lines.join('\n');
+}
+
+export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean): Promise<void> {
+  if ((f.prompt === undefined) === (f.inputIds === undefined)) throw new InputError('--prompt', 'give exactly one of --prompt or --input-ids');
+  const maxNewTokens = int(f.maxNewTokens, '--max-new-tokens', 0)!;
+  const sampling = samplingFrom(f);
+  const kv = f.kvDtype;
+  if (kv !== undefined && kv !== 'float16' && kv !== 'float32') throw new InputError('--kv-dtype', `the engine keeps the KV cache in float16 or float32, not ${kv}`);
+  if (f.dtype !== undefined && !['float32', 'float16', 'bfloat16'].includes(f.dtype)) throw new InputError('--dtype', `expected float32, float16 or bfloat16, got ${f.dtype}`);
+  const ctx = int(f.ctx, '--ctx', 1);
+  const ubatch = int(f.ubatch, '--ubatch', 1);
+  const threads = int(f.threads, '--threads', 1);
+  const bar = tty && !f.json ? new SingleBar({ format: 'loading [{bar}] {percentage}% {done} / {all}', stream: process.stderr, hideCursor: true, clearOnComplete: true }, Presets.shades_classic) : undefined;
+  const progress = bar
+    ? (done: number, total: number) => {
+        if (!bar.isActive) bar.start(total, 0, { done: formatBytes(0), all: formatBytes(total) });
+        bar.update(done, { done: formatBytes(done), all: formatBytes(total) });
+      }
+    : undefined;
+  const loaded = await loadModel(model, {
+    ...(f.devices !== undefined ? { devices: f.devices } : {}),
+    ...(f.maxMemory !== undefined ? { maxMemory: f.maxMemory } : {}),
+    ...(ctx !== undefined ? { ctx } : {}),
+    ...(ubatch !== undefined ? { ubatch } : {}),
+    ...(kv !== undefined ? { kvDtype: kv as 'float16' | 'float32' } : {}),
+    ...(f.dtype !== undefined ? { dtype: f.dtype as 'float32' } : {}),
+    ...(threads !== undefined ? { threads } : {}),
+    ...(progress ? { onProgress: progress } : {}),
+  });
+  bar?.stop();
+  try {
+    if (f.showPlan) io.stderr(`${renderPlanTable(loaded.plan)}\n\n`);
+    let tokenizer: TextTokenizer | undefined;
+    let promptIds: number[];
+    if (f.prompt !== undefined) {
+      tokenizer = loadTokenizer(modelDirOf(loaded));
+      promptIds = f.chat ? tokenizer.encodeChat([{ role: 'user', content: f.prompt }], { addGenerationPrompt: true }) : tokenizer.encode(f.prompt);
+    } else {
+      promptIds = parseIds(f.inputIds!);
+      const dir = modelDirOf(loaded);
+      if (existsSync(join(dir, 'tokenizer.json'))) tokenizer = loadTokenizer(dir);
+    }
+    if (promptIds.length === 0) throw new InputError('--prompt', 'the prompt encodes to no tokens');
+    const stream = generate(loaded, promptIds, {
+      maxNewTokens,
+      sampling,
+      eosTokenIds: tokenizer?.eosTokenIds ?? [],
+      stopStrings: f.stop ?? [],
+      keepLogits: f.logits === true,
+      ...(tokenizer ? { decoder: tokenizer.createStreamDecoder({ skipSpecialTokens: true }) } : {}),
+    });
+    let printed = '';
+    let step = await stream.next();
+    while (!step.done) {
+      if (!f.json && tokenizer && step.value.text) {
+        io.stdout(step.value.text);
+        printed += step.value.text;
+      }
+      step = await stream.next();
+    }
+    const result = step.value;
+    const devices = loaded.report();
+    if (f.json) {
+      const out: Record<string, unknown> = {
+        prompt_ids: result.promptIds,
+        generated_ids: result.generatedIds,
+        text: tokenizer ? result.text : null,
+        stop: typeof result.stop === 'string' ? result.stop : result.stop.kind,
+        devices: devices.map((d) => ({ id: d.id, cap: d.cap >= Number.MAX_SAFE_INTEGER ? null : d.cap, predicted_peak: d.predicted, measured_peak: d.measured, breakdown: d.breakdown, bytes_moved_in: d.bytesIn })),
+        prompt_tokens_per_second: result.promptSeconds > 0 ? result.promptIds.length / result.promptSeconds : null,
+        generation_tokens_per_second: result.generateSeconds > 0 ? result.generatedIds.length / result.generateSeconds : null,
+      };
+      if (f.logits) {
+        out['prompt_logits'] = result.promptLogits!.map((r) => Array.from(r));
+        out['step_logits'] = result.stepLogits!.map((r) => Array.from(r));
+      }
+      io.stdout(`${JSON.stringify(out)}\n`);
+      return;
+    }
+    if (tokenizer) {
+      if (result.text.length > printed.length) io.stdout(result.text.slice(printed.length));
+      io.stdout('\n');
+    } else {
+      io.stdout(`${result.generatedIds.join(',')}\n`);
+    }
+    io.stderr(`\n${renderReport(devices, result)}\n`);
+  } finally {
+    loaded.dispose();
+  }
+}
+
+/** `vramfit demo`: a random-weight checkpoint in a temp folder, run over capped virtual devices. */
+export async function runDemo(opts: { devices: string; keep?: boolean }, io: Io): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'vramfit-demo-'));
+  try {
+    writeDemoCheckpoint(dir);
+    const n = Number(/^virtual:(\d+)$/.exec(opts.devices)?.[1] ?? NaN);
+    if (!Number.isSafeInteger(n) || n < 1 || n > 16) throw new InputError('--devices', `expected virtual:N with N from 1 to 16, got ${JSON.stringify(opts.devices)}`);
+    // Caps that force a real split: each device gets a bit more than its share of the model.
+    const caps = Array.from({ length: n }, (_, i) => `${i}=${Math.ceil(40 / n + 8)}MiB`).join(',');
+    io.stdout(`demo checkpoint: ${dir} (random weights, Llama architecture, ~28 MB)\ncaps: ${caps}\n\n`);
+    await runModel(dir, { inputIds: '1,2,3,4,5,6,7,8', maxNewTokens: '16', devices: opts.devices, maxMemory: caps, ctx: '256', ubatch: '64', showPlan: true }, { stdout: io.stdout, stderr: io.stdout }, false);
+    if (opts.keep) io.stdout(`kept ${dir}\n`);
+  } finally {
+    if (!opts.keep) rmSync(dir, { recursive: true, force: true });
+  }
+}
