@@ -34,7 +34,6 @@ export function linearize(s: Skeleton, dtype?: string, dropRecomputed = false): 
     cls.set(m.name, m.class);
   }
   const direct = new Map<string, string[]>();
-  const below = new Map<string, string[]>();
   for (const t of s.tensors) {
     const cut = t.name.lastIndexOf('.');
     const owner = cut < 0 ? '' : t.name.slice(0, cut);
@@ -49,13 +48,11 @@ export function linearize(s: Skeleton, dtype?: string, dropRecomputed = false): 
       if (aliases.has(n) || (dropRecomputed && t.kind === 'buffer' && t.persistent === false)) return sum;
       return sum + loadedBytes(t.shape, t.dtype, t.kind === 'param' ? dtype : undefined);
     }, 0);
-  const collect = (m: string): string[] => {
-    const cached = below.get(m);
-    if (cached) return cached;
-    const all = [...(direct.get(m) ?? [])];
-    for (const c of children.get(m) ?? []) all.push(...collect(c));
-    below.set(m, all);
-    return all;
+  // Each subtree is visited once (at its atomic module), so tensors are gathered into one array.
+  const collect = (m: string, out: string[] = []): string[] => {
+    for (const t of direct.get(m) ?? []) out.push(t);
+    for (const c of children.get(m) ?? []) collect(c, out);
+    return out;
   };
 
   const blockIndex = (name: string): number | undefined => {

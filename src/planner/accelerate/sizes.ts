@@ -96,9 +96,11 @@ export function computeModuleSizes(model: AccelerateModel, opts: DtypeOptions): 
   return sizes;
 }
 
+/** Adds `size` to the module and every ancestor ('' included), walking the dots instead of re-joining parts. */
 function addUpTheTree(sizes: ModuleSizes, name: string, size: PyNum): void {
-  const parts = name.split('.');
-  for (let i = 0; i <= parts.length; i++) sizes.add(parts.slice(0, i).join('.'), size);
+  sizes.add('', size);
+  for (let i = name.indexOf('.'); i >= 0; i = name.indexOf('.', i + 1)) sizes.add(name.slice(0, i), size);
+  if (name !== '') sizes.add(name, size);
 }
 
 /**
