@@ -22,7 +22,7 @@ function chooseDtype(cfg: ConfigReader, spec: ArchitectureSpec, source: Skeleton
   if (source.indexTotalSize !== undefined && stored) {
     for (const dtype of ['float32', 'bfloat16']) {
       const r = reconcileWith(cfg, spec, dtype, stored, source.indexTotalSize);
-      if (r.total === source.indexTotalSize) {
+      if (r.total() === source.indexTotalSize) {
         warnings.push(`config.json names no dtype; the index's total_size says ${dtype === 'float32' ? 'float32' : '16-bit (bfloat16 assumed; float16 has the same size)'}`);
         return dtype;
       }
@@ -45,7 +45,7 @@ function reconcileWith(cfg: ConfigReader, spec: ArchitectureSpec, dtype: string,
     ignored: spec.ignoredStored ? (n) => spec.ignoredStored!(n, cfg) : undefined,
     indexTotalSize: total,
   });
-  return { layout, r, total: storedBytes(r.tensors, r.storedTiedCopies, layout.tied) };
+  return { layout, r, total: (): number => storedBytes(r.tensors, r.storedTiedCopies, layout.tied) };
 }
 
 /**

@@ -39,12 +39,13 @@ export interface ReconcileResult {
 }
 
 /**
- * Merges an architecture's synthesized layout with what the checkpoint really stores: stored shapes,
+ * Merges (in place) an architecture's synthesized layout with what the checkpoint really stores: stored shapes,
  * dtypes and byte ranges win; tensors older code saved become persistent buffers; tied copies are noted.
  */
 export function reconcile(input: ReconcileInput): ReconcileResult {
-  const modules = input.modules.map((m) => ({ ...m }));
-  const tensors = input.tensors.map((t) => ({ ...t, shape: [...t.shape] }));
+  // The layout was built for this call alone, so it is completed in place rather than copied.
+  const modules = input.modules;
+  const tensors = input.tensors;
   const byName = new Map(tensors.map((t) => [t.name, t]));
   const aliasOf = tiedAliases(input.tied);
   const storedNames = new Set(input.stored.map((s) => s.name));

@@ -18,7 +18,8 @@ export function tensorMemory(s: Pick<Skeleton, 'tensors' | 'tied'>): Map<string,
 }
 
 /** Bytes below every module ('' is the whole model), tied tensors once. */
-export function moduleSizes(s: Pick<Skeleton, 'tensors' | 'tied'>, mem: Map<string, number> = tensorMemory(s)): Map<string, number> {
+export function moduleSizes(s: Pick<Skeleton, 'tensors' | 'tied'> & Partial<Pick<Skeleton, 'modules'>>, mem: Map<string, number> = tensorMemory(s)): Map<string, number> {
+  if (s.modules) return moduleSizesByTree(s.modules, mem);
   const sizes = new Map<string, number>([['', 0]]);
   let total = 0;
   for (const [name, bytes] of mem) {
@@ -30,6 +31,34 @@ export function moduleSizes(s: Pick<Skeleton, 'tensors' | 'tied'>, mem: Map<stri
     }
   }
   sizes.set('', total);
+  return sizes;
+}
+
+/**
+ * The same from the module list (parents before children): each tensor is added to its owner once,
+ * then owners pass their totals up, child before parent — far fewer map updates on 10^5 modules.
+ */
+function moduleSizesByTree(modules: Skeleton['modules'], mem: Map<string, number>): Map<string, number> {
+  const n = modules.length;
+  const index = new Map<string, number>();
+  for (let i = 0; i < n; i++) index.set(modules[i]!.name, i);
+  const acc = new Float64Array(n);
+  let total = 0;
+  for (const [name, bytes] of mem) {
+    total += bytes;
+    const cut = name.lastIndexOf('.');
+    const owner = cut < 0 ? undefined : index.get(name.slice(0, cut));
+    if (owner !== undefined) acc[owner]! += bytes;
+  }
+  // Parents come before children, so one backward pass carries every subtree up.
+  for (let i = n - 1; i >= 0; i--) {
+    const name = modules[i]!.name;
+    const cut = name.lastIndexOf('.');
+    const parent = cut < 0 ? undefined : index.get(name.slice(0, cut));
+    if (parent !== undefined) acc[parent]! += acc[i]!;
+  }
+  const sizes = new Map<string, number>([['', total]]);
+  for (let i = 0; i < n; i++) sizes.set(modules[i]!.name, acc[i]!);
   return sizes;
 }
 
