@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { Environment, Interpreter, Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { InputError } from '../../util/errors.js';
+import { readJsonObjectFile } from '../../util/json-file.js';
 
 export interface ChatMessage {
   role: string;
@@ -132,21 +133,7 @@ export function loadTokenizer(modelDir: string): TextTokenizer {
 
 /** Reads a JSON object file; undefined when the file does not exist. */
 function readJsonObject(path: string): Json | undefined {
-  if (!existsSync(path)) return undefined;
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new InputError(path, `cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, 'NOT_FOUND');
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new InputError(path, `not valid JSON (${(e as Error).message})`, 'BAD_CONFIG');
-  }
-  if (!json || typeof json !== 'object' || Array.isArray(json)) throw new InputError(path, 'expected a JSON object', 'BAD_CONFIG');
-  return json as Json;
+  return existsSync(path) ? (readJsonObjectFile(path) as Json) : undefined;
 }
 
 /** Special tokens are written as strings or, by older transformers, as AddedToken dicts `{content: ...}`. */
