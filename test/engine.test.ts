@@ -6,6 +6,7 @@ import { liveResources, OutOfDeviceMemory } from '../src/engine/device.js';
 import { generate } from '../src/engine/generate.js';
 import { loadModel, type LoadedModel } from '../src/engine/model.js';
 import { createReferenceModel } from './helpers/reference-llama.js';
+import { writeTinyGguf } from './helpers/tiny-gguf.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
 import { TINY_FAMILY_NAMES, writeTinyFamilyCheckpoint, type TinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 
@@ -180,6 +181,35 @@ describe('engine: storage dtypes and inputs', () => {
       assert.throws(() => model.forward(Array.from({ length: 9 }, () => 1)), /do not fit the 8-token context/);
     } finally {
       model.dispose();
+    }
+  });
+});
+
+describe('engine: GGUF files of the Llama family', () => {
+  for (const name of ['llama2', 'llama3', 'llama-linear', 'qwen2', 'qwen3', 'llama3-tied'] as const) {
+    it(`${name}: a GGUF written as llama.cpp's converter does gives the safetensors logits`, async () => {
+      const ck = checkpoint(name);
+      const st = await loadModel(ck.dir, { ctx: 32, kvDtype: 'float32', threads: 1 });
+      const expected = st.forward(PROMPT, true);
+      st.dispose();
+      const gguf = await loadModel(writeTinyGguf(ck), { devices: 'virtual:2', ctx: 32, kvDtype: 'float32', threads: 1 });
+      try {
+        // float32 rope tables differ from ggml's by rounding only (the GGUF eps and theta are float32).
+        assert.ok(maxAbsDiff(gguf.forward(PROMPT, true), expected) < 1e-4, 'GGUF and safetensors runs agree');
+      } finally {
+        gguf.dispose();
+      }
+    });
+  }
+
+  it('float16 matrices in a GGUF run within half-precision error', async () => {
+    const ck = checkpoint('mistral');
+    const ref = createReferenceModel(ck).forward(PROMPT, 0);
+    const gguf = await loadModel(writeTinyGguf(ck, 'float16'), { ctx: 32, kvDtype: 'float32', threads: 1 });
+    try {
+      assert.ok(maxAbsDiff(gguf.forward(PROMPT, true), ref) < 0.05, 'close to the reference');
+    } finally {
+      gguf.dispose();
     }
   });
 });

@@ -1,7 +1,9 @@
+import { closeSync, openSync, readSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { tensorBytes } from '../reader/dtypes.js';
 import { readConfigFile } from '../reader/read-config.js';
+import { readGgufFacts } from '../reader/gguf-model.js';
 import { readModel } from '../reader/read-model.js';
 import { kvDefaultDtype } from '../reader/summary.js';
 import type { Skeleton } from '../reader/skeleton.js';
@@ -11,7 +13,7 @@ import type { Plan, PlanDeviceSpec } from '../planner/plan.js';
 import { InputError, VramfitError } from '../util/errors.js';
 import * as llama from './architectures/llama.js';
 import { closeDevices, gpuDeviceCount, gpuFreeBytes, liveResources, openGpuDevices, openVirtualDevices, type Allocation, type EngineDevice } from './device.js';
-import { cpuDevice, GGML_TYPE, loadGgml, type BufferType, type Gallocr, type GgmlType, type Ggml, type Graph, type Tensor } from './ggml/binding.js';
+import { cpuDevice, GGML_TYPE, loadGgml, ROPE_MODE, type BufferType, type Gallocr, type GgmlType, type Ggml, type Graph, type Tensor } from './ggml/binding.js';
 import { GraphBuilder } from './ggml/graph.js';
 import { describeWeights, freeWeights, ggmlTypeFor, loadWeightData, placeWeights, type DeviceWeights, type WeightSpec } from './weights.js';
 
@@ -415,6 +417,33 @@ function unitWeights(s: Skeleton, unit: string, dtype: string | undefined): numb
     .reduce((sum, t) => sum + tensorBytes(t.shape, t.shape.length === 1 ? 'float32' : (dtype ?? t.dtype)), 0);
 }
 
+/** The model's hyper-parameters, from config.json, or from GGUF metadata (with llama.cpp's rope layout). */
+function hyperFor(model: string, skeleton: Skeleton): { h: llama.LlamaHyper; modelDir: string } {
+  if (skeleton.source.kind === 'gguf') {
+    const file = skeleton.source.files[0]!;
+    const facts = readGgufFacts(file);
+    if (!facts) throw new InputError(model, 'the engine runs GGUF files of the Llama family (llama, mistral, qwen2, qwen3)', 'UNSUPPORTED_ARCHITECTURE');
+    const h = llama.llamaHyper(facts.config, skeleton.family);
+    if (facts.permutedQK) h.ropeMode = ROPE_MODE.NORMAL;
+    if (facts.ropeFreqs) {
+      const [start, end] = facts.ropeFreqs.range;
+      const bytes = Buffer.alloc(end - start);
+      const fd = openSync(file, 'r');
+      try {
+        readSync(fd, bytes, 0, bytes.length, start);
+      } finally {
+        closeSync(fd);
+      }
+      h.freqFactors = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+    }
+    return { h, modelDir: dirname(file) };
+  }
+  const configPath = skeleton.source.files.find((f) => f.endsWith('config.json'));
+  if (!configPath) throw new InputError(model, 'no config.json beside the weights');
+  const modelDir = dirname(skeleton.source.files.find((f) => f.endsWith('.safetensors')) ?? configPath);
+  return { h: llama.llamaHyper(readConfigFile(configPath), skeleton.family), modelDir };
+}
+
 /** `cpu` (one host device), `virtual:N`, or `gpu` / `gpu:N` (the GPUs ggml registered). */
 function parseDevices(spec: string | undefined): { ids: string[]; kind: 'virtual' | 'gpu' } {
   const text = (spec ?? 'cpu').trim();
@@ -443,12 +472,9 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const aliases = new Set(skeleton.tied.flatMap((group) => group.slice(1)));
   const needsData = (t: Skeleton['tensors'][number]): boolean => !(t.kind === 'buffer' && t.persistent === false) && !aliases.has(t.name);
   if (skeleton.source.shapes !== 'headers' || !skeleton.tensors.every((t) => t.location?.range || !needsData(t))) {
-    throw new InputError(model, 'the engine needs a safetensors checkpoint (weights with byte ranges); this model has none here');
+    throw new InputError(model, 'the engine needs weights it can read (safetensors or GGUF with byte ranges); this model has none here');
   }
-  const configPath = skeleton.source.files.find((f) => f.endsWith('config.json'));
-  if (!configPath) throw new InputError(model, 'no config.json beside the weights');
-  const modelDir = dirname(skeleton.source.files.find((f) => f.endsWith('.safetensors')) ?? configPath);
-  const h = llama.llamaHyper(readConfigFile(configPath), skeleton.family);
+  const { h, modelDir } = hyperFor(model, skeleton);
   const ctx = opts.ctx ?? Math.min(h.maxPositions, 4096);
   const ubatch = Math.min(opts.ubatch ?? 512, ctx);
   if (!Number.isSafeInteger(ctx) || ctx < 1) throw new InputError('--ctx', `expected a positive integer, got ${ctx}`);

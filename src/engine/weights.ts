@@ -4,14 +4,16 @@ import { VramfitError } from '../util/errors.js';
 import { GGML_TYPE, mapFile, type Buffer_, type Ctx, type GgmlType, type Ggml, type MappedFile, type Tensor } from './ggml/binding.js';
 import type { Allocation, EngineDevice } from './device.js';
 import type { SkeletonTensor } from '../reader/skeleton.js';
+import { ggmlTypeId } from '../reader/formats/gguf.js';
 
 /** The ggml type each stored dtype loads as (matrices keep theirs; 1-D tensors become F32). */
 const GGML_OF: Record<string, GgmlType> = { float32: GGML_TYPE.F32, float16: GGML_TYPE.F16, bfloat16: GGML_TYPE.BF16 };
 
+/** ggml's type for a stored dtype: the float types, and GGUF's block formats (used as stored). */
 export function ggmlTypeFor(dtype: string): GgmlType {
-  const t = GGML_OF[dtype];
-  if (t === undefined) throw new VramfitError('UNSUPPORTED_DTYPE', `the engine loads float32, float16 and bfloat16 safetensors weights, not ${dtype}`, 2);
-  return t;
+  const t = GGML_OF[dtype] ?? ggmlTypeId(dtype);
+  if (t === undefined) throw new VramfitError('UNSUPPORTED_DTYPE', `the engine cannot load ${dtype} weights (float32, float16, bfloat16 and GGUF block formats)`, 2);
+  return t as GgmlType;
 }
 
 export interface WeightSpec {
@@ -125,27 +127,29 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
       const t = w.tensors.get(s.name)!;
       const from = s.source.dtype;
       const to = s.type;
-      const srcElem = from === 'float32' ? 4 : 2;
-      const dstElem = to === GGML_TYPE.F32 ? 4 : 2;
       const [start, end] = loc.range;
       const total = end - start;
+      if (sameType(from, to)) {
+        // Stored as it will be used (any ggml type, block formats included): copy bytes through.
+        for (let done = 0; done < total; ) {
+          const n = Math.min(CHUNK, total - done);
+          readFully(fd, chunk, n, start + done, file, s.name);
+          g.raw.ggml_backend_tensor_set(t, chunk.subarray(0, n), done, n);
+          done += n;
+          onBytes(n);
+        }
+        continue;
+      }
+      const srcElem = from === 'float32' ? 4 : 2;
+      const dstElem = to === GGML_TYPE.F32 ? 4 : 2;
       const step = Math.floor(CHUNK / Math.max(srcElem, dstElem) / 4) * 4 * srcElem;
       for (let done = 0; done < total; ) {
         const n = Math.min(step, total - done);
-        let got = 0;
-        while (got < n) {
-          const r = readSync(fd, chunk, got, n - got, start + done + got);
-          if (r === 0) throw new VramfitError('TRUNCATED', `${file}: ended inside ${s.name}`, 2);
-          got += r;
-        }
+        readFully(fd, chunk, n, start + done, file, s.name);
         const elems = n / srcElem;
         const dstOffset = (done / srcElem) * dstElem;
-        if (sameType(from, to)) {
-          g.raw.ggml_backend_tensor_set(t, chunk.subarray(0, n), dstOffset, n);
-        } else {
-          const out = convert(g, chunk.subarray(0, n), from, to, elems, converted);
-          g.raw.ggml_backend_tensor_set(t, out, dstOffset, elems * dstElem);
-        }
+        const out = convert(g, chunk.subarray(0, n), from, to, elems, converted);
+        g.raw.ggml_backend_tensor_set(t, out, dstOffset, elems * dstElem);
         done += n;
         onBytes(n);
       }
@@ -156,7 +160,16 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
 }
 
 function sameType(from: string, to: GgmlType): boolean {
-  return GGML_OF[from] === to;
+  return (GGML_OF[from] ?? ggmlTypeId(from)) === to;
+}
+
+function readFully(fd: number, into: Uint8Array, n: number, position: number, file: string, tensor: string): void {
+  let got = 0;
+  while (got < n) {
+    const r = readSync(fd, into, got, n - got, position + got);
+    if (r === 0) throw new VramfitError('TRUNCATED', `${file}: ended inside ${tensor}`, 2);
+    got += r;
+  }
 }
 
 /** Converts `elems` values between float32/float16/bfloat16 through float32. */

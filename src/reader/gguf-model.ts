@@ -61,25 +61,20 @@ function num(meta: Meta, key: string): number | undefined {
   return undefined;
 }
 
-export function readGgufModel(path: string, shown: string): Skeleton {
-  const header = readGgufHeader(path);
+/** What the engine needs beyond the skeleton to run a GGUF model. */
+export interface GgufModelFacts {
+  config: ConfigReader;
+  /** llama.cpp's converter permutes q/k rows of Llama-architecture weights for its NORMAL rope mode. */
+  permutedQK: boolean;
+  /** `rope_freqs.weight` (Llama 3 rope scaling as per-dimension factors), when the file has it. */
+  ropeFreqs?: { file: string; range: [number, number] };
+}
+
+function ggufFacts(path: string, header: ReturnType<typeof readGgufHeader>): GgufModelFacts | undefined {
   const meta = header.metadata as Meta;
   const arch = typeof meta['general.architecture'] === 'string' ? (meta['general.architecture'] as string) : undefined;
   const family = arch ? FAMILIES[arch] : undefined;
-  const source: SkeletonSource = { kind: 'gguf', path: shown, shapes: 'headers', files: [path], bytesRead: header.bytesRead };
-  const file = path.split('/').pop() ?? path;
-  const raw = header.tensors.map((t) => ({ name: t.name, shape: t.shape, dtype: t.dtype, location: { file, range: t.range } }));
-  const warnings: string[] = [];
-  if (!family || !arch) {
-    warnings.push(`GGUF architecture ${JSON.stringify(arch ?? '(none)')} has no name mapping in vramfit; llama.cpp tensor names are kept`);
-    return buildSkeleton(undefined, source, raw, warnings);
-  }
-
-  const stored: StoredTensor[] = [];
-  for (const t of raw) {
-    const hf = hfNameForGguf(t.name);
-    stored.push(hf ? { ...t, name: hf } : t);
-  }
+  if (!family || !arch) return undefined;
   const embd = header.tensors.find((t) => t.name === 'token_embd.weight');
   const floatTypes = header.tensors.filter((t) => /^(float|bfloat)/.test(t.dtype) && t.shape.length === 2);
   const config: Meta = {
@@ -97,6 +92,41 @@ export function readGgufModel(path: string, shown: string): Skeleton {
   };
   const headDim = num(meta, `${arch}.attention.key_length`);
   if (headDim !== undefined) config['head_dim'] = headDim;
-  const cfg = new ConfigReader(config, `${path} (GGUF metadata)`);
-  return buildSkeleton(cfg, source, stored, warnings);
+  const eps = num(meta, `${arch}.attention.layer_norm_rms_epsilon`);
+  if (eps !== undefined) config['rms_norm_eps'] = eps;
+  const theta = num(meta, `${arch}.rope.freq_base`);
+  if (theta !== undefined) config['rope_theta'] = theta;
+  const linear = num(meta, `${arch}.rope.scale_linear`) ?? (meta[`${arch}.rope.scaling.type`] === 'linear' ? num(meta, `${arch}.rope.scaling.factor`) : undefined);
+  if (linear !== undefined && linear !== 1) config['rope_scaling'] = { rope_type: 'linear', factor: linear };
+  const facts: GgufModelFacts = { config: new ConfigReader(config, `${path} (GGUF metadata)`), permutedQK: arch === 'llama' };
+  const freqs = header.tensors.find((t) => t.name === 'rope_freqs.weight');
+  if (freqs) facts.ropeFreqs = { file: path, range: freqs.range };
+  return facts;
+}
+
+/** The config and rope facts of a GGUF model of a mapped family; undefined for other architectures. */
+export function readGgufFacts(path: string): GgufModelFacts | undefined {
+  return ggufFacts(path, readGgufHeader(path));
+}
+
+export function readGgufModel(path: string, shown: string): Skeleton {
+  const header = readGgufHeader(path);
+  const meta = header.metadata as Meta;
+  const arch = typeof meta['general.architecture'] === 'string' ? (meta['general.architecture'] as string) : undefined;
+  const facts = ggufFacts(path, header);
+  const source: SkeletonSource = { kind: 'gguf', path: shown, shapes: 'headers', files: [path], bytesRead: header.bytesRead };
+  const file = path.split('/').pop() ?? path;
+  const raw = header.tensors.map((t) => ({ name: t.name, shape: t.shape, dtype: t.dtype, location: { file, range: t.range } }));
+  if (!facts) {
+    const warnings = [`GGUF architecture ${JSON.stringify(arch ?? '(none)')} has no name mapping in vramfit; llama.cpp tensor names are kept`];
+    return buildSkeleton(undefined, source, raw, warnings);
+  }
+  // rope_freqs.weight is Llama 3's rope scaling as data (transformers computes it): a fact, not a module.
+  const stored: StoredTensor[] = raw
+    .filter((t) => t.name !== 'rope_freqs.weight')
+    .map((t) => {
+      const hf = hfNameForGguf(t.name);
+      return hf ? { ...t, name: hf } : t;
+    });
+  return buildSkeleton(facts.config, source, stored, []);
 }

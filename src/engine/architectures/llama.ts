@@ -27,6 +27,8 @@ export interface LlamaHyper {
   /** llama3 scaling as per-dimension divisors of the rotary frequency (ggml freq_factors). */
   freqFactors?: Float32Array;
   maxPositions: number;
+  /** NEOX for transformers' layout; NORMAL for GGUF weights whose q/k rows llama.cpp permuted. */
+  ropeMode: number;
   qkvBias: boolean;
   oBias: boolean;
   qkNorm: boolean;
@@ -63,6 +65,7 @@ export function llamaHyper(cfg: ConfigReader, family: string): LlamaHyper {
     ropeTheta: cfg.optNumber('rope_theta') ?? 10000,
     freqScale: 1,
     maxPositions: cfg.optInt(KEYS.maxPositions) ?? 4096,
+    ropeMode: ROPE_MODE.NEOX,
     qkvBias: f.qkvBias || cfg.bool('attention_bias', false),
     oBias: family === 'llama' && cfg.bool('attention_bias', false),
     qkNorm: f.qkNorm,
@@ -192,7 +195,7 @@ export function decoderLayer(gb: GraphBuilder, h: LlamaHyper, w: (name: string) 
     q = gb.mul(gb.rmsNorm(q, h.eps), w(`${p}.self_attn.q_norm.weight`));
     k = gb.mul(gb.rmsNorm(k, h.eps), w(`${p}.self_attn.k_norm.weight`));
   }
-  const rope = { nDims: h.headDim, mode: ROPE_MODE.NEOX, nCtxOrig: h.maxPositions, base: h.ropeTheta, freqScale: h.freqScale };
+  const rope = { nDims: h.headDim, mode: h.ropeMode, nCtxOrig: h.maxPositions, base: h.ropeTheta, freqScale: h.freqScale };
   q = gb.rope(q, step.positions, step.freqFactors, rope);
   k = gb.rope(k, step.positions, step.freqFactors, rope);
 
