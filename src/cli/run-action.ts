@@ -76,7 +76,7 @@ function samplingFrom(f: RunFlags): SamplerOptions {
 }
 
 function modelDirOf(model: LoadedModel): string {
-  const f = model.skeleton.source.files.find((x) => x.endsWith('config.json'));
+  const f = model.skeleton.source.files.find((x) => x.endsWith('config.json')) ?? model.skeleton.source.files[0];
   return f ? dirname(f) : '.';
 }
 
