@@ -11,7 +11,8 @@ import { parseMaxMemory, resolveBudgets } from '../planner/budgets.js';
 import { planFit, rolesKey, type MeasuredWorkspace } from '../planner/fit.js';
 import type { Plan, PlanDeviceSpec } from '../planner/plan.js';
 import { InputError, VramfitError } from '../util/errors.js';
-import * as llama from './architectures/llama.js';
+import { engineArchitecture } from './architectures/index.js';
+import type { EngineArchitecture, EngineHyper, StepInputs } from './architectures/types.js';
 import { closeDevices, gpuDeviceCount, gpuFreeBytes, liveResources, openGpuDevices, openVirtualDevices, type Allocation, type EngineDevice } from './device.js';
 import { cpuDevice, GGML_TYPE, loadGgml, ROPE_MODE, type BufferType, type Gallocr, type GgmlType, type Ggml, type Graph, type Tensor } from './ggml/binding.js';
 import { GraphBuilder } from './ggml/graph.js';
@@ -69,7 +70,8 @@ export class LoadedModel {
   constructor(
     private readonly g: Ggml,
     readonly skeleton: Skeleton,
-    readonly hyper: llama.LlamaHyper,
+    readonly arch: EngineArchitecture,
+    readonly hyper: EngineHyper,
     readonly plan: Plan,
     readonly devices: EngineDevice[],
     private readonly stages: Stage[],
@@ -154,23 +156,25 @@ export class LoadedModel {
   }
 
   private buildStage(stage: Stage, n: number, past: number): BuiltStage {
-    return buildStageGraph(this.g, this.hyper, stage, deviceLookups(stage, this.weights, this.kv), n, past);
+    return buildStageGraph(this.g, this.arch, this.hyper, stage, deviceLookups(stage, this.weights, this.kv), n, past);
   }
 
   private setInputs(b: BuiltStage, tokens: number[]): void {
     const g = this.g;
-    if (b.tokens) g.raw.ggml_backend_tensor_set(b.tokens, Int32Array.from(tokens), 0, tokens.length * 4);
-    if (b.positions) {
+    // Inputs the graph does not read get no memory: writing to one would abort inside ggml.
+    const live = (t: Tensor | undefined): t is Tensor => t !== undefined && g.isAllocated(t);
+    if (live(b.tokens)) g.raw.ggml_backend_tensor_set(b.tokens, Int32Array.from(tokens), 0, tokens.length * 4);
+    if (live(b.positions)) {
       const pos = Int32Array.from(tokens, (_, i) => this.past + i);
       g.raw.ggml_backend_tensor_set(b.positions, pos, 0, pos.byteLength);
     }
-    if (b.mask) {
+    if (live(b.mask)) {
       const nKv = this.past + tokens.length;
       const mask = new Float32Array(nKv * tokens.length);
       for (let i = 0; i < tokens.length; i++) for (let j = this.past + i + 1; j < nKv; j++) mask[i * nKv + j] = -Infinity;
       g.raw.ggml_backend_tensor_set(b.mask, mask, 0, mask.byteLength);
     }
-    if (b.freqFactors && this.hyper.freqFactors) g.raw.ggml_backend_tensor_set(b.freqFactors, this.hyper.freqFactors, 0, this.hyper.freqFactors.byteLength);
+    if (live(b.freqFactors) && this.hyper.freqFactors) g.raw.ggml_backend_tensor_set(b.freqFactors, this.hyper.freqFactors, 0, this.hyper.freqFactors.byteLength);
   }
 
   report(): DeviceReport[] {
@@ -247,38 +251,41 @@ interface Lookups {
   cache: (layer: number) => { k: Tensor; v: Tensor };
 }
 
-function buildStageGraph(g: Ggml, h: llama.LlamaHyper, stage: StagePlan, look: Lookups, n: number, past: number): BuiltStage {
+function buildStageGraph(g: Ggml, arch: EngineArchitecture, h: EngineHyper, stage: StagePlan, look: Lookups, n: number, past: number): BuiltStage {
   const gb = new GraphBuilder(g, STAGE_NODES);
   const w = (name: string): Tensor => gb.known(look.weight(name));
   const built: Partial<BuiltStage> = { gb };
+  // Positions feed rope in the blocks and learned position embeddings in the embedding.
+  const positions = stage.embed || stage.layers.length > 0 ? gb.input('positions', GGML_TYPE.I32, [n]) : undefined;
+  if (positions) built.positions = positions;
   let x: Tensor;
   if (stage.embed) {
     built.tokens = gb.input('tokens', GGML_TYPE.I32, [n]);
-    x = llama.embed(gb, w(llama.EMBED), built.tokens);
+    x = arch.embed(gb, h, w, built.tokens, positions!);
   } else {
     built.hidden = gb.input('hidden_in', GGML_TYPE.F32, [h.hidden, n]);
     x = built.hidden;
   }
   const writes: Tensor[] = [];
   if (stage.layers.length > 0) {
-    built.positions = gb.input('positions', GGML_TYPE.I32, [n]);
     built.mask = gb.input('kq_mask', GGML_TYPE.F32, [past + n, n]);
     if (h.freqFactors) built.freqFactors = gb.input('rope_freqs', GGML_TYPE.F32, [h.freqFactors.length]);
-    const step: llama.StepInputs = { positions: built.positions, mask: built.mask, freqFactors: built.freqFactors ?? null, writes };
+    const step: StepInputs = { positions: positions!, mask: built.mask, freqFactors: built.freqFactors ?? null, writes };
     for (const i of stage.layers) {
       const cache = look.cache(i);
-      x = llama.decoderLayer(gb, h, w, i, x, { k: gb.known(cache.k), v: gb.known(cache.v), past }, step);
+      x = arch.layer(gb, h, w, i, x, { k: gb.known(cache.k), v: gb.known(cache.v), past }, step);
     }
   }
-  if (stage.norm) x = llama.finalNorm(gb, h, w, x);
-  if (stage.head) x = llama.lmHead(gb, h, w, x);
+  if (stage.norm) x = arch.finalNorm(gb, h, w, x);
+  if (stage.head) x = arch.head(gb, h, w, x);
   built.output = gb.output(x, stage.head ? 'logits' : 'hidden_out');
   built.graph = gb.build(writes);
   return built as BuiltStage;
 }
 
 /** Which device holds each part of the forward pass, in forward order, from the plan. */
-function stagesFromPlan(plan: Plan, h: llama.LlamaHyper, devices: Map<string, EngineDevice>): Stage[] {
+function stagesFromPlan(plan: Plan, arch: EngineArchitecture, h: EngineHyper, devices: Map<string, EngineDevice>): Stage[] {
+  const u = arch.units(h);
   const where = new Map<string, string>();
   for (const d of plan.devices) for (const m of d.modules) where.set(m, d.id);
   const deviceOf = (unit: string): EngineDevice => {
@@ -289,10 +296,10 @@ function stagesFromPlan(plan: Plan, h: llama.LlamaHyper, devices: Map<string, En
     return d;
   };
   const parts: { device: EngineDevice; kind: 'embed' | 'layer' | 'norm' | 'head'; layer?: number }[] = [];
-  parts.push({ device: deviceOf('model.embed_tokens'), kind: 'embed' });
-  for (let i = 0; i < h.layers; i++) parts.push({ device: deviceOf(`model.layers.${i}`), kind: 'layer', layer: i });
-  parts.push({ device: deviceOf('model.norm'), kind: 'norm' });
-  parts.push({ device: h.tied ? deviceOf('model.embed_tokens') : deviceOf('lm_head'), kind: 'head' });
+  parts.push({ device: deviceOf(u.embed), kind: 'embed' });
+  for (let i = 0; i < h.layers; i++) parts.push({ device: deviceOf(u.block(i)), kind: 'layer', layer: i });
+  parts.push({ device: deviceOf(u.norm), kind: 'norm' });
+  parts.push({ device: h.tied ? deviceOf(u.embed) : deviceOf(u.head), kind: 'head' });
   const stages: Stage[] = [];
   for (const p of parts) {
     let s = stages.at(-1);
@@ -330,7 +337,7 @@ function cpuBufferType(g: Ggml): BufferType {
  * over weight and cache tensors that hold placeholder pointers. This is the engine's calibration of
  * the memory model, done before the plan is made.
  */
-function measureWorkspace(g: Ggml, h: llama.LlamaHyper, typeOf: (name: string, ne: number[]) => GgmlType, ctx: number, ubatch: number, kvType: GgmlType): MeasuredWorkspace {
+function measureWorkspace(g: Ggml, arch: EngineArchitecture, h: EngineHyper, typeOf: (name: string, ne: number[]) => GgmlType, ctx: number, ubatch: number, kvType: GgmlType): MeasuredWorkspace {
   const c = g.init(g.tensorOverhead() * 64, true);
   const tensors = new Map<string, Tensor>();
   const made: Tensor[] = [];
@@ -342,11 +349,11 @@ function measureWorkspace(g: Ggml, h: llama.LlamaHyper, typeOf: (name: string, n
     return t;
   };
   try {
-    const globals = llama.globalTensors(h);
-    for (const spec of [globals.embed, globals.norm, ...(globals.head ? [globals.head] : []), ...llama.layerTensors(h, 0), ...llama.layerTensors(h, 1 % h.layers)]) {
+    const t = arch.tensors(h);
+    for (const spec of [...t.embed, ...t.norm, ...t.head, ...t.layer(0), ...t.layer(1 % h.layers)]) {
       if (!tensors.has(spec.name)) make(spec.name, spec.ne, typeOf(spec.name, spec.ne));
     }
-    const kvDim = h.kvHeads * h.headDim;
+    const kvDim = h.kvDim;
     const caches = [0, 1].map(() => ({ k: make(`k${made.length}`, [kvDim, ctx], kvType), v: make(`v${made.length}`, [kvDim, ctx], kvType) }));
     const look: Lookups = { weight: (name) => tensors.get(name)!, cache: (i) => caches[Math.min(i, 1)]! };
     const layers = h.layers > 1 ? [0, 1] : [0];
@@ -356,7 +363,7 @@ function measureWorkspace(g: Ggml, h: llama.LlamaHyper, typeOf: (name: string, n
       for (const block of [false, true]) {
         for (const head of [false, true]) {
           // 'none': a device that only applies the final norm and hands the state on.
-          const b = buildStageGraph(g, h, { embed, layers: block ? layers : [], norm: head || (!embed && !block), head }, look, ubatch, ctx - ubatch);
+          const b = buildStageGraph(g, arch, h, { embed, layers: block ? layers : [], norm: head || (!embed && !block), head }, look, ubatch, ctx - ubatch);
           try {
             out[rolesKey({ embed, block, head })] = measureGraph(g, buft, b.graph);
           } finally {
@@ -376,7 +383,7 @@ function measureWorkspace(g: Ggml, h: llama.LlamaHyper, typeOf: (name: string, n
  * A plan for a user's own split, with the same per-device predictions the planner would make, so a
  * device that cannot hold its share is refused by its allocator before anything is loaded.
  */
-function manualPlan(s: Skeleton, h: llama.LlamaHyper, specs: PlanDeviceSpec[], split: number[], workload: Plan['workload'], measured: MeasuredWorkspace): Plan {
+function manualPlan(s: Skeleton, arch: EngineArchitecture, h: EngineHyper, specs: PlanDeviceSpec[], split: number[], workload: Plan['workload'], measured: MeasuredWorkspace): Plan {
   const accelerators = specs.filter((d) => d.kind !== 'cpu');
   if (split.length !== accelerators.length || split.some((n) => !Number.isSafeInteger(n) || n < 0) || split.reduce((a, b) => a + b, 0) !== h.layers) {
     throw new InputError('--split', `expected ${accelerators.length} layer counts adding up to ${h.layers}, got ${split.join(',')}`);
@@ -384,16 +391,18 @@ function manualPlan(s: Skeleton, h: llama.LlamaHyper, specs: PlanDeviceSpec[], s
   // Plan as if each device had room, then pin every unit where the user put it.
   const roomy = accelerators.map((d) => ({ ...d, cap: Number.MAX_SAFE_INTEGER }));
   const base = planFit({ skeleton: s, devices: roomy, workload, target: 'vramfit', measuredWorkspace: measured });
+  const u = arch.units(h);
+  const blockOf = new Map(Array.from({ length: h.layers }, (_, i) => [u.block(i), i] as const));
   const where = (unit: string): string => {
-    const m = /^model\.layers\.(\d+)$/.exec(unit);
-    if (m) {
-      let layer = Number(m[1]);
+    const index = blockOf.get(unit);
+    if (index !== undefined) {
+      let layer = index;
       for (let d = 0; d < split.length; d++) {
         if (layer < split[d]!) return accelerators[d]!.id;
         layer -= split[d]!;
       }
     }
-    if (unit.startsWith('model.embed_tokens') || (h.tied && unit === 'lm_head')) return accelerators[0]!.id;
+    if (unit === u.embed || (h.tied && unit === u.head)) return accelerators[0]!.id;
     return accelerators.at(-1)!.id;
   };
   const units = base.devices.flatMap((d) => d.modules);
@@ -401,8 +410,8 @@ function manualPlan(s: Skeleton, h: llama.LlamaHyper, specs: PlanDeviceSpec[], s
   const devices = accelerators.map((d) => {
     const modules = units.filter((u) => where(u) === d.id);
     const weights = modules.reduce((sum, m) => sum + unitWeights(s, m, workload.dtype), 0);
-    const layers = modules.filter((m) => /^model\.layers\.\d+$/.test(m)).length;
-    const roles = { embed: modules.includes('model.embed_tokens'), block: layers > 0, head: modules.includes('lm_head') };
+    const layers = modules.filter((m) => blockOf.has(m)).length;
+    const roles = { embed: modules.includes(u.embed), block: layers > 0, head: modules.includes(u.head) };
     const workspace = measured[rolesKey(roles)] ?? 0;
     return { ...base.devices[0]!, id: d.id, kind: d.kind, cap: d.cap, weights, kv: layers * kvLayer, workspace, overhead: 0, used: weights + layers * kvLayer + workspace, modules, ranges: [] as string[], tiedDuplicates: [] as string[] };
   });
@@ -418,13 +427,15 @@ function unitWeights(s: Skeleton, unit: string, dtype: string | undefined): numb
 }
 
 /** The model's hyper-parameters, from config.json, or from GGUF metadata (with llama.cpp's rope layout). */
-function hyperFor(model: string, skeleton: Skeleton): { h: llama.LlamaHyper; modelDir: string } {
+function hyperFor(model: string, skeleton: Skeleton): { arch: EngineArchitecture; h: EngineHyper; modelDir: string } {
+  const arch = engineArchitecture(skeleton.family, model);
   if (skeleton.source.kind === 'gguf') {
     const file = skeleton.source.files[0]!;
     const facts = readGgufFacts(file);
     if (!facts) throw new InputError(model, 'the engine runs GGUF files of the Llama family (llama, mistral, qwen2, qwen3)', 'UNSUPPORTED_ARCHITECTURE');
-    const h = llama.llamaHyper(facts.config, skeleton.family);
-    if (facts.permutedQK) h.ropeMode = ROPE_MODE.NORMAL;
+    const h = arch.hyper(facts.config, skeleton.family);
+    // llama.cpp's converter permuted q/k rows for its NORMAL rope mode.
+    if (facts.permutedQK) (h as EngineHyper & { ropeMode?: number }).ropeMode = ROPE_MODE.NORMAL;
     if (facts.ropeFreqs) {
       const [start, end] = facts.ropeFreqs.range;
       const bytes = Buffer.alloc(end - start);
@@ -436,12 +447,12 @@ function hyperFor(model: string, skeleton: Skeleton): { h: llama.LlamaHyper; mod
       }
       h.freqFactors = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
     }
-    return { h, modelDir: dirname(file) };
+    return { arch, h, modelDir: dirname(file) };
   }
   const configPath = skeleton.source.files.find((f) => f.endsWith('config.json'));
   if (!configPath) throw new InputError(model, 'no config.json beside the weights');
   const modelDir = dirname(skeleton.source.files.find((f) => f.endsWith('.safetensors')) ?? configPath);
-  return { h: llama.llamaHyper(readConfigFile(configPath), skeleton.family), modelDir };
+  return { arch, h: arch.hyper(readConfigFile(configPath), skeleton.family), modelDir };
 }
 
 /** `cpu` (one host device), `virtual:N`, or `gpu` / `gpu:N` (the GPUs ggml registered). */
@@ -474,7 +485,11 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   if (skeleton.source.shapes !== 'headers' || !skeleton.tensors.every((t) => t.location?.range || !needsData(t))) {
     throw new InputError(model, 'the engine needs weights it can read (safetensors or GGUF with byte ranges); this model has none here');
   }
-  const { h, modelDir } = hyperFor(model, skeleton);
+  const { arch, h, modelDir } = hyperFor(model, skeleton);
+  const units = arch.units(h);
+  const archTensors = arch.tensors(h);
+  // A tied head reads the embedding matrix.
+  const headAlias = h.tied ? new Map(archTensors.head.map((t, i) => [t.name, archTensors.embed[i]?.name ?? t.name])) : new Map<string, string>();
   const ctx = opts.ctx ?? Math.min(h.maxPositions, 4096);
   const ubatch = Math.min(opts.ubatch ?? 512, ctx);
   if (!Number.isSafeInteger(ctx) || ctx < 1) throw new InputError('--ctx', `expected a positive integer, got ${ctx}`);
@@ -502,16 +517,16 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const workload = { ctx, batch: 1, ubatch, kvDtype, ...(opts.dtype ? { dtype: opts.dtype } : {}) };
   const tensorOf = new Map(skeleton.tensors.map((t) => [t.name, t]));
   const typeOf = (name: string, ne: number[]): GgmlType => {
-    const source = tensorOf.get(name === llama.HEAD && h.tied ? llama.EMBED : name);
+    const source = tensorOf.get(headAlias.get(name) ?? name);
     if (!source) throw new InputError(model, `the checkpoint has no ${name}`);
     return ne.length === 1 ? GGML_TYPE.F32 : opts.dtype ? ggmlTypeFor(opts.dtype) : ggmlTypeFor(source.dtype);
   };
   const kvType = kvDtype === 'float32' ? GGML_TYPE.F32 : GGML_TYPE.F16;
-  const measuredWorkspace = measureWorkspace(g, h, typeOf, ctx, ubatch, kvType);
+  const measuredWorkspace = measureWorkspace(g, arch, h, typeOf, ctx, ubatch, kvType);
   // Uncapped devices share the work evenly; capped ones are balanced by how full they get.
   if (caps.size === 0) for (const s of specs) s.weight = 1;
   const plan = opts.layerSplit
-    ? manualPlan(skeleton, h, specs, opts.layerSplit, workload, measuredWorkspace)
+    ? manualPlan(skeleton, arch, h, specs, opts.layerSplit, workload, measuredWorkspace)
     : planFit({ skeleton, devices: specs, workload, target: 'vramfit', measuredWorkspace });
 
   // ggml's CPU threads spin at barriers: more threads than free cores (other work, several backends)
@@ -532,7 +547,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const gallocs = new Map<string, Gallocr>();
   const computeBytes = new Map<string, number>();
   try {
-    const stages = stagesFromPlan(plan, h, byId);
+    const stages = stagesFromPlan(plan, arch, h, byId);
     const specFor = (name: string, ne: number[]): WeightSpec => {
       const source = tensorOf.get(name);
       if (!source) throw new InputError(model, `the checkpoint has no ${name}`);
@@ -549,16 +564,16 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       if (onDisk.has(unit) && s.type === ggmlTypeFor(s.source.dtype)) s.mapped = true;
       perDevice.set(d.id, [...(perDevice.get(d.id) ?? []), s]);
     };
-    const globals = llama.globalTensors(h);
+    const addOnce = (d: EngineDevice, t: { name: string; ne: number[] }): void => {
+      if (!perDevice.get(d.id)?.some((s) => s.name === t.name)) add(d, specFor(t.name, t.ne));
+    };
     for (const st of stages) {
-      if (st.embed || (st.head && h.tied)) {
-        if (!perDevice.get(st.device.id)?.some((s) => s.name === llama.EMBED)) add(st.device, specFor(globals.embed.name, globals.embed.ne));
-      }
-      for (const i of st.layers) for (const t of llama.layerTensors(h, i)) add(st.device, specFor(t.name, t.ne));
-      if (st.norm) add(st.device, specFor(globals.norm.name, globals.norm.ne));
-      if (st.head && globals.head) add(st.device, specFor(globals.head.name, globals.head.ne));
+      if (st.embed || (st.head && h.tied)) for (const t of archTensors.embed) addOnce(st.device, t);
+      for (const i of st.layers) for (const t of archTensors.layer(i)) add(st.device, specFor(t.name, t.ne));
+      if (st.norm) for (const t of archTensors.norm) addOnce(st.device, t);
+      if (st.head) for (const t of archTensors.head) addOnce(st.device, t);
     }
-    const kvDim = h.kvHeads * h.headDim;
+    const kvDim = h.kvDim;
 
     // 1. Weights and KV cache: sized in TypeScript, checked against every cap before allocating.
     const kvBytes = (d: EngineDevice): number => stages.filter((s) => s.device === d).reduce((sum, s) => sum + s.layers.length, 0) * 2 * g.rowSize(kvType, kvDim) * ctx;
@@ -602,7 +617,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       if (mine.length === 0) continue;
       let most = 0;
       for (const s of mine) {
-        const b = buildStageGraph(g, h, s, deviceLookups(s, weights, kv), ubatch, ctx - ubatch);
+        const b = buildStageGraph(g, arch, h, s, deviceLookups(s, weights, kv), ubatch, ctx - ubatch);
         const probe = g.raw.ggml_gallocr_new(d.buft) as Gallocr;
         const sizes = [0];
         g.raw.ggml_gallocr_reserve_n_size(probe, b.graph, null, null, sizes);
@@ -616,7 +631,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       liveResources.graphAllocators++;
       gallocs.set(d.id, galloc);
       for (const s of mine) {
-        const b = buildStageGraph(g, h, s, deviceLookups(s, weights, kv), ubatch, ctx - ubatch);
+        const b = buildStageGraph(g, arch, h, s, deviceLookups(s, weights, kv), ubatch, ctx - ubatch);
         const ok = g.raw.ggml_gallocr_reserve(galloc, b.graph) as boolean;
         b.gb.free();
         if (!ok) throw new VramfitError('GGML', `could not reserve the compute buffer on device ${d.id}`, 1);
@@ -632,7 +647,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
         opts.onProgress?.(loaded, total);
       });
     }
-    return new LoadedModel(g, skeleton, h, plan, devices, stages, weights, kv, kvAllocations, kvCtx, gallocs, computeBytes, ctx, ubatch);
+    return new LoadedModel(g, skeleton, arch, h, plan, devices, stages, weights, kv, kvAllocations, kvCtx, gallocs, computeBytes, ctx, ubatch);
   } catch (e) {
     for (const galloc of gallocs.values()) {
       g.raw.ggml_gallocr_free(galloc);

@@ -2,6 +2,7 @@ import { KEYS, type ConfigReader } from '../../reader/config.js';
 import { InputError } from '../../util/errors.js';
 import { ROPE_MODE, type Tensor } from '../ggml/binding.js';
 import type { GraphBuilder } from '../ggml/graph.js';
+import type { ArchTensor, EngineArchitecture, EngineHyper, LayerCache, StepInputs, WeightLookup } from './types.js';
 
 /**
  * The Llama family as transformers computes it: Llama 2/3 (rope scaling default, linear, llama3),
@@ -11,28 +12,20 @@ import type { GraphBuilder } from '../ggml/graph.js';
  * n tokens is [hidden, n]. transformers' rotate_half rotary layout is ggml's NEOX mode on the
  * checkpoint's own (un-permuted) q/k weights.
  */
-export interface LlamaHyper {
-  family: string;
-  layers: number;
-  hidden: number;
+export interface LlamaHyper extends EngineHyper {
   heads: number;
   kvHeads: number;
   headDim: number;
   ffn: number;
-  vocab: number;
   eps: number;
   ropeTheta: number;
   /** ggml freq_scale: 1 / linear factor. */
   freqScale: number;
-  /** llama3 scaling as per-dimension divisors of the rotary frequency (ggml freq_factors). */
-  freqFactors?: Float32Array;
-  maxPositions: number;
   /** NEOX for transformers' layout; NORMAL for GGUF weights whose q/k rows llama.cpp permuted. */
   ropeMode: number;
   qkvBias: boolean;
   oBias: boolean;
   qkNorm: boolean;
-  tied: boolean;
 }
 
 const FAMILIES: Record<string, { qkvBias: boolean; qkNorm: boolean }> = {
@@ -70,7 +63,9 @@ export function llamaHyper(cfg: ConfigReader, family: string): LlamaHyper {
     oBias: family === 'llama' && cfg.bool('attention_bias', false),
     qkNorm: f.qkNorm,
     tied: cfg.bool('tie_word_embeddings', false),
+    kvDim: 0,
   };
+  h.kvDim = h.kvHeads * h.headDim;
   if (h.heads % h.kvHeads !== 0) throw new InputError(cfg.file, `num_attention_heads ${h.heads} is not a multiple of num_key_value_heads ${h.kvHeads}`, 'BAD_CONFIG');
   if (h.headDim % 2 !== 0) throw new InputError(cfg.file, `head dim ${h.headDim} must be even for rotary embeddings`, 'BAD_CONFIG');
   applyRopeScaling(cfg, h);
@@ -153,31 +148,13 @@ export function globalTensors(h: LlamaHyper): { embed: { name: string; ne: numbe
   return g;
 }
 
-/** What one layer's attention reads and writes: its KV cache and where this batch goes in it. */
-export interface LayerCache {
-  k: Tensor;
-  v: Tensor;
-  /** Tokens already in the cache before this batch. */
-  past: number;
-}
-
-export interface StepInputs {
-  /** I32 [n]: absolute positions of the batch's tokens. */
-  positions: Tensor;
-  /** F32 [past + n, n]: 0 where a token may attend, -inf where not (causal). */
-  mask: Tensor;
-  freqFactors: Tensor | null;
-  /** Roots the graph must compute besides its output: the KV cache writes. */
-  writes: Tensor[];
-}
-
 /** Embedding lookup: [n] token ids → [hidden, n]. */
 export function embed(gb: GraphBuilder, table: Tensor, tokens: Tensor): Tensor {
   return gb.getRows(table, tokens);
 }
 
 /** One decoder layer, as transformers' LlamaDecoderLayer.forward: x [hidden, n] → [hidden, n]. */
-export function decoderLayer(gb: GraphBuilder, h: LlamaHyper, w: (name: string) => Tensor, i: number, x: Tensor, cache: LayerCache, step: StepInputs): Tensor {
+export function decoderLayer(gb: GraphBuilder, h: LlamaHyper, w: WeightLookup, i: number, x: Tensor, cache: LayerCache, step: StepInputs): Tensor {
   const p = `model.layers.${i}`;
   const n = gb.shape(x)[1];
   const kvDim = h.kvHeads * h.headDim;
@@ -232,3 +209,19 @@ export function finalNorm(gb: GraphBuilder, h: LlamaHyper, w: (name: string) => 
 export function lmHead(gb: GraphBuilder, h: LlamaHyper, w: (name: string) => Tensor, x: Tensor): Tensor {
   return gb.mulMat(w(h.tied ? EMBED : HEAD), x);
 }
+
+/** The Llama family for the engine: plan units, tensors per part, and the graph of each part. */
+export const llamaArchitecture: EngineArchitecture<LlamaHyper> = {
+  families: Object.keys(FAMILIES),
+  hyper: llamaHyper,
+  units: () => ({ embed: 'model.embed_tokens', block: (i) => `model.layers.${i}`, norm: 'model.norm', head: 'lm_head' }),
+  tensors(h) {
+    const g = globalTensors(h);
+    const head: ArchTensor[] = g.head ? [g.head] : [];
+    return { embed: [g.embed], norm: [g.norm], head, layer: (i) => layerTensors(h, i) };
+  },
+  embed: (gb, _h, w, tokens) => embed(gb, w(EMBED), tokens),
+  layer: decoderLayer,
+  finalNorm,
+  head: lmHead,
+};

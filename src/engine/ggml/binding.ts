@@ -170,6 +170,8 @@ export interface Ggml {
    * treats it as already allocated while measuring a graph's compute buffer. Never computed with.
    */
   setPlaceholderData(t: Tensor, on: boolean): void;
+  /** Whether the tensor has memory (a graph input the graph never reads is left unallocated). */
+  isAllocated(t: Tensor): boolean;
 }
 
 let loaded: Ggml | undefined;
@@ -258,6 +260,7 @@ export function loadGgml(): Ggml {
     type: (t) => koffi.decode(t, T_OFF.type, 'int') as GgmlType,
     setThreads: () => undefined,
     lastAbortMessage: () => lastAbort,
+    isAllocated: (t) => (koffi.decode(t, T_OFF.buffer, 'void *') as bigint | null) !== null,
     setPlaceholderData: (t, on) => {
       const current = koffi.decode(t, T_OFF.data, 'void *') as bigint | null;
       if (on && current) throw new VramfitError('GGML', 'placeholder data on a tensor that has data', 1);

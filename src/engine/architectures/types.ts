@@ -1,0 +1,62 @@
+import type { ConfigReader } from '../../reader/config.js';
+import type { Tensor } from '../ggml/binding.js';
+import type { GraphBuilder } from '../ggml/graph.js';
+
+/** A checkpoint tensor an architecture uses, with the ggml shape it expects (innermost first). */
+export interface ArchTensor {
+  name: string;
+  ne: number[];
+}
+
+/** What the engine itself needs to know of any architecture's hyper-parameters. */
+export interface EngineHyper {
+  family: string;
+  layers: number;
+  hidden: number;
+  vocab: number;
+  maxPositions: number;
+  /** The head reuses the embedding matrix (and then sits on the embedding's device). */
+  tied: boolean;
+  /** Elements of K (and of V) cached per token per layer. */
+  kvDim: number;
+  /** Per-dimension rope frequency divisors fed to the graph as an input, when the model has them. */
+  freqFactors?: Float32Array;
+}
+
+/** One layer's KV cache and how many tokens it already holds. */
+export interface LayerCache {
+  k: Tensor;
+  v: Tensor;
+  past: number;
+}
+
+export interface StepInputs {
+  /** I32 [n]: absolute positions of the batch's tokens. */
+  positions: Tensor;
+  /** F32 [past + n, n]: 0 where a token may attend, -inf where not (causal). */
+  mask: Tensor;
+  freqFactors: Tensor | null;
+  /** Roots the graph must compute besides its output: the KV cache writes. */
+  writes: Tensor[];
+}
+
+export type WeightLookup = (name: string) => Tensor;
+
+/**
+ * One architecture family, as the engine runs it: its hyper-parameters, which checkpoint tensors each
+ * part of the forward pass needs, the plan units those parts are, and the graph of each part.
+ * Methods (not function properties) so a family's own hyper type stays assignable.
+ */
+export interface EngineArchitecture<H extends EngineHyper = EngineHyper> {
+  families: readonly string[];
+  hyper(cfg: ConfigReader, family: string): H;
+  /** The plan's module names for the embedding, block i, the final norm and the head. */
+  units(h: H): { embed: string; block(i: number): string; norm: string; head: string };
+  tensors(h: H): { embed: ArchTensor[]; norm: ArchTensor[]; head: ArchTensor[]; layer(i: number): ArchTensor[] };
+  /** Token ids (and positions, for learned position embeddings) → hidden [hidden, n]. */
+  embed(gb: GraphBuilder, h: H, w: WeightLookup, tokens: Tensor, positions: Tensor): Tensor;
+  layer(gb: GraphBuilder, h: H, w: WeightLookup, i: number, x: Tensor, cache: LayerCache, step: StepInputs): Tensor;
+  finalNorm(gb: GraphBuilder, h: H, w: WeightLookup, x: Tensor): Tensor;
+  /** Logits [vocab, n]. */
+  head(gb: GraphBuilder, h: H, w: WeightLookup, x: Tensor): Tensor;
+}
