@@ -12,7 +12,7 @@ import { planFit, rolesKey, type MeasuredWorkspace } from '../planner/fit.js';
 import type { Plan, PlanDeviceSpec } from '../planner/plan.js';
 import { InputError, VramfitError } from '../util/errors.js';
 import { engineArchitecture } from './architectures/index.js';
-import type { EngineArchitecture, EngineHyper, StepInputs } from './architectures/types.js';
+import type { ArchTensor, EngineArchitecture, EngineHyper, StepInputs } from './architectures/types.js';
 import { closeDevices, gpuDeviceCount, gpuFreeBytes, liveResources, openGpuDevices, openVirtualDevices, type Allocation, type EngineDevice } from './device.js';
 import { cpuDevice, GGML_TYPE, loadGgml, ROPE_MODE, type BufferType, type Gallocr, type GgmlType, type Ggml, type Graph, type Tensor } from './ggml/binding.js';
 import { GraphBuilder } from './ggml/graph.js';
@@ -548,28 +548,31 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const computeBytes = new Map<string, number>();
   try {
     const stages = stagesFromPlan(plan, arch, h, byId);
-    const specFor = (name: string, ne: number[]): WeightSpec => {
+    const specFor = (name: string, ne: number[], transform?: ArchTensor['transform']): WeightSpec => {
       const source = tensorOf.get(name);
       if (!source) throw new InputError(model, `the checkpoint has no ${name}`);
-      const expected = [...ne].reverse();
+      // A transposed tensor is stored the other way round.
+      const expected = transform === 'transpose' ? [...ne] : [...ne].reverse();
       if (source.shape.length !== expected.length || source.shape.some((v, i) => v !== expected[i])) {
         throw new InputError(model, `${name} is [${source.shape.join(', ')}] but config.json implies [${expected.join(', ')}]`);
       }
-      return { name, ne, type: typeOf(name, ne), source };
+      const spec: WeightSpec = { name, ne, type: typeOf(name, ne), source };
+      if (transform) spec.transform = transform;
+      return spec;
     };
     const perDevice = new Map<string, WeightSpec[]>();
     const add = (d: EngineDevice, s: WeightSpec): void => {
       // A disk-offloaded tensor is used in place when the kernels can read it as stored.
       const unit = s.name.startsWith('model.layers.') ? s.name.split('.').slice(0, 3).join('.') : s.name.slice(0, s.name.lastIndexOf('.'));
-      if (onDisk.has(unit) && s.type === ggmlTypeFor(s.source.dtype)) s.mapped = true;
+      if (onDisk.has(unit) && !s.transform && s.type === ggmlTypeFor(s.source.dtype)) s.mapped = true;
       perDevice.set(d.id, [...(perDevice.get(d.id) ?? []), s]);
     };
-    const addOnce = (d: EngineDevice, t: { name: string; ne: number[] }): void => {
-      if (!perDevice.get(d.id)?.some((s) => s.name === t.name)) add(d, specFor(t.name, t.ne));
+    const addOnce = (d: EngineDevice, t: ArchTensor): void => {
+      if (!perDevice.get(d.id)?.some((s) => s.name === t.name)) add(d, specFor(t.name, t.ne, t.transform));
     };
     for (const st of stages) {
       if (st.embed || (st.head && h.tied)) for (const t of archTensors.embed) addOnce(st.device, t);
-      for (const i of st.layers) for (const t of archTensors.layer(i)) add(st.device, specFor(t.name, t.ne));
+      for (const i of st.layers) for (const t of archTensors.layer(i)) add(st.device, specFor(t.name, t.ne, t.transform));
       if (st.norm) for (const t of archTensors.norm) addOnce(st.device, t);
       if (st.head) for (const t of archTensors.head) addOnce(st.device, t);
     }

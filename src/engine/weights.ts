@@ -24,7 +24,16 @@ export interface WeightSpec {
   source: SkeletonTensor;
   /** Used in place from the memory-mapped checkpoint (disk offload) instead of copied into RAM. */
   mapped?: boolean;
+  /** A change of layout applied while loading (see TensorTransform). */
+  transform?: TensorTransform;
 }
+
+/**
+ * Layout changes some checkpoints need once, at load time, instead of on every forward pass:
+ * `transpose` a 2-D matrix (GPT-2's Conv1D stores [in, out]); `normalize-rows` to unit L2 norm
+ * (Baichuan2's NormHead normalises its rows on every call; the result never changes).
+ */
+export type TensorTransform = 'transpose' | 'normalize-rows';
 
 /** A device's weights: ggml tensors laid out in one capped buffer. */
 export interface DeviceWeights {
@@ -129,6 +138,11 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
       const to = s.type;
       const [start, end] = loc.range;
       const total = end - start;
+      if (s.transform) {
+        loadTransformed(g, fd, file, s, t, start, total);
+        onBytes(total);
+        continue;
+      }
       if (sameType(from, to)) {
         // Stored as it will be used (any ggml type, block formats included): copy bytes through.
         for (let done = 0; done < total; ) {
@@ -157,6 +171,36 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
   } finally {
     for (const fd of fds.values()) closeSync(fd);
   }
+}
+
+/**
+ * A transformed tensor is read whole (one tensor, never a whole shard), widened to float32,
+ * changed, and narrowed to its load type.
+ */
+function loadTransformed(g: Ggml, fd: number, file: string, s: WeightSpec, t: Tensor, start: number, total: number): void {
+  if (!(s.source.dtype in GGML_OF) || s.ne.length !== 2) throw new VramfitError('TRANSFORM', `${s.name}: ${s.transform} needs a 2-D float tensor`, 2);
+  const raw = new Uint8Array(total);
+  readFully(fd, raw, total, start, file, s.name);
+  const elems = total / (s.source.dtype === 'float32' ? 4 : 2);
+  const f32 = new Float32Array(elems);
+  convert(g, raw, s.source.dtype, GGML_TYPE.F32, elems, f32);
+  // Stored row-major as the checkpoint's [rows, cols]; ggml's ne is [cols', rows'] of the result.
+  const [cols, rows] = s.transform === 'transpose' ? [s.ne[1]!, s.ne[0]!] : [s.ne[0]!, s.ne[1]!];
+  let out = f32;
+  if (s.transform === 'transpose') {
+    out = new Float32Array(elems);
+    for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = f32[r * cols + c]!;
+  } else {
+    for (let r = 0; r < rows; r++) {
+      let sum = 0;
+      for (let c = 0; c < cols; c++) sum += f32[r * cols + c]! ** 2;
+      // torch.nn.functional.normalize: divide by max(norm, 1e-12).
+      const scale = 1 / Math.max(Math.sqrt(sum), 1e-12);
+      for (let c = 0; c < cols; c++) out[r * cols + c]! *= scale;
+    }
+  }
+  const bytes = convert(g, new Uint8Array(out.buffer), 'float32', s.type, elems, new Float32Array(elems));
+  g.raw.ggml_backend_tensor_set(t, bytes, 0, bytes.byteLength);
 }
 
 function sameType(from: string, to: GgmlType): boolean {

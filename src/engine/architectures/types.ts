@@ -6,6 +6,8 @@ import type { GraphBuilder } from '../ggml/graph.js';
 export interface ArchTensor {
   name: string;
   ne: number[];
+  /** Applied once while loading (GPT-2's transposed Conv1D weights, Baichuan2's NormHead). */
+  transform?: 'transpose' | 'normalize-rows';
 }
 
 /** What the engine itself needs to know of any architecture's hyper-parameters. */
