@@ -563,8 +563,8 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
     const perDevice = new Map<string, WeightSpec[]>();
     const add = (d: EngineDevice, s: WeightSpec): void => {
       // A disk-offloaded tensor is used in place when the kernels can read it as stored.
-      const unit = s.name.startsWith('model.layers.') ? s.name.split('.').slice(0, 3).join('.') : s.name.slice(0, s.name.lastIndexOf('.'));
-      if (onDisk.has(unit) && !s.transform && s.type === ggmlTypeFor(s.source.dtype)) s.mapped = true;
+      const onDiskUnit = [...onDisk].some((unit) => s.name.startsWith(`${unit}.`));
+      if (onDiskUnit && !s.transform && s.type === ggmlTypeFor(s.source.dtype)) s.mapped = true;
       perDevice.set(d.id, [...(perDevice.get(d.id) ?? []), s]);
     };
     const addOnce = (d: EngineDevice, t: ArchTensor): void => {
