@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { writeSafetensors } from '../src/reader/formats/safetensors-writer.js';
@@ -9,6 +9,7 @@ import { parseSkeleton } from '../src/reader/skeleton-json.js';
 import { summarize } from '../src/reader/summary.js';
 import { InputError } from '../src/util/errors.js';
 import { oracleDir } from './helpers/paths.js';
+import { f32Bytes, writePytorchBin, writeTinyBinCheckpoint } from './helpers/pytorch-bin-writer.js';
 import { cleanup, tempDir, TINY_LLAMA_CONFIG, writeTinyCheckpoint } from './helpers/tiny-models.js';
 
 const root = tempDir();
@@ -211,6 +212,105 @@ describe('readModel: files and unknown architectures', () => {
     assert.ok(!s.tensors.some((t) => t.name === 'model.layers.0.self_attn.q_proj.weight'), 'replaced float weight dropped');
     const stored = tensors.reduce((sum, t) => sum + t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'I32' ? 4 : 2), 0);
     assert.equal(summarize(s).totalBytes, stored + 8 * 4, "stored tensors plus the rotary buffer");
+  });
+});
+
+describe('readModel: PyTorch .bin checkpoints', () => {
+  /** Every tensor a checkpoint stores has a byte range exactly as long as its shape × dtype. */
+  function assertRanges(s: Awaited<ReturnType<typeof readModel>>, names: string[], files: string[]): void {
+    for (const name of names) {
+      const t = s.tensors.find((x) => x.name === name)!;
+      assert.ok(t.location?.range, `${name} has a byte range`);
+      assert.ok(files.includes(t.location.file), `${name} is in ${t.location.file}`);
+      assert.equal(t.location.range[1] - t.location.range[0], t.shape.reduce((a, b) => a * b, 1) * 4, name);
+    }
+  }
+
+  it('reads every shard of a pytorch_model.bin.index.json: real shapes and byte ranges', async () => {
+    const dir = fresh();
+    const { names, shapes, files, totalSize } = writeTinyBinCheckpoint(dir, TINY_LLAMA_CONFIG, { shards: 3 });
+    const s = await readModel(dir);
+    assert.equal(s.source.kind, 'bin-index');
+    assert.equal(s.source.shapes, 'headers');
+    assert.deepEqual(s.warnings, []);
+    assert.equal(s.source.files.length, 5, 'index, config and three shards');
+    assertRanges(s, names, files);
+    for (const name of names) assert.deepEqual(s.tensors.find((t) => t.name === name)!.shape, shapes[name]);
+    assert.equal(storedBytes(s.tensors, [], s.tied), totalSize);
+    assert.equal(summarize(s).sizesFrom, 'tensor headers of every .bin shard (pickles)');
+    assert.ok(s.source.bytesRead < 3 * 70_000, `read ${s.source.bytesRead} bytes`);
+    // The same model as safetensors gives the same skeleton, byte ranges aside.
+    const st = fresh();
+    writeTinyCheckpoint(st, TINY_LLAMA_CONFIG);
+    const ref = await readModel(st);
+    const plain = (x: typeof s): unknown => x.tensors.map((t) => [t.name, t.shape, t.dtype, t.kind]);
+    assert.deepEqual(plain(s), plain(ref));
+    assert.deepEqual(s.modules, ref.modules);
+  });
+
+  it('reads a single pytorch_model.bin in a folder, and a .bin file given directly', async () => {
+    const dir = fresh();
+    const { names } = writeTinyBinCheckpoint(dir, TINY_LLAMA_CONFIG);
+    for (const target of [dir, join(dir, 'pytorch_model.bin')]) {
+      const s = await readModel(target);
+      assert.equal(s.family, 'llama');
+      assert.equal(s.source.kind, 'bin');
+      assert.equal(s.source.shapes, 'headers');
+      assert.deepEqual(s.warnings, []);
+      assertRanges(s, names, ['pytorch_model.bin']);
+      assert.equal(summarize(s).sizesFrom, 'tensor headers (.bin pickle)');
+    }
+  });
+
+  it('prefers model.safetensors when both formats are present', async () => {
+    const dir = fresh();
+    writeTinyBinCheckpoint(dir, TINY_LLAMA_CONFIG);
+    writeTinyCheckpoint(dir, TINY_LLAMA_CONFIG);
+    assert.equal((await readModel(dir)).source.kind, 'safetensors');
+  });
+
+  it('keeps synthesizing from the index when no shard is present', async () => {
+    const dir = fresh();
+    const { files, totalSize } = writeTinyBinCheckpoint(dir, TINY_LLAMA_CONFIG, { shards: 2 });
+    for (const f of files) rmSync(join(dir, f));
+    const s = await readModel(dir);
+    assert.equal(s.source.kind, 'bin-index');
+    assert.equal(s.source.shapes, 'synthesized');
+    assert.equal(storedBytes(s.tensors, [], s.tied), totalSize);
+    assert.equal(summarize(s).sizesFrom, 'index names + architecture spec (shards not present)');
+  });
+
+  it('refuses shards that disagree with the index, and corrupt shards, naming the file', async () => {
+    const dir = fresh();
+    const { files } = writeTinyBinCheckpoint(dir, TINY_LLAMA_CONFIG, { shards: 2 });
+    const indexPath = join(dir, 'pytorch_model.bin.index.json');
+    const index = JSON.parse(readFileSync(indexPath, 'utf8')) as { weight_map: Record<string, string> };
+    writeFileSync(indexPath, JSON.stringify({ weight_map: { ...index.weight_map, 'model.norm.weight': files[0] } }));
+    await rejectsWith(readModel(dir), 'BAD_FORMAT', /pytorch_model-00002-of-00002\.bin: holds model\.norm\.weight, which the index puts in pytorch_model-00001-of-00002\.bin/);
+    writeFileSync(indexPath, JSON.stringify({ weight_map: { ...index.weight_map, 'model.extra.weight': files[1] } }));
+    await rejectsWith(readModel(dir), 'BAD_FORMAT', /model\.extra\.weight is listed in weight_map but not in pytorch_model-00002-of-00002\.bin/);
+    writeFileSync(indexPath, JSON.stringify(index));
+    writeFileSync(join(dir, files[1]!), 'not a checkpoint');
+    await rejectsWith(readModel(dir), 'BAD_FORMAT', /pytorch_model-00002-of-00002\.bin: not a PyTorch checkpoint/);
+  });
+
+  it('warns about non-contiguous views and keeps the reason on the tensor', async () => {
+    const dir = fresh();
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ architectures: ['TinyNet'], hidden_size: 4 }));
+    const storage = { dtype: 'float32' as const, bytes: f32Bytes(Array.from({ length: 12 }, (_, i) => i)) };
+    writePytorchBin(join(dir, 'pytorch_model.bin'), [
+      { name: 'a.weight', storage, shape: [3, 4] },
+      { name: 'b.weight', storage, shape: [4, 3], strides: [1, 4] },
+    ]);
+    const s = await readModel(dir);
+    const [start, end] = s.tensors.find((t) => t.name === 'a.weight')!.location!.range!;
+    assert.equal(end - start, 48);
+    assert.equal(start % 64, 0, 'storages start 64-byte aligned');
+    const view = s.tensors.find((t) => t.name === 'b.weight')!;
+    assert.equal(view.location?.range, undefined);
+    assert.match(view.location?.noRange ?? '', /not contiguous \(shape \[4, 3\], strides \[1, 4\]\)/);
+    assert.ok(s.warnings.some((w) => /^pytorch_model\.bin: b\.weight is not contiguous .* the engine cannot load it$/.test(w)), s.warnings.join('; '));
   });
 });
 

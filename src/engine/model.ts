@@ -16,7 +16,7 @@ import type { ArchTensor, EngineArchitecture, EngineHyper, StepInputs } from './
 import { closeDevices, gpuDeviceCount, gpuFreeBytes, liveResources, openGpuDevices, openVirtualDevices, type Allocation, type EngineDevice } from './device.js';
 import { cpuDevice, GGML_TYPE, loadGgml, ROPE_MODE, type BufferType, type Gallocr, type GgmlType, type Ggml, type Graph, type Tensor } from './ggml/binding.js';
 import { GraphBuilder } from './ggml/graph.js';
-import { describeWeights, freeWeights, ggmlTypeFor, loadWeightData, placeWeights, type DeviceWeights, type WeightSpec } from './weights.js';
+import { describeWeights, freeWeights, ggmlTypeFor, loadWeightData, placeWeights, storedBytes, type DeviceWeights, type WeightSpec } from './weights.js';
 
 export interface LoadOptions {
   /** `virtual:N` (N independent CPU backends) or `cpu` (one). */
@@ -111,22 +111,23 @@ export class LoadedModel {
     for (let start = 0; start < tokens.length; start += this.ubatch) {
       const chunk = tokens.slice(start, start + this.ubatch);
       const last = start + this.ubatch >= tokens.length;
-      const logits = this.step(chunk);
+      // Without allLogits only each micro-batch's last token goes through the final norm and head.
+      const logits = this.step(chunk, !allLogits);
       const n = chunk.length;
       const v = this.hyper.vocab;
       if (allLogits) for (let i = 0; i < n; i++) rows.push(logits.slice(i * v, (i + 1) * v));
-      else if (last) rows.push(logits.slice((n - 1) * v, n * v));
+      else if (last) rows.push(logits.slice(logits.length - v));
     }
     return rows;
   }
 
-  private step(tokens: number[]): Float32Array {
+  private step(tokens: number[], lastOnly = false): Float32Array {
     const n = tokens.length;
     let carried: Tensor | undefined;
     let carriedFrom: GraphBuilder | undefined;
     let result: Float32Array | undefined;
     for (const stage of this.stages) {
-      const built = this.buildStage(stage, n, this.past);
+      const built = this.buildStage(stage, n, this.past, lastOnly);
       const galloc = this.gallocs.get(stage.device.id)!;
       if (!this.g.raw.ggml_gallocr_alloc_graph(galloc, built.graph)) throw new VramfitError('GGML', `could not allocate the compute graph on device ${stage.device.id}`, 1);
       const size = this.g.raw.ggml_gallocr_get_buffer_size(galloc, 0) as number;
@@ -142,7 +143,7 @@ export class LoadedModel {
       const status = this.g.raw.ggml_backend_graph_compute(stage.device.backend, built.graph) as number;
       if (status !== 0) throw new VramfitError('GGML', `graph compute failed on device ${stage.device.id} (status ${status})`, 1);
       if (stage.head) {
-        const out = new Float32Array(this.hyper.vocab * n);
+        const out = new Float32Array(this.hyper.vocab * (lastOnly ? 1 : n));
         this.g.raw.ggml_backend_tensor_get(built.output, out, 0, out.byteLength);
         result = out;
       }
@@ -155,8 +156,8 @@ export class LoadedModel {
     return result;
   }
 
-  private buildStage(stage: Stage, n: number, past: number): BuiltStage {
-    return buildStageGraph(this.g, this.arch, this.hyper, stage, deviceLookups(stage, this.weights, this.kv), n, past);
+  private buildStage(stage: Stage, n: number, past: number, lastOnly: boolean): BuiltStage {
+    return buildStageGraph(this.g, this.arch, this.hyper, stage, deviceLookups(stage, this.weights, this.kv), n, past, lastOnly);
   }
 
   private setInputs(b: BuiltStage, tokens: number[]): void {
@@ -171,7 +172,11 @@ export class LoadedModel {
     if (live(b.mask)) {
       const nKv = this.past + tokens.length;
       const mask = new Float32Array(nKv * tokens.length);
-      for (let i = 0; i < tokens.length; i++) for (let j = this.past + i + 1; j < nKv; j++) mask[i * nKv + j] = -Infinity;
+      for (let i = 0; i < tokens.length; i++) {
+        // ALiBi models read the key–query offset from the mask (llama.cpp: -|pos_k - pos_q|).
+        if (this.hyper.alibi) for (let j = 0; j <= this.past + i; j++) mask[i * nKv + j] = j - (this.past + i);
+        for (let j = this.past + i + 1; j < nKv; j++) mask[i * nKv + j] = -Infinity;
+      }
       g.raw.ggml_backend_tensor_set(b.mask, mask, 0, mask.byteLength);
     }
     if (live(b.freqFactors) && this.hyper.freqFactors) g.raw.ggml_backend_tensor_set(b.freqFactors, this.hyper.freqFactors, 0, this.hyper.freqFactors.byteLength);
@@ -251,7 +256,12 @@ interface Lookups {
   cache: (layer: number) => { k: Tensor; v: Tensor };
 }
 
-function buildStageGraph(g: Ggml, arch: EngineArchitecture, h: EngineHyper, stage: StagePlan, look: Lookups, n: number, past: number): BuiltStage {
+/**
+ * `lastOnly`: only the batch's last token is needed past the blocks (prompt prefill without all
+ * logits), so the stage holding the last block hands on that one row, and the final norm and head
+ * (a sizeable share of a prefill's work: vocab × hidden per token) run on it alone, as llama.cpp does.
+ */
+function buildStageGraph(g: Ggml, arch: EngineArchitecture, h: EngineHyper, stage: StagePlan, look: Lookups, n: number, past: number, lastOnly = false): BuiltStage {
   const gb = new GraphBuilder(g, STAGE_NODES);
   const w = (name: string): Tensor => gb.known(look.weight(name));
   const built: Partial<BuiltStage> = { gb };
@@ -263,7 +273,8 @@ function buildStageGraph(g: Ggml, arch: EngineArchitecture, h: EngineHyper, stag
     built.tokens = gb.input('tokens', GGML_TYPE.I32, [n]);
     x = arch.embed(gb, h, w, built.tokens, positions!);
   } else {
-    built.hidden = gb.input('hidden_in', GGML_TYPE.F32, [h.hidden, n]);
+    // Stages without blocks come after the last one: with lastOnly they receive one row.
+    built.hidden = gb.input('hidden_in', GGML_TYPE.F32, [h.hidden, lastOnly && stage.layers.length === 0 ? 1 : n]);
     x = built.hidden;
   }
   const writes: Tensor[] = [];
@@ -274,6 +285,10 @@ function buildStageGraph(g: Ggml, arch: EngineArchitecture, h: EngineHyper, stag
     for (const i of stage.layers) {
       const cache = look.cache(i);
       x = arch.layer(gb, h, w, i, x, { k: gb.known(cache.k), v: gb.known(cache.v), past }, step);
+    }
+    if (lastOnly && n > 1 && stage.layers.includes(h.layers - 1)) {
+      const row = g.rowSize(GGML_TYPE.F32, h.hidden);
+      x = gb.cont(gb.view(x, [h.hidden, 1], [row], (n - 1) * row));
     }
   }
   if (stage.norm) x = arch.finalNorm(gb, h, w, x);
@@ -338,7 +353,10 @@ function cpuBufferType(g: Ggml): BufferType {
  * the memory model, done before the plan is made.
  */
 function measureWorkspace(g: Ggml, arch: EngineArchitecture, h: EngineHyper, typeOf: (name: string, ne: number[]) => GgmlType, ctx: number, ubatch: number, kvType: GgmlType): MeasuredWorkspace {
-  const c = g.init(g.tensorOverhead() * 64, true);
+  const t = arch.tensors(h);
+  const specs = [...t.embed, ...t.norm, ...t.head, ...t.layer(0), ...t.layer(1 % h.layers)];
+  // Every weight of two layers, and the four caches.
+  const c = g.init(g.tensorOverhead() * (specs.length + 8), true);
   const tensors = new Map<string, Tensor>();
   const made: Tensor[] = [];
   const make = (name: string, ne: number[], type: GgmlType): Tensor => {
@@ -349,9 +367,8 @@ function measureWorkspace(g: Ggml, arch: EngineArchitecture, h: EngineHyper, typ
     return t;
   };
   try {
-    const t = arch.tensors(h);
-    for (const spec of [...t.embed, ...t.norm, ...t.head, ...t.layer(0), ...t.layer(1 % h.layers)]) {
-      if (!tensors.has(spec.name)) make(spec.name, spec.ne, typeOf(spec.name, spec.ne));
+    for (const spec of specs) {
+      if (!tensors.has(spec.name)) make(spec.name, spec.ne, typeOf(spec.stack?.[0] ?? spec.name, spec.ne));
     }
     const kvDim = h.kvDim;
     const caches = [0, 1].map(() => ({ k: make(`k${made.length}`, [kvDim, ctx], kvType), v: make(`v${made.length}`, [kvDim, ctx], kvType) }));
@@ -362,13 +379,26 @@ function measureWorkspace(g: Ggml, arch: EngineArchitecture, h: EngineHyper, typ
     for (const embed of [false, true]) {
       for (const block of [false, true]) {
         for (const head of [false, true]) {
-          // 'none': a device that only applies the final norm and hands the state on.
-          const b = buildStageGraph(g, arch, h, { embed, layers: block ? layers : [], norm: head || (!embed && !block), head }, look, ubatch, ctx - ubatch);
-          try {
-            out[rolesKey({ embed, block, head })] = measureGraph(g, buft, b.graph);
-          } finally {
-            b.gb.free();
+          // 'none': a device that only applies the final norm and hands the state on. The embedding and
+          // a (tied) head with no block on the device are two stages, the blocks running elsewhere in
+          // between: the device needs the larger of the two graphs, not one graph holding both.
+          const parts: StagePlan[] =
+            embed && head && !block
+              ? [
+                  { embed: true, layers: [], norm: false, head: false },
+                  { embed: false, layers: [], norm: false, head: true },
+                ]
+              : [{ embed, layers: block ? layers : [], norm: head || (!embed && !block), head }];
+          let most = 0;
+          for (const part of parts) {
+            const b = buildStageGraph(g, arch, h, part, look, ubatch, ctx - ubatch);
+            try {
+              most = Math.max(most, measureGraph(g, buft, b.graph));
+            } finally {
+              b.gb.free();
+            }
           }
+          out[rolesKey({ embed, block, head })] = most;
         }
       }
     }
@@ -402,10 +432,13 @@ function manualPlan(s: Skeleton, arch: EngineArchitecture, h: EngineHyper, specs
         layer -= split[d]!;
       }
     }
-    if (unit === u.embed || (h.tied && unit === u.head)) return accelerators[0]!.id;
+    // Whatever precedes the first block (GPT-2's wpe beside wte) is embedding-side: the engine loads it with the embedding.
+    if (unit === u.embed || (h.tied && unit === u.head) || beforeBlocks.has(unit)) return accelerators[0]!.id;
     return accelerators.at(-1)!.id;
   };
   const units = base.devices.flatMap((d) => d.modules);
+  const firstBlock = units.findIndex((m) => blockOf.has(m));
+  const beforeBlocks = new Set(units.slice(0, Math.max(0, firstBlock)).filter((m) => m !== u.head));
   const kvLayer = (s.attention?.kvElementsPerToken ?? 0) * (workload.kvDtype === 'float32' ? 4 : 2) * workload.ctx * workload.batch;
   const devices = accelerators.map((d) => {
     const modules = units.filter((u) => where(u) === d.id);
@@ -482,8 +515,12 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const skeleton = await readModel(model);
   const aliases = new Set(skeleton.tied.flatMap((group) => group.slice(1)));
   const needsData = (t: Skeleton['tensors'][number]): boolean => !(t.kind === 'buffer' && t.persistent === false) && !aliases.has(t.name);
+  const unreadable = skeleton.tensors.find((t) => !t.location?.range && needsData(t) && t.location?.noRange);
+  if (skeleton.source.shapes === 'headers' && unreadable) {
+    throw new InputError(model, `the engine cannot load ${unreadable.name} from ${unreadable.location!.file}: ${unreadable.location!.noRange}`);
+  }
   if (skeleton.source.shapes !== 'headers' || !skeleton.tensors.every((t) => t.location?.range || !needsData(t))) {
-    throw new InputError(model, 'the engine needs weights it can read (safetensors or GGUF with byte ranges); this model has none here');
+    throw new InputError(model, 'the engine needs weights it can read (safetensors, PyTorch .bin or GGUF with byte ranges); this model has none here');
   }
   const { arch, h, modelDir } = hyperFor(model, skeleton);
   const units = arch.units(h);
@@ -493,6 +530,8 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const ctx = opts.ctx ?? Math.min(h.maxPositions, 4096);
   const ubatch = Math.min(opts.ubatch ?? 512, ctx);
   if (!Number.isSafeInteger(ctx) || ctx < 1) throw new InputError('--ctx', `expected a positive integer, got ${ctx}`);
+  // A position past a learned position table would be an out-of-range row lookup, which aborts ggml.
+  if (h.positionLimit !== undefined && ctx > h.positionLimit) throw new InputError('--ctx', `${ctx} tokens exceed the ${h.positionLimit} positions this model has embeddings for`);
   // As transformers does, the cache follows the model: float32 models keep a float32 cache.
   const kvDtype = opts.kvDtype ?? (kvDefaultDtype(skeleton) === 'float32' ? 'float32' : 'float16');
   const { ids, kind } = parseDevices(opts.devices);
@@ -548,7 +587,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const computeBytes = new Map<string, number>();
   try {
     const stages = stagesFromPlan(plan, arch, h, byId);
-    const specFor = (name: string, ne: number[], transform?: ArchTensor['transform']): WeightSpec => {
+    const stored = (name: string, ne: number[], transform?: ArchTensor['transform']): Skeleton['tensors'][number] => {
       const source = tensorOf.get(name);
       if (!source) throw new InputError(model, `the checkpoint has no ${name}`);
       // A transposed tensor is stored the other way round.
@@ -556,6 +595,17 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       if (source.shape.length !== expected.length || source.shape.some((v, i) => v !== expected[i])) {
         throw new InputError(model, `${name} is [${source.shape.join(', ')}] but config.json implies [${expected.join(', ')}]`);
       }
+      return source;
+    };
+    const specFor = (name: string, ne: number[], transform?: ArchTensor['transform'], stack?: string[]): WeightSpec => {
+      if (stack) {
+        // One ggml tensor from several checkpoint tensors of one shape and dtype (an MoE layer's experts).
+        if (transform || ne.length < 2 || stack.length !== ne.at(-1)) throw new VramfitError('PIPELINE', `${name}: ${stack.length} stacked tensors cannot make [${ne.join(', ')}]${transform ? ' with a transform' : ''}`, 1);
+        const parts = stack.map((part) => stored(part, ne.slice(0, -1)));
+        if (parts.some((p) => p.dtype !== parts[0]!.dtype)) throw new InputError(model, `the tensors stacked into ${name} do not share one dtype`);
+        return { name, ne, type: typeOf(stack[0]!, ne), source: parts[0]!, parts };
+      }
+      const source = stored(name, ne, transform);
       const spec: WeightSpec = { name, ne, type: typeOf(name, ne), source };
       if (transform) spec.transform = transform;
       return spec;
@@ -564,15 +614,18 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
     const add = (d: EngineDevice, s: WeightSpec): void => {
       // A disk-offloaded tensor is used in place when the kernels can read it as stored.
       const onDiskUnit = [...onDisk].some((unit) => s.name.startsWith(`${unit}.`));
+      if (onDiskUnit && s.parts) {
+        throw new InputError('--max-memory', `the plan offloads ${s.name} to disk, but stacked expert tensors are assembled at load time and cannot be used in place from the file; give the devices or cpu room for the MoE blocks`);
+      }
       if (onDiskUnit && !s.transform && s.type === ggmlTypeFor(s.source.dtype)) s.mapped = true;
       perDevice.set(d.id, [...(perDevice.get(d.id) ?? []), s]);
     };
     const addOnce = (d: EngineDevice, t: ArchTensor): void => {
-      if (!perDevice.get(d.id)?.some((s) => s.name === t.name)) add(d, specFor(t.name, t.ne, t.transform));
+      if (!perDevice.get(d.id)?.some((s) => s.name === t.name)) add(d, specFor(t.name, t.ne, t.transform, t.stack));
     };
     for (const st of stages) {
       if (st.embed || (st.head && h.tied)) for (const t of archTensors.embed) addOnce(st.device, t);
-      for (const i of st.layers) for (const t of archTensors.layer(i)) add(st.device, specFor(t.name, t.ne, t.transform));
+      for (const i of st.layers) for (const t of archTensors.layer(i)) add(st.device, specFor(t.name, t.ne, t.transform, t.stack));
       if (st.norm) for (const t of archTensors.norm) addOnce(st.device, t);
       if (st.head) for (const t of archTensors.head) addOnce(st.device, t);
     }
@@ -642,7 +695,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
     }
 
     // 3. Only now read the weights, shard by shard, into their devices.
-    const total = [...weights.values()].reduce((s, w) => s + w.specs.reduce((x, sp) => x + (sp.source.location!.range![1] - sp.source.location!.range![0]), 0), 0);
+    const total = [...weights.values()].reduce((s, w) => s + w.specs.reduce((x, sp) => x + storedBytes(sp), 0), 0);
     let loaded = 0;
     for (const d of devices) {
       loadWeightData(g, modelDir, weights.get(d.id)!, (n) => {

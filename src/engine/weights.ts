@@ -1,7 +1,7 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { VramfitError } from '../util/errors.js';
-import { GGML_TYPE, mapFile, type Buffer_, type Ctx, type GgmlType, type Ggml, type MappedFile, type Tensor } from './ggml/binding.js';
+import { GGML_TYPE, hostBytes, mapFile, prefaultForWrite, type Buffer_, type Ctx, type GgmlType, type Ggml, type MappedFile, type Tensor } from './ggml/binding.js';
 import type { Allocation, EngineDevice } from './device.js';
 import type { SkeletonTensor } from '../reader/skeleton.js';
 import { ggmlTypeId } from '../reader/formats/gguf.js';
@@ -26,6 +26,16 @@ export interface WeightSpec {
   mapped?: boolean;
   /** A change of layout applied while loading (see TensorTransform). */
   transform?: TensorTransform;
+  /**
+   * Checkpoint tensors stacked in order along the outermost dimension (ArchTensor.stack: an MoE
+   * layer's experts); `source` is then the first of them. Loaded part by part, never mapped.
+   */
+  parts?: SkeletonTensor[];
+}
+
+/** Bytes a spec reads from the checkpoint (every part of a stacked tensor). */
+export function storedBytes(s: WeightSpec): number {
+  return (s.parts ?? [s.source]).reduce((sum, p) => sum + (p.location!.range![1] - p.location!.range![0]), 0);
 }
 
 /**
@@ -122,8 +132,13 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
   const chunk = new Uint8Array(CHUNK);
   const converted = new Float32Array(CHUNK / 2);
   const fds = new Map<string, number>();
+  // A host (CPU) buffer is faulted in with one call up front, which is cheaper than a page fault per
+  // 4 KiB as the copy first touches it, and tensors stored as used are then read straight into it:
+  // one copy (page cache → buffer) instead of two (page cache → chunk → buffer).
+  const host = w.allocation !== undefined && (g.raw.ggml_backend_buffer_is_host(w.allocation.buffer) as boolean);
+  if (host) prefaultForWrite(g.raw.ggml_backend_buffer_get_base(w.allocation!.buffer) as bigint, w.allocation!.bytes);
   try {
-    const ordered = w.specs.filter((s) => !s.mapped).sort((a, b) => (a.source.location!.file + a.source.location!.range![0]).localeCompare(b.source.location!.file + b.source.location!.range![0]));
+    const ordered = w.specs.filter((s) => !s.mapped && !s.parts).sort((a, b) => (a.source.location!.file + a.source.location!.range![0]).localeCompare(b.source.location!.file + b.source.location!.range![0]));
     for (const s of ordered) {
       const loc = s.source.location;
       if (!loc?.range) throw new VramfitError('NO_DATA', `${s.name} has no byte range (the engine loads safetensors checkpoints)`, 2);
@@ -145,10 +160,15 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
       }
       if (sameType(from, to)) {
         // Stored as it will be used (any ggml type, block formats included): copy bytes through.
+        if (total > g.nbytes(t)) throw new VramfitError('SIZE', `${s.name}: ${total} bytes stored, ${g.nbytes(t)} expected`, 2);
+        const data = host ? (g.raw.ggml_get_data(t) as bigint) : 0n;
         for (let done = 0; done < total; ) {
           const n = Math.min(CHUNK, total - done);
-          readFully(fd, chunk, n, start + done, file, s.name);
-          g.raw.ggml_backend_tensor_set(t, chunk.subarray(0, n), done, n);
+          if (host) readFully(fd, hostBytes(data + BigInt(done), n), n, start + done, file, s.name);
+          else {
+            readFully(fd, chunk, n, start + done, file, s.name);
+            g.raw.ggml_backend_tensor_set(t, chunk.subarray(0, n), done, n);
+          }
           done += n;
           onBytes(n);
         }
@@ -168,9 +188,52 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
         onBytes(n);
       }
     }
+    for (const s of w.specs) if (s.parts && !s.mapped) loadStacked(g, modelDir, s, w.tensors.get(s.name)!, fds, chunk, converted, onBytes);
   } finally {
     for (const fd of fds.values()) closeSync(fd);
   }
+}
+
+/**
+ * A stacked tensor is read part by part, each part into its own slice of the stack (part i at
+ * i · nbytes / parts), converting dtype on the way as for any other tensor.
+ */
+function loadStacked(g: Ggml, modelDir: string, s: WeightSpec, t: Tensor, fds: Map<string, number>, chunk: Uint8Array, converted: Float32Array, onBytes: (n: number) => void): void {
+  const parts = s.parts!;
+  const slice = g.nbytes(t) / parts.length;
+  parts.forEach((part, i) => {
+    const loc = part.location;
+    if (!loc?.range) throw new VramfitError('NO_DATA', `${s.name}: part ${i} has no byte range`, 2);
+    const file = isAbsolute(loc.file) ? loc.file : join(modelDir, loc.file);
+    let fd = fds.get(file);
+    if (fd === undefined) {
+      fd = openSync(file, 'r');
+      fds.set(file, fd);
+    }
+    const [start, end] = loc.range;
+    const total = end - start;
+    const same = sameType(part.dtype, s.type);
+    if (!same && !(part.dtype in GGML_OF)) throw new VramfitError('UNSUPPORTED_DTYPE', `${s.name}: cannot convert ${part.dtype} parts to ggml type ${s.type}`, 2);
+    const srcElem = part.dtype === 'float32' ? 4 : 2;
+    const dstElem = s.type === GGML_TYPE.F32 ? 4 : 2;
+    // A part that does not fill its slice exactly would be written past it: ggml aborts on that.
+    const fills = same ? total : (total / srcElem) * dstElem;
+    if (!Number.isInteger(slice) || fills !== slice) throw new VramfitError('SIZE', `${s.name}: part ${i} holds ${fills} bytes, its slice ${slice}`, 2);
+    const base = i * slice;
+    const step = same ? CHUNK : Math.floor(CHUNK / Math.max(srcElem, dstElem) / 4) * 4 * srcElem;
+    for (let done = 0; done < total; ) {
+      const n = Math.min(step, total - done);
+      readFully(fd, chunk, n, start + done, file, s.name);
+      if (same) g.raw.ggml_backend_tensor_set(t, chunk.subarray(0, n), base + done, n);
+      else {
+        const elems = n / srcElem;
+        const out = convert(g, chunk.subarray(0, n), part.dtype, s.type, elems, converted);
+        g.raw.ggml_backend_tensor_set(t, out, base + (done / srcElem) * dstElem, elems * dstElem);
+      }
+      done += n;
+      onBytes(n);
+    }
+  });
 }
 
 /**

@@ -8,9 +8,10 @@ import { looksLikeRepoId, resolveRepoId } from './hf-cache.js';
 import { readWeightIndex, shardPath, type WeightIndex } from './index-file.js';
 import { readConfigFile } from './read-config.js';
 import type { StoredTensor } from './reconcile.js';
+import { readPytorchBinHeader, type PytorchBinTensor } from './formats/pytorch-bin.js';
 import { readSafetensorsHeader } from './formats/safetensors.js';
 import { readSkeletonJson } from './skeleton-json.js';
-import type { Skeleton, SkeletonSource } from './skeleton.js';
+import type { Skeleton, SkeletonSource, TensorLocation } from './skeleton.js';
 import { readGgufModel } from './gguf-model.js';
 
 export interface ReadModelOptions {
@@ -40,10 +41,11 @@ export async function readModel(model: string, opts: ReadModelOptions = {}): Pro
   const name = basename(path);
   if (name.endsWith('.safetensors')) return readSingleSafetensors(path, model);
   if (name.endsWith('.gguf')) return readGgufModel(path, model);
+  if (name.endsWith('.bin') || name.endsWith('.pt') || name.endsWith('.pth')) return readSingleBin(path, model);
   if (name.endsWith('.index.json')) return readModelFolder(dirname(path), model);
   if (name === 'config.json') return fromConfig(readConfigFile(path), { kind: 'config', path: model, shapes: 'synthesized', files: [path], bytesRead: statSync(path).size }, []);
   if (name.endsWith('.json')) return readSkeletonJson(path);
-  throw new InputError(model, 'not a model: expected a folder, .safetensors, .gguf, config.json or a skeleton .json', 'BAD_INPUT');
+  throw new InputError(model, 'not a model: expected a folder, .safetensors, .bin, .gguf, config.json or a skeleton .json', 'BAD_INPUT');
 }
 
 async function readModelFolder(dir: string, shown: string): Promise<Skeleton> {
@@ -53,6 +55,7 @@ async function readModelFolder(dir: string, shown: string): Promise<Skeleton> {
   const stIndex = join(dir, 'model.safetensors.index.json');
   const binIndex = join(dir, 'pytorch_model.bin.index.json');
   const single = join(dir, 'model.safetensors');
+  const singleBin = join(dir, 'pytorch_model.bin');
 
   if (existsSync(stIndex)) return fromIndex(dir, shown, readWeightIndex(stIndex), cfg, configBytes, 'safetensors');
   if (existsSync(single)) {
@@ -61,13 +64,13 @@ async function readModelFolder(dir: string, shown: string): Promise<Skeleton> {
     return buildSkeleton(cfg, source, storedFromHeader(header.tensors, 'model.safetensors'));
   }
   if (existsSync(binIndex)) return fromIndex(dir, shown, readWeightIndex(binIndex), cfg, configBytes, 'bin');
-  if (cfg) {
-    const warnings = existsSync(join(dir, 'pytorch_model.bin'))
-      ? ['pytorch_model.bin is not read yet (pickle reading is a later feature): shapes come from the architecture spec']
-      : [];
-    return fromConfig(cfg, { kind: 'config', path: shown, shapes: 'synthesized', files: [configPath], bytesRead: configBytes }, warnings);
+  if (existsSync(singleBin)) {
+    const header = readPytorchBinHeader(singleBin);
+    const source: SkeletonSource = { kind: 'bin', path: shown, shapes: 'headers', files: cfg ? [singleBin, configPath] : [singleBin], bytesRead: header.bytesRead + configBytes };
+    return buildSkeleton(cfg, source, storedFromHeader(header.tensors, 'pytorch_model.bin'), binWarnings(header.tensors, 'pytorch_model.bin'));
   }
-  throw new InputError(shown, 'no config.json, model.safetensors or weight index in this folder', 'BAD_INPUT');
+  if (cfg) return fromConfig(cfg, { kind: 'config', path: shown, shapes: 'synthesized', files: [configPath], bytesRead: configBytes }, []);
+  throw new InputError(shown, 'no config.json, model.safetensors, pytorch_model.bin or weight index in this folder', 'BAD_INPUT');
 }
 
 async function fromIndex(
@@ -91,11 +94,13 @@ async function fromIndex(
     const missing = index.shards.find((s) => !present.includes(s))!;
     throw new InputError(index.file, `shard ${missing} is listed in weight_map but missing from ${dir} (${index.shards.length - present.length} of ${index.shards.length} missing)`, 'MISSING_SHARD');
   }
-  if (format === 'safetensors' && present.length === index.shards.length) {
+  if (present.length === index.shards.length) {
     const stored: StoredTensor[] = [];
+    const warnings: string[] = [];
     for (const shard of index.shards) {
       const file = shardPath(dir, shard);
-      const header = await readSafetensorsHeader(file);
+      const header = format === 'safetensors' ? readSafetensorsHeader(file) : readPytorchBinHeader(file);
+      if (format === 'bin') warnings.push(...binWarnings(header.tensors, shard));
       source.bytesRead += header.bytesRead;
       source.files.push(file);
       for (const t of header.tensors) {
@@ -110,13 +115,9 @@ async function fromIndex(
     const lost = [...index.weightMap.keys()].find((n) => !found.has(n));
     if (lost) throw new InputError(index.file, `${lost} is listed in weight_map but not in ${index.weightMap.get(lost)}`, 'BAD_FORMAT');
     source.shapes = 'headers';
-    return buildSkeleton(cfg, source, stored);
+    return buildSkeleton(cfg, source, stored, warnings);
   }
-  const warnings =
-    format === 'bin' && present.length > 0
-      ? ['.bin shards are not read yet (pickle reading is a later feature): shapes come from the architecture spec']
-      : [];
-  return buildSkeleton(cfg, source, [...index.weightMap.keys()].map((name) => ({ name })), warnings);
+  return buildSkeleton(cfg, source, [...index.weightMap.keys()].map((name) => ({ name })));
 }
 
 async function readSingleSafetensors(path: string, shown: string): Promise<Skeleton> {
@@ -133,8 +134,36 @@ async function readSingleSafetensors(path: string, shown: string): Promise<Skele
   return buildSkeleton(cfg, source, storedFromHeader(header.tensors, basename(path)));
 }
 
-function storedFromHeader(tensors: readonly { name: string; dtype: string; shape: number[]; range: [number, number] }[], file: string): StoredTensor[] {
-  return tensors.map((t) => ({ name: t.name, shape: t.shape, dtype: t.dtype, location: { file, range: t.range } }));
+async function readSingleBin(path: string, shown: string): Promise<Skeleton> {
+  const header = readPytorchBinHeader(path);
+  const configPath = join(dirname(path), 'config.json');
+  const cfg = existsSync(configPath) ? readConfigFile(configPath) : undefined;
+  const source: SkeletonSource = {
+    kind: 'bin',
+    path: shown,
+    shapes: 'headers',
+    files: cfg ? [path, configPath] : [path],
+    bytesRead: header.bytesRead + (cfg ? statSync(configPath).size : 0),
+  };
+  return buildSkeleton(cfg, source, storedFromHeader(header.tensors, basename(path)), binWarnings(header.tensors, basename(path)));
+}
+
+/** A tensor with no byte range keeps the reason, so whoever needs its data can say why it cannot. */
+function storedFromHeader(tensors: readonly { name: string; dtype: string; shape: number[]; range?: [number, number]; noRange?: string }[], file: string): StoredTensor[] {
+  return tensors.map((t) => {
+    const location: TensorLocation = t.range ? { file, range: t.range } : { file };
+    if (!t.range && t.noRange) location.noRange = t.noRange;
+    return { name: t.name, shape: t.shape, dtype: t.dtype, location };
+  });
+}
+
+/** One warning per .bin file whose tensors include views the engine cannot load as byte ranges. */
+function binWarnings(tensors: readonly Pick<PytorchBinTensor, 'name' | 'range' | 'noRange'>[], file: string): string[] {
+  const views = tensors.filter((t) => !t.range);
+  if (views.length === 0) return [];
+  const first = views[0]!;
+  const more = views.length > 1 ? ` and ${views.length - 1} more` : '';
+  return [`${file}: ${first.name}${more} ${views.length > 1 ? 'are' : 'is'} ${first.noRange ?? 'without a byte range'}; sizes are exact but the engine cannot load ${views.length > 1 ? 'them' : 'it'}`];
 }
 
 function fromConfig(cfg: ConfigReader, source: SkeletonSource, warnings: string[]): Skeleton {

@@ -17,6 +17,8 @@ export interface TensorLocation {
   file: string;
   /** Absolute byte range [start, end) inside that file, when the header tells. */
   range?: [number, number];
+  /** Why a stored tensor has no range (a non-contiguous view in a PyTorch .bin): its data is not one byte range. */
+  noRange?: string;
 }
 
 export interface SkeletonTensor {
@@ -64,6 +66,7 @@ export interface BlockFacts {
 export type SourceKind =
   | 'safetensors'
   | 'safetensors-index'
+  | 'bin'
   | 'bin-index'
   | 'gguf'
   | 'config'

@@ -91,8 +91,10 @@ function sizesFrom(s: Skeleton): string {
       return 'tensor headers';
     case 'safetensors-index':
       return s.source.shapes === 'headers' ? 'tensor headers of every shard' : 'index names + architecture spec (shards not present)';
+    case 'bin':
+      return 'tensor headers (.bin pickle)';
     case 'bin-index':
-      return 'index names + architecture spec (.bin pickles not read)';
+      return s.source.shapes === 'headers' ? 'tensor headers of every .bin shard (pickles)' : 'index names + architecture spec (shards not present)';
     case 'config':
       return 'config only (architecture spec)';
     default:

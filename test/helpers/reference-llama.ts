@@ -375,12 +375,23 @@ interface LayerWeights {
   qNorm?: Float64Array;
   kNorm?: Float64Array;
   postNorm: Float64Array;
-  gate: Float64Array;
-  up: Float64Array;
-  down: Float64Array;
+  /** Absent in the layers whose MLP an MlpOverride computes. */
+  gate?: Float64Array;
+  up?: Float64Array;
+  down?: Float64Array;
   gateBias?: Float64Array;
   upBias?: Float64Array;
   downBias?: Float64Array;
+}
+
+/**
+ * Computes the MLP of some layers in place of the dense gate/up/down one (a mixture-of-experts block, as
+ * in ./reference-moe.ts): `owns(l)` says which layers, whose dense weights are then not read; `forward`
+ * maps the post-attention-normed hidden state to the MLP output that is added to the residual.
+ */
+export interface MlpOverride {
+  owns(layer: number): boolean;
+  forward(layer: number, h: Float64Array): Float64Array;
 }
 
 export class ReferenceLlama {
@@ -395,7 +406,11 @@ export class ReferenceLlama {
   private values: Float64Array[][];
 
   /** `config` is a config.json object; `tensors` maps checkpoint names to values (shape as in PyTorch). */
-  constructor(config: Record<string, unknown>, tensors: TensorSource) {
+  constructor(
+    config: Record<string, unknown>,
+    tensors: TensorSource,
+    private readonly mlpOverride?: MlpOverride,
+  ) {
     const c = parseReferenceConfig(config);
     this.config = c;
     this.invFreq = ropeInvFreq(c);
@@ -424,10 +439,12 @@ export class ReferenceLlama {
         v: get(`${a}v_proj.weight`, kvDim * H),
         o: get(`${a}o_proj.weight`, H * qDim),
         postNorm: get(`${p}post_attention_layernorm.weight`, H),
-        gate: get(`${m}gate_proj.weight`, I * H),
-        up: get(`${m}up_proj.weight`, I * H),
-        down: get(`${m}down_proj.weight`, H * I),
       };
+      if (!mlpOverride?.owns(l)) {
+        lw.gate = get(`${m}gate_proj.weight`, I * H);
+        lw.up = get(`${m}up_proj.weight`, I * H);
+        lw.down = get(`${m}down_proj.weight`, H * I);
+      }
       if (c.qkvBias) {
         lw.qBias = get(`${a}q_proj.bias`, qDim);
         lw.kBias = get(`${a}k_proj.bias`, kvDim);
@@ -438,7 +455,7 @@ export class ReferenceLlama {
         lw.qNorm = get(`${a}q_norm.weight`, c.headDim);
         lw.kNorm = get(`${a}k_norm.weight`, c.headDim);
       }
-      if (c.mlpBias) {
+      if (c.mlpBias && !mlpOverride?.owns(l)) {
         lw.gateBias = get(`${m}gate_proj.bias`, I);
         lw.upBias = get(`${m}up_proj.bias`, I);
         lw.downBias = get(`${m}down_proj.bias`, H);
@@ -551,11 +568,15 @@ export class ReferenceLlama {
         for (let d = 0; d < H; d++) x[d] = x[d]! + o[d]!;
         const h2 = rmsNorm(x, w.postNorm, c.rmsNormEps);
         emit(l, 'ffn_norm', i, h2);
-        const gate = linear(h2, w.gate, c.intermediateSize, w.gateBias);
-        const up = linear(h2, w.up, c.intermediateSize, w.upBias);
-        const act = new Float64Array(c.intermediateSize);
-        for (let j = 0; j < act.length; j++) act[j] = silu(gate[j]!) * up[j]!;
-        const down = linear(act, w.down, H, w.downBias);
+        let down: Float64Array;
+        if (this.mlpOverride?.owns(l)) down = this.mlpOverride.forward(l, h2);
+        else {
+          const gate = linear(h2, w.gate!, c.intermediateSize, w.gateBias);
+          const up = linear(h2, w.up!, c.intermediateSize, w.upBias);
+          const act = new Float64Array(c.intermediateSize);
+          for (let j = 0; j < act.length; j++) act[j] = silu(gate[j]!) * up[j]!;
+          down = linear(act, w.down!, H, w.downBias);
+        }
         emit(l, 'ffn_out', i, down);
         for (let d = 0; d < H; d++) x[d] = x[d]! + down[d]!;
         emit(l, 'layer_out', i, x);

@@ -156,6 +156,21 @@ export function embed(gb: GraphBuilder, table: Tensor, tokens: Tensor): Tensor {
 /** One decoder layer, as transformers' LlamaDecoderLayer.forward: x [hidden, n] → [hidden, n]. */
 export function decoderLayer(gb: GraphBuilder, h: LlamaHyper, w: WeightLookup, i: number, x: Tensor, cache: LayerCache, step: StepInputs): Tensor {
   const p = `model.layers.${i}`;
+  x = selfAttention(gb, h, w, i, x, cache, step);
+  const hs = gb.mul(gb.rmsNorm(x, h.eps), w(`${p}.post_attention_layernorm.weight`));
+  return gb.add(x, denseMlp(gb, w, `${p}.mlp`, hs));
+}
+
+/** The MLP of the Llama family (and of Qwen3-MoE's dense layers): down(silu(gate(x)) * up(x)). */
+export function denseMlp(gb: GraphBuilder, w: WeightLookup, prefix: string, hs: Tensor): Tensor {
+  const gate = gb.silu(gb.mulMat(w(`${prefix}.gate_proj.weight`), hs));
+  const up = gb.mulMat(w(`${prefix}.up_proj.weight`), hs);
+  return gb.mulMat(w(`${prefix}.down_proj.weight`), gb.mul(gate, up));
+}
+
+/** A decoder layer's attention half with its residual: x + o_proj(attention(input_layernorm(x))). */
+export function selfAttention(gb: GraphBuilder, h: LlamaHyper, w: WeightLookup, i: number, x: Tensor, cache: LayerCache, step: StepInputs): Tensor {
+  const p = `model.layers.${i}`;
   const n = gb.shape(x)[1];
   const kvDim = h.kvHeads * h.headDim;
   const linear = (name: string, input: Tensor, bias: boolean): Tensor => {
@@ -163,8 +178,7 @@ export function decoderLayer(gb: GraphBuilder, h: LlamaHyper, w: WeightLookup, i
     return bias ? gb.add(y, w(`${name}.bias`)) : y;
   };
 
-  // Attention block.
-  let hs = gb.mul(gb.rmsNorm(x, h.eps), w(`${p}.input_layernorm.weight`));
+  const hs = gb.mul(gb.rmsNorm(x, h.eps), w(`${p}.input_layernorm.weight`));
   let q = gb.reshape(linear(`${p}.self_attn.q_proj`, hs, h.qkvBias), [h.headDim, h.heads, n]);
   let k = gb.reshape(linear(`${p}.self_attn.k_proj`, hs, h.qkvBias), [h.headDim, h.kvHeads, n]);
   const v = linear(`${p}.self_attn.v_proj`, hs, h.qkvBias);
@@ -192,13 +206,7 @@ export function decoderLayer(gb: GraphBuilder, h: LlamaHyper, w: WeightLookup, i
   const scores = gb.softMax(gb.mulMat(keys, qh), step.mask, 1 / Math.sqrt(h.headDim));
   const attn = gb.permute(gb.mulMat(values, scores), [0, 2, 1, 3]);
   const merged = gb.reshape(gb.cont(attn), [h.headDim * h.heads, n]);
-  x = gb.add(x, linear(`${p}.self_attn.o_proj`, merged, h.oBias));
-
-  // MLP block: down(silu(gate(x)) * up(x)).
-  hs = gb.mul(gb.rmsNorm(x, h.eps), w(`${p}.post_attention_layernorm.weight`));
-  const gate = gb.silu(gb.mulMat(w(`${p}.mlp.gate_proj.weight`), hs));
-  const up = gb.mulMat(w(`${p}.mlp.up_proj.weight`), hs);
-  return gb.add(x, gb.mulMat(w(`${p}.mlp.down_proj.weight`), gb.mul(gate, up)));
+  return gb.add(x, linear(`${p}.self_attn.o_proj`, merged, h.oBias));
 }
 
 export function finalNorm(gb: GraphBuilder, h: LlamaHyper, w: (name: string) => Tensor, x: Tensor): Tensor {

@@ -8,6 +8,13 @@ export interface ArchTensor {
   ne: number[];
   /** Applied once while loading (GPT-2's transposed Conv1D weights, Baichuan2's NormHead). */
   transform?: 'transpose' | 'normalize-rows';
+  /**
+   * Checkpoint tensors stacked, in order, along the outermost ggml dimension into one tensor (the
+   * experts of an MoE layer become [in, out, n_expert] for ggml_mul_mat_id); each has the shape `ne`
+   * without its last dimension, and `name` is then the engine's own name for the stack. Never
+   * memory-mapped in place (the parts are not adjacent on disk) and never transformed.
+   */
+  stack?: string[];
 }
 
 /** What the engine itself needs to know of any architecture's hyper-parameters. */
@@ -19,10 +26,20 @@ export interface EngineHyper {
   maxPositions: number;
   /** The head reuses the embedding matrix (and then sits on the embedding's device). */
   tied: boolean;
+  /**
+   * Learned position embeddings (GPT-2's wpe) have a row per position up to this many and none past
+   * it, so a context may not be longer; rotary models extrapolate and leave it unset.
+   */
+  positionLimit?: number;
   /** Elements of K (and of V) cached per token per layer. */
   kvDim: number;
   /** Per-dimension rope frequency divisors fed to the graph as an input, when the model has them. */
   freqFactors?: Float32Array;
+  /**
+   * ALiBi model: the KQ mask holds −|pos_k − pos_q| where a token may attend (llama.cpp's
+   * hparams.use_alibi), for softMax's maxBias to scale by each head's slope; -inf stays -inf.
+   */
+  alibi?: boolean;
 }
 
 /** One layer's KV cache and how many tokens it already holds. */
@@ -35,7 +52,7 @@ export interface LayerCache {
 export interface StepInputs {
   /** I32 [n]: absolute positions of the batch's tokens. */
   positions: Tensor;
-  /** F32 [past + n, n]: 0 where a token may attend, -inf where not (causal). */
+  /** F32 [past + n, n]: 0 (ALiBi: −|pos_k − pos_q|) where a token may attend, -inf where not (causal). */
   mask: Tensor;
   freqFactors: Tensor | null;
   /** Roots the graph must compute besides its output: the KV cache writes. */

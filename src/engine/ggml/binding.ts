@@ -36,6 +36,8 @@ export type GgmlType = (typeof GGML_TYPE)[keyof typeof GGML_TYPE];
 
 export const DEV_TYPE = { CPU: 0, GPU: 1, IGPU: 2, ACCEL: 3, META: 4 } as const;
 export const ROPE_MODE = { NORMAL: 0, NEOX: 2 } as const;
+/** enum ggml_sort_order (ggml.h). */
+export const SORT_ORDER = { ASC: 0, DESC: 1 } as const;
 export const GGML_STATUS_SUCCESS = 0;
 
 /** struct ggml_tensor offsets for LP64 with GGML_MAX_DIMS 4, MAX_OP_PARAMS 64, MAX_SRC 10, MAX_NAME 64. */
@@ -77,6 +79,8 @@ const BASE = {
   ggml_scale: 'void *ggml_scale(void *ctx, void *a, float s)',
   ggml_silu: 'void *ggml_silu(void *ctx, void *a)',
   ggml_gelu: 'void *ggml_gelu(void *ctx, void *a)',
+  ggml_tanh: 'void *ggml_tanh(void *ctx, void *a)',
+  ggml_scale_bias: 'void *ggml_scale_bias(void *ctx, void *a, float s, float b)',
   ggml_rms_norm: 'void *ggml_rms_norm(void *ctx, void *a, float eps)',
   ggml_norm: 'void *ggml_norm(void *ctx, void *a, float eps)',
   ggml_soft_max_ext: 'void *ggml_soft_max_ext(void *ctx, void *a, void *mask, float scale, float max_bias)',
@@ -91,6 +95,10 @@ const BASE = {
   ggml_cont: 'void *ggml_cont(void *ctx, void *a)',
   ggml_cpy: 'void *ggml_cpy(void *ctx, void *a, void *b)',
   ggml_get_rows: 'void *ggml_get_rows(void *ctx, void *a, void *b)',
+  ggml_mul_mat_id: 'void *ggml_mul_mat_id(void *ctx, void *as, void *b, void *ids)',
+  ggml_argsort: 'void *ggml_argsort(void *ctx, void *a, int order)',
+  ggml_sum_rows: 'void *ggml_sum_rows(void *ctx, void *a)',
+  ggml_div: 'void *ggml_div(void *ctx, void *a, void *b)',
   ggml_new_graph_custom: 'void *ggml_new_graph_custom(void *ctx, size_t size, bool grads)',
   ggml_build_forward_expand: 'void ggml_build_forward_expand(void *gf, void *t)',
   ggml_graph_n_nodes: 'int ggml_graph_n_nodes(void *gf)',
@@ -119,6 +127,8 @@ const BASE = {
   ggml_backend_buffer_get_size: 'size_t ggml_backend_buffer_get_size(void *buf)',
   ggml_backend_buffer_get_base: 'void *ggml_backend_buffer_get_base(void *buf)',
   ggml_backend_buffer_clear: 'void ggml_backend_buffer_clear(void *buf, uint8_t value)',
+  ggml_backend_buffer_is_host: 'bool ggml_backend_buffer_is_host(void *buf)',
+  ggml_get_data: 'void *ggml_get_data(void *t)',
   ggml_backend_buft_alloc_buffer: 'void *ggml_backend_buft_alloc_buffer(void *buft, size_t size)',
   ggml_backend_buft_get_alignment: 'size_t ggml_backend_buft_get_alignment(void *buft)',
   ggml_backend_buft_get_alloc_size: 'size_t ggml_backend_buft_get_alloc_size(void *buft, void *t)',
@@ -227,6 +237,8 @@ export function loadGgml(): Ggml {
   raw.ggml_backend_load_all_from_path(binsDir);
   loadGpuBackends(raw);
 
+  const typeSizes = new Map<number, number>();
+  const blockSizes = new Map<number, number>();
   const g: Ggml = {
     binsDir,
     raw,
@@ -252,9 +264,11 @@ export function loadGgml(): Ggml {
     setInput: (t) => void raw.ggml_set_input(t),
     setOutput: (t) => void raw.ggml_set_output(t),
     nbytes: (t) => raw.ggml_nbytes(t) as number,
-    typeSize: (type) => raw.ggml_type_size(type) as number,
-    blockSize: (type) => Number(raw.ggml_blck_size(type)),
-    rowSize: (type, ne) => raw.ggml_row_size(type, ne) as number,
+    // Pure functions of the type, asked hundreds of times per graph: answered from JS after the first call.
+    typeSize: (type) => typeSizes.get(type) ?? typeSizes.set(type, raw.ggml_type_size(type) as number).get(type)!,
+    blockSize: (type) => blockSizes.get(type) ?? blockSizes.set(type, Number(raw.ggml_blck_size(type))).get(type)!,
+    // ggml_row_size: type_size · ne / blck_size, in integers.
+    rowSize: (type, ne) => Math.floor((g.typeSize(type) * ne) / g.blockSize(type)),
     ne: (t) => (Array.from(koffi.decode(t, T_OFF.ne, 'int64_t', 4) as ArrayLike<number | bigint>, Number) as [number, number, number, number]),
     nb: (t) => (Array.from(koffi.decode(t, T_OFF.nb, 'uint64_t', 4) as ArrayLike<number | bigint>, Number) as [number, number, number, number]),
     type: (t) => koffi.decode(t, T_OFF.type, 'int') as GgmlType,
@@ -394,4 +408,30 @@ export function mapFile(fd: number, size: number): MappedFile {
       mapped = false;
     },
   };
+}
+
+let advise: ((addr: bigint, length: number, advice: number) => number) | undefined;
+const MADV_POPULATE_WRITE = 23;
+const PAGE = 4096n;
+
+/**
+ * Faults in [ptr, ptr + length) for writing in one system call (MADV_POPULATE_WRITE, Linux 5.14+),
+ * instead of one page fault per 4 KiB page as a copy first touches it. Best effort: an older kernel
+ * refuses it and the pages fault in as usual.
+ */
+export function prefaultForWrite(ptr: bigint, length: number): void {
+  if (process.platform !== 'linux' || length <= 0) return;
+  if (!advise) {
+    const fn = koffi.load('libc.so.6').func('int madvise(void *addr, size_t length, int advice)') as Fn;
+    advise = (addr, len, advice) => fn(addr, len, advice) as number;
+  }
+  // madvise wants a page-aligned start; the partial pages at either end fault in on their own.
+  const start = ((ptr + PAGE - 1n) / PAGE) * PAGE;
+  const end = ((ptr + BigInt(length)) / PAGE) * PAGE;
+  if (end > start) advise(start, Number(end - start), MADV_POPULATE_WRITE);
+}
+
+/** `length` bytes of host memory at `ptr` as a Uint8Array, without a copy (CPU buffers only). */
+export function hostBytes(ptr: bigint, length: number): Uint8Array {
+  return new Uint8Array(koffi.view(ptr, length));
 }

@@ -1,5 +1,5 @@
 import { VramfitError } from '../../util/errors.js';
-import { GGML_TYPE, ROPE_MODE, type Ctx, type GgmlType, type Ggml, type Graph, type Tensor } from './binding.js';
+import { GGML_TYPE, ROPE_MODE, SORT_ORDER, type Ctx, type GgmlType, type Ggml, type Graph, type Tensor } from './binding.js';
 
 /**
  * Builds one ggml compute graph. Every op checks in TypeScript the conditions ggml would GGML_ASSERT
@@ -25,6 +25,11 @@ export class GraphBuilder {
   readonly ctx: Ctx;
   private readonly meta = new Map<Tensor, Meta>();
   private readonly outputs: Tensor[] = [];
+  /**
+   * Index tensors made by argsort/topK, with how many values they index: ggml reads a row or an expert
+   * at each index unchecked (or GGML_ASSERTs), so ops taking indices accept only these.
+   */
+  private readonly indexBound = new Map<Tensor, number>();
 
   constructor(
     readonly g: Ggml,
@@ -114,6 +119,33 @@ export class GraphBuilder {
     return this.made(this.g.raw.ggml_gelu(this.ctx, a) as Tensor, this.info(a).ne, this.info(a).type);
   }
 
+  tanh(a: Tensor): Tensor {
+    const A = this.info(a);
+    if (A.type !== GGML_TYPE.F32 || !A.contiguous) throw new ShapeError('tanh', 'input must be contiguous F32');
+    return this.made(this.g.raw.ggml_tanh(this.ctx, a) as Tensor, A.ne, A.type);
+  }
+
+  /** s·a + b, elementwise. */
+  scaleBias(a: Tensor, s: number, b: number): Tensor {
+    const A = this.info(a);
+    if (A.type !== GGML_TYPE.F32 || !A.contiguous) throw new ShapeError('scale_bias', 'input must be contiguous F32');
+    if (!Number.isFinite(s) || !Number.isFinite(b)) throw new ShapeError('scale_bias', `scale ${s} and bias ${b} must be finite`);
+    return this.made(this.g.raw.ggml_scale_bias(this.ctx, a, s, b) as Tensor, A.ne, A.type);
+  }
+
+  /**
+   * GELU, tanh approximation (transformers' gelu_new / gelu_pytorch_tanh / gelu_fast), in float32:
+   * x · (½ + ½·tanh(√(2/π)·x·(1 + 0.044715·x²))). ggml_gelu is the same formula, but ggml's CPU
+   * backend (GGML_GELU_FP16 in ggml-cpu/vec.h) rounds each input to float16 and reads a precomputed
+   * float16 table, an error near 1e-3 per element; composed from exact ops it stays within float32
+   * rounding of transformers on every backend.
+   */
+  geluTanh(a: Tensor): Tensor {
+    const k = Math.sqrt(2 / Math.PI);
+    const inner = this.mul(a, this.scaleBias(this.mul(a, a), k * 0.044715, k));
+    return this.mul(a, this.scaleBias(this.tanh(inner), 0.5, 0.5));
+  }
+
   rmsNorm(a: Tensor, eps: number): Tensor {
     if (this.info(a).type !== GGML_TYPE.F32) throw new ShapeError('rms_norm', 'input must be F32');
     return this.made(this.g.raw.ggml_rms_norm(this.ctx, a, eps) as Tensor, this.info(a).ne, GGML_TYPE.F32);
@@ -124,16 +156,23 @@ export class GraphBuilder {
     return this.made(this.g.raw.ggml_norm(this.ctx, a, eps) as Tensor, this.info(a).ne, GGML_TYPE.F32);
   }
 
-  softMax(a: Tensor, mask: Tensor | null, scale: number): Tensor {
+  /**
+   * soft_max(a·scale + slope_h·mask) over dim 0. `maxBias` > 0 turns on ALiBi: head h = dim 2 gets
+   * ggml's slope (with p = 2^floor(log2 heads): 2^(−maxBias·(h+1)/p) for h < p, else
+   * 2^(−maxBias·(2(h−p)+1)/(2p))), so the mask must then hold the key–query offsets; 0 is none.
+   */
+  softMax(a: Tensor, mask: Tensor | null, scale: number, maxBias = 0): Tensor {
     const A = this.info(a);
     if (!A.contiguous) throw new ShapeError('soft_max', 'input must be contiguous');
+    if (!(maxBias >= 0) || !Number.isFinite(maxBias)) throw new ShapeError('soft_max', `max_bias must be a finite number ≥ 0, got ${maxBias}`);
+    if (maxBias > 0 && !mask) throw new ShapeError('soft_max', 'ALiBi (max_bias > 0) needs a mask holding the position offsets');
     if (mask) {
       const M = this.info(mask);
       if ((M.type !== GGML_TYPE.F32 && M.type !== GGML_TYPE.F16) || !M.contiguous || M.ne[0] !== A.ne[0] || M.ne[1] < A.ne[1] || A.ne[2] % M.ne[2] !== 0 || A.ne[3] % M.ne[3] !== 0) {
         throw new ShapeError('soft_max', `mask [${M.ne.join(', ')}] does not fit scores [${A.ne.join(', ')}]`);
       }
     }
-    return this.made(this.g.raw.ggml_soft_max_ext(this.ctx, a, mask, scale, 0) as Tensor, A.ne, A.type);
+    return this.made(this.g.raw.ggml_soft_max_ext(this.ctx, a, mask, scale, maxBias) as Tensor, A.ne, A.type);
   }
 
   /** Rotary embedding over the first `nDims` of each head; `a` is [headDim, heads, tokens]. */
@@ -200,6 +239,88 @@ export class GraphBuilder {
     const I = this.info(ids);
     if (I.type !== GGML_TYPE.I32 || I.ne[1] !== 1) throw new ShapeError('get_rows', 'ids must be a 1-D I32 tensor');
     return this.made(this.g.raw.ggml_get_rows(this.ctx, table, ids) as Tensor, [T.ne[0], I.ne[0]], GGML_TYPE.F32);
+  }
+
+  private checkIndices(op: string, ids: Tensor, rows: number): void {
+    const bound = this.indexBound.get(ids);
+    if (bound === undefined) throw new ShapeError(op, 'indices must come from argsort or topK');
+    if (bound > rows) throw new ShapeError(op, `indices run to ${bound - 1} but there are only ${rows} rows`);
+  }
+
+  /**
+   * I32 indices that sort each row (dim 0) of a contiguous F32 tensor. ggml's CPU kernel is std::sort,
+   * which is not stable: equal values come out in an unspecified order.
+   */
+  argsort(a: Tensor, order: 'asc' | 'desc'): Tensor {
+    const A = this.info(a);
+    if (A.type !== GGML_TYPE.F32 || !A.contiguous) throw new ShapeError('argsort', 'input must be contiguous F32');
+    if (A.ne[0] > 0x7fffffff) throw new ShapeError('argsort', `rows of ${A.ne[0]} values are too long`);
+    const t = this.g.raw.ggml_argsort(this.ctx, a, order === 'desc' ? SORT_ORDER.DESC : SORT_ORDER.ASC) as Tensor;
+    this.indexBound.set(t, A.ne[0]);
+    return this.made(t, A.ne, GGML_TYPE.I32);
+  }
+
+  /**
+   * Indices of the k largest values of each column of a 2-D F32 tensor [m, n], largest first: an I32
+   * [k, n] view of a descending argsort (ggml_argsort_top_k). Ties fall as argsort leaves them.
+   */
+  topK(a: Tensor, k: number): Tensor {
+    const A = this.info(a);
+    if (A.ne[2] !== 1 || A.ne[3] !== 1) throw new ShapeError('top_k', `input must be 2-D, got [${A.ne.join(', ')}]`);
+    if (!Number.isSafeInteger(k) || k < 1 || k > A.ne[0]) throw new ShapeError('top_k', `k ${k} must be between 1 and ${A.ne[0]}`);
+    const sorted = this.argsort(a, 'desc');
+    const t = this.view(sorted, [k, A.ne[1]], [this.g.rowSize(GGML_TYPE.I32, A.ne[0])], 0);
+    this.indexBound.set(t, A.ne[0]);
+    return t;
+  }
+
+  /**
+   * A gather per column (ggml_get_rows with 2-D indices): `a` [m, r, n] and ids [k, n] give [m, k, n],
+   * out[:, j, t] = a[:, ids[j, t], t].
+   */
+  getRowsBatched(a: Tensor, ids: Tensor): Tensor {
+    const A = this.info(a);
+    const I = this.info(ids);
+    if (A.type !== GGML_TYPE.F32 || !A.contiguous || A.ne[3] !== 1) throw new ShapeError('get_rows', `table must be a contiguous 3-D F32 tensor, got [${A.ne.join(', ')}]`);
+    if (I.type !== GGML_TYPE.I32 || I.ne[2] !== 1 || I.ne[3] !== 1 || I.ne[1] !== A.ne[2]) {
+      throw new ShapeError('get_rows', `ids [${I.ne.join(', ')}] must be I32 [k, ${A.ne[2]}]`);
+    }
+    this.checkIndices('get_rows', ids, A.ne[1]);
+    return this.made(this.g.raw.ggml_get_rows(this.ctx, a, ids) as Tensor, [A.ne[0], I.ne[0], I.ne[1]], GGML_TYPE.F32);
+  }
+
+  /**
+   * One matrix per slot (ggml_mul_mat_id, mixture-of-experts): `as` [cols, rows, nAs] stacks nAs
+   * matrices, `b` is F32 [cols, m, n] with m = 1 (shared by every slot) or m = slots, and ids I32
+   * [slots, n] name a matrix per slot; the result is F32 [rows, slots, n] with
+   * out[:, s, t] = as[:, :, ids[s, t]] · b[:, s % m, t].
+   */
+  mulMatId(as: Tensor, b: Tensor, ids: Tensor): Tensor {
+    const A = this.info(as);
+    const B = this.info(b);
+    const I = this.info(ids);
+    if (!A.contiguous || A.ne[3] !== 1) throw new ShapeError('mul_mat_id', `matrices must be one contiguous 3-D tensor, got [${A.ne.join(', ')}]`);
+    if (B.type !== GGML_TYPE.F32 || !B.contiguous || B.ne[3] !== 1) throw new ShapeError('mul_mat_id', `input must be a contiguous 3-D F32 tensor, got [${B.ne.join(', ')}]`);
+    if (I.type !== GGML_TYPE.I32 || I.ne[2] !== 1 || I.ne[3] !== 1) throw new ShapeError('mul_mat_id', `ids must be a 2-D I32 tensor, got [${I.ne.join(', ')}]`);
+    if (A.ne[0] !== B.ne[0] || I.ne[1] !== B.ne[2] || I.ne[0] % B.ne[1] !== 0) {
+      throw new ShapeError('mul_mat_id', `cannot multiply [${A.ne.join(', ')}] by [${B.ne.join(', ')}] with ids [${I.ne.join(', ')}]`);
+    }
+    this.checkIndices('mul_mat_id', ids, A.ne[2]);
+    return this.made(this.g.raw.ggml_mul_mat_id(this.ctx, as, b, ids) as Tensor, [A.ne[1], I.ne[0], B.ne[2]], GGML_TYPE.F32);
+  }
+
+  /** Sum over dim 0 of a contiguous F32 tensor: [m, n, …] → [1, n, …]. */
+  sumRows(a: Tensor): Tensor {
+    const A = this.info(a);
+    if (A.type !== GGML_TYPE.F32 || !A.contiguous) throw new ShapeError('sum_rows', 'input must be contiguous F32');
+    return this.made(this.g.raw.ggml_sum_rows(this.ctx, a) as Tensor, [1, A.ne[1], A.ne[2], A.ne[3]], GGML_TYPE.F32);
+  }
+
+  /** a / b elementwise, b broadcast over a as in add and mul. */
+  div(a: Tensor, b: Tensor): Tensor {
+    const ne = this.broadcast('div', a, b);
+    if (this.info(a).type !== GGML_TYPE.F32 || this.info(b).type !== GGML_TYPE.F32) throw new ShapeError('div', 'operands must be F32');
+    return this.made(this.g.raw.ggml_div(this.ctx, a, b) as Tensor, ne, GGML_TYPE.F32);
   }
 
   /** The graph computing every output registered (plus any extra roots, e.g. KV writes). */

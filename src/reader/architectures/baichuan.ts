@@ -7,10 +7,29 @@ import { standardAttention, type ArchitectureSpec, type ModelLayout } from './sp
  * Baichuan 2 (7B and 13B) and Baichuan 13B, remote code `modeling_baichuan.py`. The 7B and 13B files
  * differ: 7B uses RoPE with DecoderLayer/Attention, 13B uses ALiBi with BaichuanLayer/BaichuanAttention.
  * The config does not say which file a repo ships; like vLLM we tell them apart by hidden_size 4096.
+ * A config may say it instead (a vramfit override, for checkpoints such as small test models whose
+ * width breaks the rule): `"position_embedding": "ROPE"` or `"ALIBI"` (vLLM's names for the two).
  */
+export function baichuanUsesRope(cfg: ConfigReader): boolean {
+  const declared = cfg.optString('position_embedding');
+  if (declared === undefined) return cfg.int(KEYS.hidden, 'hidden size') === 4096;
+  const v = declared.toUpperCase();
+  if (v !== 'ROPE' && v !== 'ALIBI') throw new InputError(cfg.file, `position_embedding must be "ROPE" or "ALIBI", got ${JSON.stringify(declared)}`, 'BAD_CONFIG');
+  return v === 'ROPE';
+}
+
+/**
+ * Baichuan 2's NormHead (lm_head rows L2-normalised before use) goes with its 125,696-token vocabulary;
+ * Baichuan 13B (64,000 tokens) has a plain Linear head. vLLM keys the normalisation on the same number.
+ * `"norm_head": true|false` in the config overrides it (a vramfit override, as position_embedding).
+ */
+export function baichuanNormHead(cfg: ConfigReader): boolean {
+  return cfg.bool('norm_head', cfg.int(KEYS.vocab, 'vocab size') === 125696);
+}
+
 function variant(cfg: ConfigReader) {
   const hidden = cfg.int(KEYS.hidden, 'hidden size');
-  const rotary = hidden === 4096;
+  const rotary = baichuanUsesRope(cfg);
   return {
     hidden,
     rotary,
@@ -31,9 +50,8 @@ export function buildBaichuan(cfg: ConfigReader, dtype: string): ModelLayout {
   const heads = cfg.int(KEYS.heads, 'attention heads');
   const vocab = cfg.int(KEYS.vocab, 'vocab size');
   const intermediate = cfg.int(['intermediate_size'], 'intermediate size');
-  // Baichuan 2's 125,696-token vocabulary goes with its NormHead (weight normalised on first use);
-  // Baichuan 13B (64,000 tokens) has a plain Linear head. vLLM keys the normalisation on the same number.
-  const headClass = vocab === 125696 ? 'NormHead' : 'Linear';
+  // NormHead normalises its weight on first use (eval) or every call (training); same tensor either way.
+  const headClass = baichuanNormHead(cfg) ? 'NormHead' : 'Linear';
   const tie = cfg.bool('tie_word_embeddings', false);
 
   const tree = new ModuleTree(dtype);
