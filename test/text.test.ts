@@ -359,6 +359,16 @@ describe('tokenizer: stream decoder', () => {
     );
   });
 
+  it('keeps the leading space of a token that follows one decoding to nothing (SentencePiece)', () => {
+    const sp = loadTokenizer(modelDir({ 'tokenizer.json': byteFallbackTokenizerJson() }));
+    const [w, bos, he] = ['▁w', '<s>', '▁he'].map((t) => sp.tokenToId(t)!);
+    for (const ids of [[w!, bos!, he!], [w!, bos!, bos!, he!, bos!, w!]]) {
+      const full = sp.decode(ids, { skipSpecialTokens: true });
+      assert.equal(streamAll(sp, ids, true).join(''), full, `ids ${ids.join(',')}`);
+    }
+    assert.equal(streamAll(sp, [w!, bos!, he!], true).join(''), 'w he');
+  });
+
   it('holds back a space that clean_up_tokenization_spaces may still remove', () => {
     const vocab = ['Hello', ' ', '.', ' world', ' do', ' n', "'t", '!'];
     const clean = (s: string) => s.replace(/ \./g, '.').replace(/ !/g, '!').replace(/ n't/g, "n't");

@@ -7,6 +7,7 @@ import { writeDemoCheckpoint } from '../engine/demo-checkpoint.js';
 import { generate, type GenerationResult } from '../engine/generate.js';
 import { loadModel, type DeviceReport, type LoadedModel } from '../engine/model.js';
 import type { SamplerOptions } from '../engine/text/sampling.js';
+import { isChatglmTokenizerDir } from '../engine/text/chatglm-tokenizer.js';
 import { loadTokenizer, type TextTokenizer } from '../engine/text/tokenizer.js';
 import { renderPlanTable } from '../planner/export/table.js';
 import { formatBytes } from '../planner/units.js';
@@ -131,7 +132,7 @@ export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean)
     } else {
       promptIds = parseIds(f.inputIds!);
       const dir = modelDirOf(loaded);
-      if (existsSync(join(dir, 'tokenizer.json'))) tokenizer = loadTokenizer(dir);
+      if (existsSync(join(dir, 'tokenizer.json')) || isChatglmTokenizerDir(dir)) tokenizer = loadTokenizer(dir);
     }
     if (promptIds.length === 0) throw new InputError('--prompt', 'the prompt encodes to no tokens');
     const stream = generate(loaded, promptIds, {

@@ -10,7 +10,7 @@ export function addRunCommands(program: Command, io: Io): void {
     .command('run')
     .description('Load a safetensors Llama-family model as planned across devices, each under its cap, and generate.')
     .argument('<model>', 'model folder (config.json + safetensors), .safetensors file, or cached repo id')
-    .option('--prompt <text>', 'text to continue (needs tokenizer.json)')
+    .option('--prompt <text>', 'text to continue (needs tokenizer.json, or ChatGLM2/3\'s tokenizer.model)')
     .option('--chat', 'wrap --prompt in the model\'s chat template as a user message')
     .option('--input-ids <ids>', 'token ids instead of a prompt: 1,2,3 (works without tokenizer files)')
     .option('--max-new-tokens <n>', 'tokens to generate (0 allowed)', '64')

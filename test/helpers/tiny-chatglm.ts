@@ -149,10 +149,18 @@ function initFor(name: string): { mean: number; std: number } {
  */
 const CHATGLM2_32K_MODELING = '        seq_idx = torch.arange(seq_len, dtype=dtype, device=device) / self.rope_ratio\n';
 
-export function writeTinyChatglmCheckpoint(dir: string, name: TinyChatglmName, opts: { dtype?: TinyStorageDtype; seed?: number } = {}): TinyChatglmCheckpoint {
+export interface TinyChatglmOptions {
+  dtype?: TinyStorageDtype;
+  seed?: number;
+  /** Embedding / output rows (config padded_vocab_size), e.g. to cover a tokenizer's ids; default the name's config. */
+  paddedVocabSize?: number;
+}
+
+export function writeTinyChatglmCheckpoint(dir: string, name: TinyChatglmName, opts: TinyChatglmOptions = {}): TinyChatglmCheckpoint {
   const dtype = opts.dtype ?? 'float32';
   const seed = opts.seed ?? 1;
   const config: Record<string, unknown> = { ...structuredClone(TINY_CHATGLM_CONFIGS[name]), torch_dtype: dtype };
+  if (opts.paddedVocabSize !== undefined) config['padded_vocab_size'] = opts.paddedVocabSize;
   const stored = storedTensorsFor(config);
   const tensors: Record<string, Float32Array> = {};
   const write: SafetensorsWriteTensor[] = [];

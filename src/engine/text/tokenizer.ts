@@ -10,6 +10,7 @@ import { Environment, Interpreter, Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { InputError } from '../../util/errors.js';
 import { readJsonObjectFile } from '../../util/json-file.js';
+import { isChatglmTokenizerDir, loadChatglmTokenizer } from './chatglm-tokenizer.js';
 
 export interface ChatMessage {
   role: string;
@@ -53,6 +54,8 @@ type Json = Record<string, unknown>;
 
 /** Loads the tokenizer of a Hugging Face model folder. Throws InputError when the files are missing or malformed. */
 export function loadTokenizer(modelDir: string): TextTokenizer {
+  // ChatGLM2/3 ship a SentencePiece tokenizer.model and remote code instead of a tokenizer.json.
+  if (isChatglmTokenizerDir(modelDir)) return loadChatglmTokenizer(modelDir);
   const tokenizerPath = join(modelDir, 'tokenizer.json');
   const configPath = join(modelDir, 'tokenizer_config.json');
   const tokenizerJson = readJsonObject(tokenizerPath);
@@ -406,9 +409,14 @@ export class StreamDecoder {
   /** Drops the old context: the tokens since the last advance become the context for the next window. */
   private advance(): void {
     const context = this.ids.slice(this.contextEnd);
+    const contextText = context.length > 0 ? this.decodeIds(context) : '';
+    // Tokens that decode to nothing (skipped specials, control pieces) cannot anchor a window: the next token would
+    // be the window's first visible one and lose the leading space SentencePiece decoders strip there. Keep the old
+    // context until the new one shows text (up to a bound, so a long run of such tokens cannot make steps quadratic).
+    if (contextText === '' && context.length > 0 && context.length < 64) return;
     this.ids = context;
     this.contextEnd = context.length;
-    this.emitted = context.length > 0 ? this.decodeIds(context).length : 0;
+    this.emitted = contextText.length;
   }
 
   private unstableSuffixLength(text: string): number {
