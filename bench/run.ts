@@ -1,9 +1,11 @@
 /**
- * `npm run bench`: the reader, planner and fit-vs-accelerate benchmarks, one compact report.
+ * `npm run bench`: the reader, planner, fit-vs-accelerate and engine benchmarks, one compact report.
  * Every timing is a ratio against a baseline measured in the same run; nothing here passes or fails
- * on a threshold. `--brief` leaves out the per-row comparison table (its summary line stays).
+ * on a threshold. `--brief` leaves out the per-row comparison table (its summary line stays);
+ * `--no-peer` skips the llama.cpp comparison (which installs node-llama-cpp into bench/.peer on demand).
  */
 import { renderCompare, runCompare } from './compare-accelerate.js';
+import { renderEngineBench, runEngineBench } from './engine.js';
 import { ms, ratio } from './common.js';
 import { renderPlannerBench, runPlannerBench } from './planner.js';
 import { renderReaderBench, runReaderBench } from './reader.js';
@@ -31,6 +33,11 @@ done = section('compare');
 const compare = await runCompare();
 const table = renderCompare(compare);
 console.log(brief ? table.split('\n').filter((l) => !l.startsWith('|')).join('\n') : table);
+console.log(done(), '\n');
+
+done = section('engine');
+const engine = await runEngineBench({ peer: !process.argv.includes('--no-peer') });
+console.log(renderEngineBench(engine));
 console.log(done(), '\n');
 
 const fitTotal = planner.rows.reduce((s, x) => s + x.fit, 0);

@@ -15,7 +15,7 @@ import { engineArchitecture } from './architectures/index.js';
 import type { ArchTensor, EngineArchitecture, EngineHyper, StepInputs } from './architectures/types.js';
 import { closeDevices, gpuDeviceCount, gpuFreeBytes, liveResources, openGpuDevices, openVirtualDevices, type Allocation, type EngineDevice } from './device.js';
 import { cpuDevice, GGML_TYPE, loadGgml, ROPE_MODE, type BufferType, type Gallocr, type GgmlType, type Ggml, type Graph, type Tensor } from './ggml/binding.js';
-import { GraphBuilder } from './ggml/graph.js';
+import { GraphBuilder, type LongLivedTensors } from './ggml/graph.js';
 import { describeWeights, freeWeights, ggmlTypeFor, loadWeightData, placeWeights, storedBytes, type DeviceWeights, type WeightSpec } from './weights.js';
 
 export interface LoadOptions {
@@ -66,6 +66,8 @@ export class LoadedModel {
   private past = 0;
   private readonly bytesIn = new Map<string, number>();
   private disposed = false;
+  /** Shapes of this model's weights and KV cache, read from ggml once for all the graphs of its steps. */
+  private readonly longLived: LongLivedTensors = new Map();
 
   constructor(
     private readonly g: Ggml,
@@ -157,7 +159,7 @@ export class LoadedModel {
   }
 
   private buildStage(stage: Stage, n: number, past: number, lastOnly: boolean): BuiltStage {
-    return buildStageGraph(this.g, this.arch, this.hyper, stage, deviceLookups(stage, this.weights, this.kv), n, past, lastOnly);
+    return buildStageGraph(this.g, this.arch, this.hyper, stage, deviceLookups(stage, this.weights, this.kv), n, past, lastOnly, this.longLived);
   }
 
   private setInputs(b: BuiltStage, tokens: number[]): void {
@@ -261,8 +263,8 @@ interface Lookups {
  * logits), so the stage holding the last block hands on that one row, and the final norm and head
  * (a sizeable share of a prefill's work: vocab × hidden per token) run on it alone, as llama.cpp does.
  */
-function buildStageGraph(g: Ggml, arch: EngineArchitecture, h: EngineHyper, stage: StagePlan, look: Lookups, n: number, past: number, lastOnly = false): BuiltStage {
-  const gb = new GraphBuilder(g, STAGE_NODES);
+function buildStageGraph(g: Ggml, arch: EngineArchitecture, h: EngineHyper, stage: StagePlan, look: Lookups, n: number, past: number, lastOnly = false, longLived?: LongLivedTensors): BuiltStage {
+  const gb = new GraphBuilder(g, STAGE_NODES, longLived);
   const w = (name: string): Tensor => gb.known(look.weight(name));
   const built: Partial<BuiltStage> = { gb };
   // Positions feed rope in the blocks and learned position embeddings in the embedding.

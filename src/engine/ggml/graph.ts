@@ -13,11 +13,19 @@ export class ShapeError extends VramfitError {
 
 export type Shape = [number, number, number, number];
 
-interface Meta {
+export interface Meta {
   ne: Shape;
   type: GgmlType;
   contiguous: boolean;
 }
+
+/**
+ * Metadata of tensors that outlive the graphs built over them (a loaded model's weights and KV
+ * cache), shared by those graphs so each step does not read every weight's shape back from ggml
+ * (three FFI reads per tensor per step: about 0.35 ms of a 100M-parameter decode step). Only for
+ * tensors that stay allocated as long as the map lives: handles are addresses, reused once freed.
+ */
+export type LongLivedTensors = Map<Tensor, Meta>;
 
 const pad4 = (ne: readonly number[]): Shape => [ne[0] ?? 1, ne[1] ?? 1, ne[2] ?? 1, ne[3] ?? 1];
 
@@ -34,6 +42,7 @@ export class GraphBuilder {
   constructor(
     readonly g: Ggml,
     readonly maxNodes: number,
+    private readonly longLived?: LongLivedTensors,
   ) {
     this.ctx = g.init(g.tensorOverhead() * maxNodes * 2 + g.graphOverhead(maxNodes) + 1024 * 1024, true);
   }
@@ -45,10 +54,12 @@ export class GraphBuilder {
   /** Registers a tensor created elsewhere (weights, KV cache) so ops can check it. */
   known(t: Tensor): Tensor {
     if (!this.meta.has(t)) {
-      const ne = this.g.ne(t);
-      const nb = this.g.nb(t);
-      const type = this.g.type(t);
-      this.meta.set(t, { ne, type, contiguous: isContiguous(this.g, type, ne, nb) });
+      let m = this.longLived?.get(t);
+      if (!m) {
+        m = readMeta(this.g, t);
+        this.longLived?.set(t, m);
+      }
+      this.meta.set(t, m);
     }
     return t;
   }
@@ -58,7 +69,7 @@ export class GraphBuilder {
   }
 
   private info(t: Tensor): Meta {
-    return this.meta.get(t) ?? (this.known(t), this.meta.get(t)!);
+    return this.meta.get(t) ?? (this.meta.set(t, readMeta(this.g, t)), this.meta.get(t)!);
   }
 
   private made(t: Tensor, ne: readonly number[], type: GgmlType, contiguous = true): Tensor {
@@ -329,6 +340,12 @@ export class GraphBuilder {
     for (const t of [...extraRoots, ...this.outputs]) this.g.raw.ggml_build_forward_expand(gf, t);
     return gf;
   }
+}
+
+function readMeta(g: Ggml, t: Tensor): Meta {
+  const ne = g.ne(t);
+  const type = g.type(t);
+  return { ne, type, contiguous: isContiguous(g, type, ne, g.nb(t)) };
 }
 
 function isContiguous(g: Ggml, type: GgmlType, ne: Shape, nb: readonly number[]): boolean {
