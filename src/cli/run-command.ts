@@ -8,8 +8,8 @@ export function addRunCommands(program: Command, io: Io): void {
   const tty = Boolean(process.stderr.isTTY);
   program
     .command('run')
-    .description('Load a safetensors Llama-family model as planned across devices, each under its cap, and generate.')
-    .argument('<model>', 'model folder (config.json + safetensors), .safetensors file, or cached repo id')
+    .description('Load a model (safetensors, PyTorch .bin or GGUF; Llama family, Mixtral, Qwen3-MoE, GPT-2, ChatGLM2/3, Baichuan2) as planned across devices, each under its cap, and generate.')
+    .argument('<model>', 'model folder (config.json + weights), a .safetensors, .bin or .gguf file, or a cached repo id')
     .option('--prompt <text>', 'text to continue (needs tokenizer.json, or ChatGLM2/3\'s tokenizer.model)')
     .option('--chat', 'wrap --prompt in the model\'s chat template as a user message')
     .option('--input-ids <ids>', 'token ids instead of a prompt: 1,2,3 (works without tokenizer files)')
