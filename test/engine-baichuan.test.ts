@@ -2,41 +2,24 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { baichuanArchitecture } from '../src/engine/architectures/baichuan.js';
-import { generate } from '../src/engine/generate.js';
 import { GGML_TYPE, loadGgml } from '../src/engine/ggml/binding.js';
 import { GraphBuilder, ShapeError } from '../src/engine/ggml/graph.js';
-import { loadModel, type LoadedModel } from '../src/engine/model.js';
+import { loadModel } from '../src/engine/model.js';
 import { findArchitecture } from '../src/reader/architectures/index.js';
 import { ConfigReader } from '../src/reader/config.js';
 import { InputError } from '../src/util/errors.js';
 import { baichuanInterleave, createBaichuanReference, ggmlAlibiSlopes } from './helpers/reference-baichuan.js';
 import { TINY_BAICHUAN_CONFIGS, TINY_BAICHUAN_NAMES, writeTinyBaichuanCheckpoint, type TinyBaichuanCheckpoint, type TinyBaichuanName } from './helpers/tiny-baichuan.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { assertAgreesWithReference, assertSplitsAgree, assertUnderCapsAsPredicted, capsJustAbove, greedy, maxAbsDiff, PROMPT, SPLIT_OPTIONS } from './helpers/engine-harness.js';
 
 const root = tempDir('vramfit-engine-baichuan-');
 after(() => cleanup(root));
 
-// Ten prompt tokens in micro-batches of 4: the second and third chunks attend over a past, as decoding does.
-const PROMPT = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3];
-const NEW_TOKENS = 6;
 const SPLIT_NAMES = ['baichuan2-7b', 'baichuan2-13b'] as const;
 
 function checkpoint(name: TinyBaichuanName, dtype: 'float32' | 'float16' | 'bfloat16' = 'float32'): TinyBaichuanCheckpoint {
   return writeTinyBaichuanCheckpoint(join(root, `${name}-${dtype}`), name, { dtype, seed: 7 });
-}
-
-async function greedy(model: LoadedModel): Promise<{ ids: number[]; prompt: Float32Array[]; steps: Float32Array[] }> {
-  const stream = generate(model, PROMPT, { maxNewTokens: NEW_TOKENS, sampling: { greedy: true }, keepLogits: true });
-  let step = await stream.next();
-  while (!step.done) step = await stream.next();
-  return { ids: step.value.generatedIds, prompt: step.value.promptLogits!, steps: step.value.stepLogits! };
-}
-
-function maxAbsDiff(a: readonly Float32Array[], b: readonly ArrayLike<number>[]): number {
-  assert.equal(a.length, b.length, 'as many logits rows on both sides');
-  let m = 0;
-  a.forEach((row, r) => row.forEach((v, i) => (m = Math.max(m, Math.abs(v - b[r]![i]!)))));
-  return m;
 }
 
 describe('Baichuan: ALiBi slopes and variant selection', () => {
@@ -106,13 +89,7 @@ describe('Baichuan engine: one device against the plain-TypeScript reference', (
       const model = await loadModel(ck.dir, { devices: 'virtual:1', ctx: 64, ubatch: 4, kvDtype: 'float32', threads: 1 });
       try {
         assert.equal(model.hyper.family, 'baichuan', 'runs as Baichuan');
-        const got = await greedy(model);
-        const ref = createBaichuanReference(ck);
-        const promptRef = ref.forward(PROMPT, 0);
-        assert.ok(maxAbsDiff(got.prompt, promptRef) < 1e-4, `prompt logits differ by ${maxAbsDiff(got.prompt, promptRef)}`);
-        // Feed the engine's own tokens to the reference, so one near-tie cannot derail the comparison.
-        const stepRef = got.ids.slice(0, -1).map((id) => ref.forward([id])[0]!);
-        assert.ok(maxAbsDiff(got.steps.slice(1), stepRef) < 1e-4, `step logits differ by ${maxAbsDiff(got.steps.slice(1), stepRef)}`);
+        assertAgreesWithReference(await greedy(model), createBaichuanReference(ck));
       } finally {
         model.dispose();
       }
@@ -156,42 +133,18 @@ describe('Baichuan engine: one device against the plain-TypeScript reference', (
 describe('Baichuan engine: the same model split over 1, 2 and 4 virtual devices', () => {
   for (const name of SPLIT_NAMES) {
     it(`${name}: identical greedy tokens, logits within 1e-5, every device under its cap and within 2 % of the prediction`, async () => {
-      const ck = checkpoint(name);
-      const runs: Awaited<ReturnType<typeof greedy>>[] = [];
-      for (const devices of ['virtual:1', 'virtual:2', 'virtual:4']) {
-        const model = await loadModel(ck.dir, { devices, ctx: 64, ubatch: 4, kvDtype: 'float32', threads: 1 });
-        try {
-          if (devices !== 'virtual:1') assert.ok(model.plan.devices.filter((d) => d.modules.length > 0).length > 1, `${devices}: the model is really split`);
-          runs.push(await greedy(model));
-          for (const d of model.report()) {
-            assert.ok(d.measured <= d.cap, `${devices} device ${d.id}: ${d.measured} over its cap ${d.cap}`);
-            assert.ok(Math.abs(d.measured - d.predicted) <= 0.02 * d.predicted, `${devices} device ${d.id}: measured ${d.measured} vs predicted ${d.predicted}`);
-          }
-        } finally {
-          model.dispose();
-        }
-      }
-      for (const r of runs.slice(1)) {
-        assert.deepEqual(r.ids, runs[0]!.ids, 'the same greedy tokens');
-        assert.ok(maxAbsDiff(r.prompt, runs[0]!.prompt) <= 1e-5, `prompt logits differ by ${maxAbsDiff(r.prompt, runs[0]!.prompt)}`);
-        assert.ok(maxAbsDiff(r.steps, runs[0]!.steps) <= 1e-5, `step logits differ by ${maxAbsDiff(r.steps, runs[0]!.steps)}`);
-      }
+      await assertSplitsAgree(checkpoint(name).dir, SPLIT_OPTIONS);
     });
 
     it(`${name}: under explicit caps the measured peak is below each cap and within 2 % of the prediction`, async () => {
       const ck = checkpoint(name);
-      const probe = await loadModel(ck.dir, { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1 });
-      const need = probe.report().map((d) => d.predicted);
-      probe.dispose();
-      const model = await loadModel(ck.dir, { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1, maxMemory: `0=${need[0]! + 4096},1=${need[1]! + 4096}` });
+      const opts = { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1 };
+      const model = await loadModel(ck.dir, { ...opts, maxMemory: await capsJustAbove(ck.dir, opts) });
       try {
         const rows = model.forward(PROMPT, true);
         const ref = createBaichuanReference(ck).forward(PROMPT, 0);
         assert.ok(maxAbsDiff(rows, ref) < 1e-4, `capped run differs from the reference by ${maxAbsDiff(rows, ref)}`);
-        for (const d of model.report()) {
-          assert.ok(d.measured <= d.cap, `device ${d.id}: ${d.measured} over its cap ${d.cap}`);
-          assert.ok(Math.abs(d.measured - d.predicted) <= 0.02 * d.predicted, `device ${d.id}: measured ${d.measured} vs predicted ${d.predicted}`);
-        }
+        assertUnderCapsAsPredicted(model.report());
       } finally {
         model.dispose();
       }

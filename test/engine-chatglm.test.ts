@@ -2,18 +2,16 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { main } from '../src/cli/main.js';
-import { generate } from '../src/engine/generate.js';
-import { loadModel, type LoadedModel, type LoadOptions } from '../src/engine/model.js';
+import { loadModel, type LoadOptions } from '../src/engine/model.js';
 import { chatglmCosSin, chatglmTheta, parseChatglmConfig } from './helpers/reference-chatglm.js';
 import { createChatglmReference, TINY_CHATGLM_NAMES, writeTinyChatglmCheckpoint, type TinyChatglmCheckpoint, type TinyChatglmName } from './helpers/tiny-chatglm.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { assertAgreesWithReference, assertSplitsAgree, assertUnderCapsAsPredicted, greedy, maxAbsDiff, NEW_TOKENS, PROMPT, SPLIT_OPTIONS, type GreedyRun as Run } from './helpers/engine-harness.js';
 
 const root = tempDir('vramfit-engine-chatglm-');
 after(() => cleanup(root));
 
-const PROMPT = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3];
-const NEW_TOKENS = 6;
-const BASE: LoadOptions = { ctx: 64, ubatch: 4, kvDtype: 'float32', threads: 1 };
+const BASE: LoadOptions = SPLIT_OPTIONS;
 
 const written = new Map<string, TinyChatglmCheckpoint>();
 function checkpoint(name: TinyChatglmName): TinyChatglmCheckpoint {
@@ -25,28 +23,6 @@ function checkpoint(name: TinyChatglmName): TinyChatglmCheckpoint {
   return ck;
 }
 
-interface Run {
-  ids: number[];
-  prompt: Float32Array[];
-  steps: Float32Array[];
-}
-
-async function greedy(model: LoadedModel, prompt = PROMPT, maxNewTokens = NEW_TOKENS): Promise<Run> {
-  const stream = generate(model, prompt, { maxNewTokens, sampling: { greedy: true }, keepLogits: true });
-  let step = await stream.next();
-  while (!step.done) step = await stream.next();
-  return { ids: step.value.generatedIds, prompt: step.value.promptLogits!, steps: step.value.stepLogits! };
-}
-
-function maxAbsDiff(a: readonly ArrayLike<number>[], b: readonly ArrayLike<number>[]): number {
-  assert.equal(a.length, b.length, 'as many logits rows on both sides');
-  let m = 0;
-  a.forEach((row, r) => {
-    for (let i = 0; i < row.length; i++) m = Math.max(m, Math.abs(row[i]! - b[r]![i]!));
-  });
-  return m;
-}
-
 describe('engine, ChatGLM: one device against the plain-TypeScript reference', () => {
   for (const name of TINY_CHATGLM_NAMES) {
     it(`${name}: prompt and step logits within 1e-4, same greedy tokens`, async () => {
@@ -54,14 +30,7 @@ describe('engine, ChatGLM: one device against the plain-TypeScript reference', (
       const model = await loadModel(ck.dir, { ...BASE, devices: 'virtual:1' });
       try {
         const got = await greedy(model);
-        const ref = createChatglmReference(ck);
-        const promptRef = ref.forward(PROMPT, 0);
-        const dPrompt = maxAbsDiff(got.prompt, promptRef);
-        assert.ok(dPrompt < 1e-4, `${name}: prompt logits differ by ${dPrompt}`);
-        // The reference is fed the engine's own tokens, so one near-tie cannot derail the comparison.
-        const stepRef = got.ids.slice(0, -1).map((id) => ref.forward([id])[0]!);
-        const dSteps = maxAbsDiff(got.steps.slice(1), stepRef);
-        assert.ok(dSteps < 1e-4, `${name}: step logits differ by ${dSteps}`);
+        const { promptRef, stepRef } = assertAgreesWithReference(got, createChatglmReference(ck), name);
         const argmax = (r: ArrayLike<number>): number => Array.from(r).reduce((best, v, i, all) => (v > all[best]! ? i : best), 0);
         assert.deepEqual(got.ids, [promptRef.at(-1)!, ...stepRef].map(argmax), `${name}: the reference picks the same greedy tokens`);
       } finally {
@@ -115,26 +84,10 @@ describe('engine, ChatGLM: half-precision checkpoints', () => {
 describe('engine, ChatGLM: the same model split over 1, 2 and 4 virtual devices', () => {
   for (const name of ['chatglm2', 'chatglm3-32k', 'glm-mha'] as const) {
     it(`${name}: identical greedy tokens, logits within 1e-5, every device under its cap`, async () => {
-      const ck = checkpoint(name);
-      const runs: Run[] = [];
-      for (const devices of ['virtual:1', 'virtual:2', 'virtual:4']) {
-        const model = await loadModel(ck.dir, { ...BASE, devices });
-        try {
-          if (devices !== 'virtual:1') assert.ok(model.plan.devices.filter((d) => d.modules.some((m) => m.includes('.layers.'))).length > 1, `${devices}: blocks on more than one device`);
-          runs.push(await greedy(model));
-          for (const d of model.report()) {
-            assert.ok(d.measured <= d.cap, `${devices}: device ${d.id} over its cap`);
-            assert.ok(Math.abs(d.measured - d.predicted) <= 0.02 * d.predicted, `${devices}: device ${d.id} measured ${d.measured} vs predicted ${d.predicted}`);
-          }
-        } finally {
-          model.dispose();
-        }
-      }
-      for (const [i, r] of runs.slice(1).entries()) {
-        assert.deepEqual(r.ids, runs[0]!.ids, `run ${i + 1}: the same greedy tokens as one device`);
-        assert.ok(maxAbsDiff(r.prompt, runs[0]!.prompt) <= 1e-5, `run ${i + 1}: prompt logits differ by ${maxAbsDiff(r.prompt, runs[0]!.prompt)}`);
-        assert.ok(maxAbsDiff(r.steps, runs[0]!.steps) <= 1e-5, `run ${i + 1}: step logits differ by ${maxAbsDiff(r.steps, runs[0]!.steps)}`);
-      }
+      await assertSplitsAgree(checkpoint(name).dir, BASE, {
+        assertSplit: (model, devices) =>
+          assert.ok(model.plan.devices.filter((d) => d.modules.some((m) => m.includes('.layers.'))).length > 1, `${devices}: blocks on more than one device`),
+      });
     });
   }
 });
@@ -172,11 +125,8 @@ describe('engine, ChatGLM2 across two devices capped 5 : 10', () => {
       assert.ok(maxAbsDiff(run.steps, single.steps) <= 1e-5, 'step logits as on one device');
       const report = model.report();
       assert.deepEqual(report.map((d) => d.cap), [X, 2 * X], 'caps in a 5 : 10 ratio');
-      for (const d of report) {
-        assert.ok(d.measured <= d.cap, `device ${d.id}: measured ${d.measured} over its cap ${d.cap}`);
-        assert.ok(Math.abs(d.measured - d.predicted) <= 0.02 * d.predicted, `device ${d.id}: measured ${d.measured} vs predicted ${d.predicted}`);
-        assert.ok((d.breakdown['kv'] ?? 0) > 0, `device ${d.id} holds its own layers' KV cache`);
-      }
+      assertUnderCapsAsPredicted(report);
+      for (const d of report) assert.ok((d.breakdown['kv'] ?? 0) > 0, `device ${d.id} holds its own layers' KV cache`);
       assert.ok(report[1]!.bytesIn > 0, 'hidden states crossed to device 1');
     } finally {
       model.dispose();

@@ -2,20 +2,17 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { closeDevices, openVirtualDevices } from '../src/engine/device.js';
-import { generate } from '../src/engine/generate.js';
 import { GGML_TYPE, loadGgml, type Gallocr } from '../src/engine/ggml/binding.js';
 import { GraphBuilder } from '../src/engine/ggml/graph.js';
-import { loadModel, type LoadedModel } from '../src/engine/model.js';
+import { loadModel } from '../src/engine/model.js';
 import { InputError } from '../src/util/errors.js';
 import { geluNew, ReferenceGpt2, referenceGreedyGpt2 } from './helpers/reference-gpt2.js';
 import { TINY_GPT2_NAMES, writeTinyGpt2Checkpoint, type TinyGpt2Checkpoint, type TinyGpt2Name } from './helpers/tiny-gpt2.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { assertAgreesWithReference, assertSplitsAgree, assertUnderCapsAsPredicted, capsJustAbove, greedy, maxAbsDiff, NEW_TOKENS, PROMPT, SPLIT_OPTIONS } from './helpers/engine-harness.js';
 
 const root = tempDir('vramfit-engine-gpt2-');
 after(() => cleanup(root));
-
-const PROMPT = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3];
-const NEW_TOKENS = 6;
 
 const written = new Map<string, TinyGpt2Checkpoint>();
 function checkpoint(name: TinyGpt2Name, dtype: 'float32' | 'float16' = 'float32'): TinyGpt2Checkpoint {
@@ -26,22 +23,6 @@ function checkpoint(name: TinyGpt2Name, dtype: 'float32' | 'float16' = 'float32'
 
 const reference = (ck: TinyGpt2Checkpoint): ReferenceGpt2 => new ReferenceGpt2(ck.config, ck.tensors);
 
-async function greedy(model: LoadedModel): Promise<{ ids: number[]; prompt: Float32Array[]; steps: Float32Array[] }> {
-  const stream = generate(model, PROMPT, { maxNewTokens: NEW_TOKENS, sampling: { greedy: true }, keepLogits: true });
-  let step = await stream.next();
-  while (!step.done) step = await stream.next();
-  return { ids: step.value.generatedIds, prompt: step.value.promptLogits!, steps: step.value.stepLogits! };
-}
-
-function maxAbsDiff(a: readonly ArrayLike<number>[], b: readonly ArrayLike<number>[]): number {
-  assert.equal(a.length, b.length, 'as many rows on both sides');
-  let m = 0;
-  a.forEach((row, r) => {
-    for (let i = 0; i < row.length; i++) m = Math.max(m, Math.abs(row[i]! - b[r]![i]!));
-  });
-  return m;
-}
-
 describe('engine GPT-2: one device against the plain-TypeScript reference', () => {
   for (const name of TINY_GPT2_NAMES) {
     it(`${name}: prompt and step logits within 1e-4, the reference's greedy tokens`, async () => {
@@ -50,14 +31,7 @@ describe('engine GPT-2: one device against the plain-TypeScript reference', () =
       const model = await loadModel(ck.dir, { devices: 'virtual:1', ctx: 64, ubatch: 4, kvDtype: 'float32', threads: 1 });
       try {
         const got = await greedy(model);
-        const ref = reference(ck);
-        const promptRef = ref.forward(PROMPT, 0);
-        const promptDiff = maxAbsDiff(got.prompt, promptRef);
-        assert.ok(promptDiff < 1e-4, `prompt logits differ by ${promptDiff}`);
-        // Feed the engine's own tokens to the reference, so one near-tie cannot derail the comparison.
-        const stepRef = got.ids.slice(0, -1).map((id) => ref.forward([id])[0]!);
-        const stepDiff = maxAbsDiff(got.steps.slice(1), stepRef);
-        assert.ok(stepDiff < 1e-4, `step logits differ by ${stepDiff}`);
+        assertAgreesWithReference(got, reference(ck));
         const refGreedy = referenceGreedyGpt2(reference(ck), PROMPT, NEW_TOKENS);
         assert.ok(Math.min(...refGreedy.margins) > 1e-3, `the tiny model has clear greedy choices (margins ${refGreedy.margins.join(', ')})`);
         assert.deepEqual(got.ids, refGreedy.ids, 'greedy tokens match the reference');
@@ -90,28 +64,7 @@ describe('engine GPT-2: one device against the plain-TypeScript reference', () =
 describe('engine GPT-2: the same model split over 1, 2 and 4 virtual devices', () => {
   for (const name of TINY_GPT2_NAMES) {
     it(`${name}: identical greedy tokens, logits within 1e-5, each device under its cap and within 2 % of the plan`, async () => {
-      const ck = checkpoint(name);
-      const runs: Awaited<ReturnType<typeof greedy>>[] = [];
-      for (const devices of ['virtual:1', 'virtual:2', 'virtual:4']) {
-        const model = await loadModel(ck.dir, { devices, ctx: 64, ubatch: 4, kvDtype: 'float32', threads: 1 });
-        try {
-          if (devices !== 'virtual:1') assert.ok(model.plan.devices.filter((d) => d.modules.length > 0).length > 1, `${devices}: the model is really split`);
-          runs.push(await greedy(model));
-          for (const d of model.report()) {
-            assert.ok(d.measured <= d.cap, `${devices}: device ${d.id} measured ${d.measured} over its cap ${d.cap}`);
-            assert.ok(Math.abs(d.measured - d.predicted) <= 0.02 * d.predicted, `${devices}: device ${d.id} measured ${d.measured} vs predicted ${d.predicted}`);
-          }
-        } finally {
-          model.dispose();
-        }
-      }
-      for (const [i, r] of runs.slice(1).entries()) {
-        assert.deepEqual(r.ids, runs[0]!.ids, `run ${i + 1}: same greedy tokens as one device`);
-        const promptDiff = maxAbsDiff(r.prompt, runs[0]!.prompt);
-        const stepDiff = maxAbsDiff(r.steps, runs[0]!.steps);
-        assert.ok(promptDiff <= 1e-5, `run ${i + 1}: prompt logits differ by ${promptDiff}`);
-        assert.ok(stepDiff <= 1e-5, `run ${i + 1}: step logits differ by ${stepDiff}`);
-      }
+      await assertSplitsAgree(checkpoint(name).dir, SPLIT_OPTIONS);
     });
   }
 });
@@ -119,16 +72,11 @@ describe('engine GPT-2: the same model split over 1, 2 and 4 virtual devices', (
 describe('engine GPT-2: caps and manual splits', () => {
   it('under caps set just above the prediction: measured peak below each cap and within 2 %', async () => {
     const ck = checkpoint('gpt2');
-    const probe = await loadModel(ck.dir, { devices: 'virtual:2', ctx: 64, ubatch: 8, threads: 1 });
-    const need = probe.report().map((d) => d.predicted);
-    probe.dispose();
-    const model = await loadModel(ck.dir, { devices: 'virtual:2', ctx: 64, ubatch: 8, threads: 1, maxMemory: `0=${need[0]! + 4096},1=${need[1]! + 4096}` });
+    const opts = { devices: 'virtual:2', ctx: 64, ubatch: 8, threads: 1 };
+    const model = await loadModel(ck.dir, { ...opts, maxMemory: await capsJustAbove(ck.dir, opts) });
     try {
       model.forward(PROMPT);
-      for (const d of model.report()) {
-        assert.ok(d.measured <= d.cap, `device ${d.id} measured ${d.measured} over its cap ${d.cap}`);
-        assert.ok(Math.abs(d.measured - d.predicted) <= 0.02 * d.predicted, `device ${d.id} measured ${d.measured} vs predicted ${d.predicted}`);
-      }
+      assertUnderCapsAsPredicted(model.report());
     } finally {
       model.dispose();
     }

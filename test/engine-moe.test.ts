@@ -3,41 +3,22 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { moeHyper } from '../src/engine/architectures/moe.js';
 import { liveResources } from '../src/engine/device.js';
-import { generate } from '../src/engine/generate.js';
 import { GGML_TYPE, loadGgml } from '../src/engine/ggml/binding.js';
 import { GraphBuilder, ShapeError } from '../src/engine/ggml/graph.js';
-import { loadModel, type LoadedModel } from '../src/engine/model.js';
+import { loadModel } from '../src/engine/model.js';
 import { ConfigReader } from '../src/reader/config.js';
 import { InputError } from '../src/util/errors.js';
 import { createReferenceMoe, MoeBlocks, parseMoeConfig } from './helpers/reference-moe.js';
 import { ReferenceLlama } from './helpers/reference-llama.js';
 import { TINY_MOE_CONFIGS, TINY_MOE_NAMES, writeTinyMoeCheckpoint, type TinyMoeCheckpoint, type TinyMoeName } from './helpers/tiny-moe.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { assertAgreesWithReference, assertSplitsAgree, assertUnderCapsAsPredicted, capsJustAbove, greedy, maxAbsDiff, PROMPT, SPLIT_OPTIONS } from './helpers/engine-harness.js';
 
 const root = tempDir('vramfit-engine-moe-');
 after(() => cleanup(root));
 
-const PROMPT = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3];
-const NEW_TOKENS = 6;
-
 function checkpoint(name: TinyMoeName, dtype: 'float32' | 'float16' | 'bfloat16' = 'float32', shards = 1): TinyMoeCheckpoint {
   return writeTinyMoeCheckpoint(join(root, `${name}-${dtype}-${shards}`), name, { dtype, seed: 11, shards });
-}
-
-async function greedy(model: LoadedModel): Promise<{ ids: number[]; prompt: Float32Array[]; steps: Float32Array[] }> {
-  const stream = generate(model, PROMPT, { maxNewTokens: NEW_TOKENS, sampling: { greedy: true }, keepLogits: true });
-  let step = await stream.next();
-  while (!step.done) step = await stream.next();
-  return { ids: step.value.generatedIds, prompt: step.value.promptLogits!, steps: step.value.stepLogits! };
-}
-
-function maxAbsDiff(a: readonly ArrayLike<number>[], b: readonly ArrayLike<number>[]): number {
-  assert.equal(a.length, b.length, 'as many rows on both sides');
-  let m = 0;
-  a.forEach((row, r) => {
-    for (let i = 0; i < row.length; i++) m = Math.max(m, Math.abs(row[i]! - b[r]![i]!));
-  });
-  return m;
 }
 
 describe('engine MoE: one device against the plain-TypeScript reference', () => {
@@ -46,13 +27,8 @@ describe('engine MoE: one device against the plain-TypeScript reference', () => 
       const ck = checkpoint(name);
       const model = await loadModel(ck.dir, { devices: 'virtual:1', ctx: 64, ubatch: 4, kvDtype: 'float32', threads: 1 });
       try {
-        const got = await greedy(model);
         const ref = createReferenceMoe(ck);
-        const promptRef = ref.model.forward(PROMPT, 0);
-        assert.ok(maxAbsDiff(got.prompt, promptRef) < 1e-4, `prompt logits differ by ${maxAbsDiff(got.prompt, promptRef)}`);
-        // Feed the engine's own tokens to the reference, so one near-tie cannot derail the comparison.
-        const stepRef = got.ids.slice(0, -1).map((id) => ref.model.forward([id])[0]!);
-        assert.ok(maxAbsDiff(got.steps.slice(1), stepRef) < 1e-4, `step logits differ by ${maxAbsDiff(got.steps.slice(1), stepRef)}`);
+        assertAgreesWithReference(await greedy(model), ref.model);
 
         // The agreement means something: routing decisions were far from ties, and really varied.
         const { moe } = ref;
@@ -89,29 +65,12 @@ describe('engine MoE: one device against the plain-TypeScript reference', () => 
 describe('engine MoE: the same model split over 1, 2 and 4 virtual devices', () => {
   for (const name of ['mixtral', 'qwen3-moe'] as const) {
     it(`${name}: identical greedy tokens, logits within 1e-5, every device under its cap and within 2 % of the plan`, async () => {
-      const ck = checkpoint(name);
-      const runs: Awaited<ReturnType<typeof greedy>>[] = [];
-      for (const devices of ['virtual:1', 'virtual:2', 'virtual:4']) {
-        const model = await loadModel(ck.dir, { devices, ctx: 64, ubatch: 4, kvDtype: 'float32', threads: 1 });
-        try {
-          const used = model.plan.devices.filter((d) => d.modules.length > 0);
-          if (devices !== 'virtual:1') assert.ok(used.length > 1, `${devices}: the model is really split`);
-          // Experts are no unit of their own: each decoder layer (attention and experts) is on one device.
+      await assertSplitsAgree(checkpoint(name).dir, SPLIT_OPTIONS, {
+        // Experts are no unit of their own: each decoder layer (attention and experts) is on one device.
+        checkPlan: (model, devices) => {
           for (const d of model.plan.devices) assert.ok(d.modules.every((m) => !m.includes('experts')), `${devices}: device ${d.id} holds a part of a layer: ${d.modules.join(', ')}`);
-          runs.push(await greedy(model));
-          for (const d of model.report()) {
-            assert.ok(d.measured <= d.cap, `${devices}: device ${d.id} measured ${d.measured} over its cap ${d.cap}`);
-            assert.ok(Math.abs(d.measured - d.predicted) <= 0.02 * d.predicted, `${devices}: device ${d.id} measured ${d.measured} vs predicted ${d.predicted}`);
-          }
-        } finally {
-          model.dispose();
-        }
-      }
-      for (const r of runs.slice(1)) {
-        assert.deepEqual(r.ids, runs[0]!.ids, 'the same greedy tokens');
-        assert.ok(maxAbsDiff(r.prompt, runs[0]!.prompt) <= 1e-5, `prompt logits differ by ${maxAbsDiff(r.prompt, runs[0]!.prompt)}`);
-        assert.ok(maxAbsDiff(r.steps, runs[0]!.steps) <= 1e-5, `step logits differ by ${maxAbsDiff(r.steps, runs[0]!.steps)}`);
-      }
+        },
+      });
     });
   }
 
@@ -138,16 +97,11 @@ describe('engine MoE: the same model split over 1, 2 and 4 virtual devices', () 
 describe('engine MoE: caps, storage and placement', () => {
   it('a plan under caps: measured peak within 2 % of the prediction and below each cap', async () => {
     const ck = checkpoint('qwen3-moe');
-    const probe = await loadModel(ck.dir, { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1 });
-    const need = probe.report().map((d) => d.predicted);
-    probe.dispose();
-    const model = await loadModel(ck.dir, { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1, maxMemory: `0=${need[0]! + 4096},1=${need[1]! + 4096}` });
+    const opts = { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1 };
+    const model = await loadModel(ck.dir, { ...opts, maxMemory: await capsJustAbove(ck.dir, opts) });
     try {
       model.forward(PROMPT);
-      for (const d of model.report()) {
-        assert.ok(d.measured <= d.cap, `device ${d.id} measured ${d.measured} over its cap ${d.cap}`);
-        assert.ok(Math.abs(d.measured - d.predicted) <= 0.02 * d.predicted, `device ${d.id} measured ${d.measured} vs predicted ${d.predicted}`);
-      }
+      assertUnderCapsAsPredicted(model.report());
     } finally {
       model.dispose();
     }

@@ -3,8 +3,8 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { main } from '../src/cli/main.js';
 import { liveResources, OutOfDeviceMemory } from '../src/engine/device.js';
-import { generate } from '../src/engine/generate.js';
-import { loadModel, type LoadedModel } from '../src/engine/model.js';
+import { loadModel } from '../src/engine/model.js';
+import { assertAgreesWithReference, assertSplitsAgree, assertUnderCapsAsPredicted, capsJustAbove, greedy, maxAbsDiff, PROMPT, SPLIT_OPTIONS } from './helpers/engine-harness.js';
 import { createReferenceModel } from './helpers/reference-llama.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
@@ -13,24 +13,8 @@ import { TINY_FAMILY_NAMES, writeTinyFamilyCheckpoint, type TinyFamilyCheckpoint
 const root = tempDir('vramfit-engine-');
 after(() => cleanup(root));
 
-const PROMPT = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3];
-const NEW_TOKENS = 6;
-
 function checkpoint(name: (typeof TINY_FAMILY_NAMES)[number], dtype: 'float32' | 'float16' | 'bfloat16' = 'float32'): TinyFamilyCheckpoint {
   return writeTinyFamilyCheckpoint(join(root, `${name}-${dtype}`), name, { dtype, seed: 11 });
-}
-
-async function greedy(model: LoadedModel): Promise<{ ids: number[]; prompt: Float32Array[]; steps: Float32Array[] }> {
-  const stream = generate(model, PROMPT, { maxNewTokens: NEW_TOKENS, sampling: { greedy: true }, keepLogits: true });
-  let step = await stream.next();
-  while (!step.done) step = await stream.next();
-  return { ids: step.value.generatedIds, prompt: step.value.promptLogits!, steps: step.value.stepLogits! };
-}
-
-function maxAbsDiff(a: readonly Float32Array[], b: readonly ArrayLike<number>[]): number {
-  let m = 0;
-  a.forEach((row, r) => row.forEach((v, i) => (m = Math.max(m, Math.abs(v - b[r]![i]!)))));
-  return m;
 }
 
 describe('engine: one device against a plain-TypeScript reference', () => {
@@ -39,13 +23,7 @@ describe('engine: one device against a plain-TypeScript reference', () => {
       const ck = checkpoint(name);
       const model = await loadModel(ck.dir, { devices: 'virtual:1', ctx: 64, ubatch: 4, kvDtype: 'float32', threads: 1 });
       try {
-        const got = await greedy(model);
-        const ref = createReferenceModel(ck);
-        const promptRef = ref.forward(PROMPT, 0);
-        assert.ok(maxAbsDiff(got.prompt, promptRef) < 1e-4, `prompt logits differ by ${maxAbsDiff(got.prompt, promptRef)}`);
-        // Feed the engine's own tokens to the reference, so one near-tie cannot derail the comparison.
-        const stepRef = got.ids.slice(0, -1).map((id) => ref.forward([id])[0]!);
-        assert.ok(maxAbsDiff(got.steps.slice(1), stepRef) < 1e-4, `step logits differ by ${maxAbsDiff(got.steps.slice(1), stepRef)}`);
+        assertAgreesWithReference(await greedy(model), createReferenceModel(ck));
       } finally {
         model.dispose();
       }
@@ -56,26 +34,7 @@ describe('engine: one device against a plain-TypeScript reference', () => {
 describe('engine: the same model split over 1, 2 and 4 virtual devices', () => {
   for (const name of TINY_FAMILY_NAMES) {
     it(`${name}: identical greedy tokens, logits within 1e-5, every device under its cap`, async () => {
-      const ck = checkpoint(name);
-      const runs: Awaited<ReturnType<typeof greedy>>[] = [];
-      for (const devices of ['virtual:1', 'virtual:2', 'virtual:4']) {
-        const model = await loadModel(ck.dir, { devices, ctx: 64, ubatch: 4, kvDtype: 'float32', threads: 1 });
-        try {
-          if (devices !== 'virtual:1') assert.ok(model.plan.devices.filter((d) => d.modules.length > 0).length > 1, 'the model is really split');
-          runs.push(await greedy(model));
-          for (const d of model.report()) {
-            assert.ok(d.measured <= d.cap, `device ${d.id} over its cap`);
-            assert.ok(Math.abs(d.measured - d.predicted) <= 0.02 * d.predicted, `device ${d.id}: measured ${d.measured} vs predicted ${d.predicted}`);
-          }
-        } finally {
-          model.dispose();
-        }
-      }
-      for (const r of runs.slice(1)) {
-        assert.deepEqual(r.ids, runs[0]!.ids);
-        assert.ok(maxAbsDiff(r.prompt, runs[0]!.prompt) <= 1e-5);
-        assert.ok(maxAbsDiff(r.steps, runs[0]!.steps) <= 1e-5);
-      }
+      await assertSplitsAgree(checkpoint(name).dir, SPLIT_OPTIONS);
     });
   }
 });
@@ -83,16 +42,11 @@ describe('engine: the same model split over 1, 2 and 4 virtual devices', () => {
 describe('engine: caps are enforced', () => {
   it('a plan under caps: measured peak within 2 % of the prediction and below each cap', async () => {
     const ck = checkpoint('llama3');
-    const probe = await loadModel(ck.dir, { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1 });
-    const need = probe.report().map((d) => d.predicted);
-    probe.dispose();
-    const model = await loadModel(ck.dir, { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1, maxMemory: `0=${need[0]! + 4096},1=${need[1]! + 4096}` });
+    const opts = { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1 };
+    const model = await loadModel(ck.dir, { ...opts, maxMemory: await capsJustAbove(ck.dir, opts) });
     try {
       model.forward(PROMPT);
-      for (const d of model.report()) {
-        assert.ok(d.measured <= d.cap);
-        assert.ok(Math.abs(d.measured - d.predicted) <= 0.02 * d.predicted);
-      }
+      assertUnderCapsAsPredicted(model.report());
     } finally {
       model.dispose();
     }

@@ -42,7 +42,8 @@
  * slopes (m0 = 2^(−8/p), m1 = 2^(−4/p), p = 2^floor(log2 heads); m0^(h+1) for h < p, m1^(2(h−p)+1) after) equal
  * _get_interleave's for every head count (`ggmlAlibiSlopes` below, compared in the tests).
  */
-import { applyRope, linear, rmsNorm, ropeCosSin, ropeInvFreq, silu, type TensorSource } from './reference-llama.js';
+import { applyRope, ropeCosSin, ropeInvFreq, type TensorSource } from './reference-llama.js';
+import { configNumber as num, linear, rmsNorm, silu, softmaxAttend } from './reference-math.js';
 
 export interface BaichuanReferenceConfig {
   hiddenSize: number;
@@ -55,16 +56,6 @@ export interface BaichuanReferenceConfig {
   /** 7B file (RoPE) or 13B file (ALiBi). */
   rope: boolean;
   normHead: boolean;
-}
-
-function num(raw: Record<string, unknown>, key: string, fallback?: number): number {
-  const v = raw[key];
-  if (v === undefined || v === null) {
-    if (fallback === undefined) throw new Error(`config: missing ${key}`);
-    return fallback;
-  }
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`config: ${key} must be a number, got ${JSON.stringify(v)}`);
-  return v;
 }
 
 /** A Baichuan config.json as BaichuanConfig fills it (rms_norm_eps defaults to 1e-6). */
@@ -241,16 +232,7 @@ export class ReferenceBaichuan {
             scores[j] = s;
             if (s > max) max = s;
           }
-          let sum = 0;
-          for (let j = 0; j <= pos; j++) {
-            scores[j] = Math.exp(scores[j]! - max);
-            sum += scores[j]!;
-          }
-          for (let j = 0; j <= pos; j++) {
-            const p = scores[j]! / sum;
-            const vj = V[j]!;
-            for (let d = 0; d < D; d++) attn[hd * D + d] = attn[hd * D + d]! + p * vj[hd * D + d]!;
-          }
+          softmaxAttend(scores, pos, max, V, hd * D, attn, hd * D, D);
         }
         const o = linear(attn, w.o, H);
         for (let d = 0; d < H; d++) x[d] = x[d]! + o[d]!;

@@ -43,7 +43,10 @@
  *
  * PRECISION: float64 on the weights as stored (float16/bfloat16 widened exactly), except the rotary table.
  */
-import { argmax, linear, rmsNorm, silu, topMargin, type TensorSource } from './reference-llama.js';
+import { type TensorSource } from './reference-llama.js';
+import { argmax, configBool as bool, configNumber as num, layerNorm, linear, rmsNorm, silu, softmaxAttend, topMargin } from './reference-math.js';
+
+export { layerNorm };
 import { roundToDtype } from './tiny-llama-family.js';
 
 export type RopeRatioStyle = 'base' | 'positions';
@@ -69,23 +72,6 @@ export interface ChatglmReferenceConfig {
   /** The checkpoint's torch_dtype: half precision rounds the cos/sin table. */
   torchDtype: string;
   seqLength: number;
-}
-
-function num(raw: Record<string, unknown>, key: string, fallback?: number): number {
-  const v = raw[key];
-  if (v === undefined || v === null) {
-    if (fallback === undefined) throw new Error(`config: missing ${key}`);
-    return fallback;
-  }
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`config: ${key} must be a number`);
-  return v;
-}
-
-function bool(raw: Record<string, unknown>, key: string, fallback: boolean): boolean {
-  const v = raw[key];
-  if (v === undefined || v === null) return fallback;
-  if (typeof v !== 'boolean') throw new Error(`config: ${key} must be a boolean`);
-  return v;
 }
 
 /** config.json as ChatGLMConfig fills its defaults. */
@@ -164,20 +150,6 @@ export function chatglmApplyRope(x: Float64Array, offset: number, cos: Float64Ar
     x[offset + 2 * j] = a * cos[j]! - b * sin[j]!;
     x[offset + 2 * j + 1] = b * cos[j]! + a * sin[j]!;
   }
-}
-
-/** torch.nn.LayerNorm over the whole vector (biased variance). */
-export function layerNorm(x: ArrayLike<number>, weight: ArrayLike<number>, bias: ArrayLike<number>, eps: number): Float64Array {
-  const n = weight.length;
-  let mean = 0;
-  for (let i = 0; i < n; i++) mean += x[i]!;
-  mean /= n;
-  let v = 0;
-  for (let i = 0; i < n; i++) v += (x[i]! - mean) ** 2;
-  const scale = 1 / Math.sqrt(v / n + eps);
-  const out = new Float64Array(n);
-  for (let i = 0; i < n; i++) out[i] = (x[i]! - mean) * scale * weight[i]! + bias[i]!;
-  return out;
 }
 
 interface Norm {
@@ -331,15 +303,7 @@ export class ReferenceChatglm {
             scores[j] = s * scale;
             max = Math.max(max, scores[j]!);
           }
-          let sum = 0;
-          for (let j = 0; j <= pos; j++) {
-            scores[j] = Math.exp(scores[j]! - max);
-            sum += scores[j]!;
-          }
-          for (let j = 0; j <= pos; j++) {
-            const p = scores[j]! / sum;
-            for (let d = 0; d < D; d++) attn[hd * D + d] = attn[hd * D + d]! + p * V[j]![g * D + d]!;
-          }
+          softmaxAttend(scores, pos, max, V, g * D, attn, hd * D, D);
         }
         const out = linear(attn, w.dense, H, w.denseBias);
         const residual1 = c.residualPostNorm ? normed[i]! : x;

@@ -25,7 +25,9 @@
  * transformers computes in float32, minus float32 rounding. transformers masks with finfo.min rather than
  * −inf; after the softmax both give exactly 0.
  */
-import { argmax, topMargin } from './reference-llama.js';
+import { argmax, configBool as flag, layerNorm, softmaxAttend, topMargin } from './reference-math.js';
+
+export { layerNorm };
 
 export { argmax, topMargin };
 
@@ -56,13 +58,6 @@ function num(raw: Record<string, unknown>, keys: string[], fallback?: number): n
   return fallback;
 }
 
-function flag(raw: Record<string, unknown>, key: string, fallback: boolean): boolean {
-  const v = raw[key];
-  if (v === undefined || v === null) return fallback;
-  if (typeof v !== 'boolean') throw new Error(`config: ${key} must be a boolean, got ${JSON.stringify(v)}`);
-  return v;
-}
-
 /** GPT2Config's defaults and attribute map (hidden_size → n_embd, max_position_embeddings → n_positions, …). */
 export function parseGpt2Config(raw: Record<string, unknown>): Gpt2ReferenceConfig {
   const act = raw['activation_function'] ?? 'gelu_new';
@@ -88,21 +83,6 @@ export function parseGpt2Config(raw: Record<string, unknown>): Gpt2ReferenceConf
 
 // ---------------------------------------------------------------------------------------------------------
 // Building blocks.
-
-/** nn.LayerNorm over the whole vector: biased variance, eps inside the square root. */
-export function layerNorm(x: ArrayLike<number>, weight: ArrayLike<number>, bias: ArrayLike<number>, eps: number): Float64Array {
-  const n = weight.length;
-  let mean = 0;
-  for (let i = 0; i < n; i++) mean += x[i]!;
-  mean /= n;
-  let variance = 0;
-  for (let i = 0; i < n; i++) variance += (x[i]! - mean) ** 2;
-  variance /= n;
-  const inv = 1 / Math.sqrt(variance + eps);
-  const out = new Float64Array(n);
-  for (let i = 0; i < n; i++) out[i] = (x[i]! - mean) * inv * weight[i]! + bias[i]!;
-  return out;
-}
 
 /** transformers' Conv1D: y = x·W + b for W stored [in, out] row-major (the transpose of a Linear weight). */
 export function conv1d(x: Float64Array, w: Float64Array, b: Float64Array): Float64Array {
@@ -246,15 +226,7 @@ export class ReferenceGpt2 {
             scores[j] = s * scale;
             max = Math.max(max, scores[j]!);
           }
-          let sum = 0;
-          for (let j = 0; j <= pos; j++) {
-            scores[j] = Math.exp(scores[j]! - max);
-            sum += scores[j]!;
-          }
-          for (let j = 0; j <= pos; j++) {
-            const p = scores[j]! / sum;
-            for (let d = 0; d < D; d++) attn[hd * D + d] = attn[hd * D + d]! + p * V[j]![hd * D + d]!;
-          }
+          softmaxAttend(scores, pos, max, V, hd * D, attn, hd * D, D);
         }
         const o = conv1d(attn, w.projW, w.projB);
         for (let d = 0; d < H; d++) x[d] = x[d]! + o[d]!;

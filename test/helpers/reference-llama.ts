@@ -60,6 +60,11 @@
  *   - A safetensors Linear weight of shape [out, in] (row-major) is a ggml tensor with ne = [in, out], same bytes.
  */
 
+import { argmax, configBool, configNumber, linear, rmsNorm, silu, softmaxAttend, topMargin } from './reference-math.js';
+
+// The shared math stays importable from here, where the other references and the tests found it first.
+export { argmax, linear, rmsNorm, silu, topMargin };
+
 export type RopeType = 'default' | 'linear' | 'llama3';
 
 export interface RopeScaling {
@@ -103,22 +108,8 @@ const ARCH_TO_TYPE: Record<string, ReferenceModelType> = {
   Qwen3ForCausalLM: 'qwen3',
 };
 
-function num(raw: Record<string, unknown>, key: string, fallback?: number): number {
-  const v = raw[key];
-  if (v === undefined || v === null) {
-    if (fallback === undefined) throw new Error(`config: missing ${key}`);
-    return fallback;
-  }
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`config: ${key} must be a number, got ${JSON.stringify(v)}`);
-  return v;
-}
-
-function bool(raw: Record<string, unknown>, key: string, fallback: boolean): boolean {
-  const v = raw[key];
-  if (v === undefined || v === null) return fallback;
-  if (typeof v !== 'boolean') throw new Error(`config: ${key} must be a boolean, got ${JSON.stringify(v)}`);
-  return v;
-}
+const num = configNumber;
+const bool = configBool;
 
 function parseRope(raw: Record<string, unknown>): { theta: number; rope: RopeScaling } {
   // transformers ≥ 5 folds rope_theta and the scaling into `rope_parameters`; older configs use rope_scaling.
@@ -257,55 +248,6 @@ export function applyRope(x: Float64Array, offset: number, headDim: number, cos:
     x[offset + j] = a * cos[j]! - b * sin[j]!;
     x[offset + j + half] = b * cos[j]! + a * sin[j]!;
   }
-}
-
-/** RMSNorm of x[offset .. offset + n) times weight, into a new array. */
-export function rmsNorm(x: ArrayLike<number>, weight: ArrayLike<number>, eps: number, offset = 0, n = weight.length): Float64Array {
-  let ss = 0;
-  for (let i = 0; i < n; i++) ss += x[offset + i]! * x[offset + i]!;
-  const scale = 1 / Math.sqrt(ss / n + eps);
-  const out = new Float64Array(n);
-  for (let i = 0; i < n; i++) out[i] = x[offset + i]! * scale * weight[i]!;
-  return out;
-}
-
-export function silu(v: number): number {
-  return v / (1 + Math.exp(-v));
-}
-
-/** y = W x (+ b) for a PyTorch Linear weight [out, in], row-major. */
-export function linear(x: Float64Array, w: Float64Array, outDim: number, bias?: Float64Array): Float64Array {
-  const inDim = x.length;
-  if (w.length !== outDim * inDim) throw new Error(`linear: weight has ${w.length} values, expected ${outDim}×${inDim}`);
-  const y = new Float64Array(outDim);
-  for (let o = 0; o < outDim; o++) {
-    let s = 0;
-    const row = o * inDim;
-    for (let i = 0; i < inDim; i++) s += w[row + i]! * x[i]!;
-    y[o] = bias ? s + bias[o]! : s;
-  }
-  return y;
-}
-
-/** Index of the largest value; the first one on ties, as torch.argmax. */
-export function argmax(v: ArrayLike<number>): number {
-  let best = 0;
-  for (let i = 1; i < v.length; i++) if (v[i]! > v[best]!) best = i;
-  return best;
-}
-
-/** Largest minus second-largest value: how safely an engine with small numeric error picks the same token. */
-export function topMargin(v: ArrayLike<number>): number {
-  let a = -Infinity;
-  let b = -Infinity;
-  for (let i = 0; i < v.length; i++) {
-    const x = v[i]!;
-    if (x > a) {
-      b = a;
-      a = x;
-    } else if (x > b) b = x;
-  }
-  return a - b;
 }
 
 /**
@@ -551,16 +493,7 @@ export class ReferenceLlama {
             scores[j] = s * scale;
             if (scores[j]! > max) max = scores[j]!;
           }
-          let sum = 0;
-          for (let j = 0; j <= pos; j++) {
-            scores[j] = Math.exp(scores[j]! - max);
-            sum += scores[j]!;
-          }
-          for (let j = 0; j <= pos; j++) {
-            const p = scores[j]! / sum;
-            const vj = V[j]!;
-            for (let d = 0; d < D; d++) attn[hd * D + d] = attn[hd * D + d]! + p * vj[g * D + d]!;
-          }
+          softmaxAttend(scores, pos, max, V, g * D, attn, hd * D, D);
         }
         emit(l, 'attn', i, attn);
         const o = linear(attn, w.o, H, w.oBias);

@@ -31,7 +31,8 @@
  * PRECISION: transformers computes the routing in float32 and casts the weights to the model dtype; here it is
  * float64 like everything else.
  */
-import { linear, ReferenceLlama, silu, type MlpOverride, type TensorSource } from './reference-llama.js';
+import { ReferenceLlama, type MlpOverride, type TensorSource } from './reference-llama.js';
+import { configNumber as num, linear, silu } from './reference-math.js';
 
 export interface MoeReferenceConfig {
   kind: 'mixtral' | 'qwen3_moe';
@@ -45,16 +46,6 @@ export interface MoeReferenceConfig {
   /** Checkpoint names of a layer's router and of expert e's projections. */
   router(layer: number): string;
   expert(layer: number, e: number): { gate: string; up: string; down: string };
-}
-
-function num(raw: Record<string, unknown>, key: string, fallback?: number): number {
-  const v = raw[key];
-  if (v === undefined || v === null) {
-    if (fallback === undefined) throw new Error(`config: missing ${key}`);
-    return fallback;
-  }
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`config: ${key} must be a number, got ${JSON.stringify(v)}`);
-  return v;
 }
 
 /** The MoE facts of a Mixtral or Qwen3-MoE config.json, and the config ReferenceLlama reads for the rest. */

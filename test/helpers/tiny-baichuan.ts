@@ -10,11 +10,8 @@
  * `position_embedding: "ROPE"` for the 7B file, `norm_head: true` for Baichuan 2's head. The 13B-style model
  * takes the ALiBi path by the default rule (hidden ≠ 4096), as Baichuan2-13B's own config does.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { writeSafetensors, type SafetensorsWriteTensor } from '../../src/reader/formats/safetensors-writer.js';
-import { drawTensor, encodeTensor, roundToDtype, type TinyStorageDtype } from './tiny-llama-family.js';
-import { storedTensorsFor } from './tiny-models.js';
+import { writeSeededCheckpoint, type TinyStorageDtype } from './tiny-checkpoint.js';
+import { drawTensor } from './tiny-llama-family.js';
 
 export type TinyBaichuanName = 'baichuan2-7b' | 'baichuan2-13b' | 'baichuan-13b';
 
@@ -96,21 +93,6 @@ export function writeTinyBaichuanCheckpoint(dir: string, name: TinyBaichuanName,
   const dtype = opts.dtype ?? 'float32';
   const seed = opts.seed ?? 1;
   const config: Record<string, unknown> = { ...structuredClone(base), torch_dtype: dtype };
-  const stored = storedTensorsFor(config);
-  const tensors: Record<string, Float32Array> = {};
-  const shapes: Record<string, number[]> = {};
-  const write: SafetensorsWriteTensor[] = [];
-  for (const t of stored) {
-    const count = t.shape.reduce((a, b) => a * b, 1);
-    const raw = drawTensor(name, t.name, count, seed);
-    const values = new Float32Array(count);
-    for (let i = 0; i < count; i++) values[i] = roundToDtype(raw[i]!, dtype);
-    tensors[t.name] = values;
-    shapes[t.name] = [...t.shape];
-    write.push({ name: t.name, dtype, shape: t.shape, data: encodeTensor(values, dtype) });
-  }
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
-  writeSafetensors(join(dir, 'model.safetensors'), write, { format: 'pt' });
-  return { name, dir, dtype, seed, config, tensors, shapes, names: stored.map((t) => t.name) };
+  const stored = writeSeededCheckpoint(dir, config, dtype, (tensor, count) => drawTensor(name, tensor, count, seed));
+  return { name, dir, dtype, seed, config, ...stored };
 }

@@ -10,6 +10,7 @@ import { writeSafetensors, type SafetensorsWriteTensor } from '../../src/reader/
 import { chatglmInvFreqBuffer, ReferenceChatglm, type RopeRatioStyle } from './reference-chatglm.js';
 import { encodeTensor, normalStream, roundToDtype, type TinyStorageDtype } from './tiny-llama-family.js';
 import { storedTensorsFor } from './tiny-models.js';
+import { hashName } from './tiny-checkpoint.js';
 
 export type TinyChatglmName = 'chatglm2' | 'chatglm3-32k' | 'chatglm2-32k' | 'glm-mha';
 
@@ -123,15 +124,6 @@ export interface TinyChatglmCheckpoint {
   tensors: Record<string, Float32Array>;
   names: string[];
   ropeRatioStyle: RopeRatioStyle;
-}
-
-function hashName(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h;
 }
 
 /** Embedding 0.3·N, head 0.25·N, norm weights 1 + 0.1·N, biases 0.2·N, other matrices 0.08·N. */

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { writeSafetensors, type SafetensorsWriteTensor } from '../../src/reader/formats/safetensors-writer.js';
 import { encodeTensor, normalStream, roundToDtype, type TinyStorageDtype } from './tiny-llama-family.js';
 import { storedTensorsFor } from './tiny-models.js';
+import { hashName } from './tiny-checkpoint.js';
 
 export type TinyGpt2Name = 'gpt2' | 'gpt2-layer-scaled' | 'gpt2-unscaled';
 
@@ -63,15 +64,6 @@ export interface TinyGpt2Checkpoint {
   config: Record<string, unknown>;
   /** Every stored tensor: values exactly as stored, widened to float32 (row-major, PyTorch shape order). */
   tensors: Record<string, Float32Array>;
-}
-
-function hashName(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h;
 }
 
 /**
