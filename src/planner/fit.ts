@@ -2,7 +2,7 @@ import type { Skeleton } from '../reader/skeleton.js';
 import { InputError } from '../util/errors.js';
 import { blockWorkspace, dominantDtype, headWorkspace, kvBytesPerLayer, loadedBytes, passWorkspace, TARGETS } from './memory-model.js';
 import { linearize, type PlacementUnit } from './placement-units.js';
-import { buildPlan, type Placement } from './plan-builder.js';
+import { buildPlan, label, type Placement } from './plan-builder.js';
 import type { Plan, PlanDeviceSpec, Target, Workload } from './plan.js';
 
 /**
@@ -253,7 +253,8 @@ function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: b
   }
   const diskWeights = groups.slice(cpuEnd).reduce((sum, g) => sum + g.weights, 0);
   const fits = placed === groups.length || (hostNeed(cpuEnd).total <= cpuCap && (cpuEnd === groups.length || (disk !== undefined && diskWeights <= disk.cap)));
-  if (!fits) return { failure: diagnose(input, groups, c, ends, placed, hostNeed(groups.length).total, cpuCap) };
+  // Shortfalls are judged against the fullest fill, not the balanced one: that is how close each device came.
+  if (!fits) return { failure: diagnose(input, groups, c, most.ends, placed, hostNeed(groups.length).total, cpuCap) };
 
   const assignment: string[] = [];
   let start = 0;
@@ -351,7 +352,10 @@ function diagnose(input: FitInput, groups: Group[], c: Costs, ends: number[], pl
   const hostShort = disk ? Math.max(0, hostTotal - leftWeights - cpuCap) : Math.max(0, hostTotal - cpuCap);
   if (hostShort > 0) shortfalls.push({ device: 'cpu', short: hostShort });
   const fmt = (n: number): string => `${(n / 2 ** 30).toFixed(2)} GiB`;
-  const parts = shortfalls.filter((s) => s.short > 0).map((s) => `${s.device === 'cpu' ? 'cpu' : `GPU ${s.device}`} is short by ${fmt(s.short)}`);
+  const name = (id: string): string => (id === 'cpu' ? 'cpu' : label(accs.find((d) => d.id === id)!));
+  const parts = shortfalls
+    .filter((s) => s.short > 0)
+    .map((s) => `${name(s.device)} is short by ${fmt(s.short)}${s.device === 'cpu' && !cpu ? ' (no cpu budget was given)' : ''}`);
   const suggestions: string[] = [];
   const kvTotal = groups.reduce((s, g) => s + g.kv, 0);
   if (kvTotal > 0 && input.workload.ctx > 256) suggestions.push(`a shorter context (--ctx; the KV cache is ${fmt(kvTotal)} at ${input.workload.ctx} tokens) or --ctx auto`);
