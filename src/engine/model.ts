@@ -12,6 +12,7 @@ import { planFit, rolesKey, type MeasuredWorkspace } from '../planner/fit.js';
 import type { Plan, PlanDeviceSpec } from '../planner/plan.js';
 import { InputError, VramfitError } from '../util/errors.js';
 import { engineArchitecture } from './architectures/index.js';
+import { paddedKvLength } from './architectures/kv.js';
 import type { ArchTensor, EngineArchitecture, EngineHyper, StepInputs } from './architectures/types.js';
 import { closeDevices, gpuDeviceCount, gpuFreeBytes, liveResources, openGpuDevices, openVirtualDevices, type Allocation, type EngineDevice } from './device.js';
 import { cpuDevice, GGML_TYPE, loadGgml, ROPE_MODE, type BufferType, type Gallocr, type GgmlType, type Ggml, type Graph, type Tensor } from './ggml/binding.js';
@@ -60,6 +61,12 @@ export interface DeviceReport {
 }
 
 const STAGE_NODES = 8192;
+/**
+ * Built graphs kept per stage, most recently used last: decode alternates between few shapes (one
+ * token at one padded KV length; a prompt's micro-batches), and each graph's metadata context is a
+ * few MiB of host memory, so only these many stay.
+ */
+const GRAPHS_PER_STAGE = 4;
 
 /** A model loaded as planned: weights and each layer's KV cache on their devices, ready to run. */
 export class LoadedModel {
@@ -68,6 +75,18 @@ export class LoadedModel {
   private disposed = false;
   /** Shapes of this model's weights and KV cache, read from ggml once for all the graphs of its steps. */
   private readonly longLived: LongLivedTensors = new Map();
+  /**
+   * Each stage's built graphs by shape key (tokens, padded KV length, last-only): a step of a shape
+   * seen before only sets inputs and computes. The graph does not depend on the cache's fill (the
+   * rows written and the mask are inputs), which is what makes it reusable.
+   */
+  private readonly graphs = new Map<Stage, Map<string, BuiltStage>>();
+  /**
+   * The graph each device's allocator last placed. Its tensors keep their addresses in the
+   * allocator's buffer until another graph is allocated there, so running it again needs no
+   * allocation.
+   */
+  private readonly placed = new Map<string, BuiltStage>();
 
   constructor(
     private readonly g: Ggml,
@@ -94,6 +113,37 @@ export class LoadedModel {
 
   reset(): void {
     this.past = 0;
+    this.dropGraphs();
+  }
+
+  /** Frees every cached graph's context. */
+  private dropGraphs(): void {
+    for (const byKey of this.graphs.values()) for (const b of byKey.values()) b.gb.free();
+    this.graphs.clear();
+    this.placed.clear();
+  }
+
+  /** The stage's graph for this shape, from the cache or built (evicting the least recently used). */
+  private stageGraph(stage: Stage, n: number, nKv: number, lastOnly: boolean): BuiltStage {
+    let byKey = this.graphs.get(stage);
+    if (!byKey) this.graphs.set(stage, (byKey = new Map()));
+    const key = `${n}:${nKv}:${lastOnly ? 1 : 0}`;
+    const hit = byKey.get(key);
+    if (hit) {
+      // Most recently used last.
+      byKey.delete(key);
+      byKey.set(key, hit);
+      return hit;
+    }
+    while (byKey.size >= GRAPHS_PER_STAGE) {
+      const [oldKey, old] = byKey.entries().next().value as [string, BuiltStage];
+      byKey.delete(oldKey);
+      if (this.placed.get(stage.device.id) === old) this.placed.delete(stage.device.id);
+      old.gb.free();
+    }
+    const built = buildStageGraph(this.g, this.arch, this.hyper, stage, deviceLookups(stage, this.weights, this.kv), n, nKv, lastOnly, this.longLived);
+    byKey.set(key, built);
+    return built;
   }
 
   /**
@@ -125,63 +175,72 @@ export class LoadedModel {
 
   private step(tokens: number[], lastOnly = false): Float32Array {
     const n = tokens.length;
+    // Rows this batch writes and attends over; a graph depends only on (n, nKv, lastOnly).
+    const nKv = paddedKvLength(this.past + n, this.ctx);
     let carried: Tensor | undefined;
-    let carriedFrom: GraphBuilder | undefined;
     let result: Float32Array | undefined;
     for (const stage of this.stages) {
-      const built = this.buildStage(stage, n, this.past, lastOnly);
-      const galloc = this.gallocs.get(stage.device.id)!;
-      if (!this.g.raw.ggml_gallocr_alloc_graph(galloc, built.graph)) throw new VramfitError('GGML', `could not allocate the compute graph on device ${stage.device.id}`, 1);
-      const size = this.g.raw.ggml_gallocr_get_buffer_size(galloc, 0) as number;
-      if (size > this.computeBytes.get(stage.device.id)!) {
-        throw new VramfitError('COMPUTE_GREW', `device ${stage.device.id}: the compute buffer grew past its reservation (${size} bytes); this is a bug`, 1);
+      const built = this.stageGraph(stage, n, nKv, lastOnly);
+      const id = stage.device.id;
+      if (this.placed.get(id) !== built) {
+        const galloc = this.gallocs.get(id)!;
+        // Forget the previous placement first: if allocation fails, no graph's addresses are trusted.
+        this.placed.delete(id);
+        if (!this.g.raw.ggml_gallocr_alloc_graph(galloc, built.graph)) throw new VramfitError('GGML', `could not allocate the compute graph on device ${id}`, 1);
+        const size = this.g.raw.ggml_gallocr_get_buffer_size(galloc, 0) as number;
+        if (size > this.computeBytes.get(id)!) {
+          throw new VramfitError('COMPUTE_GREW', `device ${id}: the compute buffer grew past its reservation (${size} bytes); this is a bug`, 1);
+        }
+        // Inputs the graph does not read get no memory (writing to one would abort inside ggml);
+        // which ones is a property of the graph, so it is read once.
+        built.live ??= liveInputs(this.g, built);
+        this.placed.set(id, built);
       }
       this.setInputs(built, tokens);
       if (carried && built.hidden) {
         this.g.raw.ggml_backend_tensor_copy(carried, built.hidden);
-        this.bytesIn.set(stage.device.id, (this.bytesIn.get(stage.device.id) ?? 0) + this.g.nbytes(built.hidden));
+        this.bytesIn.set(id, (this.bytesIn.get(id) ?? 0) + this.g.nbytes(built.hidden));
       }
-      carriedFrom?.free();
       const status = this.g.raw.ggml_backend_graph_compute(stage.device.backend, built.graph) as number;
-      if (status !== 0) throw new VramfitError('GGML', `graph compute failed on device ${stage.device.id} (status ${status})`, 1);
+      if (status !== 0) throw new VramfitError('GGML', `graph compute failed on device ${id} (status ${status})`, 1);
       if (stage.head) {
         const out = new Float32Array(this.hyper.vocab * (lastOnly ? 1 : n));
         this.g.raw.ggml_backend_tensor_get(built.output, out, 0, out.byteLength);
         result = out;
       }
       carried = built.output;
-      carriedFrom = built.gb;
     }
-    carriedFrom?.free();
     this.past += n;
     if (!result) throw new VramfitError('PIPELINE', 'no stage produced logits', 1);
     return result;
   }
 
-  private buildStage(stage: Stage, n: number, past: number, lastOnly: boolean): BuiltStage {
-    return buildStageGraph(this.g, this.arch, this.hyper, stage, deviceLookups(stage, this.weights, this.kv), n, past, lastOnly, this.longLived);
-  }
-
   private setInputs(b: BuiltStage, tokens: number[]): void {
     const g = this.g;
-    // Inputs the graph does not read get no memory: writing to one would abort inside ggml.
-    const live = (t: Tensor | undefined): t is Tensor => t !== undefined && g.isAllocated(t);
-    if (live(b.tokens)) g.raw.ggml_backend_tensor_set(b.tokens, Int32Array.from(tokens), 0, tokens.length * 4);
-    if (live(b.positions)) {
+    const live = b.live!;
+    const n = tokens.length;
+    if (live.tokens) g.raw.ggml_backend_tensor_set(b.tokens!, Int32Array.from(tokens), 0, n * 4);
+    if (live.positions || live.kvRows) {
+      // The batch's positions are also the cache rows its K and V go to.
       const pos = Int32Array.from(tokens, (_, i) => this.past + i);
-      g.raw.ggml_backend_tensor_set(b.positions, pos, 0, pos.byteLength);
+      if (pos[n - 1]! >= this.ctx) throw new VramfitError('PIPELINE', `cache row ${pos[n - 1]} is past the ${this.ctx}-row KV cache`, 1);
+      if (live.positions) g.raw.ggml_backend_tensor_set(b.positions!, pos, 0, pos.byteLength);
+      if (live.kvRows) g.raw.ggml_backend_tensor_set(b.kvRows!, pos, 0, pos.byteLength);
     }
-    if (live(b.mask)) {
-      const nKv = this.past + tokens.length;
-      const mask = new Float32Array(nKv * tokens.length);
-      for (let i = 0; i < tokens.length; i++) {
+    if (live.mask) {
+      const nKv = b.nKv;
+      if (this.past + n > nKv) throw new VramfitError('PIPELINE', `${this.past + n} cached tokens do not fit the graph's KV length ${nKv}`, 1);
+      // -inf past each token's own position: later tokens of the batch and the padding rows.
+      const mask = new Float32Array(nKv * n).fill(-Infinity);
+      for (let i = 0; i < n; i++) {
+        const row = mask.subarray(i * nKv, i * nKv + this.past + i + 1);
         // ALiBi models read the key–query offset from the mask (llama.cpp: -|pos_k - pos_q|).
-        if (this.hyper.alibi) for (let j = 0; j <= this.past + i; j++) mask[i * nKv + j] = j - (this.past + i);
-        for (let j = this.past + i + 1; j < nKv; j++) mask[i * nKv + j] = -Infinity;
+        if (this.hyper.alibi) for (let j = 0; j < row.length; j++) row[j] = j - (this.past + i);
+        else row.fill(0);
       }
-      g.raw.ggml_backend_tensor_set(b.mask, mask, 0, mask.byteLength);
+      g.raw.ggml_backend_tensor_set(b.mask!, mask, 0, mask.byteLength);
     }
-    if (live(b.freqFactors) && this.hyper.freqFactors) g.raw.ggml_backend_tensor_set(b.freqFactors, this.hyper.freqFactors, 0, this.hyper.freqFactors.byteLength);
+    if (live.freqFactors && this.hyper.freqFactors) g.raw.ggml_backend_tensor_set(b.freqFactors!, this.hyper.freqFactors, 0, this.hyper.freqFactors.byteLength);
   }
 
   report(): DeviceReport[] {
@@ -212,6 +271,7 @@ export class LoadedModel {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    this.dropGraphs();
     for (const galloc of this.gallocs.values()) {
       this.g.raw.ggml_gallocr_free(galloc);
       liveResources.graphAllocators--;
@@ -233,11 +293,24 @@ interface BuiltStage {
   gb: GraphBuilder;
   graph: Graph;
   output: Tensor;
+  /** KV rows attended over. */
+  nKv: number;
   tokens?: Tensor;
   hidden?: Tensor;
   positions?: Tensor;
+  kvRows?: Tensor;
   mask?: Tensor;
   freqFactors?: Tensor;
+  /** Which inputs got memory, once the graph has been allocated. */
+  live?: Partial<Record<InputName, boolean>>;
+}
+
+type InputName = 'tokens' | 'positions' | 'kvRows' | 'mask' | 'freqFactors';
+
+/** The inputs of an allocated graph that have memory, narrowed so setInputs can write them. */
+function liveInputs(g: Ggml, b: BuiltStage): Partial<Record<InputName, boolean>> {
+  const live = (t: Tensor | undefined): boolean => t !== undefined && g.isAllocated(t);
+  return { tokens: live(b.tokens), positions: live(b.positions), kvRows: live(b.kvRows), mask: live(b.mask), freqFactors: live(b.freqFactors) };
 }
 
 type StagePlan = Pick<Stage, 'embed' | 'layers' | 'norm' | 'head'>;
@@ -263,10 +336,21 @@ interface Lookups {
  * logits), so the stage holding the last block hands on that one row, and the final norm and head
  * (a sizeable share of a prefill's work: vocab × hidden per token) run on it alone, as llama.cpp does.
  */
-function buildStageGraph(g: Ggml, arch: EngineArchitecture, h: EngineHyper, stage: StagePlan, look: Lookups, n: number, past: number, lastOnly = false, longLived?: LongLivedTensors): BuiltStage {
+function buildStageGraph(g: Ggml, arch: EngineArchitecture, h: EngineHyper, stage: StagePlan, look: Lookups, n: number, nKv: number, lastOnly = false, longLived?: LongLivedTensors): BuiltStage {
+  if (!Number.isSafeInteger(n) || !Number.isSafeInteger(nKv) || n < 1 || nKv < n) throw new VramfitError('PIPELINE', `a graph of ${n} tokens over ${nKv} KV rows`, 1);
   const gb = new GraphBuilder(g, STAGE_NODES, longLived);
+  try {
+    return buildInto(gb, arch, h, stage, look, n, nKv, lastOnly);
+  } catch (e) {
+    gb.free();
+    throw e;
+  }
+}
+
+function buildInto(gb: GraphBuilder, arch: EngineArchitecture, h: EngineHyper, stage: StagePlan, look: Lookups, n: number, nKv: number, lastOnly: boolean): BuiltStage {
+  const g = gb.g;
   const w = (name: string): Tensor => gb.known(look.weight(name));
-  const built: Partial<BuiltStage> = { gb };
+  const built: Partial<BuiltStage> = { gb, nKv };
   // Positions feed rope in the blocks and learned position embeddings in the embedding.
   const positions = stage.embed || stage.layers.length > 0 ? gb.input('positions', GGML_TYPE.I32, [n]) : undefined;
   if (positions) built.positions = positions;
@@ -281,12 +365,13 @@ function buildStageGraph(g: Ggml, arch: EngineArchitecture, h: EngineHyper, stag
   }
   const writes: Tensor[] = [];
   if (stage.layers.length > 0) {
-    built.mask = gb.input('kq_mask', GGML_TYPE.F32, [past + n, n]);
+    built.mask = gb.input('kq_mask', GGML_TYPE.F32, [nKv, n]);
+    built.kvRows = gb.input('kv_rows', GGML_TYPE.I32, [n]);
     if (h.freqFactors) built.freqFactors = gb.input('rope_freqs', GGML_TYPE.F32, [h.freqFactors.length]);
-    const step: StepInputs = { positions: positions!, mask: built.mask, freqFactors: built.freqFactors ?? null, writes };
+    const step: StepInputs = { positions: positions!, kvRows: built.kvRows, nKv, mask: built.mask, freqFactors: built.freqFactors ?? null, writes };
     for (const i of stage.layers) {
       const cache = look.cache(i);
-      x = arch.layer(gb, h, w, i, x, { k: gb.known(cache.k), v: gb.known(cache.v), past }, step);
+      x = arch.layer(gb, h, w, i, x, { k: gb.known(cache.k), v: gb.known(cache.v) }, step);
     }
     if (lastOnly && n > 1 && stage.layers.includes(h.layers - 1)) {
       const row = g.rowSize(GGML_TYPE.F32, h.hidden);
@@ -393,7 +478,7 @@ function measureWorkspace(g: Ggml, arch: EngineArchitecture, h: EngineHyper, typ
               : [{ embed, layers: block ? layers : [], norm: head || (!embed && !block), head }];
           let most = 0;
           for (const part of parts) {
-            const b = buildStageGraph(g, arch, h, part, look, ubatch, ctx - ubatch);
+            const b = buildStageGraph(g, arch, h, part, look, ubatch, ctx);
             try {
               most = Math.max(most, measureGraph(g, buft, b.graph));
             } finally {
@@ -675,7 +760,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       if (mine.length === 0) continue;
       let most = 0;
       for (const s of mine) {
-        const b = buildStageGraph(g, arch, h, s, deviceLookups(s, weights, kv), ubatch, ctx - ubatch);
+        const b = buildStageGraph(g, arch, h, s, deviceLookups(s, weights, kv), ubatch, ctx);
         const probe = g.raw.ggml_gallocr_new(d.buft) as Gallocr;
         const sizes = [0];
         g.raw.ggml_gallocr_reserve_n_size(probe, b.graph, null, null, sizes);
@@ -689,7 +774,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
       liveResources.graphAllocators++;
       gallocs.set(d.id, galloc);
       for (const s of mine) {
-        const b = buildStageGraph(g, arch, h, s, deviceLookups(s, weights, kv), ubatch, ctx - ubatch);
+        const b = buildStageGraph(g, arch, h, s, deviceLookups(s, weights, kv), ubatch, ctx);
         const ok = g.raw.ggml_gallocr_reserve(galloc, b.graph) as boolean;
         b.gb.free();
         if (!ok) throw new VramfitError('GGML', `could not reserve the compute buffer on device ${d.id}`, 1);

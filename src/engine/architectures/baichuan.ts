@@ -3,6 +3,7 @@ import { baichuanNormHead, baichuanUsesRope } from '../../reader/architectures/b
 import { InputError } from '../../util/errors.js';
 import { ROPE_MODE, type Tensor } from '../ggml/binding.js';
 import type { GraphBuilder } from '../ggml/graph.js';
+import { kvAttention } from './kv.js';
 import type { ArchTensor, EngineArchitecture, EngineHyper, LayerCache, StepInputs, WeightLookup } from './types.js';
 
 /**
@@ -117,20 +118,8 @@ function decoderLayer(gb: GraphBuilder, h: BaichuanHyper, w: WeightLookup, i: nu
     k = gb.rope(k, step.positions, null, rope);
   }
 
-  // Write this batch's K and V into the layer's cache (rows past .. past+n).
-  const kRow = gb.g.rowSize(gb.g.type(cache.k), h.kvDim);
-  const vRow = gb.g.rowSize(gb.g.type(cache.v), h.kvDim);
-  step.writes.push(gb.cpy(k, gb.view(cache.k, [D, h.heads, n], [gb.g.rowSize(gb.g.type(cache.k), D), kRow], cache.past * kRow)));
-  step.writes.push(gb.cpy(v, gb.view(cache.v, [D, h.heads, n], [gb.g.rowSize(gb.g.type(cache.v), D), vRow], cache.past * vRow)));
-
-  // Attend over everything cached: K as [D, nKv, heads], V as [nKv, D, heads].
-  const nKv = cache.past + n;
-  const keys = gb.permute(gb.view(cache.k, [D, h.heads, nKv], [gb.g.rowSize(gb.g.type(cache.k), D), kRow], 0), [0, 2, 1, 3]);
-  const values = gb.cont(gb.permute(gb.view(cache.v, [D, h.heads, nKv], [gb.g.rowSize(gb.g.type(cache.v), D), vRow], 0), [1, 2, 0, 3]));
-  const qh = gb.permute(q, [0, 2, 1, 3]);
-  const scores = gb.softMax(gb.mulMat(keys, qh), step.mask, 1 / Math.sqrt(D), h.rope ? 0 : BAICHUAN_ALIBI_MAX_BIAS);
-  const attn = gb.permute(gb.mulMat(values, scores), [0, 2, 1, 3]);
-  const merged = gb.reshape(gb.cont(attn), [h.hidden, n]);
+  // This batch's K and V into the layer's cache, then attention over everything cached.
+  const merged = kvAttention(gb, cache, step, q, k, v, { headDim: D, heads: h.heads, kvHeads: h.heads, scale: 1 / Math.sqrt(D), maxBias: h.rope ? 0 : BAICHUAN_ALIBI_MAX_BIAS });
   x = gb.add(x, gb.mulMat(w(`${p}.self_attn.o_proj.weight`), merged));
 
   // MLP block: down(silu(gate(x)) * up(x)).

@@ -4,6 +4,7 @@ import { KEYS, type ConfigReader } from '../../reader/config.js';
 import { InputError } from '../../util/errors.js';
 import { ROPE_MODE, type Tensor } from '../ggml/binding.js';
 import type { GraphBuilder } from '../ggml/graph.js';
+import { kvAttention } from './kv.js';
 import type { ArchTensor, EngineArchitecture, EngineHyper, LayerCache, StepInputs, WeightLookup } from './types.js';
 
 /**
@@ -207,21 +208,8 @@ export function chatglmLayer(gb: GraphBuilder, h: ChatglmHyper, w: WeightLookup,
   q = gb.rope(q, step.positions, null, rope);
   k = gb.rope(k, step.positions, null, rope);
 
-  // This batch's K and V go into rows past .. past+n of the layer's cache, on the layer's device.
-  const kRow = gb.g.rowSize(gb.g.type(cache.k), h.kvDim);
-  const vRow = gb.g.rowSize(gb.g.type(cache.v), h.kvDim);
-  step.writes.push(gb.cpy(k, gb.view(cache.k, [h.kvDim, n], [kRow], cache.past * kRow)));
-  step.writes.push(gb.cpy(v, gb.view(cache.v, [h.kvDim, n], [vRow], cache.past * vRow)));
-
-  // Keys [D, nKv, groups], values [nKv, D, groups]; mul_mat broadcasts group g to query heads g·r … g·r+r-1.
-  const nKv = cache.past + n;
-  const headK = gb.g.rowSize(gb.g.type(cache.k), D);
-  const headV = gb.g.rowSize(gb.g.type(cache.v), D);
-  const keys = gb.permute(gb.view(cache.k, [D, h.groups, nKv], [headK, kRow], 0), [0, 2, 1, 3]);
-  const values = gb.cont(gb.permute(gb.view(cache.v, [D, h.groups, nKv], [headV, vRow], 0), [1, 2, 0, 3]));
-  const scores = gb.softMax(gb.mulMat(keys, gb.permute(q, [0, 2, 1, 3])), step.mask, 1 / Math.sqrt(D));
-  const attn = gb.permute(gb.mulMat(values, scores), [0, 2, 1, 3]);
-  const context = gb.reshape(gb.cont(attn), [D * h.heads, n]);
+  // This batch's K and V into the layer's cache, on the layer's device; query head g·r … g·r+r-1 reads group g.
+  const context = kvAttention(gb, cache, step, q, k, v, { headDim: D, heads: h.heads, kvHeads: h.groups, scale: 1 / Math.sqrt(D) });
   const attnOut = linear(gb, w, `${p}.self_attention.dense`, h.linearBias, context);
   const mid = gb.add(h.residualPostNorm ? ln1 : x, attnOut);
 

@@ -2,6 +2,7 @@ import { KEYS, type ConfigReader } from '../../reader/config.js';
 import { InputError } from '../../util/errors.js';
 import type { Tensor } from '../ggml/binding.js';
 import type { GraphBuilder } from '../ggml/graph.js';
+import { kvAttention } from './kv.js';
 import type { ArchTensor, EngineArchitecture, EngineHyper, LayerCache, StepInputs, WeightLookup } from './types.js';
 
 /**
@@ -121,25 +122,12 @@ export function gpt2Block(gb: GraphBuilder, h: Gpt2Hyper, w: WeightLookup, i: nu
   const k = gb.view(qkv, [H, n], [qkvRow], H * elem);
   const v = gb.view(qkv, [H, n], [qkvRow], 2 * H * elem);
 
-  // Write this batch's K and V into the cache (rows past .. past+n); ggml_cpy gathers the strided views.
-  const kRow = gb.g.rowSize(gb.g.type(cache.k), H);
-  const vRow = gb.g.rowSize(gb.g.type(cache.v), H);
-  step.writes.push(gb.cpy(k, gb.view(cache.k, [H, n], [kRow], cache.past * kRow)));
-  step.writes.push(gb.cpy(v, gb.view(cache.v, [H, n], [vRow], cache.past * vRow)));
-
-  // Attend over everything cached so far: K as [headDim, nKv, heads], V as [nKv, headDim, heads].
-  const nKv = cache.past + n;
-  const headBytesK = gb.g.rowSize(gb.g.type(cache.k), D);
-  const headBytesV = gb.g.rowSize(gb.g.type(cache.v), D);
-  const keys = gb.permute(gb.view(cache.k, [D, h.heads, nKv], [headBytesK, kRow], 0), [0, 2, 1, 3]);
-  const values = gb.cont(gb.permute(gb.view(cache.v, [D, h.heads, nKv], [headBytesV, vRow], 0), [1, 2, 0, 3]));
   // transformers' eager attention (the model's definition) divides by sqrt(head_dim), then optionally by
   // layer_idx + 1; one factor here. (Its SDPA path, as read at transformers c44b2d9, applies neither
   // scale_attn_weights=false nor the layer scaling; only configs that set them are affected.)
   const scale = (h.scaleAttn ? 1 / Math.sqrt(D) : 1) / (h.scaleByLayer ? i + 1 : 1);
-  const scores = gb.softMax(gb.mulMat(keys, gb.permute(q, [0, 2, 1, 3])), step.mask, scale);
-  const attn = gb.permute(gb.mulMat(values, scores), [0, 2, 1, 3]);
-  const merged = gb.reshape(gb.cont(attn), [H, n]);
+  // This batch's K and V (strided views of the fused projection) into the cache, then attention over it.
+  const merged = kvAttention(gb, cache, step, q, k, v, { headDim: D, heads: h.heads, kvHeads: h.heads, scale });
   x = gb.add(x, conv1d(gb, w, merged, `${p}.attn.c_proj`));
 
   // MLP block: c_proj(gelu_new(c_fc(ln_2(x)))).

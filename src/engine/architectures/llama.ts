@@ -2,6 +2,7 @@ import { KEYS, type ConfigReader } from '../../reader/config.js';
 import { InputError } from '../../util/errors.js';
 import { ROPE_MODE, type Tensor } from '../ggml/binding.js';
 import type { GraphBuilder } from '../ggml/graph.js';
+import { kvAttention } from './kv.js';
 import type { ArchTensor, EngineArchitecture, EngineHyper, LayerCache, StepInputs, WeightLookup } from './types.js';
 
 /**
@@ -172,7 +173,6 @@ export function denseMlp(gb: GraphBuilder, w: WeightLookup, prefix: string, hs: 
 export function selfAttention(gb: GraphBuilder, h: LlamaHyper, w: WeightLookup, i: number, x: Tensor, cache: LayerCache, step: StepInputs): Tensor {
   const p = `model.layers.${i}`;
   const n = gb.shape(x)[1];
-  const kvDim = h.kvHeads * h.headDim;
   const linear = (name: string, input: Tensor, bias: boolean): Tensor => {
     const y = gb.mulMat(w(`${name}.weight`), input);
     return bias ? gb.add(y, w(`${name}.bias`)) : y;
@@ -190,22 +190,8 @@ export function selfAttention(gb: GraphBuilder, h: LlamaHyper, w: WeightLookup, 
   q = gb.rope(q, step.positions, step.freqFactors, rope);
   k = gb.rope(k, step.positions, step.freqFactors, rope);
 
-  // Write this batch's K and V into the layer's cache (rows past .. past+n).
-  const kRow = gb.g.rowSize(gb.g.type(cache.k), kvDim);
-  const vRow = gb.g.rowSize(gb.g.type(cache.v), kvDim);
-  step.writes.push(gb.cpy(k, gb.view(cache.k, [kvDim, n], [kRow], cache.past * kRow)));
-  step.writes.push(gb.cpy(v, gb.view(cache.v, [kvDim, n], [vRow], cache.past * vRow)));
-
-  // Attend over everything cached so far: K as [headDim, nKv, kvHeads], V as [nKv, headDim, kvHeads].
-  const nKv = cache.past + n;
-  const headBytesK = gb.g.rowSize(gb.g.type(cache.k), h.headDim);
-  const headBytesV = gb.g.rowSize(gb.g.type(cache.v), h.headDim);
-  const keys = gb.permute(gb.view(cache.k, [h.headDim, h.kvHeads, nKv], [headBytesK, kRow], 0), [0, 2, 1, 3]);
-  const values = gb.cont(gb.permute(gb.view(cache.v, [h.headDim, h.kvHeads, nKv], [headBytesV, vRow], 0), [1, 2, 0, 3]));
-  const qh = gb.permute(q, [0, 2, 1, 3]);
-  const scores = gb.softMax(gb.mulMat(keys, qh), step.mask, 1 / Math.sqrt(h.headDim));
-  const attn = gb.permute(gb.mulMat(values, scores), [0, 2, 1, 3]);
-  const merged = gb.reshape(gb.cont(attn), [h.headDim * h.heads, n]);
+  // This batch's K and V into the layer's cache, then attention over everything cached so far.
+  const merged = kvAttention(gb, cache, step, q, k, v, { headDim: h.headDim, heads: h.heads, kvHeads: h.kvHeads, scale: 1 / Math.sqrt(h.headDim) });
   return gb.add(x, linear(`${p}.self_attn.o_proj`, merged, h.oBias));
 }
 

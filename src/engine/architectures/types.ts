@@ -42,17 +42,23 @@ export interface EngineHyper {
   alibi?: boolean;
 }
 
-/** One layer's KV cache and how many tokens it already holds. */
+/**
+ * One layer's KV cache: [kvDim, rows] each. A step's graph never depends on how many tokens it holds
+ * (that is in the step's inputs), so one graph serves many steps.
+ */
 export interface LayerCache {
   k: Tensor;
   v: Tensor;
-  past: number;
 }
 
 export interface StepInputs {
   /** I32 [n]: absolute positions of the batch's tokens. */
   positions: Tensor;
-  /** F32 [past + n, n]: 0 (ALiBi: −|pos_k − pos_q|) where a token may attend, -inf where not (causal). */
+  /** I32 [n]: the cache rows this batch's K and V go to (ggml_set_rows). */
+  kvRows: Tensor;
+  /** Cache rows attended over: the tokens cached so far, this batch's included, padded (see kv.ts). */
+  nKv: number;
+  /** F32 [nKv, n]: 0 (ALiBi: −|pos_k − pos_q|) where a token may attend, -inf where not (causal, padding). */
   mask: Tensor;
   freqFactors: Tensor | null;
   /** Roots the graph must compute besides its output: the KV cache writes. */

@@ -95,6 +95,7 @@ const BASE = {
   ggml_cont: 'void *ggml_cont(void *ctx, void *a)',
   ggml_cpy: 'void *ggml_cpy(void *ctx, void *a, void *b)',
   ggml_get_rows: 'void *ggml_get_rows(void *ctx, void *a, void *b)',
+  ggml_set_rows: 'void *ggml_set_rows(void *ctx, void *a, void *b, void *c)',
   ggml_mul_mat_id: 'void *ggml_mul_mat_id(void *ctx, void *as, void *b, void *ids)',
   ggml_argsort: 'void *ggml_argsort(void *ctx, void *a, int order)',
   ggml_sum_rows: 'void *ggml_sum_rows(void *ctx, void *a)',

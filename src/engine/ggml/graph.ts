@@ -245,6 +245,39 @@ export class GraphBuilder {
     return this.made(this.g.raw.ggml_cpy(this.ctx, a, b) as Tensor, B, this.info(b).type, this.info(b).contiguous);
   }
 
+  isContiguous(t: Tensor): boolean {
+    return this.info(t).contiguous;
+  }
+
+  /** The element type of a tensor this builder knows. */
+  type(t: Tensor): GgmlType {
+    return this.info(t).type;
+  }
+
+  /**
+   * ggml_set_rows: row ids[i] of `dst` (F32 or F16 [m, rows, …]) becomes row i of `src` (F32 or F16
+   * [m, n, …], rows contiguous, converted to dst's type); returns a view of `dst` to add to the graph.
+   * `ids` is a 1-D I32 or I64 input of n row numbers: its values are the caller's to keep below `rows`
+   * (ggml aborts on one outside), as the engine does before setting it.
+   */
+  setRows(dst: Tensor, src: Tensor, ids: Tensor): Tensor {
+    const A = this.info(dst);
+    const B = this.info(src);
+    const C = this.info(ids);
+    if (A.type !== GGML_TYPE.F32 && A.type !== GGML_TYPE.F16) throw new ShapeError('set_rows', 'destination must be F32 or F16');
+    if (B.type !== GGML_TYPE.F32 && B.type !== GGML_TYPE.F16) throw new ShapeError('set_rows', 'source must be F32 or F16');
+    if ((C.type !== GGML_TYPE.I32 && C.type !== GGML_TYPE.I64) || C.ne[1] !== 1 || C.ne[2] !== 1 || C.ne[3] !== 1) throw new ShapeError('set_rows', 'row ids must be a 1-D I32 or I64 tensor');
+    if (A.ne[0] !== B.ne[0] || A.ne[2] !== B.ne[2] || A.ne[3] !== B.ne[3] || B.ne[1] !== C.ne[0]) {
+      throw new ShapeError('set_rows', `cannot write [${B.ne.join(', ')}] into [${A.ne.join(', ')}] at ${C.ne[0]} rows`);
+    }
+    if (C.ne[0] > A.ne[1]) throw new ShapeError('set_rows', `${C.ne[0]} rows do not fit the ${A.ne[1]} of the destination`);
+    // ggml asserts that both have contiguous rows (nb[0] = the type's size).
+    for (const [t, m] of [[dst, A], [src, B]] as const) {
+      if (!m.contiguous && this.g.nb(t)[0] !== this.g.typeSize(m.type)) throw new ShapeError('set_rows', 'rows must be contiguous');
+    }
+    return this.made(this.g.raw.ggml_set_rows(this.ctx, dst, src, ids) as Tensor, A.ne, A.type, A.contiguous);
+  }
+
   getRows(table: Tensor, ids: Tensor): Tensor {
     const T = this.info(table);
     const I = this.info(ids);

@@ -1,0 +1,72 @@
+import type { Tensor } from '../ggml/binding.js';
+import { ShapeError, type GraphBuilder } from '../ggml/graph.js';
+import type { LayerCache, StepInputs } from './types.js';
+
+/**
+ * The KV length a step attends over is padded up to a multiple of this many rows (at most the cache's
+ * length), as llama.cpp pads n_kv: a step's graph then depends only on (tokens, padded length), so
+ * decode steps reuse one graph for KV_PAD tokens in a row. The mask hides the padding rows (−inf).
+ */
+export const KV_PAD = 32;
+
+/** The KV length a step with `used` cached tokens (its own included) attends over, in a cache of `rows`. */
+export function paddedKvLength(used: number, rows: number): number {
+  if (!Number.isSafeInteger(used) || used < 1 || used > rows) throw new ShapeError('kv', `${used} cached tokens do not fit a cache of ${rows} rows`);
+  return Math.min(Math.ceil(used / KV_PAD) * KV_PAD, rows);
+}
+
+export interface KvAttentionOptions {
+  headDim: number;
+  /** Query heads. */
+  heads: number;
+  /** K/V heads (groups): query heads h·r … h·r+r−1 share K/V head h, r = heads / kvHeads. */
+  kvHeads: number;
+  /** Factor on q·k before the mask and softmax. */
+  scale: number;
+  /** ALiBi's max_bias for soft_max_ext (the mask then holds the key–query offsets); 0 is none. */
+  maxBias?: number;
+}
+
+/** `t` ([kvDim, n] with contiguous rows, or n·kvDim elements) as [kvDim, n] rows set_rows can copy. */
+function asRows(gb: GraphBuilder, t: Tensor, kvDim: number, n: number): Tensor {
+  const ne = gb.shape(t);
+  if (ne[0] * ne[1] * ne[2] * ne[3] !== kvDim * n) throw new ShapeError('kv', `[${ne.join(', ')}] is not ${n} rows of ${kvDim}`);
+  // A strided [kvDim, n] view (GPT-2's k and v inside the fused projection) is copied from in place.
+  if (ne[0] === kvDim && ne[1] === n && ne[2] === 1 && ne[3] === 1) return t;
+  // A non-contiguous [headDim, heads, n] view (Baichuan's) is made contiguous first.
+  return gb.reshape(gb.isContiguous(t) ? t : gb.cont(t), [kvDim, n]);
+}
+
+/**
+ * One layer's cached attention, the same for every architecture: writes this batch's K and V into
+ * rows `step.kvRows` of the layer's cache (ggml_set_rows; the rows are an input, so the graph does
+ * not depend on where they go), then attends q over the first `step.nKv` rows under `step.mask`.
+ *
+ * q is [headDim, heads, n]; k and v are n rows of kvDim = headDim·kvHeads values (any layout whose
+ * rows are contiguous, or a contiguous tensor of that many elements). Returns [headDim·heads, n].
+ */
+export function kvAttention(gb: GraphBuilder, cache: LayerCache, step: StepInputs, q: Tensor, k: Tensor, v: Tensor, o: KvAttentionOptions): Tensor {
+  const Q = gb.shape(q);
+  const n = Q[1] === o.heads && Q[0] === o.headDim ? Q[2] : -1;
+  if (n < 1 || Q[3] !== 1) throw new ShapeError('kv', `q [${Q.join(', ')}] is not [${o.headDim}, ${o.heads}, n]`);
+  if (o.heads % o.kvHeads !== 0) throw new ShapeError('kv', `${o.heads} query heads do not divide into ${o.kvHeads} K/V heads`);
+  const kvDim = o.headDim * o.kvHeads;
+  const K = gb.shape(cache.k);
+  if (K[0] !== kvDim || gb.shape(cache.v)[0] !== kvDim || gb.shape(cache.v)[1] !== K[1]) throw new ShapeError('kv', `the cache [${K.join(', ')}] does not hold rows of ${kvDim}`);
+  const nKv = step.nKv;
+  if (!Number.isSafeInteger(nKv) || nKv < n || nKv > K[1]) throw new ShapeError('kv', `a KV length of ${nKv} does not fit ${n} tokens in a cache of ${K[1]} rows`);
+
+  step.writes.push(gb.setRows(cache.k, asRows(gb, k, kvDim, n), step.kvRows));
+  step.writes.push(gb.setRows(cache.v, asRows(gb, v, kvDim, n), step.kvRows));
+
+  // K as [headDim, nKv, kvHeads], V as [nKv, headDim, kvHeads]; mul_mat broadcasts each K/V head over its query heads.
+  const kType = gb.type(cache.k);
+  const vType = gb.type(cache.v);
+  const kRow = gb.g.rowSize(kType, kvDim);
+  const vRow = gb.g.rowSize(vType, kvDim);
+  const keys = gb.permute(gb.view(cache.k, [o.headDim, o.kvHeads, nKv], [gb.g.rowSize(kType, o.headDim), kRow], 0), [0, 2, 1, 3]);
+  const values = gb.cont(gb.permute(gb.view(cache.v, [o.headDim, o.kvHeads, nKv], [gb.g.rowSize(vType, o.headDim), vRow], 0), [1, 2, 0, 3]));
+  const scores = gb.softMax(gb.mulMat(keys, gb.permute(q, [0, 2, 1, 3])), step.mask, o.scale, o.maxBias ?? 0);
+  const attn = gb.permute(gb.mulMat(values, scores), [0, 2, 1, 3]);
+  return gb.reshape(gb.cont(attn), [o.headDim * o.heads, n]);
+}
