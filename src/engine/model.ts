@@ -12,7 +12,7 @@ import { planFit, rolesKey, type MeasuredWorkspace } from '../planner/fit.js';
 import type { Plan, PlanDeviceSpec } from '../planner/plan.js';
 import { InputError, VramfitError } from '../util/errors.js';
 import { engineArchitecture } from './architectures/index.js';
-import { paddedKvLength } from './architectures/kv.js';
+import { FLASH_ATTENTION, paddedKvLength } from './architectures/kv.js';
 import type { ArchTensor, EngineArchitecture, EngineHyper, StepInputs } from './architectures/types.js';
 import { closeDevices, gpuDeviceCount, gpuFreeBytes, liveResources, openGpuDevices, openVirtualDevices, type Allocation, type EngineDevice } from './device.js';
 import { cpuDevice, GGML_TYPE, loadGgml, ROPE_MODE, type BufferType, type Gallocr, type GgmlType, type Ggml, type Graph, type Tensor } from './ggml/binding.js';
@@ -238,7 +238,11 @@ export class LoadedModel {
         if (this.hyper.alibi) for (let j = 0; j < row.length; j++) row[j] = j - (this.past + i);
         else row.fill(0);
       }
-      g.raw.ggml_backend_tensor_set(b.mask!, mask, 0, mask.byteLength);
+      if (b.maskF16) {
+        const half = new Uint16Array(mask.length);
+        g.raw.ggml_fp32_to_fp16_row(mask, half, mask.length);
+        g.raw.ggml_backend_tensor_set(b.mask!, half, 0, half.byteLength);
+      } else g.raw.ggml_backend_tensor_set(b.mask!, mask, 0, mask.byteLength);
     }
     if (live.freqFactors && this.hyper.freqFactors) g.raw.ggml_backend_tensor_set(b.freqFactors!, this.hyper.freqFactors, 0, this.hyper.freqFactors.byteLength);
   }
@@ -300,6 +304,8 @@ interface BuiltStage {
   positions?: Tensor;
   kvRows?: Tensor;
   mask?: Tensor;
+  /** The mask is F16 (flash attention's), filled from float32 values. */
+  maskF16?: boolean;
   freqFactors?: Tensor;
   /** Which inputs got memory, once the graph has been allocated. */
   live?: Partial<Record<InputName, boolean>>;
@@ -365,7 +371,12 @@ function buildInto(gb: GraphBuilder, arch: EngineArchitecture, h: EngineHyper, s
   }
   const writes: Tensor[] = [];
   if (stage.layers.length > 0) {
-    built.mask = gb.input('kq_mask', GGML_TYPE.F32, [nKv, n]);
+    // F16 caches attend with flash attention, which takes an F16 mask; an ALiBi mask holds key–query
+    // offsets, which F16 holds exactly up to 2048.
+    const k0 = gb.known(look.cache(stage.layers[0]!).k);
+    const maskType = FLASH_ATTENTION && gb.type(k0) === GGML_TYPE.F16 && (!h.alibi || nKv <= 2048) ? GGML_TYPE.F16 : GGML_TYPE.F32;
+    built.mask = gb.input('kq_mask', maskType, [nKv, n]);
+    built.maskF16 = maskType === GGML_TYPE.F16;
     built.kvRows = gb.input('kv_rows', GGML_TYPE.I32, [n]);
     if (h.freqFactors) built.freqFactors = gb.input('rope_freqs', GGML_TYPE.F32, [h.freqFactors.length]);
     const step: StepInputs = { positions: positions!, kvRows: built.kvRows, nKv, mask: built.mask, freqFactors: built.freqFactors ?? null, writes };

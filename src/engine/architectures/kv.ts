@@ -1,4 +1,4 @@
-import type { Tensor } from '../ggml/binding.js';
+import { GGML_TYPE, type Tensor } from '../ggml/binding.js';
 import { ShapeError, type GraphBuilder } from '../ggml/graph.js';
 import type { LayerCache, StepInputs } from './types.js';
 
@@ -8,6 +8,9 @@ import type { LayerCache, StepInputs } from './types.js';
  * decode steps reuse one graph for KV_PAD tokens in a row. The mask hides the padding rows (−inf).
  */
 export const KV_PAD = 32;
+
+/** Whether F16 caches attend through ggml_flash_attn_ext (F32 caches always use mul_mat + soft_max). */
+export const FLASH_ATTENTION = true;
 
 /** The KV length a step with `used` cached tokens (its own included) attends over, in a cache of `rows`. */
 export function paddedKvLength(used: number, rows: number): number {
@@ -65,6 +68,14 @@ export function kvAttention(gb: GraphBuilder, cache: LayerCache, step: StepInput
   const kRow = gb.g.rowSize(kType, kvDim);
   const vRow = gb.g.rowSize(vType, kvDim);
   const keys = gb.permute(gb.view(cache.k, [o.headDim, o.kvHeads, nKv], [gb.g.rowSize(kType, o.headDim), kRow], 0), [0, 2, 1, 3]);
+  // An F16 cache with an F16 mask (the engine makes one for F16 caches) goes through ggml_flash_attn_ext,
+  // as llama.cpp does: F16 K/V already round to half precision, so the fused kernel loses little more.
+  // It takes V untransposed ([headDim, nKv, kvHeads]) and returns [headDim, heads, n]: no permute or cont.
+  if (FLASH_ATTENTION && kType === GGML_TYPE.F16 && vType === GGML_TYPE.F16 && gb.type(step.mask) === GGML_TYPE.F16) {
+    const values = gb.permute(gb.view(cache.v, [o.headDim, o.kvHeads, nKv], [gb.g.rowSize(vType, o.headDim), vRow], 0), [0, 2, 1, 3]);
+    const attn = gb.flashAttn(gb.permute(q, [0, 2, 1, 3]), keys, values, step.mask, o.scale, o.maxBias ?? 0);
+    return gb.reshape(attn, [o.headDim * o.heads, n]);
+  }
   const values = gb.cont(gb.permute(gb.view(cache.v, [o.headDim, o.kvHeads, nKv], [gb.g.rowSize(vType, o.headDim), vRow], 0), [1, 2, 0, 3]));
   const scores = gb.softMax(gb.mulMat(keys, gb.permute(q, [0, 2, 1, 3])), step.mask, o.scale, o.maxBias ?? 0);
   const attn = gb.permute(gb.mulMat(values, scores), [0, 2, 1, 3]);

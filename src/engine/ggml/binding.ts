@@ -84,6 +84,8 @@ const BASE = {
   ggml_rms_norm: 'void *ggml_rms_norm(void *ctx, void *a, float eps)',
   ggml_norm: 'void *ggml_norm(void *ctx, void *a, float eps)',
   ggml_soft_max_ext: 'void *ggml_soft_max_ext(void *ctx, void *a, void *mask, float scale, float max_bias)',
+  ggml_flash_attn_ext: 'void *ggml_flash_attn_ext(void *ctx, void *q, void *k, void *v, void *mask, float scale, float max_bias, float logit_softcap)',
+  ggml_prec_set_acc: 'bool ggml_prec_set_acc(void *a, int prec)',
   ggml_rope_ext:
     'void *ggml_rope_ext(void *ctx, void *a, void *pos, void *freq_factors, int n_dims, int mode, int n_ctx_orig, float freq_base, float freq_scale, float ext_factor, float attn_factor, float beta_fast, float beta_slow)',
   ggml_reshape_2d: 'void *ggml_reshape_2d(void *ctx, void *a, int64_t ne0, int64_t ne1)',

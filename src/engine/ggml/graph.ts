@@ -27,6 +27,9 @@ export interface Meta {
  */
 export type LongLivedTensors = Map<Tensor, Meta>;
 
+/** ggml.h's GGML_PREC_F32: results accumulated in F32. */
+const GGML_PREC_F32 = 10;
+
 const pad4 = (ne: readonly number[]): Shape => [ne[0] ?? 1, ne[1] ?? 1, ne[2] ?? 1, ne[3] ?? 1];
 
 export class GraphBuilder {
@@ -184,6 +187,35 @@ export class GraphBuilder {
       }
     }
     return this.made(this.g.raw.ggml_soft_max_ext(this.ctx, a, mask, scale, maxBias) as Tensor, A.ne, A.type);
+  }
+
+  /**
+   * ggml_flash_attn_ext, accumulating in F32 where the backend offers a choice: q F32 [dk, n, heads],
+   * k [dk, nKv, kvHeads] and v [dv, nKv, kvHeads] F16 with contiguous rows (views of the cache; not
+   * transposed), each K/V head shared by heads / kvHeads query heads; mask F16 [nKv, ≥ n], contiguous.
+   * The result is F32 [dv, heads, n] (already permuted back). `maxBias` > 0 is ALiBi as in softMax.
+   */
+  flashAttn(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: number, maxBias = 0): Tensor {
+    const Q = this.info(q);
+    const K = this.info(k);
+    const V = this.info(v);
+    const M = this.info(mask);
+    if (Q.type !== GGML_TYPE.F32) throw new ShapeError('flash_attn_ext', 'q must be F32');
+    if (K.type !== GGML_TYPE.F16 || V.type !== GGML_TYPE.F16) throw new ShapeError('flash_attn_ext', 'k and v must be F16');
+    for (const [t, m] of [[q, Q], [k, K], [v, V]] as const) {
+      if (!m.contiguous && this.g.nb(t)[0] !== this.g.typeSize(m.type)) throw new ShapeError('flash_attn_ext', 'q, k and v rows must be contiguous');
+    }
+    if (K.ne[0] !== Q.ne[0] || V.ne[1] !== K.ne[1] || V.ne[2] !== K.ne[2] || Q.ne[2] % K.ne[2] !== 0 || Q.ne[3] !== K.ne[3] || Q.ne[3] !== V.ne[3]) {
+      throw new ShapeError('flash_attn_ext', `q [${Q.ne.join(', ')}] does not fit k [${K.ne.join(', ')}] and v [${V.ne.join(', ')}]`);
+    }
+    if (M.type !== GGML_TYPE.F16 || !M.contiguous || M.ne[0] !== K.ne[1] || M.ne[1] < Q.ne[1] || Q.ne[2] % M.ne[2] !== 0 || Q.ne[3] % M.ne[3] !== 0) {
+      throw new ShapeError('flash_attn_ext', `mask [${M.ne.join(', ')}] must be contiguous F16 [${K.ne[1]}, ≥ ${Q.ne[1]}]`);
+    }
+    if (!Number.isFinite(scale)) throw new ShapeError('flash_attn_ext', `scale must be finite, got ${scale}`);
+    if (!(maxBias >= 0) || !Number.isFinite(maxBias)) throw new ShapeError('flash_attn_ext', `max_bias must be a finite number ≥ 0, got ${maxBias}`);
+    const t = this.g.raw.ggml_flash_attn_ext(this.ctx, q, k, v, mask, scale, maxBias, 0) as Tensor;
+    this.g.raw.ggml_prec_set_acc(t, GGML_PREC_F32);
+    return this.made(t, [V.ne[0], Q.ne[2], Q.ne[1], Q.ne[3]], GGML_TYPE.F32);
   }
 
   /** Rotary embedding over the first `nDims` of each head; `a` is [headDim, heads, tokens]. */
