@@ -1,9 +1,7 @@
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { FormatError } from '../src/util/errors.js';
+import { readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { assertFormatError, tempFiles } from './helpers/format-errors.js';
 import { tensorBytes } from '../src/reader/dtypes.js';
 import { bufferSource, GGML_TYPES, GGUF_LIMITS, ggmlTypeId, parseGguf, readGgufHeader } from '../src/reader/formats/gguf.js';
 import {
@@ -15,30 +13,7 @@ import {
   type GgufRawTensorInfo,
 } from '../src/reader/formats/gguf-writer.js';
 
-let dir = '';
-let counter = 0;
-before(() => {
-  dir = mkdtempSync(join(tmpdir(), 'vramfit-gguf-'));
-});
-after(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
-
-function tmp(name = 'model'): string {
-  return join(dir, `${name}-${counter++}.gguf`);
-}
-
-function assertFormatError(fn: () => unknown, file: string, reason: RegExp): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof FormatError, `expected FormatError, got ${String(e)}`);
-    assert.equal(e.where, file);
-    assert.equal(e.code, 'BAD_FORMAT');
-    assert.ok(e.message.startsWith(`${file}: `), e.message);
-    assert.match(e.reason, reason);
-    assert.ok(!e.message.includes('\n'), 'one-line message');
-    return true;
-  });
-}
+const tmp = tempFiles('vramfit-gguf-', 'gguf');
 
 /** Writes `bytes` (plus `extra` zero bytes) to a file and expects readGgufHeader to refuse it. */
 function readBytes(bytes: Uint8Array, reason: RegExp, extra = 0): void {

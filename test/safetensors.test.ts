@@ -1,9 +1,7 @@
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { FormatError } from '../src/util/errors.js';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { assertFormatError, tempFiles } from './helpers/format-errors.js';
 import {
   MAX_HEADER_LENGTH,
   parseSafetensorsHeader,
@@ -18,31 +16,7 @@ import {
   writeSparseSafetensors,
 } from '../src/reader/formats/safetensors-writer.js';
 
-let dir = '';
-let counter = 0;
-before(() => {
-  dir = mkdtempSync(join(tmpdir(), 'vramfit-st-'));
-});
-after(() => {
-  rmSync(dir, { recursive: true, force: true });
-});
-
-function tmp(name = 'model'): string {
-  return join(dir, `${name}-${counter++}.safetensors`);
-}
-
-/** Asserts that `fn` throws a FormatError naming `file` whose reason matches `reason`. */
-function assertFormatError(fn: () => unknown, file: string, reason: RegExp): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof FormatError, `expected FormatError, got ${String(e)}`);
-    assert.equal(e.where, file);
-    assert.equal(e.code, 'BAD_FORMAT');
-    assert.ok(e.message.startsWith(`${file}: `), e.message);
-    assert.match(e.reason, reason);
-    assert.ok(!e.message.includes('\n'), 'one-line message');
-    return true;
-  });
-}
+const tmp = tempFiles('vramfit-st-', 'safetensors');
 
 /** Writes a file made of a header built from `json` (an object or raw text) and `dataBytes` zero bytes, then reads it. */
 function readCrafted(json: unknown, dataBytes: number, reason: RegExp): void {
