@@ -7,6 +7,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
+import { applyMutation, type ByteMutation } from './helpers/byte-mutations.js';
 import { FormatError } from '../src/util/errors.js';
 import { parseSafetensorsHeader } from '../src/reader/formats/safetensors.js';
 import { encodeSafetensorsHeader, frameSafetensorsHeader, safetensorsHeaderJson } from '../src/reader/formats/safetensors-writer.js';
@@ -34,14 +35,7 @@ function onlyFormatError(fn: () => unknown): boolean {
 
 // ---- byte-level mutations shared by both formats ----
 
-type Mutation =
-  | { kind: 'flip'; at: number; bit: number }
-  | { kind: 'set'; at: number; value: number }
-  | { kind: 'truncate'; at: number }
-  | { kind: 'insert'; at: number; bytes: Uint8Array }
-  | { kind: 'delete'; at: number; length: number }
-  | { kind: 'u64'; at: number; value: bigint }
-  | { kind: 'u32'; at: number; value: number };
+type Mutation = Exclude<ByteMutation, { kind: 'u16' }>;
 
 /** Values that sit on the edges parsers get wrong: zero, one, sign and width boundaries, all ones. */
 const edgeU64 = fc.oneof(
@@ -62,43 +56,8 @@ const mutation: fc.Arbitrary<Mutation> = fc.oneof(
 );
 
 function mutate(input: Uint8Array, mutations: readonly Mutation[]): Uint8Array {
-  let bytes = input.slice();
-  for (const m of mutations) {
-    const at = bytes.length === 0 ? 0 : m.at % (bytes.length + 1);
-    switch (m.kind) {
-      case 'flip':
-        if (at < bytes.length) bytes[at]! ^= 1 << m.bit;
-        break;
-      case 'set':
-        if (at < bytes.length) bytes[at] = m.value;
-        break;
-      case 'truncate':
-        bytes = bytes.slice(0, at);
-        break;
-      case 'insert': {
-        const next = new Uint8Array(bytes.length + m.bytes.length);
-        next.set(bytes.subarray(0, at));
-        next.set(m.bytes, at);
-        next.set(bytes.subarray(at), at + m.bytes.length);
-        bytes = next;
-        break;
-      }
-      case 'delete': {
-        const tail = bytes.subarray(Math.min(bytes.length, at + m.length));
-        const next = new Uint8Array(at + tail.length);
-        next.set(bytes.subarray(0, at));
-        next.set(tail, at);
-        bytes = next;
-        break;
-      }
-      case 'u64':
-        if (at + 8 <= bytes.length) new DataView(bytes.buffer, bytes.byteOffset).setBigUint64(at, m.value, true);
-        break;
-      case 'u32':
-        if (at + 4 <= bytes.length) new DataView(bytes.buffer, bytes.byteOffset).setUint32(at, m.value, true);
-        break;
-    }
-  }
+  let bytes: Uint8Array = input.slice();
+  for (const m of mutations) bytes = applyMutation(bytes, m, bytes.length === 0 ? 0 : m.at % (bytes.length + 1));
   return bytes;
 }
 

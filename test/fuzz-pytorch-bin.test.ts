@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
+import { applyMutation, type ByteMutation } from './helpers/byte-mutations.js';
 import { lookupDType } from '../src/reader/dtypes.js';
 import { parseStateDictPickle } from '../src/reader/formats/pickle.js';
 import { parsePytorchBin } from '../src/reader/formats/pytorch-bin.js';
@@ -72,15 +73,7 @@ function parseBin(bytes: Uint8Array): boolean {
 
 // ---- mutations ----
 
-type Mutation =
-  | { kind: 'flip'; at: number; bit: number }
-  | { kind: 'set'; at: number; value: number }
-  | { kind: 'truncate'; at: number }
-  | { kind: 'insert'; at: number; bytes: Uint8Array }
-  | { kind: 'delete'; at: number; length: number }
-  | { kind: 'u64'; at: number; value: bigint }
-  | { kind: 'u32'; at: number; value: number }
-  | { kind: 'u16'; at: number; value: number };
+type Mutation = ByteMutation;
 
 const edgeU64 = fc.oneof(
   fc.constantFrom(0n, 1n, 2n, 8n, 30n, 46n, 56n, 255n, 2n ** 31n, 2n ** 32n - 1n, 2n ** 32n, 2n ** 53n, 2n ** 63n, 2n ** 64n - 1n),
@@ -102,48 +95,12 @@ const mutation: fc.Arbitrary<Mutation> = fc.oneof(
 );
 
 function mutate(input: Uint8Array, mutations: readonly Mutation[], aimAt: readonly number[] = []): Uint8Array {
-  let bytes = input.slice();
+  let bytes: Uint8Array = input.slice();
   for (const [i, m] of mutations.entries()) {
     // Every other write aims at a known field when the seed names some.
     const aimedAt = aimAt.length > 0 && i % 2 === 1 && (m.kind === 'u64' || m.kind === 'u32' || m.kind === 'u16') ? aimAt[m.at % aimAt.length]! : undefined;
     const at = aimedAt ?? (bytes.length === 0 ? 0 : m.at % (bytes.length + 1));
-    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    switch (m.kind) {
-      case 'flip':
-        if (at < bytes.length) bytes[at] = bytes[at]! ^ (1 << m.bit);
-        break;
-      case 'set':
-        if (at < bytes.length) bytes[at] = m.value;
-        break;
-      case 'truncate':
-        bytes = bytes.slice(0, at);
-        break;
-      case 'insert': {
-        const next = new Uint8Array(bytes.length + m.bytes.length);
-        next.set(bytes.subarray(0, at));
-        next.set(m.bytes, at);
-        next.set(bytes.subarray(at), at + m.bytes.length);
-        bytes = next;
-        break;
-      }
-      case 'delete': {
-        const tail = bytes.subarray(Math.min(bytes.length, at + m.length));
-        const next = new Uint8Array(at + tail.length);
-        next.set(bytes.subarray(0, at));
-        next.set(tail, at);
-        bytes = next;
-        break;
-      }
-      case 'u64':
-        if (at + 8 <= bytes.length) dv.setBigUint64(at, m.value, true);
-        break;
-      case 'u32':
-        if (at + 4 <= bytes.length) dv.setUint32(at, m.value, true);
-        break;
-      case 'u16':
-        if (at + 2 <= bytes.length) dv.setUint16(at, m.value, true);
-        break;
-    }
+    bytes = applyMutation(bytes, m, at);
   }
   return bytes;
 }
