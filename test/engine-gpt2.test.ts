@@ -9,7 +9,7 @@ import { InputError } from '../src/util/errors.js';
 import { geluNew, ReferenceGpt2, referenceGreedyGpt2 } from './helpers/reference-gpt2.js';
 import { TINY_GPT2_NAMES, writeTinyGpt2Checkpoint, type TinyGpt2Checkpoint, type TinyGpt2Name } from './helpers/tiny-gpt2.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
-import { assertAgreesWithReference, assertSplitsAgree, assertUnderCapsAsPredicted, capsJustAbove, greedy, maxAbsDiff, NEW_TOKENS, PROMPT, SPLIT_OPTIONS } from './helpers/engine-harness.js';
+import { assertAgreesWithReference, assertSplitsAgree, greedy, maxAbsDiff, NEW_TOKENS, PROMPT, SPLIT_OPTIONS, assertRunsUnderTightCaps } from './helpers/engine-harness.js';
 
 const root = tempDir('vramfit-engine-gpt2-');
 after(() => cleanup(root));
@@ -71,15 +71,7 @@ describe('engine GPT-2: the same model split over 1, 2 and 4 virtual devices', (
 
 describe('engine GPT-2: caps and manual splits', () => {
   it('under caps set just above the prediction: measured peak below each cap and within 2 %', async () => {
-    const ck = checkpoint('gpt2');
-    const opts = { devices: 'virtual:2', ctx: 64, ubatch: 8, threads: 1 };
-    const model = await loadModel(ck.dir, { ...opts, maxMemory: await capsJustAbove(ck.dir, opts) });
-    try {
-      model.forward(PROMPT);
-      assertUnderCapsAsPredicted(model.report());
-    } finally {
-      model.dispose();
-    }
+    await assertRunsUnderTightCaps(checkpoint('gpt2').dir, { devices: 'virtual:2', ctx: 64, ubatch: 8, threads: 1 });
   });
 
   it('a manual split predicts wpe on the embedding device, where the engine loads it', async () => {

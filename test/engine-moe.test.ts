@@ -12,7 +12,7 @@ import { createReferenceMoe, MoeBlocks, parseMoeConfig } from './helpers/referen
 import { ReferenceLlama } from './helpers/reference-llama.js';
 import { TINY_MOE_CONFIGS, TINY_MOE_NAMES, writeTinyMoeCheckpoint, type TinyMoeCheckpoint, type TinyMoeName } from './helpers/tiny-moe.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
-import { assertAgreesWithReference, assertSplitsAgree, assertUnderCapsAsPredicted, capsJustAbove, greedy, maxAbsDiff, PROMPT, SPLIT_OPTIONS } from './helpers/engine-harness.js';
+import { assertAgreesWithReference, assertSplitsAgree, greedy, maxAbsDiff, PROMPT, SPLIT_OPTIONS, assertRunsUnderTightCaps } from './helpers/engine-harness.js';
 
 const root = tempDir('vramfit-engine-moe-');
 after(() => cleanup(root));
@@ -96,15 +96,7 @@ describe('engine MoE: the same model split over 1, 2 and 4 virtual devices', () 
 
 describe('engine MoE: caps, storage and placement', () => {
   it('a plan under caps: measured peak within 2 % of the prediction and below each cap', async () => {
-    const ck = checkpoint('qwen3-moe');
-    const opts = { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1 };
-    const model = await loadModel(ck.dir, { ...opts, maxMemory: await capsJustAbove(ck.dir, opts) });
-    try {
-      model.forward(PROMPT);
-      assertUnderCapsAsPredicted(model.report());
-    } finally {
-      model.dispose();
-    }
+    await assertRunsUnderTightCaps(checkpoint('qwen3-moe').dir, { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1 });
   });
 
   it('experts split across two safetensors shards load as from one file', async () => {

@@ -4,7 +4,7 @@ import { after, describe, it } from 'node:test';
 import { main } from '../src/cli/main.js';
 import { liveResources, OutOfDeviceMemory } from '../src/engine/device.js';
 import { loadModel } from '../src/engine/model.js';
-import { assertAgreesWithReference, assertSplitsAgree, assertUnderCapsAsPredicted, capsJustAbove, greedy, maxAbsDiff, PROMPT, SPLIT_OPTIONS } from './helpers/engine-harness.js';
+import { assertAgreesWithReference, assertSplitsAgree, greedy, maxAbsDiff, PROMPT, SPLIT_OPTIONS, assertRunsUnderTightCaps } from './helpers/engine-harness.js';
 import { createReferenceModel } from './helpers/reference-llama.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
@@ -41,15 +41,7 @@ describe('engine: the same model split over 1, 2 and 4 virtual devices', () => {
 
 describe('engine: caps are enforced', () => {
   it('a plan under caps: measured peak within 2 % of the prediction and below each cap', async () => {
-    const ck = checkpoint('llama3');
-    const opts = { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1 };
-    const model = await loadModel(ck.dir, { ...opts, maxMemory: await capsJustAbove(ck.dir, opts) });
-    try {
-      model.forward(PROMPT);
-      assertUnderCapsAsPredicted(model.report());
-    } finally {
-      model.dispose();
-    }
+    await assertRunsUnderTightCaps(checkpoint('llama3').dir, { devices: 'virtual:2', ctx: 128, ubatch: 8, threads: 1 });
   });
 
   it('a device one block too small fails with OutOfDeviceMemory before anything is loaded, leaking nothing', async () => {

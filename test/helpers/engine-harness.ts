@@ -94,6 +94,17 @@ export async function capsJustAbove(dir: string, opts: LoadOptions, margin = 409
   return need.map((n, i) => `${i}=${n + margin}`).join(',');
 }
 
+/** Loads under caps just above the prediction, runs the prompt, and checks every device against its cap and the plan. */
+export async function assertRunsUnderTightCaps(dir: string, opts: LoadOptions): Promise<void> {
+  const model = await loadModel(dir, { ...opts, maxMemory: await capsJustAbove(dir, opts) });
+  try {
+    model.forward(PROMPT);
+    assertUnderCapsAsPredicted(model.report());
+  } finally {
+    model.dispose();
+  }
+}
+
 /** A plain-TypeScript reference model: logits rows for `ids`, appended to its cache at `start` (or its end). */
 export interface ReferenceForward {
   forward(ids: readonly number[], start?: number): ArrayLike<number>[];
