@@ -7,7 +7,7 @@
  * A GGML_ASSERT aborts the whole process, so callers validate shapes and types before any call
  * (graph.ts does it for ops); the abort callback only gets the message onto stderr first.
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import koffi from 'koffi';
@@ -51,6 +51,8 @@ export class EngineUnavailableError extends VramfitError {
 
 /** Raised when ggml's own check fails (it aborts right after); kept for the message. */
 let lastAbort = '';
+/** While a GPU library loads, ggml's log lines are collected here so a failure can say why. */
+let captured: string[] | undefined;
 
 const InitParams = koffi.struct('ggml_init_params', { mem_size: 'size_t', mem_buffer: 'void *', no_alloc: 'bool' });
 const LogCallback = koffi.proto('void ggml_log_callback(int level, const char *text, void *user_data)');
@@ -145,6 +147,10 @@ const BASE = {
   ggml_backend_dev_buffer_type: 'void *ggml_backend_dev_buffer_type(void *dev)',
   ggml_backend_dev_backend_reg: 'void *ggml_backend_dev_backend_reg(void *dev)',
   ggml_backend_reg_get_proc_address: 'void *ggml_backend_reg_get_proc_address(void *reg, const char *name)',
+  ggml_backend_reg_name: 'const char *ggml_backend_reg_name(void *reg)',
+  ggml_backend_reg_dev_count: 'size_t ggml_backend_reg_dev_count(void *reg)',
+  ggml_backend_reg_dev_get: 'void *ggml_backend_reg_dev_get(void *reg, size_t index)',
+  ggml_backend_dev_get_props: 'void ggml_backend_dev_get_props(void *dev, _Out_ uint8_t *props)',
 } as const;
 
 const REGISTRY = {
@@ -229,7 +235,9 @@ export function loadGgml(): Ggml {
   // VRAMFIT_GGML_LOG set, so normal runs print nothing of ggml's.
   const verbose = process.env['VRAMFIT_GGML_LOG'] !== undefined;
   const log = koffi.register((level: number, text: string) => {
-    if (verbose || level === 4) process.stderr.write(`[ggml] ${text}`);
+    if (captured) captured.push(text);
+    else if (verbose || level === 4) process.stderr.write(`[ggml] ${text}`);
+    if (captured && verbose) process.stderr.write(`[ggml] ${text}`);
   }, koffi.pointer(LogCallback));
   raw.ggml_log_set(log, null);
   const abort = koffi.register((message: string) => {
@@ -238,7 +246,6 @@ export function loadGgml(): Ggml {
   }, koffi.pointer(AbortCallback));
   raw.ggml_set_abort_callback(abort);
   raw.ggml_backend_load_all_from_path(binsDir);
-  loadGpuBackends(raw);
 
   const typeSizes = new Map<number, number>();
   const blockSizes = new Map<number, number>();
@@ -298,28 +305,88 @@ export function loadGgml(): Ggml {
   return g;
 }
 
-/**
- * GPU backends come from the optional packages of the same pinned release, when a user installed one
- * (`npm install @node-llama-cpp/linux-x64-cuda@3.22.1`): their libggml-<gpu>.so registers one ggml
- * device per GPU. A package that is absent, or whose system libraries (libcudart, a Vulkan driver)
- * are missing, simply adds no device; ggml logs why at debug level.
- */
-function loadGpuBackends(raw: Ggml['raw']): void {
+export type GpuBackendName = 'cuda' | 'vulkan';
+
+/** What became of one optional GPU package when vramfit tried to use it. */
+export interface GpuPackageStatus {
+  backend: GpuBackendName;
+  /** npm package name, with the version vramfit needs. */
+  package: string;
+  /**
+   * absent: not installed; mismatch: installed at another release than the CPU package; failed: its
+   * library did not load (a system library such as libcudart is missing); no-device: loaded, but the
+   * driver offered no usable device; ready: at least one device registered.
+   */
+  state: 'absent' | 'mismatch' | 'failed' | 'no-device' | 'ready';
+  /** Why, in words a user can act on (ggml's own lines where it gave some). */
+  detail: string;
+  reg?: Reg;
+}
+
+const GPU_PACKAGES: readonly { backend: GpuBackendName; pkg: string; lib: string; looksFor: string }[] = [
+  { backend: 'cuda', pkg: '@node-llama-cpp/linux-x64-cuda', lib: 'libggml-cuda.so', looksFor: 'an NVIDIA driver (libcuda.so.1) and the CUDA 13 runtime (libcudart.so.13, libcublas.so.13) on the library path' },
+  { backend: 'vulkan', pkg: '@node-llama-cpp/linux-x64-vulkan', lib: 'libggml-vulkan.so', looksFor: 'the Vulkan loader (libvulkan.so.1) and an ICD for the GPU (e.g. /usr/share/vulkan/icd.d/*.json)' },
+];
+
+let gpuStatuses: GpuPackageStatus[] | undefined;
+
+/** The version of an installed package, or undefined when it is not installed. */
+function packageVersion(pkg: string): { version: string; dir: string } | undefined {
   const require = createRequire(import.meta.url);
-  for (const [pkg, lib] of [
-    ['@node-llama-cpp/linux-x64-cuda', 'libggml-cuda.so'],
-    ['@node-llama-cpp/linux-x64-vulkan', 'libggml-vulkan.so'],
-  ] as const) {
-    let entry: string;
-    try {
-      entry = require.resolve(pkg);
-    } catch {
-      continue;
-    }
-    const dir = join(dirname(entry), '..', 'bins', pkg.split('/')[1]!);
-    const path = join(dir, lib);
-    if (existsSync(path)) raw.ggml_backend_load(path);
+  let entry: string;
+  try {
+    // The packages export only their entry (dist/index.js), not package.json.
+    entry = require.resolve(pkg);
+  } catch {
+    return undefined;
   }
+  const dir = join(dirname(entry), '..');
+  const parsed = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { version?: unknown };
+  return { version: String(parsed.version), dir };
+}
+
+/** The exact command that installs GPU support matching the pinned CPU package. */
+export function gpuInstallCommand(backend: GpuBackendName): string {
+  const version = packageVersion('@node-llama-cpp/linux-x64')?.version ?? '3.22.1';
+  return `npm install --save-exact @node-llama-cpp/linux-x64-${backend}@${version}`;
+}
+
+/**
+ * GPU backends come from the optional packages of the same pinned release (`gpuInstallCommand`): their
+ * libggml-<gpu>.so registers one ggml device per GPU. They are loaded only when a GPU is asked for or
+ * listed (a CPU run never touches them), once per process, and each package's outcome is kept so the
+ * caller can tell "not installed" from "no device" from "failed to load".
+ */
+export function loadGpuBackends(g: Ggml): GpuPackageStatus[] {
+  if (gpuStatuses) return gpuStatuses;
+  const cpuVersion = packageVersion('@node-llama-cpp/linux-x64')?.version;
+  gpuStatuses = GPU_PACKAGES.map(({ backend, pkg, lib, looksFor }) => {
+    const installed = packageVersion(pkg);
+    const wanted = `${pkg}@${cpuVersion ?? '?'}`;
+    if (!installed) return { backend, package: wanted, state: 'absent', detail: `${pkg} is not installed (${gpuInstallCommand(backend)})` };
+    if (installed.version !== cpuVersion) {
+      return { backend, package: wanted, state: 'mismatch', detail: `${pkg} is ${installed.version} but the CPU package is ${cpuVersion}: both must be the same release (${gpuInstallCommand(backend)})` };
+    }
+    const path = join(installed.dir, 'bins', pkg.split('/')[1]!, lib);
+    if (!existsSync(path)) return { backend, package: wanted, state: 'failed', detail: `${path} is missing from the installed package` };
+    const lines: string[] = (captured = []);
+    let reg: Reg | null;
+    try {
+      reg = g.raw.ggml_backend_load(path) as Reg | null;
+    } finally {
+      captured = undefined;
+    }
+    const said = lines.map((l) => l.trim()).filter(Boolean).filter((l) => !/^load_backend: loaded/.test(l));
+    if (!reg) {
+      return { backend, package: wanted, state: 'failed', detail: `${lib} did not load: ${said.join(' ') || 'no reason given'} (it needs ${looksFor})` };
+    }
+    const count = g.raw.ggml_backend_reg_dev_count(reg) as number;
+    if (count === 0) {
+      return { backend, package: wanted, state: 'no-device', detail: `${pkg} is installed but found no usable device${said.length ? ` (${said.join(' ')})` : ''}; it looked for ${looksFor}`, reg };
+    }
+    return { backend, package: wanted, state: 'ready', detail: `${count} device(s)`, reg };
+  });
+  return gpuStatuses;
 }
 
 /** Fails fast when struct ggml_tensor's layout differs from the offsets this module reads. */
@@ -363,6 +430,33 @@ export function cpuDevice(g: Ggml): Device {
   const d = firstCpuDevice(g);
   if (!d) throw new EngineUnavailableError('ggml registered no CPU device');
   return d;
+}
+
+export interface DeviceProps {
+  name: string;
+  description: string;
+  type: number;
+  free: number;
+  total: number;
+  /** Lower-case PCI bus id ("0000:c1:00.0") where the backend knows it, else null. */
+  pciBusId: string | null;
+}
+
+/** struct ggml_backend_dev_props (ggml-backend.h): name, description, free, total, type, device_id, caps. */
+const PROPS = { size: 64, free: 16, total: 24, type: 32, deviceId: 40 } as const;
+
+export function deviceProps(g: Ggml, dev: Device): DeviceProps {
+  const buf = Buffer.alloc(PROPS.size);
+  g.raw.ggml_backend_dev_get_props(dev, buf);
+  const idPtr = buf.readBigUInt64LE(PROPS.deviceId);
+  return {
+    name: g.raw.ggml_backend_dev_name(dev) as string,
+    description: g.raw.ggml_backend_dev_description(dev) as string,
+    type: buf.readInt32LE(PROPS.type),
+    free: Number(buf.readBigUInt64LE(PROPS.free)),
+    total: Number(buf.readBigUInt64LE(PROPS.total)),
+    pciBusId: idPtr === 0n ? null : (koffi.decode(idPtr, 'const char *') as string).toLowerCase(),
+  };
 }
 
 /** Device memory (free, total) as the backend reports it. */

@@ -101,7 +101,10 @@ export class GraphBuilder {
     if (A[0] !== B[0] || B[2] % A[2] !== 0 || B[3] % A[3] !== 0) {
       throw new ShapeError('mul_mat', `cannot multiply [${A.join(', ')}] by [${B.join(', ')}]`);
     }
-    return this.made(this.g.raw.ggml_mul_mat(this.ctx, a, b) as Tensor, [A[1], B[1], B[2], B[3]], GGML_TYPE.F32);
+    const t = this.g.raw.ggml_mul_mat(this.ctx, a, b) as Tensor;
+    // GPU backends may accumulate F16 products in F16 by default (Vulkan: 8.5e-3 logit error on an F16 model).
+    this.g.raw.ggml_prec_set_acc(t, GGML_PREC_F32);
+    return this.made(t, [A[1], B[1], B[2], B[3]], GGML_TYPE.F32);
   }
 
   private broadcast(op: string, a: Tensor, b: Tensor): Shape {
@@ -382,7 +385,9 @@ export class GraphBuilder {
       throw new ShapeError('mul_mat_id', `cannot multiply [${A.ne.join(', ')}] by [${B.ne.join(', ')}] with ids [${I.ne.join(', ')}]`);
     }
     this.checkIndices('mul_mat_id', ids, A.ne[2]);
-    return this.made(this.g.raw.ggml_mul_mat_id(this.ctx, as, b, ids) as Tensor, [A.ne[1], I.ne[0], B.ne[2]], GGML_TYPE.F32);
+    const t = this.g.raw.ggml_mul_mat_id(this.ctx, as, b, ids) as Tensor;
+    this.g.raw.ggml_prec_set_acc(t, GGML_PREC_F32);
+    return this.made(t, [A.ne[1], I.ne[0], B.ne[2]], GGML_TYPE.F32);
   }
 
   /** Sum over dim 0 of a contiguous F32 tensor: [m, n, …] → [1, n, …]. */
