@@ -26,7 +26,8 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEMO_CONFIG, writeDemoCheckpoint } from '../src/engine/demo-checkpoint.js';
 import { cpuDevice, hostBytes, loadGgml } from '../src/engine/ggml/binding.js';
-import { loadModel, type LoadedModel } from '../src/engine/model.js';
+import { type LoadedModel } from '../src/engine/model.js';
+import { loadModel } from '../src/engine/load.js';
 import { gv, writeGguf, type GgufWriteTensor, type GgufWriteValue } from '../src/reader/formats/gguf-writer.js';
 import { isMain, markdownTable, ratio, ROOT, stats } from './common.js';
 

@@ -11,7 +11,8 @@ export { detectInventory, simulatedInventory, type Inventory } from './planner/d
 export { devicesForPlan } from './planner/devices-for-plan.js';
 export type { Plan, DevicePlan, PlanDeviceSpec, Workload, Target } from './planner/plan.js';
 export { VramfitError, InputError, FormatError } from './util/errors.js';
-export { loadModel, LoadedModel, type LoadOptions, type DeviceReport } from './engine/model.js';
+export { LoadedModel, type DeviceReport } from './engine/model.js';
+export { loadModel, type LoadOptions } from './engine/load.js';
 export { generate, type GenerateOptions, type GeneratedToken, type GenerationResult } from './engine/generate.js';
 export { OutOfDeviceMemory } from './engine/device.js';
 export { loadTokenizer, type TextTokenizer } from './engine/text/tokenizer.js';

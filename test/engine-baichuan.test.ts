@@ -4,7 +4,7 @@ import { after, describe, it } from 'node:test';
 import { baichuanArchitecture } from '../src/engine/architectures/baichuan.js';
 import { GGML_TYPE, loadGgml } from '../src/engine/ggml/binding.js';
 import { GraphBuilder, ShapeError } from '../src/engine/ggml/graph.js';
-import { loadModel } from '../src/engine/model.js';
+import { loadModel } from '../src/engine/load.js';
 import { findArchitecture } from '../src/reader/architectures/index.js';
 import { ConfigReader } from '../src/reader/config.js';
 import { InputError } from '../src/util/errors.js';

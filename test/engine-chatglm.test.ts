@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { main } from '../src/cli/main.js';
-import { loadModel, type LoadOptions } from '../src/engine/model.js';
+import { loadModel, type LoadOptions } from '../src/engine/load.js';
 import { chatglmCosSin, chatglmTheta, parseChatglmConfig } from './helpers/reference-chatglm.js';
 import { createChatglmReference, TINY_CHATGLM_NAMES, writeTinyChatglmCheckpoint, type TinyChatglmCheckpoint, type TinyChatglmName } from './helpers/tiny-chatglm.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';

@@ -4,7 +4,7 @@ import { after, describe, it } from 'node:test';
 import { closeDevices, openVirtualDevices } from '../src/engine/device.js';
 import { GGML_TYPE, loadGgml, type Gallocr } from '../src/engine/ggml/binding.js';
 import { GraphBuilder } from '../src/engine/ggml/graph.js';
-import { loadModel } from '../src/engine/model.js';
+import { loadModel } from '../src/engine/load.js';
 import { InputError } from '../src/util/errors.js';
 import { geluNew, ReferenceGpt2, referenceGreedyGpt2 } from './helpers/reference-gpt2.js';
 import { TINY_GPT2_NAMES, writeTinyGpt2Checkpoint, type TinyGpt2Checkpoint, type TinyGpt2Name } from './helpers/tiny-gpt2.js';

@@ -5,7 +5,7 @@ import { moeHyper } from '../src/engine/architectures/moe.js';
 import { liveResources } from '../src/engine/device.js';
 import { GGML_TYPE, loadGgml } from '../src/engine/ggml/binding.js';
 import { GraphBuilder, ShapeError } from '../src/engine/ggml/graph.js';
-import { loadModel } from '../src/engine/model.js';
+import { loadModel } from '../src/engine/load.js';
 import { ConfigReader } from '../src/reader/config.js';
 import { InputError } from '../src/util/errors.js';
 import { createReferenceMoe, MoeBlocks, parseMoeConfig } from './helpers/reference-moe.js';

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { main } from '../src/cli/main.js';
 import { liveResources, OutOfDeviceMemory } from '../src/engine/device.js';
-import { loadModel } from '../src/engine/model.js';
+import { loadModel } from '../src/engine/load.js';
 import { assertAgreesWithReference, assertSplitsAgree, greedy, maxAbsDiff, PROMPT, SPLIT_OPTIONS, assertRunsUnderTightCaps } from './helpers/engine-harness.js';
 import { createReferenceModel } from './helpers/reference-llama.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';

@@ -1,7 +1,12 @@
+/**
+ * The engine's device layer: one interface for every device a plan runs on (allocate within a cap,
+ * compute a graph, report memory), with CPU-backed virtual devices and ggml GPUs as its two kinds.
+ */
+import { formatBytes } from '../planner/units.js';
 import { VramfitError } from '../util/errors.js';
-import { cpuDevice, deviceMemory, devices, DEV_TYPE, loadGgml, type Backend, type Buffer_, type BufferType, type Ggml } from './ggml/binding.js';
+import { cpuDevice, deviceMemory, loadGgml, withCapturedLog, type Backend, type Buffer_, type BufferType, type Device, type Ggml } from './ggml/binding.js';
 
-/** A request that would take a device past its cap; nothing was allocated. */
+/** A request that would take a device past its cap (or that the backend itself refused); nothing was allocated. */
 export class OutOfDeviceMemory extends VramfitError {
   constructor(
     readonly device: string,
@@ -9,13 +14,20 @@ export class OutOfDeviceMemory extends VramfitError {
     readonly inUse: number,
     readonly cap: number,
     readonly purpose: string,
+    /** Set when the cap allowed the request but the backend could not allocate it. */
+    readonly backendRefused?: { free: number | null; total: number | null },
   ) {
-    super(
-      'OUT_OF_DEVICE_MEMORY',
-      `device ${device}: ${purpose} needs ${requested} bytes on top of ${inUse} already in use or reserved, over its ${cap}-byte cap by ${requested + inUse - cap} bytes`,
-      2,
-    );
+    super('OUT_OF_DEVICE_MEMORY', describe(device, requested, inUse, cap, purpose, backendRefused), 2);
   }
+}
+
+function describe(device: string, requested: number, inUse: number, cap: number, purpose: string, refused?: { free: number | null; total: number | null }): string {
+  const need = `${purpose} needs ${formatBytes(requested)} (${requested} B) on top of ${formatBytes(inUse)} already in use or reserved`;
+  if (refused) {
+    const memory = refused.free !== null && refused.total !== null ? `; the device reports ${formatBytes(refused.free)} free of ${formatBytes(refused.total)}` : '';
+    return `device ${device}: ${need}; the cap (${formatBytes(cap)}) allows it, but the backend refused the allocation${memory}`;
+  }
+  return `device ${device}: ${need}, over its ${formatBytes(cap)} (${cap} B) cap by ${formatBytes(requested + inUse - cap)}`;
 }
 
 /** Native resources this process holds, so tests can prove a failed or disposed load leaks nothing. */
@@ -42,6 +54,8 @@ export class CappedAllocator {
     readonly device: string,
     readonly cap: number,
     private readonly buft: BufferType,
+    /** The device's own memory reading, for a refusal's message. */
+    private readonly memory: () => { free: number; total: number } | null = () => null,
   ) {}
 
   /** Fails like `allocate` would, without allocating: for checking a whole load up front. */
@@ -52,8 +66,11 @@ export class CappedAllocator {
   allocate(bytes: number, purpose: string): Allocation {
     if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new VramfitError('ALLOC', `device ${this.device}: bad allocation size ${bytes} for ${purpose}`, 1);
     this.check(bytes, purpose);
-    const buffer = this.g.raw.ggml_backend_buft_alloc_buffer(this.buft, bytes) as Buffer_ | null;
-    if (!buffer) throw new OutOfDeviceMemory(this.device, bytes, this.inUse, this.cap, `${purpose} (the backend refused the allocation)`);
+    const { result: buffer } = withCapturedLog(() => this.g.raw.ggml_backend_buft_alloc_buffer(this.buft, bytes) as Buffer_ | null);
+    if (!buffer) {
+      const m = this.memory();
+      throw new OutOfDeviceMemory(this.device, bytes, this.inUse, this.cap, purpose, { free: m?.free ?? null, total: m?.total ?? null });
+    }
     const real = this.g.raw.ggml_backend_buffer_get_size(buffer) as number;
     const a: Allocation = { buffer, bytes: real, purpose };
     liveResources.buffers++;
@@ -72,6 +89,7 @@ export class CappedAllocator {
 
   freeAll(): void {
     for (const a of [...this.live]) this.free(a);
+    for (const [purpose, bytes] of this.external) this.releaseExternal(bytes, purpose);
   }
 
   /** Accounts a buffer ggml allocates itself (the graph allocator's), after checking the cap. */
@@ -111,14 +129,69 @@ export class CappedAllocator {
   }
 }
 
+/**
+ * What the device itself says it holds for this process: free memory before the backend started minus
+ * the least free memory seen since (so CUDA's context, cuBLAS workspaces and Vulkan's own staging and
+ * scratch buffers count). Other processes on the same GPU move it too. Null where the backend's free
+ * memory never moves (lavapipe, and backends that report total as free).
+ */
+export class DeviceMemoryWatch {
+  private minFree: number;
+  private moved = false;
+
+  constructor(
+    private readonly read: () => { free: number; total: number },
+    readonly freeBefore: number,
+  ) {
+    this.minFree = freeBefore;
+  }
+
+  sample(): void {
+    const { free } = this.read();
+    if (free !== this.freeBefore) this.moved = true;
+    this.minFree = Math.min(this.minFree, free);
+  }
+
+  get peak(): number | null {
+    return this.moved ? Math.max(0, this.freeBefore - this.minFree) : null;
+  }
+}
+
 export interface EngineDevice {
   /** The plan's id: '0', '1', … for virtual devices and GPUs, 'cpu' for host RAM. */
   id: string;
   kind: 'virtual' | 'cpu' | 'gpu';
+  /** ggml's device name (CPU, CUDA0, Vulkan1) and description, for reports. */
+  name: string;
+  description: string;
   backend: Backend;
   buft: BufferType;
   alignment: number;
   allocator: CappedAllocator;
+  /** GPUs: the device's own memory reading. */
+  watch?: DeviceMemoryWatch;
+}
+
+function openBackend(g: Ggml, dev: Device, label: string): Backend {
+  const { result, said } = withCapturedLog(() => g.raw.ggml_backend_dev_init(dev, null) as Backend | null);
+  if (!result) throw new VramfitError('GPU_BACKEND_FAILED', `${label} is present but its backend failed to start${said.length ? `: ${said.join(' ')}` : ''}`, 1);
+  liveResources.backends++;
+  return result;
+}
+
+function deviceOn(g: Ggml, id: string, kind: EngineDevice['kind'], dev: Device, backend: Backend, buft: BufferType, cap: number, watch?: DeviceMemoryWatch): EngineDevice {
+  const memory = watch ? () => deviceMemory(g, dev) : undefined;
+  return {
+    id,
+    kind,
+    name: g.raw.ggml_backend_dev_name(dev) as string,
+    description: g.raw.ggml_backend_dev_description(dev) as string,
+    backend,
+    buft,
+    alignment: g.raw.ggml_backend_buft_get_alignment(buft) as number,
+    allocator: new CappedAllocator(g, id, cap, buft, memory),
+    ...(watch ? { watch } : {}),
+  };
 }
 
 /**
@@ -128,55 +201,41 @@ export interface EngineDevice {
 export function openVirtualDevices(ids: readonly string[], caps: ReadonlyMap<string, number>, threads: number): EngineDevice[] {
   const g = loadGgml();
   const dev = cpuDevice(g);
-  return ids.map((id) => {
-    const backend = g.raw.ggml_backend_dev_init(dev, null) as Backend | null;
-    if (!backend) throw new VramfitError('GGML', `could not start a CPU backend for device ${id}`, 1);
-    liveResources.backends++;
-    g.setThreads(backend, threads);
-    const buft = g.raw.ggml_backend_get_default_buffer_type(backend) as BufferType;
-    const cap = caps.get(id) ?? Number.MAX_SAFE_INTEGER;
-    return {
-      id,
-      kind: id === 'cpu' ? 'cpu' : 'virtual',
-      backend,
-      buft,
-      alignment: g.raw.ggml_backend_buft_get_alignment(buft) as number,
-      allocator: new CappedAllocator(g, id, cap, buft),
-    };
-  });
-}
-
-/** Free memory of GPU `index` as its backend reports it. */
-export function gpuFreeBytes(index: number): number {
-  const g = loadGgml();
-  const dev = devices(g).filter((d) => d.type === DEV_TYPE.GPU)[index];
-  return dev ? deviceMemory(g, dev.handle).free : 0;
-}
-
-/** GPUs ggml registered (from an installed CUDA or Vulkan package), in ggml's order. */
-export function gpuDeviceCount(): number {
-  const g = loadGgml();
-  return devices(g).filter((d) => d.type === DEV_TYPE.GPU).length;
-}
-
-/**
- * One backend per GPU id ('0', '1', …), capped at `caps` or, without a cap, at the memory the device
- * reports free. Untested here (no GPU on the machines this was built on); the CPU path is the tested one.
- */
-export function openGpuDevices(ids: readonly string[], caps: ReadonlyMap<string, number>): EngineDevice[] {
-  const g = loadGgml();
-  const gpus = devices(g).filter((d) => d.type === DEV_TYPE.GPU);
   const opened: EngineDevice[] = [];
   try {
     for (const id of ids) {
-      const dev = gpus[Number(id)];
-      if (!dev) throw new VramfitError('NO_GPU', `GPU ${id} is not available to ggml (${gpus.length} found)`, 2);
-      const backend = g.raw.ggml_backend_dev_init(dev.handle, null) as Backend | null;
-      if (!backend) throw new VramfitError('GGML', `could not start ${dev.name}`, 1);
-      liveResources.backends++;
-      const buft = g.raw.ggml_backend_dev_buffer_type(dev.handle) as BufferType;
-      const cap = caps.get(id) ?? deviceMemory(g, dev.handle).free;
-      opened.push({ id, kind: 'gpu', backend, buft, alignment: g.raw.ggml_backend_buft_get_alignment(buft) as number, allocator: new CappedAllocator(g, id, cap, buft) });
+      const backend = openBackend(g, dev, `CPU device ${id}`);
+      g.setThreads(backend, threads);
+      const buft = g.raw.ggml_backend_get_default_buffer_type(backend) as BufferType;
+      opened.push(deviceOn(g, id, id === 'cpu' ? 'cpu' : 'virtual', dev, backend, buft, caps.get(id) ?? Number.MAX_SAFE_INTEGER));
+    }
+  } catch (e) {
+    closeDevices(opened);
+    throw e;
+  }
+  return opened;
+}
+
+/** A GPU to open: its plan id, ggml device and cap (already resolved against its memory). */
+export interface GpuToOpen {
+  id: string;
+  handle: Device;
+  label: string;
+  cap: number;
+}
+
+/** One backend per GPU, each capped; the device's free memory is read before its backend starts. */
+export function openGpuDevices(gpus: readonly GpuToOpen[]): EngineDevice[] {
+  const g = loadGgml();
+  const opened: EngineDevice[] = [];
+  try {
+    for (const gpu of gpus) {
+      const watch = new DeviceMemoryWatch(() => deviceMemory(g, gpu.handle), deviceMemory(g, gpu.handle).free);
+      const backend = openBackend(g, gpu.handle, gpu.label);
+      const buft = g.raw.ggml_backend_dev_buffer_type(gpu.handle) as BufferType;
+      const d = deviceOn(g, gpu.id, 'gpu', gpu.handle, backend, buft, gpu.cap, watch);
+      watch.sample();
+      opened.push(d);
     }
   } catch (e) {
     closeDevices(opened);

@@ -4,7 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { generate } from '../../src/engine/generate.js';
-import { loadModel, type DeviceReport, type LoadedModel, type LoadOptions } from '../../src/engine/model.js';
+import { type DeviceReport, type LoadedModel } from '../../src/engine/model.js';
+import { loadModel, type LoadOptions } from '../../src/engine/load.js';
 
 /** Ten prompt tokens: in micro-batches of 4 the second and third chunks attend over a past, as decoding does. */
 export const PROMPT = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3];

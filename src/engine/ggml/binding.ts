@@ -330,6 +330,21 @@ const GPU_PACKAGES: readonly { backend: GpuBackendName; pkg: string; lib: string
 
 let gpuStatuses: GpuPackageStatus[] | undefined;
 
+/**
+ * Runs `fn` with ggml's log lines collected instead of printed, so a failure can say what ggml said
+ * (a missing library, no Vulkan device) in the one error message the user sees.
+ */
+export function withCapturedLog<T>(fn: () => T): { result: T; said: string[] } {
+  const outer = captured;
+  const lines: string[] = (captured = []);
+  try {
+    const result = fn();
+    return { result, said: lines.map((l) => l.trim()).filter((l) => l && !/^load_backend: loaded/.test(l)) };
+  } finally {
+    captured = outer;
+  }
+}
+
 /** The version of an installed package, or undefined when it is not installed. */
 function packageVersion(pkg: string): { version: string; dir: string } | undefined {
   const require = createRequire(import.meta.url);
@@ -369,14 +384,7 @@ export function loadGpuBackends(g: Ggml): GpuPackageStatus[] {
     }
     const path = join(installed.dir, 'bins', pkg.split('/')[1]!, lib);
     if (!existsSync(path)) return { backend, package: wanted, state: 'failed', detail: `${path} is missing from the installed package` };
-    const lines: string[] = (captured = []);
-    let reg: Reg | null;
-    try {
-      reg = g.raw.ggml_backend_load(path) as Reg | null;
-    } finally {
-      captured = undefined;
-    }
-    const said = lines.map((l) => l.trim()).filter(Boolean).filter((l) => !/^load_backend: loaded/.test(l));
+    const { result: reg, said } = withCapturedLog(() => g.raw.ggml_backend_load(path) as Reg | null);
     if (!reg) {
       return { backend, package: wanted, state: 'failed', detail: `${lib} did not load: ${said.join(' ') || 'no reason given'} (it needs ${looksFor})` };
     }

@@ -3,6 +3,7 @@ import { parseDeviceSpec, parseGpuMemoryList } from './cards.js';
 import { readCpuMemory, readDiskSpace, type CpuMemory, type DiskSpace } from './host.js';
 import { readNvidiaSmi, type GpuInfo, type GpuProcess, type NvidiaSmiRunner } from './nvidia-smi.js';
 import { applyCudaVisibleDevices, selectGpus, type Visibility } from './visible.js';
+import type { SmiCard } from './gpu-match.js';
 
 /** Everything a plan may place modules on: the GPUs the process will see, CPU RAM, and disk. */
 
@@ -27,6 +28,8 @@ export interface Inventory {
   readonly disk: DiskSpace;
   readonly source: 'nvidia-smi' | 'simulated' | 'none';
   readonly notes: string[];
+  /** nvidia-smi's cards by PCI bus id, hidden ones included, for matching ggml's GPUs (gpu-match.ts). */
+  readonly cards?: SmiCard[];
 }
 
 export interface DetectOptions {
@@ -132,7 +135,13 @@ export async function detectInventory(opts: DetectOptions = {}): Promise<Invento
 
   const [cpu, disk] = await Promise.all([readCpuMemory(), readDisk(opts.offloadFolder, notes)]);
   notes.push(...cpu.notes);
-  return { gpus, cpu: cpu.cpu, disk, source, notes };
+  // A MIG instance shares its card's bus id; ggml's CUDA device for it is matched to the first.
+  const cards: SmiCard[] = physical.map((card) => ({
+    pciBusId: card.pciBusId,
+    name: card.name,
+    logicalIndex: gpus.find((g) => g.physicalIndex === card.index)?.logicalIndex ?? null,
+  }));
+  return { gpus, cpu: cpu.cpu, disk, source, notes, cards };
 }
 
 export interface SimulateOptions {

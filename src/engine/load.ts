@@ -1,0 +1,346 @@
+/**
+ * Loading a model as a plan places it, in named phases: read the checkpoint's facts, resolve and open
+ * the devices, measure the compute workspace, plan, lay out each device's tensors, check every cap,
+ * allocate weights and KV caches, reserve compute buffers, and only then read the weights. Every
+ * device's weights, KV cache and worst-case compute buffer are checked against its cap before a byte
+ * of weights is read; an over-cap device fails with OutOfDeviceMemory and nothing stays allocated.
+ */
+import { closeSync, openSync, readSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { dirname } from 'node:path';
+import { readConfigFile } from '../reader/read-config.js';
+import { readGgufFacts } from '../reader/gguf-model.js';
+import { readModel } from '../reader/read-model.js';
+import { kvDefaultDtype } from '../reader/summary.js';
+import type { Skeleton } from '../reader/skeleton.js';
+import { planFit, type MeasuredWorkspace } from '../planner/fit.js';
+import { manualPlan } from '../planner/manual-split.js';
+import type { GpuBackend } from '../planner/devices/gpu-match.js';
+import type { Plan } from '../planner/plan.js';
+import { InputError, VramfitError } from '../util/errors.js';
+import { engineArchitecture } from './architectures/index.js';
+import type { ArchTensor, EngineArchitecture, EngineHyper, LayerCache } from './architectures/types.js';
+import { liveResources, openGpuDevices, openVirtualDevices, type EngineDevice } from './device.js';
+import { newDeviceState, releaseAll, type DeviceState } from './device-state.js';
+import { GGML_TYPE, loadGgml, ROPE_MODE, type Gallocr, type GgmlType, type Ggml } from './ggml/binding.js';
+import { LoadedModel } from './model.js';
+import { resolveRunDevices, type RunDevices } from './run-devices.js';
+import { buildStageGraph, deviceLookups, stagesFromPlan, type Stage } from './stages.js';
+import { describeWeights, ggmlTypeFor, loadWeightData, placeWeights, storedBytes, type WeightSpec } from './weights.js';
+import { measureGraph, measureWorkspace, representativeLayers } from './workspace.js';
+
+export interface LoadOptions {
+  /**
+   * `cpu` (one host device), `virtual:N` (N independent CPU backends), `gpu` (every GPU), `gpu:1,3`
+   * (those GPUs by id, as `vramfit devices` numbers them); a GPU form may end in `,cpu`.
+   */
+  devices?: string;
+  /** GPU backend when a card is seen by both: cuda (default when present) or vulkan. */
+  backend?: GpuBackend;
+  /** Caps per device, as `vramfit plan --max-memory` takes them. */
+  maxMemory?: string;
+  ctx?: number;
+  ubatch?: number;
+  kvDtype?: 'float32' | 'float16';
+  /** Load matrices in this dtype instead of the checkpoint's. */
+  dtype?: 'float32' | 'float16' | 'bfloat16';
+  threads?: number;
+  /**
+   * Manual split: decoder layers per device, in device order (the embedding goes with the first
+   * device, the final norm and head with the last). Skips the planner; caps are still enforced by
+   * each device's allocator.
+   */
+  layerSplit?: number[];
+  onProgress?: (loadedBytes: number, totalBytes: number) => void;
+}
+
+/** What the checkpoint says, as the engine needs it. */
+interface EngineModel {
+  model: string;
+  skeleton: Skeleton;
+  arch: EngineArchitecture;
+  h: EngineHyper;
+  modelDir: string;
+  tensorOf: Map<string, Skeleton['tensors'][number]>;
+  /** The ggml type a tensor loads as (vectors F32; matrices as stored or as --dtype asks). */
+  typeOf: (name: string, ne: number[]) => GgmlType;
+}
+
+interface RunShape {
+  ctx: number;
+  ubatch: number;
+  kvDtype: 'float32' | 'float16';
+  kvType: GgmlType;
+}
+
+export async function loadModel(model: string, opts: LoadOptions = {}): Promise<LoadedModel> {
+  const g = loadGgml();
+  const m = await readForEngine(model, opts);
+  const shape = runShape(m, opts);
+  const run = await resolveRunDevices(opts, vulkanScratchEstimate(m, shape));
+  const states = openDevices(run, opts).map(newDeviceState);
+  try {
+    const devices = states.map((s) => s.device);
+    const bufts = [...new Set(devices.map((d) => d.buft))];
+    const measured = measureWorkspace(g, m.arch, m.h, m.typeOf, shape.ctx, shape.ubatch, shape.kvType, bufts);
+    const plan = makePlan(m, run, shape, measured, opts);
+    const stages = stagesFromPlan(plan, m.arch, m.h, new Map(devices.map((d) => [d.id, d])));
+    describeDeviceWeights(g, m, plan, stages, states);
+    checkCaps(g, plan, stages, states, shape, m.h);
+    const kv = allocateWeightsAndCaches(g, m, stages, states, shape);
+    reserveCompute(g, m, stages, states, kv, shape);
+    readWeights(g, m, states, opts.onProgress);
+    return new LoadedModel(g, m.skeleton, m.arch, m.h, plan, states, stages, kv, shape.ctx, shape.ubatch);
+  } catch (e) {
+    releaseAll(g, states);
+    throw e;
+  }
+}
+
+async function readForEngine(model: string, opts: LoadOptions): Promise<EngineModel> {
+  const skeleton = await readModel(model);
+  const aliases = new Set(skeleton.tied.flatMap((group) => group.slice(1)));
+  const needsData = (t: Skeleton['tensors'][number]): boolean => !(t.kind === 'buffer' && t.persistent === false) && !aliases.has(t.name);
+  const unreadable = skeleton.tensors.find((t) => !t.location?.range && needsData(t) && t.location?.noRange);
+  if (skeleton.source.shapes === 'headers' && unreadable) {
+    throw new InputError(model, `the engine cannot load ${unreadable.name} from ${unreadable.location!.file}: ${unreadable.location!.noRange}`);
+  }
+  if (skeleton.source.shapes !== 'headers' || !skeleton.tensors.every((t) => t.location?.range || !needsData(t))) {
+    throw new InputError(model, 'the engine needs weights it can read (safetensors, PyTorch .bin or GGUF with byte ranges); this model has none here');
+  }
+  const { arch, h, modelDir } = hyperFor(model, skeleton);
+  const archTensors = arch.tensors(h);
+  // A tied head reads the embedding matrix.
+  const headAlias = h.tied ? new Map(archTensors.head.map((t, i) => [t.name, archTensors.embed[i]?.name ?? t.name])) : new Map<string, string>();
+  const tensorOf = new Map(skeleton.tensors.map((t) => [t.name, t]));
+  const typeOf = (name: string, ne: number[]): GgmlType => {
+    const source = tensorOf.get(headAlias.get(name) ?? name);
+    if (!source) throw new InputError(model, `the checkpoint has no ${name}`);
+    return ne.length === 1 ? GGML_TYPE.F32 : opts.dtype ? ggmlTypeFor(opts.dtype) : ggmlTypeFor(source.dtype);
+  };
+  return { model, skeleton, arch, h, modelDir, tensorOf, typeOf };
+}
+
+function runShape(m: EngineModel, opts: LoadOptions): RunShape {
+  const h = m.h;
+  const ctx = opts.ctx ?? Math.min(h.maxPositions, 4096);
+  if (!Number.isSafeInteger(ctx) || ctx < 1) throw new InputError('--ctx', `expected a positive integer, got ${ctx}`);
+  const ubatch = Math.min(opts.ubatch ?? 512, ctx);
+  // A position past a learned position table would be an out-of-range row lookup, which aborts ggml.
+  if (h.positionLimit !== undefined && ctx > h.positionLimit) throw new InputError('--ctx', `${ctx} tokens exceed the ${h.positionLimit} positions this model has embeddings for`);
+  // As transformers does, the cache follows the model: float32 models keep a float32 cache.
+  const kvDtype = opts.kvDtype ?? (kvDefaultDtype(m.skeleton) === 'float32' ? 'float32' : 'float16');
+  return { ctx, ubatch, kvDtype, kvType: kvDtype === 'float32' ? GGML_TYPE.F32 : GGML_TYPE.F16 };
+}
+
+/**
+ * ggml-vulkan's own device buffers beside vramfit's: activations converted for its matrix kernels
+ * (a micro-batch of the widest matrix input, at most 4 bytes an element) and a non-contiguous cache
+ * view made contiguous (one layer's K at the full context, at most 4 bytes an element).
+ */
+function vulkanScratchEstimate(m: EngineModel, shape: RunShape): number {
+  const t = m.arch.tensors(m.h);
+  const matrices = [...t.head, ...representativeLayers(m.arch, m.h).flatMap((i) => t.layer(i))].filter((x) => x.ne.length >= 2);
+  const widest = Math.max(m.h.hidden, ...matrices.map((x) => (x.transform === 'transpose' ? x.ne[1]! : x.ne[0]!)));
+  return shape.ubatch * widest * 4 + m.h.kvDim * shape.ctx * 4;
+}
+
+function openDevices(run: RunDevices, opts: LoadOptions): EngineDevice[] {
+  // ggml's CPU threads spin at barriers: more threads than free cores (other work, several backends)
+  // slows a step by orders of magnitude, so the default leaves half the cores alone.
+  const threads = opts.threads ?? Math.max(1, Math.min(8, Math.floor(availableParallelism() / 2)));
+  const hosts = run.specs.filter((s) => s.kind !== 'disk');
+  const caps = new Map(hosts.map((s) => [s.id, s.cap]));
+  if (run.kind === 'virtual') return openVirtualDevices(hosts.map((s) => s.id), caps, threads);
+  const gpus = openGpuDevices(hosts.filter((s) => s.kind === 'gpu').map((s) => {
+    const gpu = run.gpus.get(s.id)!;
+    return { id: s.id, handle: gpu.handle, label: `GPU ${s.id} (${gpu.name}, ${gpu.description})`, cap: s.cap };
+  }));
+  try {
+    return [...gpus, ...openVirtualDevices(hosts.filter((s) => s.kind === 'cpu').map((s) => s.id), caps, threads)];
+  } catch (e) {
+    releaseAll(loadGgml(), gpus.map(newDeviceState));
+    throw e;
+  }
+}
+
+function makePlan(m: EngineModel, run: RunDevices, shape: RunShape, measured: MeasuredWorkspace, opts: LoadOptions): Plan {
+  const workload = { ctx: shape.ctx, batch: 1, ubatch: shape.ubatch, kvDtype: shape.kvDtype, ...(opts.dtype ? { dtype: opts.dtype } : {}) };
+  if (!opts.layerSplit) return planFit({ skeleton: m.skeleton, devices: run.specs, workload, target: 'vramfit', measuredWorkspace: measured });
+  const u = m.arch.units(m.h);
+  return manualPlan(m.skeleton, { embed: u.embed, head: u.head, block: (i) => u.block(i), layers: m.h.layers, tied: m.h.tied }, run.specs, opts.layerSplit, workload, measured);
+}
+
+/** Which checkpoint tensors each device loads, and the ggml tensors (no data yet) they become. */
+function describeDeviceWeights(g: Ggml, m: EngineModel, plan: Plan, stages: Stage[], states: DeviceState[]): void {
+  const { model, tensorOf, typeOf, h } = m;
+  const archTensors = m.arch.tensors(h);
+  const onDisk = new Set(plan.devices.find((d) => d.id === 'disk')?.modules ?? []);
+  const stored = (name: string, ne: number[], transform?: ArchTensor['transform']): Skeleton['tensors'][number] => {
+    const source = tensorOf.get(name);
+    if (!source) throw new InputError(model, `the checkpoint has no ${name}`);
+    // A transposed tensor is stored the other way round.
+    const expected = transform === 'transpose' ? [...ne] : [...ne].reverse();
+    if (source.shape.length !== expected.length || source.shape.some((v, i) => v !== expected[i])) {
+      throw new InputError(model, `${name} is [${source.shape.join(', ')}] but config.json implies [${expected.join(', ')}]`);
+    }
+    return source;
+  };
+  const specFor = (name: string, ne: number[], transform?: ArchTensor['transform'], stack?: string[]): WeightSpec => {
+    if (stack) {
+      // One ggml tensor from several checkpoint tensors of one shape and dtype (an MoE layer's experts).
+      if (transform || ne.length < 2 || stack.length !== ne.at(-1)) throw new VramfitError('PIPELINE', `${name}: ${stack.length} stacked tensors cannot make [${ne.join(', ')}]${transform ? ' with a transform' : ''}`, 1);
+      const parts = stack.map((part) => stored(part, ne.slice(0, -1)));
+      if (parts.some((p) => p.dtype !== parts[0]!.dtype)) throw new InputError(model, `the tensors stacked into ${name} do not share one dtype`);
+      return { name, ne, type: typeOf(stack[0]!, ne), source: parts[0]!, parts };
+    }
+    const source = stored(name, ne, transform);
+    const spec: WeightSpec = { name, ne, type: typeOf(name, ne), source };
+    if (transform) spec.transform = transform;
+    return spec;
+  };
+  const perDevice = new Map<string, WeightSpec[]>();
+  const add = (d: EngineDevice, s: WeightSpec): void => {
+    // A disk-offloaded tensor is used in place when the kernels can read it as stored.
+    const onDiskUnit = [...onDisk].some((unit) => s.name.startsWith(`${unit}.`));
+    if (onDiskUnit && s.parts) {
+      throw new InputError('--max-memory', `the plan offloads ${s.name} to disk, but stacked expert tensors are assembled at load time and cannot be used in place from the file; give the devices or cpu room for the MoE blocks`);
+    }
+    if (onDiskUnit && !s.transform && s.type === ggmlTypeFor(s.source.dtype)) s.mapped = true;
+    perDevice.set(d.id, [...(perDevice.get(d.id) ?? []), s]);
+  };
+  const addOnce = (d: EngineDevice, t: ArchTensor): void => {
+    if (!perDevice.get(d.id)?.some((s) => s.name === t.name)) add(d, specFor(t.name, t.ne, t.transform, t.stack));
+  };
+  for (const st of stages) {
+    if (st.embed || (st.head && h.tied)) for (const t of archTensors.embed) addOnce(st.device, t);
+    for (const i of st.layers) for (const t of archTensors.layer(i)) add(st.device, specFor(t.name, t.ne, t.transform, t.stack));
+    if (st.norm) for (const t of archTensors.norm) addOnce(st.device, t);
+    if (st.head) for (const t of archTensors.head) addOnce(st.device, t);
+  }
+  for (const s of states) s.weights = describeWeights(g, s.device, perDevice.get(s.device.id) ?? []);
+}
+
+const pad = (n: number, a: number): number => Math.ceil(n / a) * a;
+
+/** Bytes of one device's KV cache: K and V of each of its layers at the full context. */
+function kvBytes(g: Ggml, stages: Stage[], d: EngineDevice, shape: RunShape, h: EngineHyper): number {
+  const layers = stages.filter((s) => s.device === d).reduce((sum, s) => sum + s.layers.length, 0);
+  return layers * 2 * pad(g.rowSize(shape.kvType, h.kvDim) * shape.ctx, d.alignment);
+}
+
+/**
+ * Nothing is allocated until every device is known to hold its weights, KV cache and the workspace the
+ * plan measured; the allocations after this re-check each request.
+ */
+function checkCaps(g: Ggml, plan: Plan, stages: Stage[], states: DeviceState[], shape: RunShape, h: EngineHyper): void {
+  for (const { device: d, weights } of states) {
+    const w = weights!.bytes;
+    const kv = kvBytes(g, stages, d, shape, h);
+    const planned = plan.devices.find((x) => x.id === d.id)?.workspace ?? 0;
+    d.allocator.check(w, 'weights');
+    d.allocator.check(kv, 'KV cache', w);
+    d.allocator.check(planned, 'compute workspace', w + kv);
+  }
+}
+
+function allocateWeightsAndCaches(g: Ggml, m: EngineModel, stages: Stage[], states: DeviceState[], shape: RunShape): Map<number, LayerCache> {
+  const kv = new Map<number, LayerCache>();
+  for (const s of states) {
+    const d = s.device;
+    placeWeights(g, d, s.weights!, m.modelDir);
+    d.watch?.sample();
+    const layers = stages.filter((st) => st.device === d).flatMap((st) => st.layers);
+    if (layers.length === 0) continue;
+    s.kvCtx = g.init(g.tensorOverhead() * (layers.length * 2 + 4), true);
+    const per = pad(g.rowSize(shape.kvType, m.h.kvDim) * shape.ctx, d.alignment);
+    s.kv = d.allocator.allocate(per * 2 * layers.length, 'kv');
+    const base = g.raw.ggml_backend_buffer_get_base(s.kv.buffer) as bigint;
+    layers.forEach((i, j) => {
+      const k = g.newTensor(s.kvCtx!, shape.kvType, [m.h.kvDim, shape.ctx]);
+      const v = g.newTensor(s.kvCtx!, shape.kvType, [m.h.kvDim, shape.ctx]);
+      g.raw.ggml_backend_tensor_alloc(s.kv!.buffer, k, base + BigInt(per * 2 * j));
+      g.raw.ggml_backend_tensor_alloc(s.kv!.buffer, v, base + BigInt(per * (2 * j + 1)));
+      kv.set(i, { k, v });
+    });
+    g.raw.ggml_backend_buffer_clear(s.kv.buffer, 0);
+    d.watch?.sample();
+  }
+  return kv;
+}
+
+/**
+ * Compute buffers: each device's worst-case graph (a full micro-batch at the full context) measured on
+ * its own buffer type without allocating, checked against the cap, then reserved.
+ */
+function reserveCompute(g: Ggml, m: EngineModel, stages: Stage[], states: DeviceState[], kv: Map<number, LayerCache>, shape: RunShape): void {
+  const weights = new Map(states.map((s) => [s.device.id, s.weights!]));
+  for (const s of states) {
+    const d = s.device;
+    const mine = stages.filter((st) => st.device === d);
+    if (mine.length === 0) continue;
+    let most = 0;
+    for (const st of mine) {
+      const b = buildStageGraph(g, m.arch, m.h, st, deviceLookups(st, weights, kv), shape.ubatch, shape.ctx);
+      try {
+        most = Math.max(most, measureGraph(g, d.buft, b.graph));
+      } finally {
+        b.gb.free();
+      }
+    }
+    d.allocator.reserveExternal(most, 'compute');
+    s.computeBytes = most;
+    s.galloc = g.raw.ggml_gallocr_new(d.buft) as Gallocr;
+    liveResources.graphAllocators++;
+    for (const st of mine) {
+      const b = buildStageGraph(g, m.arch, m.h, st, deviceLookups(st, weights, kv), shape.ubatch, shape.ctx);
+      const ok = g.raw.ggml_gallocr_reserve(s.galloc, b.graph) as boolean;
+      b.gb.free();
+      if (!ok) throw new VramfitError('GGML', `could not reserve the compute buffer on device ${d.id}`, 1);
+    }
+    d.watch?.sample();
+  }
+}
+
+/** Only now are the weights read, shard by shard, into their devices. */
+function readWeights(g: Ggml, m: EngineModel, states: DeviceState[], onProgress: LoadOptions['onProgress']): void {
+  const total = states.reduce((sum, s) => sum + s.weights!.specs.reduce((x, sp) => x + storedBytes(sp), 0), 0);
+  let loaded = 0;
+  for (const s of states) {
+    loadWeightData(g, m.modelDir, s.weights!, (n) => {
+      loaded += n;
+      onProgress?.(loaded, total);
+    });
+    s.device.watch?.sample();
+  }
+}
+
+/** The model's hyper-parameters, from config.json, or from GGUF metadata (with llama.cpp's rope layout). */
+function hyperFor(model: string, skeleton: Skeleton): { arch: EngineArchitecture; h: EngineHyper; modelDir: string } {
+  const arch = engineArchitecture(skeleton.family, model);
+  if (skeleton.source.kind === 'gguf') {
+    const file = skeleton.source.files[0]!;
+    const facts = readGgufFacts(file);
+    if (!facts) throw new InputError(model, 'the engine runs GGUF files of the Llama family (llama, mistral, qwen2, qwen3)', 'UNSUPPORTED_ARCHITECTURE');
+    const h = arch.hyper(facts.config, skeleton.family);
+    // llama.cpp's converter permuted q/k rows for its NORMAL rope mode.
+    if (facts.permutedQK) (h as EngineHyper & { ropeMode?: number }).ropeMode = ROPE_MODE.NORMAL;
+    if (facts.ropeFreqs) {
+      const [start, end] = facts.ropeFreqs.range;
+      const bytes = Buffer.alloc(end - start);
+      const fd = openSync(file, 'r');
+      try {
+        readSync(fd, bytes, 0, bytes.length, start);
+      } finally {
+        closeSync(fd);
+      }
+      h.freqFactors = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+    }
+    return { arch, h, modelDir: dirname(file) };
+  }
+  const configPath = skeleton.source.files.find((f) => f.endsWith('config.json'));
+  if (!configPath) throw new InputError(model, 'no config.json beside the weights');
+  const modelDir = dirname(skeleton.source.files.find((f) => f.endsWith('.safetensors')) ?? configPath);
+  return { arch, h: arch.hyper(readConfigFile(configPath), skeleton.family), modelDir };
+}
+
