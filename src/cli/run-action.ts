@@ -31,6 +31,7 @@ export interface RunFlags {
   json?: boolean;
   logits?: boolean;
   devices?: string;
+  backend?: string;
   maxMemory?: string;
   ctx?: string;
   ubatch?: string;
@@ -82,13 +83,22 @@ function modelDirOf(model: LoadedModel): string {
   return f ? dirname(f) : '.';
 }
 
+/**
+ * The per-device report: the allocator's figure is what vramfit's own buffers held; the device's own
+ * figure (GPUs whose backend reports its use) counts everything the backend holds there, and is what
+ * the cap is promised against.
+ */
 export function renderReport(devices: DeviceReport[], r: GenerationResult): string {
-  const lines = ['device  cap           predicted peak  measured peak  moved in'];
+  const rows = [['device', 'cap', 'predicted peak', 'measured peak (allocator)', 'device-measured', 'moved in']];
   for (const d of devices) {
     const cap = d.cap >= Number.MAX_SAFE_INTEGER ? 'uncapped' : formatBytes(d.cap);
     const err = d.predicted > 0 ? ` (${(((d.measured - d.predicted) / d.predicted) * 100).toFixed(2)} %)` : '';
-    lines.push(`${d.id.padEnd(8)}${cap.padEnd(14)}${formatBytes(d.predicted).padEnd(16)}${(formatBytes(d.measured) + err).padEnd(24)}${formatBytes(d.bytesIn)}`);
+    const predicted = formatBytes(d.predicted) + (d.overhead > 0 ? ` + ${formatBytes(d.overhead)} backend` : '');
+    const own = d.deviceMeasured === null ? (d.name.startsWith('CPU') || d.id === 'disk' ? '-' : 'not reported') : formatBytes(d.deviceMeasured);
+    rows.push([d.name === 'CPU' || d.id === 'disk' ? d.id : `${d.id} ${d.name}`, cap, predicted, formatBytes(d.measured) + err, own, formatBytes(d.bytesIn)]);
   }
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
+  const lines = rows.map((row) => row.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd());
   const pps = r.promptSeconds > 0 ? r.promptIds.length / r.promptSeconds : 0;
   const gps = r.generateSeconds > 0 ? r.generatedIds.length / r.generateSeconds : 0;
   lines.push(`prompt: ${r.promptIds.length} tokens at ${pps.toFixed(1)} tokens/s · generation: ${r.generatedIds.length} tokens at ${gps.toFixed(1)} tokens/s · stop: ${typeof r.stop === 'string' ? r.stop : r.stop.kind}`);
@@ -114,6 +124,7 @@ export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean)
     : undefined;
   const loaded = await loadModel(model, {
     ...(f.devices !== undefined ? { devices: f.devices } : {}),
+    ...(f.backend !== undefined ? { backend: f.backend as 'cuda' } : {}),
     ...(f.maxMemory !== undefined ? { maxMemory: f.maxMemory } : {}),
     ...(ctx !== undefined ? { ctx } : {}),
     ...(ubatch !== undefined ? { ubatch } : {}),
@@ -161,7 +172,17 @@ export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean)
         generated_ids: result.generatedIds,
         text: tokenizer ? result.text : null,
         stop: typeof result.stop === 'string' ? result.stop : result.stop.kind,
-        devices: devices.map((d) => ({ id: d.id, cap: d.cap >= Number.MAX_SAFE_INTEGER ? null : d.cap, predicted_peak: d.predicted, measured_peak: d.measured, breakdown: d.breakdown, bytes_moved_in: d.bytesIn })),
+        devices: devices.map((d) => ({
+          id: d.id,
+          name: d.name,
+          cap: d.cap >= Number.MAX_SAFE_INTEGER ? null : d.cap,
+          predicted_peak: d.predicted,
+          backend_overhead: d.overhead,
+          measured_peak: d.measured,
+          device_measured_peak: d.deviceMeasured,
+          breakdown: d.breakdown,
+          bytes_moved_in: d.bytesIn,
+        })),
         prompt_tokens_per_second: result.promptSeconds > 0 ? result.promptIds.length / result.promptSeconds : null,
         generation_tokens_per_second: result.generateSeconds > 0 ? result.generatedIds.length / result.generateSeconds : null,
       };
