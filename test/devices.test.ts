@@ -633,9 +633,9 @@ describe('renderInventory', () => {
       text,
       [
         'GPUs (from nvidia-smi)',
-        '  cuda  nvidia-smi  name                       total       used       free  processes',
-        '  0     2           NVIDIA A100-SXM4-80GB  80.00 GiB   0.00 GiB  79.50 GiB  5151 [Not Found]',
-        '  1     0           NVIDIA A100-SXM4-80GB  80.00 GiB  20.00 GiB  59.50 GiB  4242 python3 19.00 GiB, 4343 server 0.50 GiB',
+        '  id  nvidia-smi  name                       total       used       free  processes',
+        '  0   2           NVIDIA A100-SXM4-80GB  80.00 GiB   0.00 GiB  79.50 GiB  5151 [Not Found]',
+        '  1   0           NVIDIA A100-SXM4-80GB  80.00 GiB  20.00 GiB  59.50 GiB  4242 python3 19.00 GiB, 4343 server 0.50 GiB',
         'CPU RAM: 251.7 GiB total, 240.3 GiB available',
         'Disk: 1843.2 GiB free at /data/offload',
         'Notes:',
@@ -664,7 +664,7 @@ describe('renderInventory', () => {
     };
     const lines = renderInventory(sim).split('\n');
     assert.equal(lines[0], 'GPUs (simulated)');
-    assert.equal(lines[1], '  cuda  name      total      used       free  processes');
+    assert.equal(lines[1], '  id  name      total      used       free  processes');
     assert.equal(lines[2], '  0     H200  140.4 GiB  0.00 GiB  140.4 GiB  1 p, 2 p, 3 p, +2 more');
     assert.equal(lines[3], '  1     H200  140.4 GiB  0.00 GiB  140.4 GiB  -');
     const none = renderInventory({ ...host, source: 'none', gpus: [], notes: ['nvidia-smi was not found'] });

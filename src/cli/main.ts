@@ -9,7 +9,8 @@ import { renderTree } from './tree.js';
 import { ARCHITECTURES } from '../reader/architectures/index.js';
 import { addPlanCommand } from './plan-command.js';
 import { addRunCommands } from './run-command.js';
-import { detectInventory, simulatedInventory } from '../planner/devices/inventory.js';
+import { simulatedInventory } from '../planner/devices/inventory.js';
+import { machineInventory } from '../engine/machine-inventory.js';
 import { renderInventory } from '../planner/devices/format.js';
 
 export interface Io {
@@ -63,13 +64,15 @@ function buildProgram(io: Io): Command {
 
   program
     .command('devices')
-    .description('List the GPUs (nvidia-smi, respecting CUDA_VISIBLE_DEVICES), CPU RAM and free disk a plan can use.')
+    .description('List the GPUs (nvidia-smi, respecting CUDA_VISIBLE_DEVICES, joined with the GPUs an installed CUDA/Vulkan package lets ggml open, one id per card), the active GPU backend, CPU RAM and free disk a plan or run can use.')
     .option('--gpus <ids>', 'physical GPUs to use, as CUDA_VISIBLE_DEVICES takes them')
     .option('--gpu-memory <sizes>', 'simulate GPUs with these totals: 24GiB,24GiB')
     .option('--device-spec <spec>', 'simulate known cards: 4xA100-80GB')
     .option('--offload-folder <dir>', 'folder whose free space is the disk budget (default: the current folder)')
+    .option('--backend <name>', 'for a GPU seen by both installed GPU packages: cuda (the default) or vulkan')
     .option('--json', 'print the inventory as JSON')
-    .action(async (opts: { gpus?: string; gpuMemory?: string; deviceSpec?: string; offloadFolder?: string; json?: boolean }) => {
+    .action(async (opts: { gpus?: string; gpuMemory?: string; deviceSpec?: string; offloadFolder?: string; backend?: string; json?: boolean }) => {
+      if (opts.backend !== undefined && opts.backend !== 'cuda' && opts.backend !== 'vulkan') throw new InputError('--backend', `expected cuda or vulkan, got ${JSON.stringify(opts.backend)}`);
       const simulated = opts.gpuMemory !== undefined || opts.deviceSpec !== undefined;
       if (simulated && opts.gpus !== undefined) throw new InputError('--gpus', 'selects real GPUs; it cannot be combined with --gpu-memory or --device-spec');
       const inv = simulated
@@ -78,7 +81,11 @@ function buildProgram(io: Io): Command {
             ...(opts.deviceSpec !== undefined ? { deviceSpec: opts.deviceSpec } : {}),
             ...(opts.offloadFolder !== undefined ? { offloadFolder: opts.offloadFolder } : {}),
           })
-        : await detectInventory({ ...(opts.gpus !== undefined ? { gpus: opts.gpus } : {}), ...(opts.offloadFolder !== undefined ? { offloadFolder: opts.offloadFolder } : {}) });
+        : await machineInventory({
+            ...(opts.gpus !== undefined ? { gpus: opts.gpus } : {}),
+            ...(opts.offloadFolder !== undefined ? { offloadFolder: opts.offloadFolder } : {}),
+            ...(opts.backend !== undefined ? { backend: opts.backend as 'cuda' } : {}),
+          });
       io.stdout(opts.json ? `${JSON.stringify(inv, null, 2)}\n` : `${renderInventory(inv)}\n`);
     });
   return program;

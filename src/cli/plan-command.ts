@@ -4,7 +4,8 @@ import { readModel } from '../reader/read-model.js';
 import type { Skeleton } from '../reader/skeleton.js';
 import { kvDefaultDtype } from '../reader/summary.js';
 import { largestContext } from '../planner/ctx-auto.js';
-import { detectInventory, simulatedInventory, type Inventory } from '../planner/devices/inventory.js';
+import { simulatedInventory, type Inventory } from '../planner/devices/inventory.js';
+import { machineInventory } from '../engine/machine-inventory.js';
 import { devicesForPlan } from '../planner/devices-for-plan.js';
 import { renderAccelerate } from '../planner/export/accelerate.js';
 import { renderPlanJson } from '../planner/export/json.js';
@@ -80,7 +81,7 @@ async function inventoryFor(flags: PlanFlags): Promise<Inventory> {
   const opts: { gpus?: string; offloadFolder?: string } = {};
   if (flags.gpus !== undefined) opts.gpus = flags.gpus;
   if (flags.offloadFolder !== undefined) opts.offloadFolder = flags.offloadFolder;
-  return detectInventory(opts);
+  return machineInventory(opts);
 }
 
 function checkDtype(value: string | undefined, flag: string): string | undefined {

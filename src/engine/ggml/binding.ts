@@ -7,11 +7,14 @@
  * A GGML_ASSERT aborts the whole process, so callers validate shapes and types before any call
  * (graph.ts does it for ops); the abort callback only gets the message onto stderr first.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import koffi from 'koffi';
 import { VramfitError } from '../../util/errors.js';
+import { GPU_PACKAGES, packageVersion, gpuInstallCommand, type GpuBackendName } from './packages.js';
+
+export { gpuInstallCommand, type GpuBackendName } from './packages.js';
 
 declare const brand: unique symbol;
 type Handle<B extends string> = bigint & { readonly [brand]: B };
@@ -305,7 +308,6 @@ export function loadGgml(): Ggml {
   return g;
 }
 
-export type GpuBackendName = 'cuda' | 'vulkan';
 
 /** What became of one optional GPU package when vramfit tried to use it. */
 export interface GpuPackageStatus {
@@ -323,11 +325,6 @@ export interface GpuPackageStatus {
   reg?: Reg;
 }
 
-const GPU_PACKAGES: readonly { backend: GpuBackendName; pkg: string; lib: string; looksFor: string }[] = [
-  { backend: 'cuda', pkg: '@node-llama-cpp/linux-x64-cuda', lib: 'libggml-cuda.so', looksFor: 'an NVIDIA driver (libcuda.so.1) and the CUDA 13 runtime (libcudart.so.13, libcublas.so.13) on the library path' },
-  { backend: 'vulkan', pkg: '@node-llama-cpp/linux-x64-vulkan', lib: 'libggml-vulkan.so', looksFor: 'the Vulkan loader (libvulkan.so.1) and an ICD for the GPU (e.g. /usr/share/vulkan/icd.d/*.json)' },
-];
-
 let gpuStatuses: GpuPackageStatus[] | undefined;
 
 /**
@@ -343,27 +340,6 @@ export function withCapturedLog<T>(fn: () => T): { result: T; said: string[] } {
   } finally {
     captured = outer;
   }
-}
-
-/** The version of an installed package, or undefined when it is not installed. */
-function packageVersion(pkg: string): { version: string; dir: string } | undefined {
-  const require = createRequire(import.meta.url);
-  let entry: string;
-  try {
-    // The packages export only their entry (dist/index.js), not package.json.
-    entry = require.resolve(pkg);
-  } catch {
-    return undefined;
-  }
-  const dir = join(dirname(entry), '..');
-  const parsed = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { version?: unknown };
-  return { version: String(parsed.version), dir };
-}
-
-/** The exact command that installs GPU support matching the pinned CPU package. */
-export function gpuInstallCommand(backend: GpuBackendName): string {
-  const version = packageVersion('@node-llama-cpp/linux-x64')?.version ?? '3.22.1';
-  return `npm install --save-exact @node-llama-cpp/linux-x64-${backend}@${version}`;
 }
 
 /**

@@ -40,23 +40,27 @@ const SOURCE: Record<Inventory['source'], string> = {
   'nvidia-smi': 'from nvidia-smi',
   simulated: 'simulated',
   none: 'none detected',
+  ggml: 'from ggml\'s GPU backends',
 };
+
+const PACKAGE_STATE: Record<string, string> = { ready: 'active', absent: 'not installed', 'no-device': 'installed, no usable device', failed: 'failed to load', mismatch: 'wrong release' };
 
 function gpuTable(gpus: readonly LogicalGpu[], simulated: boolean): string[] {
   // Simulated GPUs have no physical counterpart, so the remapping column would only repeat cuda.
   const header = simulated
-    ? ['cuda', 'name', 'total', 'used', 'free', 'processes']
-    : ['cuda', 'nvidia-smi', 'name', 'total', 'used', 'free', 'processes'];
+    ? ['id', 'name', 'total', 'used', 'free', 'processes']
+    : ['id', 'nvidia-smi', 'name', 'total', 'used', 'free', 'processes'];
+  const engine = (g: LogicalGpu): string => (g.backend ? ` [${g.ggmlName} via ${g.backend}${g.integrated ? ', integrated' : ''}]` : '');
   const rows = gpus.map((g) => {
     const cells = [
       String(g.logicalIndex),
-      g.name,
+      g.name + engine(g),
       formatGiB(g.totalBytes),
       formatGiB(g.usedBytes),
       formatGiB(g.freeBytes),
       formatProcesses(g.processes),
     ];
-    if (!simulated) cells.splice(1, 0, String(g.physicalIndex));
+    if (!simulated) cells.splice(1, 0, g.backend && !g.uuid.startsWith('GPU-') ? '-' : String(g.physicalIndex));
     return cells;
   });
   const first = simulated ? 2 : 3;
@@ -71,6 +75,7 @@ export function renderInventory(inv: Inventory): string {
     out.push(`GPUs (${SOURCE[inv.source]})`);
     out.push(...gpuTable(inv.gpus, inv.source === 'simulated'));
   }
+  if (inv.packages) out.push(`GPU backends: ${inv.packages.map((p) => `${p.backend} ${PACKAGE_STATE[p.state] ?? p.state}`).join(', ')}`);
   out.push(`CPU RAM: ${formatGiB(inv.cpu.totalBytes)} total, ${formatGiB(inv.cpu.availableBytes)} available`);
   out.push(`Disk: ${formatGiB(inv.disk.freeBytes)} free at ${inv.disk.path}`);
   if (inv.notes.length > 0) {

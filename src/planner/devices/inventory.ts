@@ -20,16 +20,22 @@ export interface LogicalGpu {
   readonly processes: readonly GpuProcess[];
   /** The MIG profile (e.g. `1g.10gb`) when this is a MIG instance, else null. */
   readonly migProfile: string | null;
+  /** The ggml backend that runs it (`cuda`, `vulkan`) and ggml's device name, where vramfit's engine sees it. */
+  readonly backend?: string;
+  readonly ggmlName?: string;
+  readonly integrated?: boolean;
 }
 
 export interface Inventory {
   readonly gpus: LogicalGpu[];
   readonly cpu: CpuMemory;
   readonly disk: DiskSpace;
-  readonly source: 'nvidia-smi' | 'simulated' | 'none';
+  readonly source: 'nvidia-smi' | 'simulated' | 'none' | 'ggml';
   readonly notes: string[];
   /** nvidia-smi's cards by PCI bus id, hidden ones included, for matching ggml's GPUs (gpu-match.ts). */
   readonly cards?: SmiCard[];
+  /** Each installed GPU package's state (`devices` shows the active backend); absent when none is installed. */
+  readonly packages?: { backend: string; state: string; detail: string }[];
 }
 
 export interface DetectOptions {
