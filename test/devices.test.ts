@@ -666,7 +666,7 @@ describe('renderInventory', () => {
     assert.equal(lines[0], 'GPUs (simulated)');
     assert.equal(lines[1], '  id  name      total      used       free  processes');
     assert.equal(lines[2], '  0   H200  140.4 GiB  0.00 GiB  140.4 GiB  1 p, 2 p, 3 p, +2 more');
-    assert.equal(lines[3], '  1     H200  140.4 GiB  0.00 GiB  140.4 GiB  -');
+    assert.equal(lines[3], '  1   H200  140.4 GiB  0.00 GiB  140.4 GiB  -');
     const none = renderInventory({ ...host, source: 'none', gpus: [], notes: ['nvidia-smi was not found'] });
     assert.equal(
       none,
