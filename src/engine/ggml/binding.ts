@@ -12,7 +12,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import koffi from 'koffi';
 import { VramfitError } from '../../util/errors.js';
-import { GPU_PACKAGES, packageVersion, gpuInstallCommand, type GpuBackendName } from './packages.js';
+import { GPU_PACKAGES, packageVersion, releaseProblem, type GpuBackendName } from './packages.js';
 
 export { gpuInstallCommand, type GpuBackendName } from './packages.js';
 
@@ -354,10 +354,8 @@ export function loadGpuBackends(g: Ggml): GpuPackageStatus[] {
   gpuStatuses = GPU_PACKAGES.map(({ backend, pkg, lib, looksFor }) => {
     const installed = packageVersion(pkg);
     const wanted = `${pkg}@${cpuVersion ?? '?'}`;
-    if (!installed) return { backend, package: wanted, state: 'absent', detail: `${pkg} is not installed (${gpuInstallCommand(backend)})` };
-    if (installed.version !== cpuVersion) {
-      return { backend, package: wanted, state: 'mismatch', detail: `${pkg} is ${installed.version} but the CPU package is ${cpuVersion}: both must be the same release (${gpuInstallCommand(backend)})` };
-    }
+    const refused = releaseProblem(backend, installed?.version, cpuVersion);
+    if (refused || !installed) return { backend, package: wanted, ...(refused ?? { state: 'absent', detail: '' }) };
     const path = join(installed.dir, 'bins', pkg.split('/')[1]!, lib);
     if (!existsSync(path)) return { backend, package: wanted, state: 'failed', detail: `${path} is missing from the installed package` };
     const { result: reg, said } = withCapturedLog(() => g.raw.ggml_backend_load(path) as Reg | null);

@@ -39,3 +39,14 @@ export function gpuInstallCommand(backend: GpuBackendName): string {
 export function installedGpuPackages(): GpuBackendName[] {
   return GPU_PACKAGES.filter((p) => packageVersion(p.pkg) !== undefined).map((p) => p.backend);
 }
+
+/**
+ * Why a GPU package cannot be used as installed: absent, or another release than the CPU package (its
+ * libggml-<gpu>.so is built against that release's libggml-base.so, which is already loaded).
+ */
+export function releaseProblem(backend: GpuBackendName, installed: string | undefined, cpu: string | undefined): { state: 'absent' | 'mismatch'; detail: string } | null {
+  const pkg = `@node-llama-cpp/linux-x64-${backend}`;
+  if (installed === undefined) return { state: 'absent', detail: `${pkg} is not installed (${gpuInstallCommand(backend)})` };
+  if (installed !== cpu) return { state: 'mismatch', detail: `${pkg} is ${installed} but the CPU package @node-llama-cpp/linux-x64 is ${cpu ?? 'missing'}: both must be the same release (${gpuInstallCommand(backend)})` };
+  return null;
+}
