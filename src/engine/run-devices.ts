@@ -9,6 +9,7 @@ import type { GpuBackend } from '../planner/devices/gpu-match.js';
 import { selectNumbered } from '../planner/devices/gpu-match.js';
 import { readCpuMemory } from '../planner/devices/host.js';
 import { parseDeviceSelection } from '../planner/devices/selection.js';
+import { TARGETS } from '../planner/memory-model.js';
 import type { PlanDeviceSpec } from '../planner/plan.js';
 import { formatBytes } from '../planner/units.js';
 import { InputError } from '../util/errors.js';
@@ -28,15 +29,6 @@ export interface RunDeviceOptions {
   maxMemory?: string;
   backend?: GpuBackend;
 }
-
-/**
- * Runtime memory a GPU backend takes outside the buffers vramfit allocates, which the plan must leave
- * room for. CUDA: the context, cuBLAS workspace and ggml-cuda's scratch pool (an estimate until measured
- * on the card: `run` reports the device's own figure beside it). Vulkan: ggml-vulkan's preallocated
- * conversion buffers — activations converted for the matrix kernels and a non-contiguous cache view —
- * estimated from the model's shapes by the caller.
- */
-export const CUDA_RUNTIME_OVERHEAD = 512 * 1024 * 1024;
 
 export async function resolveRunDevices(opts: RunDeviceOptions, vulkanScratch: number): Promise<RunDevices> {
   const selection = parseDeviceSelection(opts.devices);
@@ -73,7 +65,10 @@ export async function resolveRunDevices(opts: RunDeviceOptions, vulkanScratch: n
     }
     if (!gpu) return { id, kind: 'virtual', cap: cap ?? Number.MAX_SAFE_INTEGER, overhead: 0 };
     // An uncapped GPU may use what it has free now.
-    const overhead = gpu.backend === 'cuda' ? CUDA_RUNTIME_OVERHEAD : vulkanScratch;
+    // Memory the backend takes outside vramfit's buffers (the plan leaves room for it). CUDA: the
+    // context, cuBLAS workspace and ggml-cuda's pool, the engine target's GPU overhead (an estimate:
+    // `run` reports the device's own figure beside it). Vulkan: its conversion buffers, from the shapes.
+    const overhead = gpu.backend === 'cuda' ? TARGETS.vramfit.gpuOverhead : vulkanScratch;
     return { id, kind: 'gpu', cap: cap ?? gpu.freeBytes, overhead, name: gpu.name, totalBytes: gpu.totalBytes };
   });
   const cpuJoins = resolved['cpu'] !== undefined || (selection.kind === 'gpu' && selection.cpu);
