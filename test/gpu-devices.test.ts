@@ -216,3 +216,19 @@ describe('caps on Vulkan devices', { skip: vulkanSkip() }, () => {
     }
   });
 });
+
+describe('workspace measurement', () => {
+  it('measures one layer of each kind: an MoE model whose dense layer is not the first still has it measured', async () => {
+    const { representativeLayers } = await import('../src/engine/workspace.js');
+    const { moeArchitecture } = await import('../src/engine/architectures/moe.js');
+    const { ConfigReader } = await import('../src/reader/config.js');
+    const { TINY_MOE_CONFIGS } = await import('./helpers/tiny-moe.js');
+    const cfg = TINY_MOE_CONFIGS['qwen3-moe'];
+    const h = moeArchitecture.hyper(new ConfigReader({ ...cfg }, 'config.json'), 'qwen3-moe');
+    // Layer 1 is dense (mlp_only_layers [1]), the others sparse: both kinds are measured.
+    assert.deepEqual(representativeLayers(moeArchitecture, h), [0, 1]);
+    // Only the last layer dense: layers 0 and 1 (what was measured before) are both sparse.
+    const last = moeArchitecture.hyper(new ConfigReader({ ...cfg, mlp_only_layers: [2] }, 'config.json'), 'qwen3-moe');
+    assert.deepEqual(representativeLayers(moeArchitecture, last), [0, 2]);
+  });
+});
