@@ -6,6 +6,7 @@
  */
 import { renderCompare, runCompare } from './compare-accelerate.js';
 import { renderEngineBench, runEngineBench } from './engine.js';
+import { renderGpuBench, runGpuBench } from './gpu.js';
 import { ms, ratio } from './common.js';
 import { renderPlannerBench, runPlannerBench } from './planner.js';
 import { renderReaderBench, runReaderBench } from './reader.js';
@@ -40,6 +41,11 @@ const engine = await runEngineBench({ peer: !process.argv.includes('--no-peer') 
 console.log(renderEngineBench(engine));
 console.log(done(), '\n');
 
+done = section('gpu');
+const gpu = await runGpuBench();
+console.log(renderGpuBench(gpu));
+console.log(done(), '\n');
+
 const fitTotal = planner.rows.reduce((s, x) => s + x.fit, 0);
 const autoTotal = planner.rows.reduce((s, x) => s + x.accelerate.auto, 0);
 const both = compare.rows.filter((x) => x.fitGpu !== undefined && x.accGpu !== undefined);
@@ -49,4 +55,6 @@ console.log(`vramfit inspect / node -e 0       ${ratio(reader.cli.median, reader
 console.log(`bytes read / checkpoint bytes     ${(reader.bytesRead / reader.checkpoint.folderBytes).toExponential(2)} (${reader.bytesRead} of ${reader.checkpoint.folderBytes})`);
 console.log(`fit / accelerate auto (plan time) ${ratio(fitTotal, autoTotal)} summed over ${planner.rows.length} model × set-up rows`);
 console.log(`fit ≥ accelerate (GPU bytes)      ${both.filter((x) => x.fitGpu! >= x.accGpu!).length} of ${both.length} rows; accelerate would overflow in ${compare.rows.filter((x) => x.oom).length}`);
+const [cpuRun, oneGpu, twoGpus] = gpu.setups;
+if (cpuRun && oneGpu) console.log(`GPU decode / CPU decode            ${ratio(oneGpu.decodeTokS, cpuRun.decodeTokS)}${gpu.emulated ? ' (emulated GPUs: lavapipe)' : ''}${twoGpus ? `; 2 GPUs / 1 GPU ${ratio(twoGpus.decodeTokS, oneGpu.decodeTokS)}` : ''}`);
 console.log(`total ${((performance.now() - started) / 1000).toFixed(1)} s`);
