@@ -90,7 +90,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
     const kv = allocateWeightsAndCaches(g, m, stages, states, shape);
     reserveCompute(g, m, stages, states, kv, shape);
     readWeights(g, m, states, opts.onProgress);
-    return new LoadedModel(g, m.skeleton, m.arch, m.h, plan, states, stages, kv, shape.ctx, shape.ubatch);
+    return new LoadedModel(g, { skeleton: m.skeleton, arch: m.arch, hyper: m.h, plan, states, stages, kv, ctx: shape.ctx, ubatch: shape.ubatch });
   } catch (e) {
     releaseAll(g, states);
     throw e;

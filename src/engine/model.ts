@@ -64,19 +64,24 @@ export class LoadedModel {
    */
   private readonly placed = new Map<string, BuiltStage>();
 
+  readonly skeleton: Skeleton;
+  readonly arch: EngineArchitecture;
+  readonly hyper: EngineHyper;
+  readonly plan: Plan;
+  /** Tokens the KV cache holds at most, and tokens per forward pass. */
+  readonly ctx: number;
+  readonly ubatch: number;
+  private readonly states: DeviceState[];
+  private readonly stages: Stage[];
+  private readonly kv: Map<number, LayerCache>;
+
+  /** Takes ownership of every device state: `dispose` frees them. */
   constructor(
     private readonly g: Ggml,
-    readonly skeleton: Skeleton,
-    readonly arch: EngineArchitecture,
-    readonly hyper: EngineHyper,
-    readonly plan: Plan,
-    private readonly states: DeviceState[],
-    private readonly stages: Stage[],
-    private readonly kv: Map<number, LayerCache>,
-    readonly ctx: number,
-    readonly ubatch: number,
+    parts: { skeleton: Skeleton; arch: EngineArchitecture; hyper: EngineHyper; plan: Plan; states: DeviceState[]; stages: Stage[]; kv: Map<number, LayerCache>; ctx: number; ubatch: number },
   ) {
-    this.weights = new Map(states.flatMap((s) => (s.weights ? [[s.device.id, s.weights] as const] : [])));
+    ({ skeleton: this.skeleton, arch: this.arch, hyper: this.hyper, plan: this.plan, states: this.states, stages: this.stages, kv: this.kv, ctx: this.ctx, ubatch: this.ubatch } = parts);
+    this.weights = new Map(this.states.flatMap((s) => (s.weights ? [[s.device.id, s.weights] as const] : [])));
   }
 
   private readonly weights: Map<string, DeviceWeights>;
