@@ -22,6 +22,7 @@ import { InputError } from '../src/util/errors.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const GiB = 1024 ** 3;
+const NO_OVERHEAD = { cuda: 0, vulkan: 0 };
 
 describe('--devices', () => {
   it('takes cpu, virtual:N, every GPU, GPUs by id, and a GPU form followed by cpu', () => {
@@ -140,7 +141,7 @@ describe('caps on Vulkan devices', { skip: vulkanSkip() }, () => {
 
   it('resolves relative caps against the device and the host, as plan does', async () => {
     const [, g1] = listEngineGpus().gpus;
-    const cap = async (devices: string, maxMemory: string, id: string): Promise<number> => (await resolveRunDevices({ devices, maxMemory }, 0)).specs.find((s) => s.id === id)!.cap;
+    const cap = async (devices: string, maxMemory: string, id: string): Promise<number> => (await resolveRunDevices({ devices, maxMemory }, NO_OVERHEAD)).specs.find((s) => s.id === id)!.cap;
     assert.equal(await cap('gpu:1', '1=50%', '1'), Math.floor(g1!.totalBytes / 2));
     assert.equal(await cap('gpu:1', '1=free-512MiB', '1'), g1!.freeBytes - 512 * 1024 ** 2);
     assert.equal(await cap('gpu:1', '1=total', '1'), g1!.totalBytes);
@@ -148,14 +149,14 @@ describe('caps on Vulkan devices', { skip: vulkanSkip() }, () => {
     const cpu = await cap('gpu:0,cpu', 'cpu=50%', 'cpu');
     assert.ok(cpu > 0 && cpu < Number.MAX_SAFE_INTEGER);
     // Uncapped: what the GPU has free.
-    assert.equal((await resolveRunDevices({ devices: 'gpu:1' }, 0)).specs[0]!.cap, g1!.freeBytes);
+    assert.equal((await resolveRunDevices({ devices: 'gpu:1' }, NO_OVERHEAD)).specs[0]!.cap, g1!.freeBytes);
   });
 
   it('refuses a cap above the device, a GPU that does not exist, and a cap for a device not opened', async () => {
-    await assert.rejects(resolveRunDevices({ devices: 'gpu:1', maxMemory: '1=1TiB' }, 0), /--max-memory 1: 1\.00 TiB \(1099511627776 B\) is more than GPU 1 \(Vulkan1\) has: 2\.00 GiB/);
-    await assert.rejects(resolveRunDevices({ devices: 'gpu:2' }, 0), /GPU 2 does not exist \(GPUs: 0 Vulkan0, 1 Vulkan1\)/);
-    await assert.rejects(resolveRunDevices({ devices: 'gpu:1', maxMemory: '0=1GiB' }, 0), /names device 0, which --devices does not open \(1\)/);
-    await assert.rejects(resolveRunDevices({ devices: 'gpu', backend: 'cuda' }, 0), /no GPU package is installed: npm install --save-exact @node-llama-cpp\/linux-x64-cuda/);
+    await assert.rejects(resolveRunDevices({ devices: 'gpu:1', maxMemory: '1=1TiB' }, NO_OVERHEAD), /--max-memory 1: 1\.00 TiB \(1099511627776 B\) is more than GPU 1 \(Vulkan1\) has: 2\.00 GiB/);
+    await assert.rejects(resolveRunDevices({ devices: 'gpu:2' }, NO_OVERHEAD), /GPU 2 does not exist \(GPUs: 0 Vulkan0, 1 Vulkan1\)/);
+    await assert.rejects(resolveRunDevices({ devices: 'gpu:1', maxMemory: '0=1GiB' }, NO_OVERHEAD), /names device 0, which --devices does not open \(1\)/);
+    await assert.rejects(resolveRunDevices({ devices: 'gpu', backend: 'cuda' }, NO_OVERHEAD), /no GPU package is installed: npm install --save-exact @node-llama-cpp\/linux-x64-cuda/);
   });
 
   it('a backend that refuses an allocation the cap allows gives OutOfDeviceMemory with true numbers', () => {
@@ -230,5 +231,60 @@ describe('workspace measurement', () => {
     // Only the last layer dense: layers 0 and 1 (what was measured before) are both sparse.
     const last = moeArchitecture.hyper(new ConfigReader({ ...cfg, mlp_only_layers: [2] }, 'config.json'), 'qwen3-moe');
     assert.deepEqual(representativeLayers(moeArchitecture, last), [0, 2]);
+  });
+});
+
+describe("GPU backends' own scratch memory (memory model)", async () => {
+  const { vulkanScratchBytes, cudaScratchBytes } = await import('../src/planner/memory-model.js');
+  const MiB = 1024 ** 2;
+  // A 7B-like shape: hidden 4096, FFN 11008, vocab 32000, 8 KV heads of 128.
+  const matrices = (stored: 'f32' | 'f16' | 'quantized') => [
+    { k: 4096, m: 4096, stored },
+    { k: 4096, m: 11008, stored },
+    { k: 11008, m: 4096, stored },
+    { k: 4096, m: 32000, stored },
+  ];
+  const base = { ubatch: 512, ctx: 4096, kvDim: 1024, queryDim: 4096 };
+
+  it('Vulkan: F16 weights with an F16 cache (flash attention) need only split-k partials and the fixed 1 KiB', () => {
+    const bytes = vulkanScratchBytes({ ...base, matrices: matrices('f16'), kvBytesPerElement: 2 });
+    // Split-k: ≤ 8 F32 partials of at most 88 tiles of 128×128 outputs (K ≥ 2048 everywhere here).
+    assert.equal(bytes, 8 * 4 * 88 * 128 * 128 + 1024);
+  });
+
+  it('Vulkan: an F32 cache (no flash attention) adds the contiguous cache view and the F16 query; quantized weights their q8_1 activations', () => {
+    const f32 = vulkanScratchBytes({ ...base, matrices: matrices('f16'), kvBytesPerElement: 4 });
+    assert.equal(f32, 4 * 4096 * 1024 + 2 * 512 * 4096 + 8 * 4 * 88 * 128 * 128 + 1024);
+    const q = vulkanScratchBytes({ ...base, matrices: matrices('quantized'), kvBytesPerElement: 2 });
+    assert.equal(q, Math.ceil(1.125 * 512 * 11008) + 8 * 4 * 88 * 128 * 128 + 1024);
+    // Small matrices (K < 2048) are never split.
+    assert.equal(vulkanScratchBytes({ ...base, ubatch: 1, matrices: [{ k: 64, m: 256, stored: 'f16' }], kvBytesPerElement: 2 }), 1024);
+  });
+
+  it('CUDA: F16 weights over a prompt convert the largest matrix to F32 for cuBLAS; decode-sized batches do not', () => {
+    assert.equal(cudaScratchBytes({ ...base, matrices: matrices('f16'), kvBytesPerElement: 2 }), 4 * 4096 * 32000 + 32 * MiB);
+    assert.equal(cudaScratchBytes({ ...base, ubatch: 16, matrices: matrices('f16'), kvBytesPerElement: 2 }), 32 * MiB);
+    const q = cudaScratchBytes({ ...base, matrices: matrices('quantized'), kvBytesPerElement: 2 });
+    assert.equal(q, Math.ceil(1.125 * 512 * 11264) + 132 * 64 * 1024);
+  });
+
+  it('a run leaves room for the backend scratch on each GPU and reports it', { skip: vulkanSkip() }, async () => {
+    const dir = tempDir();
+    try {
+      writeTinyFamilyCheckpoint(dir, 'llama2');
+      const model = await loadModel(dir, { devices: 'gpu:0', ctx: 32, ubatch: 8, threads: 1, kvDtype: 'float32' });
+      try {
+        const [d] = model.report();
+        const planned = model.plan.devices.find((x) => x.id === '0')!;
+        assert.equal(d!.overhead, planned.overhead);
+        // F32 cache: the cache view (4·ctx·kvDim) and the query (2·ubatch·hidden) in F16, plus 1 KiB.
+        assert.equal(d!.overhead, 4 * 32 * 32 + 2 * 8 * 64 + 1024);
+        assert.ok(planned.used === planned.weights + planned.kv + planned.workspace + planned.overhead);
+      } finally {
+        model.dispose();
+      }
+    } finally {
+      cleanup(dir);
+    }
   });
 });

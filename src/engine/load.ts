@@ -14,6 +14,7 @@ import { readModel } from '../reader/read-model.js';
 import { kvDefaultDtype } from '../reader/summary.js';
 import type { Skeleton } from '../reader/skeleton.js';
 import { planFit, type MeasuredWorkspace } from '../planner/fit.js';
+import { cudaScratchBytes, TARGETS, vulkanScratchBytes, type BackendScratchShape } from '../planner/memory-model.js';
 import { manualPlan } from '../planner/manual-split.js';
 import type { GpuBackend } from '../planner/devices/gpu-match.js';
 import type { Plan } from '../planner/plan.js';
@@ -77,7 +78,8 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const g = loadGgml();
   const m = await readForEngine(model, opts);
   const shape = runShape(m, opts);
-  const run = await resolveRunDevices(opts, vulkanScratchEstimate(m, shape));
+  const scratch = scratchShape(m, shape);
+  const run = await resolveRunDevices(opts, { vulkan: vulkanScratchBytes(scratch), cuda: TARGETS.vramfit.gpuOverhead + cudaScratchBytes(scratch) });
   const states = openDevices(run, opts).map(newDeviceState);
   try {
     const devices = states.map((s) => s.device);
@@ -133,16 +135,17 @@ function runShape(m: EngineModel, opts: LoadOptions): RunShape {
   return { ctx, ubatch, kvDtype, kvType: kvDtype === 'float32' ? GGML_TYPE.F32 : GGML_TYPE.F16 };
 }
 
-/**
- * ggml-vulkan's own device buffers beside vramfit's: activations converted for its matrix kernels
- * (a micro-batch of the widest matrix input, at most 4 bytes an element) and a non-contiguous cache
- * view made contiguous (one layer's K at the full context, at most 4 bytes an element).
- */
-function vulkanScratchEstimate(m: EngineModel, shape: RunShape): number {
+/** The shapes that size a GPU backend's own scratch buffers (memory-model.ts), over the whole model. */
+function scratchShape(m: EngineModel, shape: RunShape): BackendScratchShape {
   const t = m.arch.tensors(m.h);
-  const matrices = [...t.head, ...representativeLayers(m.arch, m.h).flatMap((i) => t.layer(i))].filter((x) => x.ne.length >= 2);
-  const widest = Math.max(m.h.hidden, ...matrices.map((x) => (x.transform === 'transpose' ? x.ne[1]! : x.ne[0]!)));
-  return shape.ubatch * widest * 4 + m.h.kvDim * shape.ctx * 4;
+  const matrices = [...t.head, ...representativeLayers(m.arch, m.h).flatMap((i) => t.layer(i))]
+    .filter((x) => x.ne.length >= 2)
+    .map((x) => {
+      const type = m.typeOf(x.stack?.[0] ?? x.name, x.ne);
+      const stored = type === GGML_TYPE.F32 ? 'f32' : type === GGML_TYPE.F16 || type === GGML_TYPE.BF16 ? 'f16' : 'quantized';
+      return { k: x.ne[0]!, m: x.ne[1]!, stored } as const;
+    });
+  return { ubatch: shape.ubatch, ctx: shape.ctx, kvDim: m.h.kvDim, queryDim: m.h.hidden, matrices, kvBytesPerElement: shape.kvType === GGML_TYPE.F32 ? 4 : 2 };
 }
 
 function openDevices(run: RunDevices, opts: LoadOptions): EngineDevice[] {

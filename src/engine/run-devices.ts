@@ -9,7 +9,6 @@ import type { GpuBackend } from '../planner/devices/gpu-match.js';
 import { selectNumbered } from '../planner/devices/gpu-match.js';
 import { readCpuMemory } from '../planner/devices/host.js';
 import { parseDeviceSelection } from '../planner/devices/selection.js';
-import { TARGETS } from '../planner/memory-model.js';
 import type { PlanDeviceSpec } from '../planner/plan.js';
 import { formatBytes } from '../planner/units.js';
 import { InputError } from '../util/errors.js';
@@ -30,7 +29,11 @@ export interface RunDeviceOptions {
   backend?: GpuBackend;
 }
 
-export async function resolveRunDevices(opts: RunDeviceOptions, vulkanScratch: number): Promise<RunDevices> {
+/**
+ * `backendOverhead`: what each GPU backend holds on a device beyond vramfit's buffers for this model
+ * (memory-model.ts: ggml's scratch buffers; for CUDA also the context), which the plan leaves room for.
+ */
+export async function resolveRunDevices(opts: RunDeviceOptions, backendOverhead: Record<GpuBackend, number>): Promise<RunDevices> {
   const selection = parseDeviceSelection(opts.devices);
   const host = (await readCpuMemory()).cpu;
   const specsIn = opts.maxMemory !== undefined ? parseMaxMemory(opts.maxMemory) : {};
@@ -65,11 +68,7 @@ export async function resolveRunDevices(opts: RunDeviceOptions, vulkanScratch: n
     }
     if (!gpu) return { id, kind: 'virtual', cap: cap ?? Number.MAX_SAFE_INTEGER, overhead: 0 };
     // An uncapped GPU may use what it has free now.
-    // Memory the backend takes outside vramfit's buffers (the plan leaves room for it). CUDA: the
-    // context, cuBLAS workspace and ggml-cuda's pool, the engine target's GPU overhead (an estimate:
-    // `run` reports the device's own figure beside it). Vulkan: its conversion buffers, from the shapes.
-    const overhead = gpu.backend === 'cuda' ? TARGETS.vramfit.gpuOverhead : vulkanScratch;
-    return { id, kind: 'gpu', cap: cap ?? gpu.freeBytes, overhead, name: gpu.name, totalBytes: gpu.totalBytes };
+    return { id, kind: 'gpu', cap: cap ?? gpu.freeBytes, overhead: backendOverhead[gpu.backend], name: gpu.name, totalBytes: gpu.totalBytes };
   });
   const cpuJoins = resolved['cpu'] !== undefined || (selection.kind === 'gpu' && selection.cpu);
   if (cpuJoins) specs.push({ id: 'cpu', kind: 'cpu', cap: resolved['cpu'] ?? host.availableBytes, overhead: 0 });

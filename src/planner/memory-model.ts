@@ -82,3 +82,65 @@ export function dominantDtype(s: Skeleton, dtype?: string): string {
   for (const [d, b] of bytes) if (b > most) [best, most] = [d, b];
   return best;
 }
+
+/**
+ * What the engine's GPU backends allocate on the device outside the buffers vramfit hands them: scratch
+ * buffers sized by the largest op of a graph, kept (never shrunk) while the backend lives. From ggml's
+ * sizing rules (ggml-vulkan.cpp's prealloc_x/y/split_k, ggml-cuda's pool and cuBLAS workspace); driver
+ * memory (a CUDA context, Vulkan pipelines) is not in ggml's code and stays in the target's overhead.
+ */
+export interface BackendScratchShape {
+  /** Tokens per forward pass, and the context the cache holds. */
+  ubatch: number;
+  ctx: number;
+  /** K (or V) elements cached per token per layer, and the query width (heads × head dim). */
+  kvDim: number;
+  queryDim: number;
+  /** Every weight matrix the device multiplies by: inputs (K), outputs (M), and how it is stored. */
+  matrices: readonly { k: number; m: number; stored: 'f32' | 'f16' | 'quantized' }[];
+  /** An F16 cache goes through flash attention; an F32 one through mul_mat + soft_max. */
+  kvBytesPerElement: 2 | 4;
+}
+
+/** Split-k partial sums: ggml-vulkan splits only when K ≥ 2048 and the output is a few tiles (⅔ of ~132 cores × 128² outputs). */
+const VK_SPLIT_K_MAX_OUTPUTS = 88 * 128 * 128;
+
+/**
+ * ggml-vulkan's three scratch buffers coexist, each the largest any op asked for: x (a non-contiguous
+ * cache view made contiguous, F16, when attention runs without flash attention), y (the permuted query
+ * in F16 without flash attention; activations quantized to q8_1 for quantized weights, 1.125 bytes an
+ * element) and split-k partials (≤ 8 splits of F32 outputs).
+ */
+export function vulkanScratchBytes(s: BackendScratchShape): number {
+  const flash = s.kvBytesPerElement === 2;
+  const widestK = Math.max(0, ...s.matrices.map((x) => x.k));
+  const x = flash ? 0 : s.kvBytesPerElement * s.ctx * s.kvDim;
+  const quantized = s.matrices.some((m) => m.stored === 'quantized');
+  const y = Math.max(quantized ? Math.ceil(1.125 * s.ubatch * widestK) : 0, flash ? 0 : 2 * s.ubatch * s.queryDim);
+  const splitOutputs = Math.max(0, ...s.matrices.filter((m) => m.k >= 2048).map((m) => Math.min(m.m * s.ubatch, VK_SPLIT_K_MAX_OUTPUTS)));
+  const attentionSplit = !flash && s.ctx >= 2048 ? Math.min(s.queryDim * s.ubatch, VK_SPLIT_K_MAX_OUTPUTS) : 0;
+  const splitK = 8 * 4 * Math.max(splitOutputs, attentionSplit);
+  return x + y + splitK + 1024;
+}
+
+/** cuBLAS's workspace on Hopper and newer (4 MiB before); allocated once cuBLAS is first used. */
+const CUBLAS_WORKSPACE = 32 * MiB;
+/** ggml-cuda's stream-k fix-up scratch for quantized products: ≤ 64 KiB per SM, ~132 SMs. */
+const MMQ_FIXUP = 132 * 64 * 1024;
+
+/**
+ * ggml-cuda's pool holds one op's temporaries at a time (its peak is the largest op's) and cuBLAS keeps
+ * a workspace. Products with F16 weights over more than 16 tokens go through cuBLAS, which, with the
+ * F32 accumulation the engine asks for, converts the whole weight matrix to F32 first (4·K·M bytes);
+ * quantized weights quantize the activations to q8_1 (1.125 bytes an element); an F32 cache attends
+ * without flash attention, its scores converted at F32 (4·ctx·kvDim).
+ */
+export function cudaScratchBytes(s: BackendScratchShape): number {
+  const f16 = s.matrices.filter((m) => m.stored === 'f16');
+  const widestK = Math.max(0, ...s.matrices.map((x) => x.k));
+  const pad512 = Math.ceil(widestK / 512) * 512;
+  const cublas = s.ubatch > 16 && f16.length > 0 ? Math.max(...f16.map((m) => 4 * m.k * m.m)) : 0;
+  const mmq = s.matrices.some((m) => m.stored === 'quantized') ? Math.ceil(1.125 * s.ubatch * pad512) + MMQ_FIXUP : 0;
+  const attention = s.kvBytesPerElement === 4 ? 4 * s.ctx * s.kvDim : 0;
+  return Math.max(cublas, mmq, attention) + (f16.length > 0 || s.matrices.some((m) => m.stored === 'f32') ? CUBLAS_WORKSPACE : 0);
+}
