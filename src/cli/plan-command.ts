@@ -7,6 +7,7 @@ import { largestContext } from '../planner/ctx-auto.js';
 import { simulatedInventory, type Inventory } from '../planner/devices/inventory.js';
 import { machineInventory } from '../engine/machine-inventory.js';
 import { devicesForPlan } from '../planner/devices-for-plan.js';
+import { engineBackendOverhead, scratchShapeOf } from '../planner/memory-model.js';
 import { renderAccelerate } from '../planner/export/accelerate.js';
 import { renderPlanJson } from '../planner/export/json.js';
 import { renderLlamaCpp } from '../planner/export/llamacpp.js';
@@ -103,16 +104,22 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   const target = targetFor(flags);
   const inv = await inventoryFor(flags);
   const virtual = virtualCount(flags.devices);
-  const deviceOpts: Parameters<typeof devicesForPlan>[1] = { target };
-  for (const k of ['maxMemory', 'offloadFolder', 'overhead', 'gpuWeights'] as const) if (flags[k] !== undefined) deviceOpts[k] = flags[k];
-  if (virtual !== undefined) deviceOpts.virtual = virtual;
-  const devices = devicesForPlan(inv, deviceOpts);
-  if (devices.length === 0) throw new InputError('--max-memory', 'names no device the plan could use');
   const kvDtype = checkDtype(flags.kvDtype, '--kv-dtype') ?? kvDefaultDtype(skeleton);
   const dtype = checkDtype(flags.dtype, '--dtype');
   const batch = positive(flags.batch, '--batch');
   const ubatch = positive(flags.ubatch, '--ubatch');
   const maxCtx = skeleton.attention?.maxPositionEmbeddings ?? 131072;
+  const deviceOpts: Parameters<typeof devicesForPlan>[1] = { target };
+  for (const k of ['maxMemory', 'offloadFolder', 'overhead', 'gpuWeights'] as const) if (flags[k] !== undefined) deviceOpts[k] = flags[k];
+  if (virtual !== undefined) deviceOpts.virtual = virtual;
+  if (target === 'vramfit') {
+    // GPUs ggml runs (listed by `vramfit devices`): the backend's own scratch at the largest context asked for.
+    const ctx = flags.ctx === 'auto' ? maxCtx : positive(flags.ctx, '--ctx');
+    const shape = scratchShapeOf(skeleton, { ctx, batch, ubatch: Math.min(ubatch, ctx), kvDtype, ...(dtype ? { dtype } : {}) });
+    deviceOpts.backendOverhead = (backend) => engineBackendOverhead(backend, shape);
+  }
+  const devices = devicesForPlan(inv, deviceOpts);
+  if (devices.length === 0) throw new InputError('--max-memory', 'names no device the plan could use');
   const pins = pinsFor(skeleton, target);
   const planAt = (ctx: number): Plan => {
     const workload = { ctx, batch, ubatch: Math.min(ubatch, ctx), kvDtype, ...(dtype ? { dtype } : {}) };

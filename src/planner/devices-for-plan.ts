@@ -17,6 +17,11 @@ export interface DeviceOptions {
   /** `--gpu-weights 1,2`: relative shares for balancing accelerators. */
   gpuWeights?: string;
   target: Target;
+  /**
+   * For the engine's target: the overhead of a GPU run by a known ggml backend (`memory-model.ts`
+   * engineBackendOverhead), used where --overhead does not say.
+   */
+  backendOverhead?: (backend: string) => number | undefined;
 }
 
 /**
@@ -48,8 +53,9 @@ export function devicesForPlan(inv: Inventory, o: DeviceOptions): PlanDeviceSpec
     throw new InputError('--gpu-weights', `gives ${weights.length} weight(s) for ${accelerators.length} GPU(s) (${accelerators.join(', ')})`);
   }
   accelerators.forEach((id, i) => {
-    const d: PlanDeviceSpec = { id, kind: virtual > 0 ? 'virtual' : 'gpu', cap: caps[id]!, overhead: overheads.get(id) ?? overheads.get('*') ?? 0 };
     const gpu = inv.gpus.find((g) => String(g.logicalIndex) === id);
+    const byBackend = o.overhead === undefined && virtual === 0 && gpu?.backend ? o.backendOverhead?.(gpu.backend) : undefined;
+    const d: PlanDeviceSpec = { id, kind: virtual > 0 ? 'virtual' : 'gpu', cap: caps[id]!, overhead: overheads.get(id) ?? byBackend ?? overheads.get('*') ?? 0 };
     if (virtual === 0 && gpu) {
       d.name = gpu.name;
       d.physical = gpu.physicalIndex;

@@ -144,3 +144,33 @@ export function cudaScratchBytes(s: BackendScratchShape): number {
   const attention = s.kvBytesPerElement === 4 ? 4 * s.ctx * s.kvDim : 0;
   return Math.max(cublas, mmq, attention) + (f16.length > 0 || s.matrices.some((m) => m.stored === 'f32') ? CUBLAS_WORKSPACE : 0);
 }
+
+/**
+ * The scratch shape of a model from its skeleton's facts (no engine at hand: `vramfit plan`): the
+ * attention and MLP projections and the head, stored as the dominant dtype.
+ */
+export function scratchShapeOf(s: Skeleton, w: Workload): BackendScratchShape | undefined {
+  const a = s.attention;
+  if (!a) return undefined;
+  const dtype = dominantDtype(s, w.dtype);
+  const stored = dtype === 'float32' ? 'f32' : isFloatDType(dtype) ? 'f16' : 'quantized';
+  const f = a.intermediateSize ?? 4 * a.hiddenSize;
+  const q = a.numHeads * a.headDim;
+  const matrices = [
+    { k: a.hiddenSize, m: q, stored },
+    { k: q, m: a.hiddenSize, stored },
+    { k: a.hiddenSize, m: f, stored },
+    { k: f, m: a.hiddenSize, stored },
+    { k: a.hiddenSize, m: a.vocabSize, stored },
+  ] as const;
+  const kvBytesPerElement = bytesPerElement(w.kvDtype) >= 4 ? 4 : 2;
+  return { ubatch: w.ubatch * w.batch, ctx: w.ctx, kvDim: a.kvElementsPerToken / 2, queryDim: q, matrices, kvBytesPerElement };
+}
+
+/** What the engine's GPU backend holds on a device beyond vramfit's buffers: CUDA's context estimate and ggml's scratch. */
+export function engineBackendOverhead(backend: string, shape: BackendScratchShape | undefined): number | undefined {
+  if (!shape) return undefined;
+  if (backend === 'vulkan') return vulkanScratchBytes(shape);
+  if (backend === 'cuda') return TARGETS.vramfit.gpuOverhead + cudaScratchBytes(shape);
+  return undefined;
+}
