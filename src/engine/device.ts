@@ -219,14 +219,30 @@ export function openVirtualDevices(ids: readonly string[], caps: ReadonlyMap<str
 /** A GPU to open: its plan id, ggml device and cap (already resolved against its memory). */
 export interface GpuToOpen {
   id: string;
+  backend: 'cuda' | 'vulkan';
   handle: Device;
   label: string;
   cap: number;
 }
 
+/**
+ * ggml-vulkan stores matrix tiles in F16 wherever the device has F16 arithmetic, whatever the weights
+ * and the accumulation asked for: products over more than 8 tokens, and any with a strided operand,
+ * then lose ~3e-4 (relative) — 2–4e-3 in the logits of the test models. With F16 arithmetic off
+ * (GGML_VK_DISABLE_F16, read when the first Vulkan device starts) an F32 model matches the CPU to 2e-6
+ * and an F16 model matches a float64 reference to 2e-6, closer than ggml's CPU backend, which rounds
+ * activations to F16 for F16 weights. That costs speed where F16 math (and cooperative matrices) would
+ * be used: VRAMFIT_VULKAN_FP16=1 keeps them; a user's own GGML_VK_DISABLE_F16 is left as it is.
+ */
+function prepareVulkan(): void {
+  if (process.env['VRAMFIT_VULKAN_FP16'] === '1' || process.env['GGML_VK_DISABLE_F16'] !== undefined) return;
+  process.env['GGML_VK_DISABLE_F16'] = '1';
+}
+
 /** One backend per GPU, each capped; the device's free memory is read before its backend starts. */
 export function openGpuDevices(gpus: readonly GpuToOpen[]): EngineDevice[] {
   const g = loadGgml();
+  if (gpus.some((x) => x.backend === 'vulkan')) prepareVulkan();
   const opened: EngineDevice[] = [];
   try {
     for (const gpu of gpus) {

@@ -83,11 +83,12 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const states = openDevices(run, opts).map(newDeviceState);
   try {
     const devices = states.map((s) => s.device);
-    const bufts = [...new Set(devices.map((d) => d.buft))];
+    const bufts = [...new Map(devices.map((d) => [`${d.buft}:${d.kind === 'gpu'}`, { buft: d.buft, gpu: d.kind === 'gpu' }])).values()];
     const measured = measureWorkspace(g, m.arch, m.h, m.typeOf, shape.ctx, shape.ubatch, shape.kvType, bufts);
-    const plan = makePlan(m, run, shape, measured, opts);
+    let plan = makePlan(m, run, shape, measured, opts);
     const stages = stagesFromPlan(plan, m.arch, m.h, new Map(devices.map((d) => [d.id, d])));
     describeDeviceWeights(g, m, plan, stages, states);
+    plan = withDiskTensorsInRam(plan, states);
     checkCaps(g, plan, stages, states, shape, m.h);
     const kv = allocateWeightsAndCaches(g, m, stages, states, shape);
     reserveCompute(g, m, stages, states, kv, shape);
@@ -157,7 +158,7 @@ function openDevices(run: RunDevices, opts: LoadOptions): EngineDevice[] {
   if (run.kind === 'virtual') return openVirtualDevices(hosts.map((s) => s.id), caps, threads);
   const gpus = openGpuDevices(hosts.filter((s) => s.kind === 'gpu').map((s) => {
     const gpu = run.gpus.get(s.id)!;
-    return { id: s.id, handle: gpu.handle, label: `GPU ${s.id} (${gpu.name}, ${gpu.description})`, cap: s.cap };
+    return { id: s.id, backend: gpu.backend, handle: gpu.handle, label: `GPU ${s.id} (${gpu.name}, ${gpu.description})`, cap: s.cap };
   }));
   try {
     return [...gpus, ...openVirtualDevices(hosts.filter((s) => s.kind === 'cpu').map((s) => s.id), caps, threads)];
@@ -210,6 +211,7 @@ function describeDeviceWeights(g: Ggml, m: EngineModel, plan: Plan, stages: Stag
       throw new InputError('--max-memory', `the plan offloads ${s.name} to disk, but stacked expert tensors are assembled at load time and cannot be used in place from the file; give the devices or cpu room for the MoE blocks`);
     }
     if (onDiskUnit && !s.transform && s.type === ggmlTypeFor(s.source.dtype)) s.mapped = true;
+    else if (onDiskUnit) s.offloadedToRam = true;
     perDevice.set(d.id, [...(perDevice.get(d.id) ?? []), s]);
   };
   const addOnce = (d: EngineDevice, t: ArchTensor): void => {
@@ -225,6 +227,27 @@ function describeDeviceWeights(g: Ggml, m: EngineModel, plan: Plan, stages: Stag
 }
 
 const pad = (n: number, a: number): number => Math.ceil(n / a) * a;
+
+/**
+ * A disk-offloaded tensor is used in place only when the kernels read it as stored; one converted
+ * (a half-precision norm to F32, --dtype) or transformed at load (GPT-2's transposed Conv1D) is held in
+ * host RAM instead. The plan counted it on disk: move those bytes to the cpu device, which its cap
+ * check then sees, and say so.
+ */
+function withDiskTensorsInRam(plan: Plan, states: readonly DeviceState[]): Plan {
+  const disk = plan.devices.find((d) => d.id === 'disk');
+  const host = states.find((s) => s.device.id === 'cpu');
+  if (!disk || !host?.weights) return plan;
+  const cpuPlan = plan.devices.find((d) => d.id === 'cpu')!;
+  const g = loadGgml();
+  const inRam = host.weights.specs.filter((x) => x.offloadedToRam).reduce((sum, x) => sum + g.nbytes(host.weights!.tensors.get(x.name)!), 0);
+  if (inRam === 0) return plan;
+  const devices = plan.devices.map((d) =>
+    d === cpuPlan ? { ...d, weights: d.weights + inRam, used: d.used + inRam } : d === disk ? { ...d, weights: host.weights!.mappedBytes, used: host.weights!.mappedBytes } : d,
+  );
+  const warning = `${inRam} bytes of disk-offloaded tensors are converted or transformed at load, so they are held in CPU RAM, not used in place`;
+  return { ...plan, devices, warnings: [...plan.warnings, warning] };
+}
 
 /** Bytes of one device's KV cache: K and V of each of its layers at the full context. */
 function kvBytes(g: Ggml, stages: Stage[], d: EngineDevice, shape: RunShape, h: EngineHyper): number {

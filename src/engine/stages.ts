@@ -15,6 +15,8 @@ import type { DeviceWeights } from './weights.js';
 /** One pipeline stage: consecutive parts of the forward pass computed on one device. */
 export interface Stage {
   device: EngineDevice;
+  /** The device is a GPU (see StagePlan). */
+  gpu: boolean;
   embed: boolean;
   layers: number[];
   norm: boolean;
@@ -49,7 +51,11 @@ export function liveInputs(g: Ggml, b: BuiltStage): Partial<Record<InputName, bo
   return { tokens: live(b.tokens), positions: live(b.positions), kvRows: live(b.kvRows), mask: live(b.mask), freqFactors: live(b.freqFactors) };
 }
 
-export type StagePlan = Pick<Stage, 'embed' | 'layers' | 'norm' | 'head'>;
+/**
+ * What a stage computes; `gpu`: it runs on a GPU backend, whose matrix kernels want contiguous operands
+ * (ggml-vulkan copies a strided operand to F16 first, which an F32 cache must not lose).
+ */
+export type StagePlan = Pick<Stage, 'embed' | 'layers' | 'norm' | 'head'> & { gpu?: boolean };
 
 export function deviceLookups(stage: Stage, weights: Map<string, DeviceWeights>, kv: Map<number, { k: Tensor; v: Tensor }>): Lookups {
   return {
@@ -109,7 +115,7 @@ function buildInto(gb: GraphBuilder, arch: EngineArchitecture, h: EngineHyper, s
     built.maskF16 = maskType === GGML_TYPE.F16;
     built.kvRows = gb.input('kv_rows', GGML_TYPE.I32, [n]);
     if (h.freqFactors) built.freqFactors = gb.input('rope_freqs', GGML_TYPE.F32, [h.freqFactors.length]);
-    const step: StepInputs = { positions: positions!, kvRows: built.kvRows, nKv, mask: built.mask, freqFactors: built.freqFactors ?? null, writes };
+    const step: StepInputs = { positions: positions!, kvRows: built.kvRows, nKv, mask: built.mask, freqFactors: built.freqFactors ?? null, writes, contiguousOperands: stage.gpu === true };
     for (const i of stage.layers) {
       const cache = look.cache(i);
       x = arch.layer(gb, h, w, i, x, { k: gb.known(cache.k), v: gb.known(cache.v) }, step);
@@ -147,7 +153,7 @@ export function stagesFromPlan(plan: Plan, arch: EngineArchitecture, h: EngineHy
   for (const p of parts) {
     let s = stages.at(-1);
     if (!s || s.device !== p.device) {
-      s = { device: p.device, embed: false, layers: [], norm: false, head: false };
+      s = { device: p.device, gpu: p.device.kind === 'gpu', embed: false, layers: [], norm: false, head: false };
       stages.push(s);
     }
     if (p.kind === 'embed') s.embed = true;

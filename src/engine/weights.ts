@@ -24,6 +24,8 @@ export interface WeightSpec {
   source: SkeletonTensor;
   /** Used in place from the memory-mapped checkpoint (disk offload) instead of copied into RAM. */
   mapped?: boolean;
+  /** Of a disk-offloaded unit, but converted or transformed at load, so held in RAM after all. */
+  offloadedToRam?: boolean;
   /** A change of layout applied while loading (see TensorTransform). */
   transform?: TensorTransform;
   /**

@@ -44,7 +44,7 @@ export function representativeLayers(arch: EngineArchitecture, h: EngineHyper): 
  * Measures every combination of roles (embedding, blocks, head) a device can hold, on each buffer type
  * the run uses (a GPU backend may align or pad differently from the CPU), keeping the largest.
  */
-export function measureWorkspace(g: Ggml, arch: EngineArchitecture, h: EngineHyper, typeOf: (name: string, ne: number[]) => GgmlType, ctx: number, ubatch: number, kvType: GgmlType, bufts: readonly BufferType[]): MeasuredWorkspace {
+export function measureWorkspace(g: Ggml, arch: EngineArchitecture, h: EngineHyper, typeOf: (name: string, ne: number[]) => GgmlType, ctx: number, ubatch: number, kvType: GgmlType, bufts: readonly { buft: BufferType; gpu: boolean }[]): MeasuredWorkspace {
   const t = arch.tensors(h);
   const layers = representativeLayers(arch, h);
   const specs = [...t.embed, ...t.norm, ...t.head, ...layers.flatMap((i) => t.layer(i))];
@@ -78,16 +78,20 @@ export function measureWorkspace(g: Ggml, arch: EngineArchitecture, h: EngineHyp
                   { embed: false, layers: [], norm: false, head: true },
                 ]
               : [{ embed, layers: block ? layers : [], norm: head || (!embed && !block), head }];
-          let most = 0;
-          for (const part of parts) {
-            const b = buildStageGraph(g, arch, h, part, look, ubatch, ctx);
-            try {
-              for (const buft of bufts) most = Math.max(most, measureGraph(g, buft, b.graph));
-            } finally {
-              b.gb.free();
+          // A GPU stage's graph differs (contiguous attention operands): GPUs get their own keys.
+          for (const { buft, gpu } of bufts) {
+            let most = 0;
+            for (const part of parts) {
+              const b = buildStageGraph(g, arch, h, { ...part, gpu }, look, ubatch, ctx);
+              try {
+                most = Math.max(most, measureGraph(g, buft, b.graph));
+              } finally {
+                b.gb.free();
+              }
             }
+            const key = `${gpu ? 'gpu:' : ''}${rolesKey({ embed, block, head })}`;
+            out[key] = Math.max(out[key] ?? 0, most);
           }
-          out[rolesKey({ embed, block, head })] = most;
         }
       }
     }

@@ -25,7 +25,11 @@ export interface FitInput {
   measuredWorkspace?: MeasuredWorkspace;
 }
 
-/** Workspace measured per role combination: keys are the roles a device plays, e.g. 'embed+block+head'. */
+/**
+ * Workspace measured per role combination: keys are the roles a device plays, e.g. 'embed+block+head',
+ * optionally prefixed by a device kind ('gpu:embed+block') where that kind runs a different graph; a
+ * device of that kind reads its own key first.
+ */
 export type MeasuredWorkspace = Record<string, number>;
 
 /** What a device computes: the embedding lookup, decoder blocks, the head (logits). */
@@ -72,10 +76,10 @@ interface Costs {
   measured?: MeasuredWorkspace;
 }
 
-function workspaceFor(c: Costs, groups: readonly Group[]): number {
+function workspaceFor(c: Costs, groups: readonly Group[], kind?: PlanDeviceSpec['kind']): number {
   if (groups.length === 0) return 0;
   const r: Roles = { embed: groups.some((g) => g.hasEmbed), block: groups.some((g) => g.hasBlock), head: groups.some((g) => g.hasHead) };
-  const measured = c.measured?.[rolesKey(r)];
+  const measured = c.measured?.[`${kind}:${rolesKey(r)}`] ?? c.measured?.[rolesKey(r)];
   if (measured !== undefined) return measured;
   if (!r.block && !r.head) return c.passWs;
   return (r.block ? c.blockWs : 0) + (r.head ? c.headWs : 0);
@@ -150,7 +154,7 @@ function deviceNeed(groups: readonly Group[], d: PlanDeviceSpec, c: Costs): { we
   if (groups.length === 0) return { weights: 0, kv: 0, workspace: 0, overhead: 0, total: 0 };
   const weights = groups.reduce((s, g) => s + g.weights, 0);
   const kv = groups.reduce((s, g) => s + g.kv, 0);
-  const workspace = workspaceFor(c, groups);
+  const workspace = workspaceFor(c, groups, d.kind);
   const overhead = d.overhead;
   return { weights, kv, workspace, overhead, total: weights + kv + workspace + overhead };
 }
@@ -238,7 +242,7 @@ function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: b
     if (host.length === 0) return deviceNeed([], cpu ?? HOST, c);
     const weights = groups.slice(placed, end).reduce((sum, g) => sum + g.weights, 0);
     const kv = host.reduce((sum, g) => sum + g.kv, 0);
-    const workspace = workspaceFor(c, host);
+    const workspace = workspaceFor(c, host, 'cpu');
     const overhead = cpu?.overhead ?? 0;
     return { weights, kv, workspace, overhead, total: weights + kv + workspace + overhead };
   };

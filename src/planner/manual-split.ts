@@ -53,7 +53,7 @@ export function manualPlan(s: Skeleton, u: ManualUnits, specs: PlanDeviceSpec[],
     const weights = modules.reduce((sum, m) => sum + unitWeights(s, m, workload.dtype), 0);
     const layers = modules.filter((m) => blockOf.has(m)).length;
     const roles = { embed: modules.includes(u.embed), block: layers > 0, head: modules.includes(u.head) };
-    const workspace = measured[rolesKey(roles)] ?? 0;
+    const workspace = measured[`${d.kind}:${rolesKey(roles)}`] ?? measured[rolesKey(roles)] ?? 0;
     return { ...base.devices[0]!, id: d.id, kind: d.kind, cap: d.cap, weights, kv: layers * kvLayer, workspace, overhead: d.overhead, used: weights + layers * kvLayer + workspace + d.overhead, modules, ranges: [] as string[], tiedDuplicates: [] as string[] };
   });
   return { ...base, strategy: 'manual split', devices };

@@ -106,21 +106,20 @@ export interface BackendScratchShape {
 const VK_SPLIT_K_MAX_OUTPUTS = 88 * 128 * 128;
 
 /**
- * ggml-vulkan's three scratch buffers coexist, each the largest any op asked for: x (a non-contiguous
- * cache view made contiguous, F16, when attention runs without flash attention), y (the permuted query
- * in F16 without flash attention; activations quantized to q8_1 for quantized weights, 1.125 bytes an
- * element) and split-k partials (≤ 8 splits of F32 outputs).
+ * ggml-vulkan's three scratch buffers coexist, each the largest any op asked for: x and y hold operands
+ * it converts first — a strided one (the engine hands GPU kernels contiguous attention operands, so
+ * none) and activations quantized to q8_1 for quantized weights (1.125 bytes an element) — and split-k
+ * partials (≤ 8 splits of F32 outputs).
  */
 export function vulkanScratchBytes(s: BackendScratchShape): number {
   const flash = s.kvBytesPerElement === 2;
   const widestK = Math.max(0, ...s.matrices.map((x) => x.k));
-  const x = flash ? 0 : s.kvBytesPerElement * s.ctx * s.kvDim;
   const quantized = s.matrices.some((m) => m.stored === 'quantized');
-  const y = Math.max(quantized ? Math.ceil(1.125 * s.ubatch * widestK) : 0, flash ? 0 : 2 * s.ubatch * s.queryDim);
+  const y = quantized ? Math.ceil(1.125 * s.ubatch * widestK) : 0;
   const splitOutputs = Math.max(0, ...s.matrices.filter((m) => m.k >= 2048).map((m) => Math.min(m.m * s.ubatch, VK_SPLIT_K_MAX_OUTPUTS)));
   const attentionSplit = !flash && s.ctx >= 2048 ? Math.min(s.queryDim * s.ubatch, VK_SPLIT_K_MAX_OUTPUTS) : 0;
   const splitK = 8 * 4 * Math.max(splitOutputs, attentionSplit);
-  return x + y + splitK + 1024;
+  return y + splitK + 1024;
 }
 
 /** cuBLAS's workspace on Hopper and newer (4 MiB before); allocated once cuBLAS is first used. */

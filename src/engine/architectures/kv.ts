@@ -77,7 +77,11 @@ export function kvAttention(gb: GraphBuilder, cache: LayerCache, step: StepInput
     return gb.reshape(attn, [o.headDim * o.heads, n]);
   }
   const values = gb.cont(gb.permute(gb.view(cache.v, [o.headDim, o.kvHeads, nKv], [gb.g.rowSize(vType, o.headDim), vRow], 0), [1, 2, 0, 3]));
-  const scores = gb.softMax(gb.mulMat(keys, gb.permute(q, [0, 2, 1, 3])), step.mask, o.scale, o.maxBias ?? 0);
+  // A GPU kernel given strided operands copies them to F16 first (ggml-vulkan): an F32 cache is copied
+  // contiguous in F32 instead. The CPU reads strided operands exactly, so it skips the copies.
+  const queries = gb.permute(q, [0, 2, 1, 3]);
+  const [kq, qk] = step.contiguousOperands ? [gb.cont(keys), gb.cont(queries)] : [keys, queries];
+  const scores = gb.softMax(gb.mulMat(kq, qk), step.mask, o.scale, o.maxBias ?? 0);
   const attn = gb.permute(gb.mulMat(values, scores), [0, 2, 1, 3]);
   return gb.reshape(gb.cont(attn), [o.headDim * o.heads, n]);
 }

@@ -63,6 +63,8 @@ export interface StepInputs {
   freqFactors: Tensor | null;
   /** Roots the graph must compute besides its output: the KV cache writes. */
   writes: Tensor[];
+  /** Attention's products get contiguous operands (GPU stages: see StagePlan.gpu). */
+  contiguousOperands?: boolean;
 }
 
 export type WeightLookup = (name: string) => Tensor;
