@@ -234,7 +234,7 @@ export interface GpuToOpen {
  * activations to F16 for F16 weights. That costs speed where F16 math (and cooperative matrices) would
  * be used: VRAMFIT_VULKAN_FP16=1 keeps them; a user's own GGML_VK_DISABLE_F16 is left as it is.
  */
-function prepareVulkan(): void {
+export function prepareVulkan(): void {
   if (process.env['VRAMFIT_VULKAN_FP16'] === '1' || process.env['GGML_VK_DISABLE_F16'] !== undefined) return;
   process.env['GGML_VK_DISABLE_F16'] = '1';
 }

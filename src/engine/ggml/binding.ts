@@ -154,6 +154,8 @@ const BASE = {
   ggml_backend_reg_dev_count: 'size_t ggml_backend_reg_dev_count(void *reg)',
   ggml_backend_reg_dev_get: 'void *ggml_backend_reg_dev_get(void *reg, size_t index)',
   ggml_backend_dev_get_props: 'void ggml_backend_dev_get_props(void *dev, _Out_ uint8_t *props)',
+  ggml_backend_supports_op: 'bool ggml_backend_supports_op(void *backend, void *op)',
+  ggml_quantize_chunk: 'size_t ggml_quantize_chunk(int type, const float *src, _Out_ uint8_t *dst, int64_t start, int64_t nrows, int64_t n_per_row, const float *imatrix)',
 } as const;
 
 const REGISTRY = {

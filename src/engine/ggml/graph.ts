@@ -239,8 +239,9 @@ export class GraphBuilder {
   reshape(a: Tensor, ne: readonly number[]): Tensor {
     const A = this.info(a);
     const n = A.ne.reduce((x, y) => x * y, 1);
-    if (!A.contiguous || ne.reduce((x, y) => x * y, 1) !== n) throw new ShapeError('reshape', `[${A.ne.join(', ')}] to [${ne.join(', ')}]`);
-    const t = ne.length === 2 ? this.g.raw.ggml_reshape_2d(this.ctx, a, ne[0], ne[1]) : this.g.raw.ggml_reshape_3d(this.ctx, a, ne[0], ne[1], ne[2]);
+    if (!A.contiguous || ne.length < 1 || ne.length > 3 || ne.reduce((x, y) => x * y, 1) !== n) throw new ShapeError('reshape', `[${A.ne.join(', ')}] to [${ne.join(', ')}]`);
+    // A 1-D shape is [n, 1] to ggml: trailing dimensions of 1 are the same tensor.
+    const t = ne.length <= 2 ? this.g.raw.ggml_reshape_2d(this.ctx, a, ne[0], ne[1] ?? 1) : this.g.raw.ggml_reshape_3d(this.ctx, a, ne[0], ne[1], ne[2]);
     return this.made(t as Tensor, ne, A.type);
   }
 
