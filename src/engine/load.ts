@@ -86,6 +86,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
     const bufts = [...new Map(devices.map((d) => [`${d.buft}:${d.kind === 'gpu'}`, { buft: d.buft, gpu: d.kind === 'gpu' }])).values()];
     const measured = measureWorkspace(g, m.arch, m.h, m.typeOf, shape.ctx, shape.ubatch, shape.kvType, bufts);
     let plan = makePlan(m, run, shape, measured, opts);
+    if (run.notes.length > 0) plan = { ...plan, warnings: [...plan.warnings, ...run.notes] };
     const stages = stagesFromPlan(plan, m.arch, m.h, new Map(devices.map((d) => [d.id, d])));
     describeDeviceWeights(g, m, plan, stages, states);
     plan = withDiskTensorsInRam(plan, states);
