@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { loadModel, type LoadOptions } from '../src/engine/load.js';
 import type { LoadedModel } from '../src/engine/model.js';
-import { liveResources } from '../src/engine/device.js';
+import { liveResources, OutOfDeviceMemory } from '../src/engine/device.js';
 import { assertUnderCapsAsPredicted, greedy, maxAbsDiff, SPLIT_OPTIONS, type GreedyRun } from './helpers/engine-harness.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
@@ -213,6 +213,33 @@ describe('the seed scenario on two emulated GPUs: ChatGLM2 split X : 2X, each la
       } finally {
         model.dispose();
       }
+    } finally {
+      cleanup(dir);
+    }
+  });
+});
+
+describe('a GPU one block too small', { skip }, () => {
+  it('a manual split whose second GPU is one byte short fails with OutOfDeviceMemory naming it, before any weight is read, leaking nothing', async () => {
+    const dir = tempDir();
+    try {
+      writeTinyFamilyCheckpoint(dir, 'llama2');
+      const opts: LoadOptions = { ...BASE, devices: 'gpu:0,1', layerSplit: [1, 1] };
+      const probe = await loadModel(dir, opts);
+      const [a, b] = probe.plan.devices.map((d) => d.used) as [number, number];
+      probe.dispose();
+      const before = { ...liveResources };
+      let read = 0;
+      await assert.rejects(loadModel(dir, { ...opts, maxMemory: `0=${a},1=${b - 1}`, onProgress: (n) => (read = n) }), (e: unknown) => {
+        assert.ok(e instanceof OutOfDeviceMemory, String(e));
+        assert.equal(e.device, '1');
+        assert.equal(e.cap, b - 1);
+        assert.ok(e.requested + e.inUse > e.cap && e.requested + e.inUse - e.cap <= b, 'short by at most what the device needed');
+        assert.doesNotMatch(e.message, /by -/);
+        return true;
+      });
+      assert.equal(read, 0, 'no weight byte was read');
+      assert.deepEqual({ ...liveResources }, before);
     } finally {
       cleanup(dir);
     }

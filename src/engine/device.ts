@@ -56,11 +56,14 @@ export class CappedAllocator {
     private readonly buft: BufferType,
     /** The device's own memory reading, for a refusal's message. */
     private readonly memory: () => { free: number; total: number } | null = () => null,
+    /** Left under the cap for the backend's own buffers (a GPU's context and scratch), never handed out. */
+    readonly backendReserve = 0,
   ) {}
 
   /** Fails like `allocate` would, without allocating: for checking a whole load up front. */
   check(bytes: number, purpose: string, alreadyReserved = 0): void {
-    if (this.inUse + alreadyReserved + bytes > this.cap) throw new OutOfDeviceMemory(this.device, bytes, this.inUse + alreadyReserved, this.cap, purpose);
+    const held = this.inUse + this.backendReserve + alreadyReserved;
+    if (held + bytes > this.cap) throw new OutOfDeviceMemory(this.device, bytes, held, this.cap, purpose);
   }
 
   allocate(bytes: number, purpose: string): Allocation {
@@ -69,7 +72,7 @@ export class CappedAllocator {
     const { result: buffer } = withCapturedLog(() => this.g.raw.ggml_backend_buft_alloc_buffer(this.buft, bytes) as Buffer_ | null);
     if (!buffer) {
       const m = this.memory();
-      throw new OutOfDeviceMemory(this.device, bytes, this.inUse, this.cap, purpose, { free: m?.free ?? null, total: m?.total ?? null });
+      throw new OutOfDeviceMemory(this.device, bytes, this.inUse + this.backendReserve, this.cap, purpose, { free: m?.free ?? null, total: m?.total ?? null });
     }
     const real = this.g.raw.ggml_backend_buffer_get_size(buffer) as number;
     const a: Allocation = { buffer, bytes: real, purpose };
@@ -179,7 +182,7 @@ function openBackend(g: Ggml, dev: Device, label: string): Backend {
   return result;
 }
 
-function deviceOn(g: Ggml, id: string, kind: EngineDevice['kind'], dev: Device, backend: Backend, buft: BufferType, cap: number, watch?: DeviceMemoryWatch): EngineDevice {
+function deviceOn(g: Ggml, id: string, kind: EngineDevice['kind'], dev: Device, backend: Backend, buft: BufferType, cap: number, watch?: DeviceMemoryWatch, reserve = 0): EngineDevice {
   const memory = watch ? () => deviceMemory(g, dev) : undefined;
   return {
     id,
@@ -189,7 +192,7 @@ function deviceOn(g: Ggml, id: string, kind: EngineDevice['kind'], dev: Device, 
     backend,
     buft,
     alignment: g.raw.ggml_backend_buft_get_alignment(buft) as number,
-    allocator: new CappedAllocator(g, id, cap, buft, memory),
+    allocator: new CappedAllocator(g, id, cap, buft, memory, reserve),
     ...(watch ? { watch } : {}),
   };
 }
@@ -223,6 +226,8 @@ export interface GpuToOpen {
   handle: Device;
   label: string;
   cap: number;
+  /** Of the cap, what the backend's own buffers take (the plan's overhead): never given to vramfit's. */
+  backendReserve: number;
 }
 
 /**
@@ -249,7 +254,7 @@ export function openGpuDevices(gpus: readonly GpuToOpen[]): EngineDevice[] {
       const watch = new DeviceMemoryWatch(() => deviceMemory(g, gpu.handle), deviceMemory(g, gpu.handle).free);
       const backend = openBackend(g, gpu.handle, gpu.label);
       const buft = g.raw.ggml_backend_dev_buffer_type(gpu.handle) as BufferType;
-      const d = deviceOn(g, gpu.id, 'gpu', gpu.handle, backend, buft, gpu.cap, watch);
+      const d = deviceOn(g, gpu.id, 'gpu', gpu.handle, backend, buft, gpu.cap, watch, gpu.backendReserve);
       watch.sample();
       opened.push(d);
     }

@@ -159,7 +159,7 @@ function openDevices(run: RunDevices, opts: LoadOptions): EngineDevice[] {
   if (run.kind === 'virtual') return openVirtualDevices(hosts.map((s) => s.id), caps, threads);
   const gpus = openGpuDevices(hosts.filter((s) => s.kind === 'gpu').map((s) => {
     const gpu = run.gpus.get(s.id)!;
-    return { id: s.id, backend: gpu.backend, handle: gpu.handle, label: `GPU ${s.id} (${gpu.name}, ${gpu.description})`, cap: s.cap };
+    return { id: s.id, backend: gpu.backend, handle: gpu.handle, label: `GPU ${s.id} (${gpu.name}, ${gpu.description})`, cap: s.cap, backendReserve: s.overhead };
   }));
   try {
     return [...gpus, ...openVirtualDevices(hosts.filter((s) => s.kind === 'cpu').map((s) => s.id), caps, threads)];
