@@ -288,3 +288,39 @@ describe("GPU backends' own scratch memory (memory model)", async () => {
     }
   });
 });
+
+describe('devices, plan and run see the same GPUs', { skip: vulkanSkip() }, () => {
+  const cli = (args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `import { main } from './src/cli/main.ts'; process.exitCode = await main(${JSON.stringify(args)});`], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, GGML_VK_VISIBLE_DEVICES: '0,0' } });
+
+  it('vramfit devices lists the emulated GPUs with their ggml device and the active backend', () => {
+    const r = cli(['devices']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /GPUs \(from ggml's GPU backends\)/);
+    assert.match(r.stdout, /\n {2}0 +- +llvmpipe[^\n]*\[Vulkan0 via vulkan\]/);
+    assert.match(r.stdout, /\n {2}1 +- +llvmpipe[^\n]*\[Vulkan1 via vulkan\]/);
+    assert.match(r.stdout, /GPU backends: cuda not installed, vulkan active/);
+    assert.doesNotMatch(r.stdout, /nvidia-smi was not found, so no GPUs are used/);
+  });
+
+  it('vramfit plan places on GPU 1 what vramfit run then puts on GPU 1, with the Vulkan backend\'s overhead', async () => {
+    const dir = tempDir();
+    try {
+      writeTinyFamilyCheckpoint(dir, 'llama2');
+      const r = cli(['plan', dir, '--max-memory', '1=50%', '--ctx', '64', '--format', 'json']);
+      assert.equal(r.status, 0, r.stderr);
+      const plan = JSON.parse(r.stdout) as { devices: { id: string; modules: string[]; overhead: number; name?: string }[] };
+      const gpu1 = plan.devices.find((d) => d.id === '1')!;
+      assert.ok(gpu1.modules.length > 0 && gpu1.name?.includes('llvmpipe'), 'the plan uses GPU 1, the emulated device');
+      assert.ok(gpu1.overhead < 1024 ** 2, `a Vulkan GPU's overhead is its scratch, not a CUDA context (${gpu1.overhead} B)`);
+      const model = await loadModel(dir, { devices: 'gpu:1', maxMemory: '1=50%', ctx: 64, threads: 1 });
+      try {
+        assert.deepEqual(model.plan.devices.find((d) => d.id === '1')!.modules, gpu1.modules, 'run places the same modules on GPU 1');
+        assert.equal(model.report()[0]!.name, 'Vulkan1');
+      } finally {
+        model.dispose();
+      }
+    } finally {
+      cleanup(dir);
+    }
+  });
+});
