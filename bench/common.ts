@@ -18,7 +18,7 @@ import { planAccelerateCompat } from '../src/cli/plan-compat.js';
 
 export const GiB = 2 ** 30;
 export const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
-export const CORPUS = resolve(ROOT, '../shared/fixtures/real-models');
+export const CORPUS = resolve(ROOT, 'test/fixtures/real-models');
 
 /** True when this module is the script node was started with (so each bench also runs alone). */
 export function isMain(metaUrl: string): boolean {

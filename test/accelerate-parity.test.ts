@@ -1,5 +1,5 @@
 /**
- * Parity with Hugging Face accelerate: every case in ../shared/fixtures/accelerate-oracle (the real library's answers)
+ * Parity with Hugging Face accelerate: every case in test/fixtures/accelerate-oracle (the real library's answers)
  * must give the same device map (as a dictionary), module sizes, budgets, errors, and warning/log information.
  */
 import assert from 'node:assert/strict';
@@ -17,7 +17,7 @@ import {
 import { fromFixture } from './helpers/python-repr.js';
 
 const repoRootDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const ORACLE_DIR = path.resolve(repoRootDir, '../shared/fixtures/accelerate-oracle');
+const ORACLE_DIR = path.resolve(repoRootDir, 'test/fixtures/accelerate-oracle');
 
 interface OracleCase {
   id: string;

@@ -2,6 +2,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const sharedDir = resolve(repoRoot, '..', 'shared');
-export const realModelsDir = resolve(sharedDir, 'fixtures', 'real-models');
-export const oracleDir = resolve(sharedDir, 'fixtures', 'accelerate-oracle');
+/** Fixtures live in the repository, so a plain clone's `npm test` has everything it reads. */
+export const fixturesDir = resolve(repoRoot, 'test', 'fixtures');
+export const realModelsDir = resolve(fixturesDir, 'real-models');
+export const oracleDir = resolve(fixturesDir, 'accelerate-oracle');
