@@ -1,5 +1,8 @@
+import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import { readModel } from '../reader/read-model.js';
+import { catalogConfig, catalogNames } from '../reader/catalog/index.js';
+import { formatBytes } from '../planner/units.js';
 import { summarize } from '../reader/summary.js';
 import { isKnownDType, canonicalDType } from '../reader/dtypes.js';
 import { InputError } from '../util/errors.js';
@@ -27,9 +30,16 @@ function families(): string {
   return ARCHITECTURES.map((a) => `${a.family} (${a.architectures.join(', ')})`).join('\n  ');
 }
 
+/** This package's version, from its package.json (two folders up from src/cli and dist/cli alike). */
+function packageVersion(): string {
+  const manifest = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
+  return manifest.version ?? 'unknown';
+}
+
 function buildProgram(io: Io): Command {
   const program = new Command('vramfit')
     .description('Fit large language models onto the GPUs you choose, inside the memory you allow on each one.')
+    .version(packageVersion(), '-V, --version', 'print the version')
     .option('--debug', 'print stack traces with errors')
     .exitOverride()
     .configureOutput({ writeOut: io.stdout, writeErr: io.stderr })
@@ -43,7 +53,7 @@ function buildProgram(io: Io): Command {
     .option('--depth <n>', 'with --tree: deepest level to print', (v) => positiveInt(v, '--depth'))
     .option('--json', 'print the skeleton as JSON (the input `plan` and parity tests take)')
     .option('--kv-dtype <dtype>', 'dtype of the KV cache for the per-token figures (default: the model\'s 16-bit dtype)')
-    .addHelpText('after', `\nArchitectures with a spec:\n  ${families()}\nOthers are read from safetensors headers, guessing the repeated blocks from tensor names.`)
+    .addHelpText('after', `\nArchitectures with a spec:\n  ${families()}\nOthers are read from safetensors headers, guessing the repeated blocks from tensor names.\n\nCatalog models (real configs, by name; \`vramfit catalog\` gives their sizes):\n  ${catalogNames().join(', ')}`)
     .action(async (model: string, opts: { tree?: boolean; json?: boolean; kvDtype?: string; depth?: number }) => {
       if (opts.kvDtype !== undefined && !isKnownDType(opts.kvDtype)) throw new InputError('--kv-dtype', `unknown dtype ${JSON.stringify(opts.kvDtype)}`);
       const skeleton = await readModel(model);
@@ -57,6 +67,27 @@ function buildProgram(io: Io): Command {
       }
       const kvDtype = opts.kvDtype === undefined ? undefined : canonicalDType(opts.kvDtype);
       io.stdout(`${renderSummary(summarize(skeleton, kvDtype ? { kvDtype } : {}))}\n`);
+    });
+
+  program
+    .command('catalog')
+    .description('List the built-in catalog of real model configs, usable by name wherever a model is taken (nothing is downloaded).')
+    .option('--json', 'print the list as JSON')
+    .action(async (opts: { json?: boolean }) => {
+      const rows = [];
+      for (const name of catalogNames()) {
+        const s = summarize(await readModel(name));
+        // The dtype holding most of the bytes.
+        const dtype = Object.entries(s.bytesByDtype).sort((a, b) => b[1] - a[1])[0]?.[0] ?? '?';
+        rows.push({ name, architecture: s.architecture, parameters: s.parameters, dtype, bytes: s.totalBytes, source: catalogConfig(name)!.source });
+      }
+      if (opts.json) {
+        io.stdout(`${JSON.stringify(rows, null, 2)}\n`);
+        return;
+      }
+      const table = [['name', 'architecture', 'parameters', 'dtype', 'size', 'config from'], ...rows.map((r) => [r.name, r.architecture, `${(r.parameters / 1e9).toFixed(2)} B`, r.dtype, formatBytes(r.bytes), r.source])];
+      const widths = table[0]!.map((_, c) => Math.max(...table.map((r) => r[c]!.length)));
+      io.stdout(`${table.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n')}\n`);
     });
 
   addPlanCommand(program, io);

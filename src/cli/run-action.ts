@@ -107,6 +107,7 @@ export function renderReport(devices: DeviceReport[], r: GenerationResult): stri
 
 export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean): Promise<void> {
   if ((f.prompt === undefined) === (f.inputIds === undefined)) throw new InputError('--prompt', 'give exactly one of --prompt or --input-ids');
+  if (f.chat && f.inputIds !== undefined) throw new InputError('--chat', 'wraps --prompt in the chat template; --input-ids are used as given, so give one or the other');
   const maxNewTokens = int(f.maxNewTokens, '--max-new-tokens', 0)!;
   const sampling = samplingFrom(f);
   const kv = f.kvDtype;

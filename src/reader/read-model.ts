@@ -2,7 +2,7 @@ import { existsSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { InputError } from '../util/errors.js';
 import { buildSkeleton } from './build-skeleton.js';
-import { catalogConfig, catalogNames } from './catalog/index.js';
+import { catalogConfig, catalogNames, catalogSuggestions } from './catalog/index.js';
 import type { ConfigReader } from './config.js';
 import { looksLikeRepoId, resolveRepoId } from './hf-cache.js';
 import { readWeightIndex, shardPath, type WeightIndex } from './index-file.js';
@@ -32,7 +32,9 @@ export async function readModel(model: string, opts: ReadModelOptions = {}): Pro
       return fromConfig(entry.cfg, { kind: 'config', path: `catalog:${model.toLowerCase()}`, shapes: 'synthesized', files: [], bytesRead: 0 }, []);
     }
     if (!looksLikeRepoId(model)) {
-      throw new InputError(model, `no such file or folder, and not a catalog model (vramfit catalog lists ${catalogNames().length}: ${catalogNames().slice(0, 6).join(', ')}, …)`, 'NOT_FOUND');
+      const near = catalogSuggestions(model);
+      const hint = near.length > 0 ? `did you mean ${near.join(', ')}? ` : '';
+      throw new InputError(model, `no such file or folder, and not a catalog model (${hint}vramfit catalog lists all ${catalogNames().length})`, 'NOT_FOUND');
     }
     path = resolveRepoId(model, env);
     return readModelFolder(path, model);

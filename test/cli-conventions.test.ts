@@ -1,0 +1,60 @@
+/** The conventions a command-line user expects: --version, a catalog listing, "did you mean", flags that contradict each other. */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import { main } from '../src/cli/main.js';
+import { catalogNames, catalogSuggestions } from '../src/reader/catalog/index.js';
+import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
+
+async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
+  return { code, out, err };
+}
+
+describe('CLI conventions', () => {
+  it('vramfit --version prints the package version', async () => {
+    const { version } = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+    const r = await cli(['--version']);
+    assert.equal(r.code, 0);
+    assert.equal(r.out.trim(), version);
+  });
+
+  it('vramfit catalog lists every catalog model with its parameters and size, and --json the same', async () => {
+    const r = await cli(['catalog']);
+    assert.equal(r.code, 0, r.err);
+    for (const name of catalogNames()) assert.match(r.out, new RegExp(`^${name.replace(/\./g, '\\.')}\\s`, 'm'));
+    assert.match(r.out, /^llama-2-7b\s+LlamaForCausalLM\s+6\.74 B\s+float16\s+12\.55 GiB/m);
+    const j = JSON.parse((await cli(['catalog', '--json'])).out) as { name: string; parameters: number; bytes: number }[];
+    assert.equal(j.length, catalogNames().length);
+    assert.equal(j.find((x) => x.name === 'llama-2-7b')!.parameters, 6738415616);
+  });
+
+  it('a misspelled model name gets the catalog names it was probably meant as', async () => {
+    assert.deepEqual(catalogSuggestions('lama-2-7b').slice(0, 1), ['llama-2-7b']);
+    assert.deepEqual(catalogSuggestions('completely-unrelated-name'), []);
+    const r = await cli(['plan', 'mistral-7', '--gpu-memory', '24GiB']);
+    assert.equal(r.code, 2);
+    assert.match(r.err, /^vramfit: mistral-7: no such file or folder, and not a catalog model \(did you mean mistral-7b[,?]/);
+  });
+
+  it('inspect --help lists the catalog, as the README says', async () => {
+    const r = await cli(['inspect', '--help']);
+    assert.match(r.out, /Catalog models[^\n]*\n\s+llama-2-7b, llama-2-7b-chat/);
+  });
+
+  it('run refuses --chat with --input-ids, naming the flag', async () => {
+    const dir = tempDir();
+    try {
+      writeTinyFamilyCheckpoint(dir, 'llama2');
+      const r = await cli(['run', dir, '--input-ids', '1,2', '--chat']);
+      assert.equal(r.code, 2);
+      assert.match(r.err, /^vramfit: --chat: wraps --prompt in the chat template; --input-ids are used as given/);
+      assert.equal(r.err.trim().split('\n').length, 1);
+    } finally {
+      cleanup(dir);
+    }
+  });
+});
