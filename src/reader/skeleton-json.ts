@@ -2,12 +2,14 @@ import { readFileSync, statSync } from 'node:fs';
 import { InputError } from '../util/errors.js';
 import { lookupDType } from './dtypes.js';
 import { SKELETON_FORMAT, SKELETON_VERSION, type BlockFacts, type Skeleton, type SkeletonModule, type SkeletonTensor } from './skeleton.js';
+import { assertRegularFile } from '../util/regular-file.js';
 
 /**
  * Reads a skeleton written by `vramfit inspect --json`, or the `input` object of an accelerate oracle
  * case (or such an object on its own): every plan can then be made for a model that is not on this machine.
  */
 export function readSkeletonJson(path: string): Skeleton {
+  assertRegularFile(path);
   let json: unknown;
   try {
     json = JSON.parse(readFileSync(path, 'utf8'));

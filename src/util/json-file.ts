@@ -1,8 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { InputError } from './errors.js';
+import { assertRegularFile } from './regular-file.js';
 
 /** Reads a file that must hold a JSON object; every failure is an InputError naming the file. */
 export function readJsonObjectFile(path: string, code = 'BAD_CONFIG'): Record<string, unknown> {
+  assertRegularFile(path);
   let text: string;
   try {
     text = readFileSync(path, 'utf8');

@@ -6,6 +6,7 @@ import { ROPE_MODE, type Tensor } from '../ggml/binding.js';
 import type { GraphBuilder } from '../ggml/graph.js';
 import { kvAttention } from './kv.js';
 import type { ArchTensor, EngineArchitecture, EngineHyper, LayerCache, StepInputs, WeightLookup } from './types.js';
+import { assertRegularFile } from '../../util/regular-file.js';
 
 /**
  * ChatGLM2 / ChatGLM3 / GLM-4 as THUDM's remote code (`modeling_chatglm.py`, ChatGLMForConditionalGeneration)
@@ -67,6 +68,7 @@ const layerPrefix = (i: number): string => `${P}.encoder.layers.${i}`;
 function ropeRatioStyle(cfg: ConfigReader): 'base' | 'positions' {
   const file = join(dirname(cfg.file), 'modeling_chatglm.py');
   if (!existsSync(file)) return 'base';
+  assertRegularFile(file);
   const code = readFileSync(file, 'utf8');
   if (/base\s*=\s*base\s*\*\s*self\.rope_ratio/.test(code)) return 'base';
   if (/seq_idx\s*=[^\n]*\/\s*self\.rope_ratio/.test(code)) return 'positions';

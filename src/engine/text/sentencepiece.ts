@@ -22,6 +22,7 @@
  */
 import { readFileSync, statSync } from 'node:fs';
 import { FormatError, InputError } from '../../util/errors.js';
+import { assertRegularFile } from '../../util/regular-file.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // ModelProto
@@ -344,6 +345,7 @@ function readNormalizerSpec(r: ProtoReader, spec: SentencePieceModelProto['norma
 
 /** Reads and parses a tokenizer.model file; InputError when it cannot be read, FormatError when malformed. */
 export function readSentencePieceModel(path: string): SentencePieceModelProto {
+  assertRegularFile(path);
   let bytes: Uint8Array;
   try {
     const size = statSync(path).size;

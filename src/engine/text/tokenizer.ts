@@ -11,6 +11,7 @@ import { Tokenizer } from '@huggingface/tokenizers';
 import { InputError } from '../../util/errors.js';
 import { readJsonObjectFile } from '../../util/json-file.js';
 import { isChatglmTokenizerDir, loadChatglmTokenizer } from './chatglm-tokenizer.js';
+import { assertRegularFile } from '../../util/regular-file.js';
 
 export interface ChatMessage {
   role: string;
@@ -334,6 +335,7 @@ function findChatTemplate(modelDir: string, tokenizerConfig: Json | undefined): 
 
   const jinjaPath = join(modelDir, 'chat_template.jinja');
   if (existsSync(jinjaPath)) {
+    assertRegularFile(jinjaPath);
     try {
       return { source: readFileSync(jinjaPath, 'utf8'), where: jinjaPath };
     } catch (e) {

@@ -8,6 +8,7 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { lookupDType, tensorBytes } from '../dtypes.js';
 import { FormatError } from '../../util/errors.js';
+import { assertRegularFile } from '../../util/regular-file.js';
 
 /** Random access to a file's bytes. `read` returns fewer bytes than asked only at the end of the source. */
 export interface ChunkSource {
@@ -445,6 +446,7 @@ export function parseGguf(source: ChunkSource, file: string, options: GgufParseO
 
 /** Opens `path` and reads only its GGUF header, in bounded chunks. */
 export function readGgufHeader(path: string, options: GgufParseOptions = {}): GgufHeader {
+  assertRegularFile(path);
   const fd = openSync(path, 'r');
   try {
     return parseGguf(fileSource(fd), path, options);

@@ -7,6 +7,7 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { lookupDType, tensorBytes } from '../dtypes.js';
 import { FormatError } from '../../util/errors.js';
+import { assertRegularFile } from '../../util/regular-file.js';
 
 export interface SafetensorsTensor {
   name: string;
@@ -206,6 +207,7 @@ function readFully(fd: number, length: number, position: number): Uint8Array {
 
 /** Opens `path` and reads only the length prefix and the JSON header, never the data section. */
 export function readSafetensorsHeader(path: string): SafetensorsHeader {
+  assertRegularFile(path);
   const fd = openSync(path, 'r');
   try {
     const fileSize = fstatSync(fd).size;

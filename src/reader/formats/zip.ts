@@ -7,6 +7,7 @@
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { FormatError } from '../../util/errors.js';
+import { assertRegularFile } from '../../util/regular-file.js';
 
 /** Random access to the bytes of a file (or of a buffer, for tests and fuzzing). */
 export interface ByteSource {
@@ -89,6 +90,7 @@ export function bufferByteSource(bytes: Uint8Array, name: string): ByteSource {
 
 /** Opens `path`, runs `fn` on it as a ByteSource, closes it. */
 export function withFileSource<T>(path: string, fn: (src: ByteSource) => T): T {
+  assertRegularFile(path);
   const fd = openSync(path, 'r');
   try {
     return fn(fileByteSource(fd, path));
