@@ -58,3 +58,20 @@ describe('CLI conventions', () => {
     }
   });
 });
+
+describe('run bounds what is physically meaningful', () => {
+  it('a context past the model\'s trained positions, and more threads than twice the cores, are refused naming the flag', async () => {
+    const dir = tempDir();
+    try {
+      writeTinyFamilyCheckpoint(dir, 'llama2');
+      const ctx = await cli(['run', dir, '--input-ids', '1,2', '--ctx', '10000000']);
+      assert.equal(ctx.code, 2);
+      assert.match(ctx.err, /^vramfit: --ctx: 10000000 tokens exceed the \d+-token context this model was trained for/);
+      const threads = await cli(['run', dir, '--input-ids', '1,2', '--threads', '100000']);
+      assert.equal(threads.code, 2);
+      assert.match(threads.err, /^vramfit: --threads: 100000 threads on \d+ cores: .* \(at most \d+\)/);
+    } finally {
+      cleanup(dir);
+    }
+  });
+});

@@ -132,6 +132,11 @@ function runShape(m: EngineModel, opts: LoadOptions): RunShape {
   const ubatch = Math.min(opts.ubatch ?? 512, ctx);
   // A position past a learned position table would be an out-of-range row lookup, which aborts ggml.
   if (h.positionLimit !== undefined && ctx > h.positionLimit) throw new InputError('--ctx', `${ctx} tokens exceed the ${h.positionLimit} positions this model has embeddings for`);
+  // Past the positions the model was trained for (stretched by linear rope scaling), nothing is
+  // meaningful, and a huge cache would only exhaust memory.
+  const stretch = 'freqScale' in h && typeof h.freqScale === 'number' && h.freqScale > 0 && h.freqScale < 1 ? 1 / h.freqScale : 1;
+  const limit = Math.round(h.maxPositions * stretch);
+  if (ctx > limit) throw new InputError('--ctx', `${ctx} tokens exceed the ${limit}-token context this model was trained for${stretch > 1 ? ` (${h.maxPositions} positions × rope scaling ${stretch})` : ''}`);
   // As transformers does, the cache follows the model: float32 models keep a float32 cache.
   const kvDtype = opts.kvDtype ?? (kvDefaultDtype(m.skeleton) === 'float32' ? 'float32' : 'float16');
   return { ctx, ubatch, kvDtype, kvType: kvDtype === 'float32' ? GGML_TYPE.F32 : GGML_TYPE.F16 };
@@ -153,7 +158,11 @@ function scratchShape(m: EngineModel, shape: RunShape): BackendScratchShape {
 function openDevices(run: RunDevices, opts: LoadOptions): EngineDevice[] {
   // ggml's CPU threads spin at barriers: more threads than free cores (other work, several backends)
   // slows a step by orders of magnitude, so the default leaves half the cores alone.
-  const threads = opts.threads ?? Math.max(1, Math.min(8, Math.floor(availableParallelism() / 2)));
+  const cores = availableParallelism();
+  const threads = opts.threads ?? Math.max(1, Math.min(8, Math.floor(cores / 2)));
+  if (!Number.isSafeInteger(threads) || threads < 1 || threads > 2 * cores) {
+    throw new InputError('--threads', `${threads} threads on ${cores} cores: ggml's threads spin while they wait, so more than the cores only slows every step (at most ${2 * cores})`);
+  }
   const hosts = run.specs.filter((s) => s.kind !== 'disk');
   const caps = new Map(hosts.map((s) => [s.id, s.cap]));
   if (run.kind === 'virtual') return openVirtualDevices(hosts.map((s) => s.id), caps, threads);
