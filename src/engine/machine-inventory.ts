@@ -22,7 +22,7 @@ export async function machineInventory(opts: DetectOptions & { backend?: GpuBack
     gpus.push({
       logicalIndex: x.id,
       physicalIndex: x.id,
-      uuid: x.pciBusId ?? '',
+      uuid: '',
       name: x.description,
       totalBytes: x.totalBytes,
       usedBytes: x.totalBytes - x.freeBytes,
@@ -32,6 +32,7 @@ export async function machineInventory(opts: DetectOptions & { backend?: GpuBack
       backend: x.backend,
       ggmlName: x.name,
       integrated: x.integrated,
+      ggmlOnly: true,
     });
   }
   const packages = listing.packages.map((p) => ({ backend: p.backend, state: p.state, detail: p.detail }));

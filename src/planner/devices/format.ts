@@ -60,7 +60,7 @@ function gpuTable(gpus: readonly LogicalGpu[], simulated: boolean): string[] {
       formatGiB(g.freeBytes),
       formatProcesses(g.processes),
     ];
-    if (!simulated) cells.splice(1, 0, g.backend && !g.uuid.startsWith('GPU-') ? '-' : String(g.physicalIndex));
+    if (!simulated) cells.splice(1, 0, g.ggmlOnly ? '-' : String(g.physicalIndex));
     return cells;
   });
   const first = simulated ? 2 : 3;

@@ -24,6 +24,8 @@ export interface LogicalGpu {
   readonly backend?: string;
   readonly ggmlName?: string;
   readonly integrated?: boolean;
+  /** Seen by ggml only (no nvidia-smi card): its physical index means nothing. */
+  readonly ggmlOnly?: boolean;
 }
 
 export interface Inventory {
