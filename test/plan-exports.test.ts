@@ -30,13 +30,27 @@ describe('plan exports for llama.cpp', () => {
     const first = whole.devices.find((d) => d.id === '0')!;
     const r = await run('plan', gguf, '--gpu-memory', '1GiB,1GiB', '--max-memory', `0=${first.used},1=1000,cpu=1GiB`, '--format', 'llama.cpp', '--overhead', '0', '--ctx', '64');
     assert.equal(r.code, 0, r.err);
-    assert.match(r.out, /CUDA_VISIBLE_DEVICES=0,1 llama-server -m "[^"]+\.gguf"/);
+    assert.match(r.out, /CUDA_VISIBLE_DEVICES=0,1 llama-server -m \S+\.gguf /);
     // Layer il goes to the first GPU whose cumulative count exceeds il; blocks in RAM are moved back by -ot.
     assert.ok(r.out.includes(`-ngl ${layers + 1} --split-mode layer --tensor-split 1,${layers}`), r.out);
-    // Double-quoted for the shell, which turns each escaped backslash back into the regex's single one.
-    assert.ok(r.out.includes(`-ot "blk\\\\.(${Array.from({ length: layers - 1 }, (_, i) => i + 1).join('|')})\\\\.=CPU"`), r.out);
-    assert.ok(r.out.includes('-ot "^output\\\\.=CPU"'), r.out);
+    // Single-quoted for the shell, so the regex's backslashes reach llama.cpp as written.
+    assert.ok(r.out.includes(`-ot 'blk\\.(${Array.from({ length: layers - 1 }, (_, i) => i + 1).join('|')})\\.=CPU'`), r.out);
+    assert.ok(r.out.includes("-ot '^output\\.=CPU'"), r.out);
     assert.match(r.out, / -c 64 /);
+  });
+
+  it('quotes a model path for the shell: pasted, the command runs nothing hidden in the path', async () => {
+    const { shellWord } = await import('../src/planner/export/shell.js');
+    const { spawnSync } = await import('node:child_process');
+    for (const word of ['plain/path-1.gguf', 'with space.gguf', "it's.gguf", '$(touch /tmp/vramfit-pwned).gguf', '`id`;rm -rf x', 'a"b\\c$HOME']) {
+      const echoed = spawnSync('sh', ['-c', `printf %s ${shellWord(word)}`], { encoding: 'utf8' }).stdout;
+      assert.equal(echoed, word, `the shell sees exactly ${word}`);
+    }
+    const ck = writeTinyFamilyCheckpoint(join(root, '$(echo pwned)'), 'llama2', { dtype: 'float32', seed: 2 });
+    const gguf = writeTinyGguf(ck);
+    const r = await run('plan', gguf, '--gpu-memory', '1GiB', '--format', 'llama.cpp', '--overhead', '0', '--ctx', '64');
+    assert.equal(r.code, 0, r.err);
+    assert.ok(r.out.includes(`-m '${gguf}'`), r.out);
   });
 
   it('refuses llama.cpp flags for a safetensors model, naming the flag', async () => {

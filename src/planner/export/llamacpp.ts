@@ -1,6 +1,7 @@
 import { InputError } from '../../util/errors.js';
 import type { Skeleton } from '../../reader/skeleton.js';
 import type { Plan } from '../plan.js';
+import { shellWord } from './shell.js';
 
 const GGML_KV_TYPES: Record<string, string> = { float16: 'f16', float32: 'f32', bfloat16: 'bf16', q8_0: 'q8_0', q4_0: 'q4_0', q4_1: 'q4_1', q5_0: 'q5_0', q5_1: 'q5_1', iq4_nl: 'iq4_nl' };
 
@@ -20,14 +21,14 @@ export function renderLlamaCpp(p: Plan, s: Skeleton, modelPath: string): string 
   const counts = gpus.map((d) => d.modules.filter((m) => blockOf(m) !== undefined).length);
   const hostBlocks = p.devices.filter((d) => d.kind === 'cpu' || d.kind === 'disk').flatMap((d) => d.modules.map(blockOf).filter((i): i is number => i !== undefined));
   const headOnHost = p.devices.some((d) => (d.kind === 'cpu' || d.kind === 'disk') && d.modules.some((m) => /(^|\.)lm_head$|(^|\.)output$/.test(m)));
-  const args: string[] = ['-m', JSON.stringify(modelPath)];
+  const args: string[] = ['-m', shellWord(modelPath)];
   const env: string[] = [];
   if (gpus.length > 0 && counts.some((c) => c > 0)) {
     const split = [...counts];
     split[split.length - 1] = split[split.length - 1]! + hostBlocks.length + 1;
     args.push('-ngl', String(b.count + 1), '--split-mode', 'layer', '--tensor-split', split.join(','));
-    if (hostBlocks.length) args.push('-ot', JSON.stringify(`blk\\.(${hostBlocks.join('|')})\\.=CPU`));
-    if (headOnHost) args.push('-ot', JSON.stringify('^output\\.=CPU'));
+    if (hostBlocks.length) args.push('-ot', shellWord(`blk\\.(${hostBlocks.join('|')})\\.=CPU`));
+    if (headOnHost) args.push('-ot', shellWord('^output\\.=CPU'));
     const physical = gpus.map((d) => String(d.physical ?? d.id));
     env.push(`CUDA_VISIBLE_DEVICES=${physical.join(',')}`);
   } else {
