@@ -136,6 +136,19 @@ describe('readModel: the local Hugging Face cache', () => {
     assert.equal(viaHome.tensors.length, s.tensors.length);
   });
 
+  it('refuses a refs file or a revision that would lead out of the cache', async () => {
+    const cache = join(root, 'hub-evil');
+    const repo = join(cache, 'models--acme--evil');
+    writeTinyCheckpoint(join(root, 'outside'));
+    mkdirSync(join(repo, 'refs'), { recursive: true });
+    mkdirSync(join(repo, 'snapshots'), { recursive: true });
+    writeFileSync(join(repo, 'refs', 'main'), '../../../outside\n');
+    await rejectsWith(readModel('acme/evil', { env: { HF_HUB_CACHE: cache } }), 'BAD_INPUT', /refs\/main: holds "\.\.\/\.\.\/\.\.\/outside", not a commit hash; refusing to follow it out of the cache/);
+    // readModel never takes `..` as a repo id; the resolver refuses it on its own too.
+    const { resolveRepoId } = await import('../src/reader/hf-cache.js');
+    assert.throws(() => resolveRepoId('acme/evil@..', { HF_HUB_CACHE: cache }), /revision "\.\." is not a branch, tag or commit name/);
+  });
+
   it('says clearly when a repo id is not cached, and never downloads', async () => {
     await rejectsWith(readModel('acme/absent-model', { env: { HF_HUB_CACHE: join(root, 'hub') } }), 'NOT_FOUND', /not in the local Hugging Face cache.*never downloads/);
   });

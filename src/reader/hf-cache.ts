@@ -29,9 +29,16 @@ export function resolveRepoId(spec: string, env: NodeJS.ProcessEnv = process.env
   if (!existsSync(repoDir)) {
     throw new InputError(spec, `not a file or folder, and not in the local Hugging Face cache (looked for ${repoDir}); ${hint}`, 'NOT_FOUND');
   }
+  // A revision (a branch or tag name) and the commit a ref file holds are single path parts inside the
+  // repo's cache folder: `..` or a slash there would resolve outside it.
+  const safe = (part: string): boolean => /^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(part) && !part.includes('..');
+  if (!safe(revision)) throw new InputError(spec, `revision ${JSON.stringify(revision)} is not a branch, tag or commit name`, 'BAD_INPUT');
   let commit = revision;
   const ref = join(repoDir, 'refs', revision);
-  if (existsSync(ref)) commit = readFileSync(ref, 'utf8').trim();
+  if (existsSync(ref)) {
+    commit = readFileSync(ref, 'utf8').trim();
+    if (!safe(commit)) throw new InputError(ref, `holds ${JSON.stringify(commit.slice(0, 80))}, not a commit hash; refusing to follow it out of the cache`, 'BAD_INPUT');
+  }
   const snapshot = join(repoDir, 'snapshots', commit);
   if (!existsSync(snapshot) || !statSync(snapshot).isDirectory()) {
     throw new InputError(spec, `revision ${revision} has no snapshot in the local cache (${snapshot} is missing); ${hint}`, 'NOT_FOUND');
