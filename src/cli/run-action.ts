@@ -209,6 +209,14 @@ export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean)
 /** `vramfit demo`: a random-weight checkpoint in a temp folder, run over capped virtual devices. */
 export async function runDemo(opts: { devices: string; keep?: boolean }, io: Io): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'vramfit-demo-'));
+  // Ctrl-C or a kill would end the process past the `finally`: remove the checkpoint first, then end
+  // as the signal would have (128 + its number).
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (!opts.keep) rmSync(dir, { recursive: true, force: true });
+    process.exit(128 + (signal === 'SIGINT' ? 2 : 15));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   try {
     writeDemoCheckpoint(dir);
     const n = Number(/^virtual:(\d+)$/.exec(opts.devices)?.[1] ?? NaN);
@@ -219,6 +227,8 @@ export async function runDemo(opts: { devices: string; keep?: boolean }, io: Io)
     await runModel(dir, { inputIds: '1,2,3,4,5,6,7,8', maxNewTokens: '16', devices: opts.devices, maxMemory: caps, ctx: '256', ubatch: '64', showPlan: true }, { stdout: io.stdout, stderr: io.stdout }, false);
     if (opts.keep) io.stdout(`kept ${dir}\n`);
   } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     if (!opts.keep) rmSync(dir, { recursive: true, force: true });
   }
 }
