@@ -122,6 +122,22 @@ describe('readModel: Hugging Face folders', () => {
   });
 });
 
+describe('readModel: shape values a model cannot physically have', () => {
+  for (const [key, value, pattern] of [
+    ['num_hidden_layers', 1_000_000_000, /num_hidden_layers must be between 1 and 10,000, got 1,000,000,000/],
+    ['num_attention_heads', 0, /num_attention_heads must be between 1 and 65,536, got 0/],
+    ['num_key_value_heads', 0, /num_key_value_heads must be between 1 and 65,536, got 0/],
+    ['vocab_size', 2 ** 40, /vocab_size must be between 1 and 16,777,216/],
+  ] as const) {
+    it(`refuses ${key} = ${value} at once, naming the file and key`, async () => {
+      const dir = fresh();
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...TINY_LLAMA_CONFIG, [key]: value }));
+      await rejectsWith(readModel(dir), 'BAD_CONFIG', pattern);
+    });
+  }
+});
+
 describe('readModel: the local Hugging Face cache', () => {
   it('resolves org/name through refs/main to its snapshot', async () => {
     const cache = join(root, 'hub');

@@ -49,6 +49,10 @@ export class ConfigReader {
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
       throw new InputError(this.file, `${key} must be a non-negative integer, got ${JSON.stringify(v)}`, 'BAD_CONFIG');
     }
+    const bound = SHAPE_BOUNDS.get(key);
+    if (bound && (v < 1 || v > bound)) {
+      throw new InputError(this.file, `${key} must be between 1 and ${bound.toLocaleString('en-US')}, got ${v.toLocaleString('en-US')}`, 'BAD_CONFIG');
+    }
     return v;
   }
 
@@ -126,3 +130,17 @@ export const KEYS = {
   intermediate: ['intermediate_size', 'ffn_hidden_size', 'n_inner'],
   maxPositions: ['max_position_embeddings', 'n_positions', 'seq_length', 'max_sequence_length'],
 } as const;
+
+/**
+ * The largest value each shape key can physically mean (at least 1): far past any real model, yet small
+ * enough that a hostile config cannot make the reader build 10⁹ modules or the engine a 0-head attention.
+ */
+const SHAPE_BOUNDS = new Map<string, number>([
+  ...KEYS.layers.map((k) => [k, 10_000] as const),
+  ...KEYS.hidden.map((k) => [k, 1 << 20] as const),
+  ...KEYS.heads.map((k) => [k, 1 << 16] as const),
+  ...KEYS.kvHeads.map((k) => [k, 1 << 16] as const),
+  ...KEYS.vocab.map((k) => [k, 1 << 24] as const),
+  ...KEYS.intermediate.map((k) => [k, 1 << 22] as const),
+  ['head_dim', 1 << 16],
+]);
