@@ -321,6 +321,25 @@ function bytesOnDevice(names: Iterable<string>, s: Skeleton, dtype: string | und
   return sum;
 }
 
+/**
+ * transformers target: accelerate copies an offloaded module's direct tensors to its main device for
+ * each forward, one module at a time; tied aliases reuse the copy already there.
+ */
+function largestModule(names: Iterable<string>, s: Skeleton, dtype: string | undefined, target: Target): number {
+  const byName = new Map(s.tensors.map((t) => [t.name, t]));
+  const alias = new Set(s.tied.flatMap((g) => {
+    const owner = s.tensors.find((t) => g.includes(t.name))!.name;
+    return g.filter((n) => n !== owner);
+  }));
+  const byOwner = new Map<string, number>();
+  for (const n of names) {
+    if (alias.has(n)) continue;
+    const owner = n.slice(0, Math.max(0, n.lastIndexOf('.')));
+    byOwner.set(owner, (byOwner.get(owner) ?? 0) + loaded(byName.get(n)!, dtype, target));
+  }
+  return Math.max(0, ...byOwner.values());
+}
+
 const covers = (key: string, name: string): boolean => key === '' || name === key || name.startsWith(`${key}.`);
 
 /** The device the compact map gives a tensor; asserts exactly one key covers it. */
@@ -365,16 +384,25 @@ function accounting(chain: Chain, s: Skeleton, w: Workload, c: Costs) {
   return {
     n: gs.length,
     weightsOf,
-    /** An accelerator holding groups [i, j). */
-    accNeed: (overhead: number, i: number, j: number): number => {
+    /**
+     * An accelerator holding groups [i, j); with `hostFrom`, it is accelerate's main device and also runs
+     * the offloaded groups [hostFrom, n): their KV, their largest module in transit, their activations.
+     */
+    accNeed: (overhead: number, i: number, j: number, hostFrom = gs.length): number => {
       if (j <= i) return 0;
-      const b = blocksOf(i, j);
-      return weightsOf(i, j) + b * c.kvL + workspaceOf(c, j - i, b, headIn(i, j)) + overhead;
+      const n = gs.length;
+      const b = blocksOf(i, j) + blocksOf(hostFrom, n);
+      const transit = hostFrom < n ? largestModule(gs.slice(hostFrom).flatMap((g) => g.tensors), s, w.dtype, c.target) : 0;
+      return weightsOf(i, j) + b * c.kvL + workspaceOf(c, j - i, b, headIn(i, j) || headIn(hostFrom, n)) + overhead + transit;
     },
-    /** CPU RAM when the accelerators end at p and the cpu holds the weights of [p, e): it runs all of [p, n). */
-    hostNeed: (overhead: number, p: number, e: number): number => {
+    /**
+     * CPU RAM when the accelerators end at p and the cpu holds the weights of [p, e): it runs all of
+     * [p, n), unless `hosted` (accelerate with a GPU in the map: the GPU runs them).
+     */
+    hostNeed: (overhead: number, p: number, e: number, hosted = false): number => {
       const n = gs.length;
       if (p >= n) return 0;
+      if (hosted) return weightsOf(p, e) + overhead;
       const b = blocksOf(p, n);
       return weightsOf(p, e) + b * c.kvL + workspaceOf(c, n - p, b, headIn(p, n)) + overhead;
     },
@@ -391,66 +419,79 @@ function reference(chain: Chain, s: Skeleton, input: FitInput, c: Costs) {
   const accs = input.devices.filter(isAcc);
   const cpu = input.devices.find((d) => d.kind === 'cpu');
   const disk = input.devices.find((d) => d.kind === 'disk');
-  const accNeed = (d: PlanDeviceSpec, i: number, j: number): number => need(d.overhead, i, j);
-  // prefixes reachable after each accelerator
-  let reach = new Set([0]);
-  for (const d of accs) {
-    const next = new Set<number>();
-    for (const i of reach) for (let j = i; j <= n; j++) if (accNeed(d, i, j) <= d.cap) next.add(j);
-    reach = next;
-  }
-  const host = (p: number): { cpuEnd: number } | undefined => {
+  const weight = (d: PlanDeviceSpec): number => d.weight ?? d.cap;
+  /**
+   * The ways [0, p) can sit on the accelerators: every accelerator in order, or — transformers target
+   * with something offloaded — the accelerators from the k-th on, the k-th non-empty and hosting [p, n).
+   */
+  const configs = (p: number): { accs: PlanDeviceSpec[]; hostFrom: number; hosted: boolean }[] => {
+    if (input.target !== 'transformers' || p === 0 || p === n) return [{ accs, hostFrom: n, hosted: false }];
+    return accs.map((_, k) => ({ accs: accs.slice(k), hostFrom: p, hosted: true }));
+  };
+  const host = (p: number, hosted: boolean): { cpuEnd: number } | undefined => {
     if (p === n) return { cpuEnd: n };
     const cpuCap = cpu?.cap ?? 0;
     const ov = cpu?.overhead ?? 0;
-    if (!disk) return hostNeed(ov, p, n) <= cpuCap ? { cpuEnd: n } : undefined;
+    if (!disk) return hostNeed(ov, p, n, hosted) <= cpuCap ? { cpuEnd: n } : undefined;
     let end = -1;
-    for (let e = p; e <= n; e++) if (hostNeed(ov, p, e) <= cpuCap) end = e;
+    for (let e = p; e <= n; e++) if (hostNeed(ov, p, e, hosted) <= cpuCap) end = e;
     if (end < 0) return undefined;
     return weightsOf(end, n) <= disk.cap ? { cpuEnd: end } : undefined;
   };
-  const prefixes = [...reach].sort((a, b) => b - a);
-  for (const p of prefixes) {
-    const h = host(p);
-    if (!h) continue;
-    const weight = (d: PlanDeviceSpec): number => d.weight ?? d.cap;
-    const util = (d: PlanDeviceSpec, i: number, j: number): number => {
-      const x = accNeed(d, i, j);
-      return x === 0 ? 0 : x / weight(d);
-    };
-    // least max utilisation placing exactly [0, p) on the accelerators
-    const memo = new Map<string, number>();
-    const best = (k: number, i: number): number => {
-      if (k === accs.length) return i === p ? 0 : Infinity;
-      const key = `${k}:${i}`;
-      const hit = memo.get(key);
-      if (hit !== undefined) return hit;
-      let out = Infinity;
-      const d = accs[k]!;
-      for (let j = i; j <= p; j++) if (accNeed(d, i, j) <= d.cap) out = Math.min(out, Math.max(util(d, i, j), best(k + 1, j)));
-      memo.set(key, out);
-      return out;
-    };
-    // fewest non-empty accelerator stages with every utilisation at most `limit`
-    const fewest = (limit: number): number => {
-      const seen = new Map<string, number>();
-      const go = (k: number, i: number): number => {
-        if (k === accs.length) return i === p ? 0 : Infinity;
+  for (let p = n; p >= 0; p--) {
+    const options = configs(p).flatMap((cfg) => {
+      const h = host(p, cfg.hosted);
+      if (!h) return [];
+      const first = cfg.hosted ? cfg.accs[0] : undefined;
+      const accNeed = (d: PlanDeviceSpec, i: number, j: number): number => need(d.overhead, i, j, d === first ? cfg.hostFrom : n);
+      const util = (d: PlanDeviceSpec, i: number, j: number): number => {
+        const x = accNeed(d, i, j);
+        return x === 0 ? 0 : x / weight(d);
+      };
+      const ok = (k: number, i: number, j: number): boolean => accNeed(cfg.accs[k]!, i, j) <= cfg.accs[k]!.cap && !(k === 0 && cfg.hosted && j === i);
+      // least max utilisation placing exactly [0, p) on these accelerators
+      const memo = new Map<string, number>();
+      const best = (k: number, i: number): number => {
+        if (k === cfg.accs.length) return i === p ? 0 : Infinity;
         const key = `${k}:${i}`;
-        const hit = seen.get(key);
+        const hit = memo.get(key);
         if (hit !== undefined) return hit;
         let out = Infinity;
-        const d = accs[k]!;
-        for (let j = i; j <= p; j++) {
-          if (accNeed(d, i, j) > d.cap || util(d, i, j) > limit) continue;
-          out = Math.min(out, (j > i ? 1 : 0) + go(k + 1, j));
-        }
-        seen.set(key, out);
+        for (let j = i; j <= p; j++) if (ok(k, i, j)) out = Math.min(out, Math.max(util(cfg.accs[k]!, i, j), best(k + 1, j)));
+        memo.set(key, out);
         return out;
       };
-      return go(0, 0);
+      // fewest non-empty accelerator stages with every utilisation at most `limit`
+      const fewest = (limit: number): number => {
+        const seen = new Map<string, number>();
+        const go = (k: number, i: number): number => {
+          if (k === cfg.accs.length) return i === p ? 0 : Infinity;
+          const key = `${k}:${i}`;
+          const hit = seen.get(key);
+          if (hit !== undefined) return hit;
+          let out = Infinity;
+          for (let j = i; j <= p; j++) {
+            if (!ok(k, i, j) || util(cfg.accs[k]!, i, j) > limit) continue;
+            out = Math.min(out, (j > i ? 1 : 0) + go(k + 1, j));
+          }
+          seen.set(key, out);
+          return out;
+        };
+        return go(0, 0);
+      };
+      const minMaxUtil = best(0, 0);
+      return Number.isFinite(minMaxUtil) ? [{ cpuEnd: h.cpuEnd, minMaxUtil, fewest }] : [];
+    });
+    if (options.length === 0) continue;
+    const minMaxUtil = Math.min(...options.map((o) => o.minMaxUtil));
+    return {
+      prefix: p,
+      cpuEnd: options[0]!.cpuEnd,
+      gpuBytes: weightsOf(0, p),
+      cpuBytes: weightsOf(p, options[0]!.cpuEnd),
+      minMaxUtil,
+      fewest: (limit: number): number => Math.min(...options.map((o) => o.fewest(limit))),
     };
-    return { prefix: p, cpuEnd: h.cpuEnd, gpuBytes: weightsOf(0, p), cpuBytes: weightsOf(p, h.cpuEnd), minMaxUtil: best(0, 0), fewest };
   }
   return undefined;
 }
@@ -539,6 +580,9 @@ function checkPlan(model: ModelSpec, input: FitInput, built: Built, plan: Plan):
   rank.set('disk', accs.length + 1);
   const hostIds = new Set(['cpu', 'disk']);
   const unitsOn = (ids: Set<string>): ExpectedUnit[] => units.filter((u) => ids.has(deviceOfUnit.get(u.name)!));
+  // accelerate (transformers target) runs offloaded units on the first accelerator that holds any
+  const offloaded = unitsOn(hostIds);
+  const main = input.target === 'transformers' && offloaded.length > 0 ? accs.find((a) => unitsOn(new Set([a.id])).length > 0) : undefined;
   for (const spec of input.devices) {
     const d = plan.devices.find((x) => x.id === spec.id)!;
     assert.ok(d, `device ${spec.id} missing from the plan`);
@@ -547,20 +591,30 @@ function checkPlan(model: ModelSpec, input: FitInput, built: Built, plan: Plan):
     let kv = 0;
     let workspace = 0;
     let overhead = 0;
+    let transit = 0;
     if (spec.kind === 'disk') {
-      // weights only: disk blocks run from the mapped file on the CPU
+      // weights only: disk blocks run from the mapped file on the CPU (or on accelerate's main device)
+    } else if (spec.kind === 'cpu' && main) {
+      overhead = offloaded.length > 0 ? spec.overhead : 0;
     } else {
-      const scope = spec.kind === 'cpu' ? unitsOn(hostIds) : own;
+      const scope = spec.kind === 'cpu' ? offloaded : spec === main ? [...own, ...offloaded] : own;
       const blocks = scope.filter((u) => u.block !== undefined).length;
       kv = blocks * c.kvL;
       workspace = workspaceOf(c, scope.length, blocks, scope.some((u) => u.head));
       overhead = scope.length > 0 ? spec.overhead : 0;
+      if (spec === main) {
+        transit = largestModule(offloaded.flatMap((u) => u.tensors), s, w.dtype, input.target);
+        assert.ok(d.hosts, `${spec.id} is accelerate's main device but the plan does not say it hosts the offloaded units`);
+        close(d.hosts.transit, transit, `${spec.id} transit`);
+        close(d.hosts.kv, offloaded.filter((u) => u.block !== undefined).length * c.kvL, `${spec.id} KV of offloaded layers`);
+      }
     }
+    if (spec !== main) assert.equal(d.hosts, undefined, `${spec.id} claims to host offloaded units`);
     close(d.weights, weights, `${spec.id} weights`);
     close(d.kv, kv, `${spec.id} kv`);
     close(d.workspace, workspace, `${spec.id} workspace`);
     close(d.overhead, overhead, `${spec.id} overhead`);
-    const used = weights + kv + workspace + overhead;
+    const used = weights + kv + workspace + overhead + transit;
     close(d.used, used, `${spec.id} used`);
     assert.ok(d.used <= spec.cap, `${spec.id} uses ${d.used} over its cap ${spec.cap}`);
     assert.ok(used <= spec.cap * (1 + 1e-12), `${spec.id} needs ${used} over its cap ${spec.cap}`);
@@ -638,6 +692,8 @@ interface Stats {
   infeasible: number;
   offloaded: number;
   detached: number;
+  /** transformers-target plans whose main device runs offloaded units. */
+  hosted: number;
 }
 
 /** One random case: a plan passes every check, or the failure is InfeasiblePlanError and truly infeasible. */
@@ -664,6 +720,7 @@ function runCase(k: Case, stats: Stats): void {
   stats.ok++;
   if (plan.devices.some((d) => !isAcc(d) && d.modules.length > 0)) stats.offloaded++;
   if (plan.warnings.some((x) => x.includes(TIE_WARNING))) stats.detached++;
+  if (plan.devices.some((d) => d.hosts)) stats.hosted++;
 }
 
 const RUNS = Number(process.env.FIT_PROPERTY_RUNS ?? 2500);
@@ -706,19 +763,19 @@ const tieStressArb: fc.Arbitrary<Case> = fc.record({
 
 describe('fit: properties over random skeletons, devices and workloads', () => {
   it('every plan respects caps, blocks, coverage, contiguity and preferences; every failure is InfeasiblePlanError', () => {
-    const stats: Stats = { ok: 0, infeasible: 0, offloaded: 0, detached: 0 };
+    const stats: Stats = { ok: 0, infeasible: 0, offloaded: 0, detached: 0, hosted: 0 };
     fc.assert(
       fc.property(fc.record({ model: modelArb, work: workloadArb, devs: devicesArb }), (k: Case) => runCase(k, stats)),
       { numRuns: RUNS, includeErrorInReport: true },
     );
     if (process.env.FIT_PROPERTY_RUNS) console.log('random', stats);
     // the generator must reach every regime
-    const { ok, infeasible, offloaded } = stats;
-    assert.ok(ok > RUNS / 5 && infeasible > RUNS / 10 && offloaded > RUNS / 20, `ok ${ok}, infeasible ${infeasible}, offloaded ${offloaded}`);
+    const { ok, infeasible, offloaded, hosted } = stats;
+    assert.ok(ok > RUNS / 5 && infeasible > RUNS / 10 && offloaded > RUNS / 20 && hosted > RUNS / 200, `ok ${ok}, infeasible ${infeasible}, offloaded ${offloaded}, hosted ${hosted}`);
   });
 
   it('tied weights stay together when they can, and are copied (and counted twice) only when they cannot', () => {
-    const stats: Stats = { ok: 0, infeasible: 0, offloaded: 0, detached: 0 };
+    const stats: Stats = { ok: 0, infeasible: 0, offloaded: 0, detached: 0, hosted: 0 };
     fc.assert(fc.property(tieStressArb, (k: Case) => runCase(k, stats)), { numRuns: Math.ceil(RUNS / 5), includeErrorInReport: true });
     if (process.env.FIT_PROPERTY_RUNS) console.log('tie stress', stats);
     assert.ok(stats.detached > 0 && stats.ok > stats.detached, `detached ${stats.detached}, ok ${stats.ok}`);
@@ -970,6 +1027,51 @@ async function cli(...argv: string[]): Promise<{ code: number; out: string; err:
 
 const BASE = ['plan', 'llama-2-7b', '--gpu-memory', '24GiB,24GiB', '--max-memory', '0=5GB,1=10GB,cpu=30GiB'];
 
+describe('fit: the transformers target runs offloaded modules on accelerate\'s main device', () => {
+  // The issue's case: 5 GB and 10 GB on two cards, the rest on the cpu.
+  const devices = [gpu('0', 5e9, { overhead: GiB }), gpu('1', 10e9, { overhead: GiB }), cpuDev(30 * GiB)];
+  const p = planFit({ skeleton: llama, devices, workload: W4K, target: 'transformers' });
+  const offloadedBlocks = blockCount(dev(p, 'cpu'));
+
+  it('counts the KV cache of every offloaded layer, the largest offloaded module and their activations on GPU 0', () => {
+    assert.ok(offloadedBlocks > 0, 'the case must offload layers');
+    const g0 = dev(p, '0');
+    assert.ok(g0.hosts, 'GPU 0 does not say it runs the offloaded modules');
+    assert.equal(g0.hosts.kv, offloadedBlocks * 64 * MiB);
+    assert.equal(g0.kv, (blockCount(g0) + offloadedBlocks) * 64 * MiB);
+    assert.equal(g0.hosts.transit, 32000 * 4096 * 2, 'lm_head, the largest offloaded module, is copied in whole');
+    // GPU 0 computes the head's logits for the offloaded lm_head
+    assert.equal(g0.workspace, blockWorkspace(llama.attention!, W4K, TARGETS.transformers, 'float16') + headWorkspace(llama.attention!, W4K, TARGETS.transformers, 'float16'));
+    assert.ok(g0.used <= 5e9, `GPU 0 uses ${g0.used}`);
+    assert.equal(g0.used, g0.weights + g0.kv + g0.workspace + g0.overhead + g0.hosts.transit);
+    const cpu = dev(p, 'cpu');
+    assert.equal(cpu.kv, 0, 'the cpu computes nothing under accelerate with a GPU in the map');
+    assert.equal(cpu.workspace, 0);
+    assert.equal(dev(p, '1').hosts, undefined);
+  });
+
+  it('is the most the GPUs can keep: one more layer on the GPUs would overflow a cap', () => {
+    const target = planFit({ skeleton: llama, devices, workload: W4K, target: 'vramfit' });
+    assert.ok(blockCount(dev(target, 'cpu')) < offloadedBlocks, 'hosting costs GPU 0 room, so fewer layers stay on the GPUs');
+    // 64 MiB of KV per hosted layer moves with each layer: with all on GPUs but one, a cap would break
+    const bigger = planFit({ skeleton: llama, devices: [gpu('0', 5e9 + 2 * GiB, { overhead: GiB }), devices[1]!, devices[2]!], workload: W4K, target: 'transformers' });
+    assert.ok(blockCount(dev(bigger, 'cpu')) < offloadedBlocks);
+  });
+
+  it('runs everything on the cpu when no GPU can host the offloaded modules beside its own', () => {
+    const tiny = planFit({ skeleton: llama, devices: [gpu('0', 1.5 * GiB, { overhead: GiB }), cpuDev(60 * GiB)], workload: W4K, target: 'transformers' });
+    assert.equal(dev(tiny, '0').modules.length, 0);
+    assert.equal(dev(tiny, 'cpu').kv, 32 * 64 * MiB);
+  });
+
+  it('the table says where the offloaded layers\' KV cache lives', async () => {
+    const r = await cli(...BASE, '--target', 'transformers');
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /runs offloaded layers \d+–31, norm, rotary_emb, lm_head \(accelerate's main device\): KV of offloaded layers [\d.]+ MiB on GPU 0/);
+    assert.match(r.out, /offloaded weights in transit 250\.00 MiB/);
+  });
+});
+
 describe('plan CLI', () => {
   it('prints a table with both GPUs', async () => {
     const r = await cli(...BASE);
@@ -1004,6 +1106,10 @@ describe('plan CLI', () => {
   it('--format python is a runnable script', async () => {
     const r = await cli(...BASE, '--format', 'python');
     assert.equal(r.code, 0, r.err);
+    // the published repository, not the catalog name; no max_memory beside an explicit map (transformers ignores it)
+    assert.match(r.out, /from_pretrained\(\n    "meta-llama\/Llama-2-7b-hf",/);
+    assert.doesNotMatch(r.out, /max_memory/);
+    assert.match(r.out, /^#   cuda:0: layers 0–\d+; offloaded layers \d+–31 \(accelerate runs cpu\/disk modules on cuda:0\), /m);
     assert.match(r.out, /os\.environ\["CUDA_VISIBLE_DEVICES"\] = "0,1"/);
     assert.match(r.out, /torch\.cuda\.set_per_process_memory_fraction\(0\.\d+, device=0\)/);
     assert.match(r.out, /torch\.cuda\.set_per_process_memory_fraction\(0\.\d+, device=1\)/);

@@ -139,7 +139,7 @@ export function renderPlan(plan: Plan, skeleton: Skeleton, model: string, format
     case 'accelerate':
       return `${renderAccelerate(plan)}\n`;
     case 'python':
-      return renderPython(plan, model);
+      return renderPython(plan, skeleton.source.repoId ?? model);
     case 'llama.cpp':
       return renderLlamaCpp(plan, skeleton, model);
     default:

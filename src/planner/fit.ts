@@ -51,6 +51,8 @@ interface Group {
   hasEmbed: boolean;
   hasBlock: boolean;
   hasHead: boolean;
+  /** Largest module (with direct tensors) inside: accelerate's offload hooks copy one at a time. */
+  transit: number;
   /** Tensor names counted on this device although their memory is owned elsewhere. */
   duplicates: string[];
 }
@@ -74,6 +76,18 @@ interface Costs {
   /** A device that only passes the hidden state on (an embedding lookup) still holds it. */
   passWs: number;
   measured?: MeasuredWorkspace;
+  /**
+   * transformers target: groups mapped to cpu/disk that accelerate executes on the main device
+   * (`dispatch_model` gives every "cpu"/"disk" module `execution_device = main_device`): their KV cache
+   * is created there, their largest module's weights are copied in for each forward, and their
+   * activations are computed there.
+   */
+  hosted?: { device: string; groups: readonly Group[] };
+}
+
+/** The same costs with `groups` executed on `device` (accelerate's main device). */
+function hostedOn(c: Costs, device: string, groups: readonly Group[]): Costs {
+  return groups.length === 0 ? { ...c, hosted: undefined } : { ...c, hosted: { device, groups } };
 }
 
 function workspaceFor(c: Costs, groups: readonly Group[], kind?: PlanDeviceSpec['kind']): number {
@@ -119,11 +133,12 @@ function makeGroups(units: PlacementUnit[], s: Skeleton, pins: readonly string[]
   units.forEach((u, i) => {
     const o = owner.get(i);
     const target = o === undefined ? undefined : groupOf.get(o);
-    const g = target ?? { units: [], weights: 0, kv: 0, hasEmbed: false, hasBlock: false, hasHead: false, duplicates: [] };
+    const g = target ?? { units: [], weights: 0, kv: 0, hasEmbed: false, hasBlock: false, hasHead: false, transit: 0, duplicates: [] };
     if (!target) groups.push(g);
     groupOf.set(i, g);
     g.units.push(u);
     g.weights += u.weights;
+    g.transit = Math.max(g.transit, u.transit);
     if (u.block !== undefined) {
       g.kv += c.kvPerBlock;
       g.hasBlock = true;
@@ -149,14 +164,34 @@ function chargeTiedDuplicates(groups: Group[], s: Skeleton, dtype: string | unde
   }
 }
 
+/** What a device holds: its own units, and on accelerate's main device the offloaded units it executes. */
+interface Need {
+  weights: number;
+  kv: number;
+  workspace: number;
+  overhead: number;
+  /** Of kv: the cache of offloaded layers, created on the main device. */
+  hostedKv: number;
+  /** Offloaded weights copied in for one module's forward (the largest such module). */
+  transit: number;
+  /** accelerate's main device, running the offloaded groups. */
+  hosting: boolean;
+  total: number;
+}
+
+const NOTHING: Need = { weights: 0, kv: 0, workspace: 0, overhead: 0, hostedKv: 0, transit: 0, hosting: false, total: 0 };
+
 /** Memory a device needs to hold `groups`: their weights and KV, the workspace their roles need, overhead. */
-function deviceNeed(groups: readonly Group[], d: PlanDeviceSpec, c: Costs): { weights: number; kv: number; workspace: number; overhead: number; total: number } {
-  if (groups.length === 0) return { weights: 0, kv: 0, workspace: 0, overhead: 0, total: 0 };
+function deviceNeed(groups: readonly Group[], d: PlanDeviceSpec, c: Costs): Need {
+  if (groups.length === 0) return NOTHING;
+  const hosted = c.hosted && c.hosted.device === d.id ? c.hosted.groups : [];
   const weights = groups.reduce((s, g) => s + g.weights, 0);
-  const kv = groups.reduce((s, g) => s + g.kv, 0);
-  const workspace = workspaceFor(c, groups, d.kind);
+  const hostedKv = hosted.reduce((s, g) => s + g.kv, 0);
+  const kv = groups.reduce((s, g) => s + g.kv, 0) + hostedKv;
+  const transit = Math.max(0, ...hosted.map((g) => g.transit));
+  const workspace = workspaceFor(c, hosted.length ? [...groups, ...hosted] : groups, d.kind);
   const overhead = d.overhead;
-  return { weights, kv, workspace, overhead, total: weights + kv + workspace + overhead };
+  return { weights, kv, workspace, overhead, hostedKv, transit, hosting: hosted.length > 0, total: weights + kv + workspace + overhead + transit };
 }
 
 /**
@@ -197,9 +232,50 @@ export function planFit(input: FitInput): Plan {
 type Attempt = { placement: Placement; warnings: string[] } | { failure: InfeasiblePlanError };
 
 function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: boolean): Attempt {
-  const s = input.skeleton;
-  const groups = makeGroups(units, s, input.pins ?? [], attachTies, c, input.workload.dtype);
+  const groups = makeGroups(units, input.skeleton, input.pins ?? [], attachTies, c, input.workload.dtype);
   const accs = input.devices.filter((d) => d.kind === 'gpu' || d.kind === 'virtual');
+  const plain = place(input, groups, c, accs);
+  if (input.target !== 'transformers' || accs.length === 0) return plain;
+  // Without hosting, the most groups the GPUs could keep; everything on them, or nothing, hosts nothing.
+  const upper = fillAccelerators(groups, accs, c, () => Infinity).placed;
+  if (upper === groups.length || upper === 0) return plain;
+  // accelerate runs what is offloaded on its main device, the first GPU in the map (dispatch_model picks
+  // the lowest index). The most groups the GPUs keep while that GPU also hosts the rest: hosting fewer
+  // groups costs less, so a fill that keeps more than p groups stays within its caps. Among the GPUs
+  // that could be first, the most even utilisation, then the fewest stages.
+  for (let p = upper; p >= 1; p--) {
+    let best: { placed: Extract<Placed, { placement: Placement }>; util: number; stages: number } | undefined;
+    for (let k = 0; k < accs.length; k++) {
+      const use = accs.slice(k);
+      const hc = hostedOn(c, use[0]!.id, groups.slice(p));
+      const fill = fillAccelerators(groups, use, hc, () => Infinity);
+      if (fill.placed < p || fill.ends[0] === 0) continue;
+      const hosted = place(input, groups, hc, use);
+      if ('failure' in hosted || hosted.ends[0] === 0) continue;
+      const util = Math.max(...use.map((d) => {
+        const used = hosted.placement.usage.get(d.id)?.total ?? 0;
+        return used === 0 ? 0 : used / (d.weight ?? d.cap);
+      }));
+      const stages = use.filter((d) => (hosted.placement.usage.get(d.id)?.total ?? 0) > 0).length;
+      if (!best || util < best.util * (1 - 1e-12) || (util <= best.util * (1 + 1e-12) && stages < best.stages)) best = { placed: hosted, util, stages };
+    }
+    if (best) return best.placed;
+  }
+  // Nothing fits beside the hosted load: with no GPU in the map, accelerate computes everything on the CPU.
+  const cpuOnly = place(input, groups, c, []);
+  if (!('failure' in cpuOnly)) return cpuOnly;
+  // Report against the closest attempt: the first GPU hosting what the others leave.
+  const hc = hostedOn(c, accs[0]!.id, groups.slice(upper));
+  const fill = fillAccelerators(groups, accs, hc, () => Infinity);
+  const cpu = input.devices.find((d) => d.kind === 'cpu');
+  const rest = groups.slice(fill.placed).reduce((sum, g) => sum + g.weights, 0) + (cpu?.overhead ?? 0);
+  return { failure: diagnose(input, groups, hc, fill.ends, fill.placed, rest, cpu?.cap ?? 0) };
+}
+
+type Placed = { placement: Placement; warnings: string[]; placed: number; ends: number[] } | { failure: InfeasiblePlanError };
+
+/** Places groups on `accs` (then cpu, then disk); with `c.hosted`, offloaded groups are executed on its device. */
+function place(input: FitInput, groups: Group[], c: Costs, accs: PlanDeviceSpec[]): Placed {
   const cpu = input.devices.find((d) => d.kind === 'cpu');
   const disk = input.devices.find((d) => d.kind === 'disk');
   const warnings: string[] = [];
@@ -209,10 +285,12 @@ function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: b
   const most = fillAccelerators(groups, accs, c, () => Infinity);
   const pinnedGroup = pinnedGroupIndex(groups, input.pins ?? []);
   const keepsPins = (e: number[]): boolean => pinnedGroup === undefined || pinnedGroup < (e[0] ?? 0);
+  // The device hosting offloaded groups must hold some of its own, or accelerate would pick another.
+  const mustStart = c.hosted ? 1 : 0;
   let ends = most.ends;
   if (most.placed > 0 && accs.length > 1) {
     const weight = (d: PlanDeviceSpec): number => d.weight ?? d.cap;
-    const keeps = (r: { placed: number; ends: number[] }): boolean => r.placed >= most.placed && (!keepsPins(most.ends) || keepsPins(r.ends));
+    const keeps = (r: { placed: number; ends: number[] }): boolean => r.placed >= most.placed && (r.ends[0] ?? 0) >= mustStart && (!keepsPins(most.ends) || keepsPins(r.ends));
     let lo = 0;
     // A zero cap with no --gpu-weights gives 0/0: leave such devices out of the bound.
     let hi = Math.max(0, ...accs.map((d) => d.cap / weight(d)).filter((r) => !Number.isNaN(r)));
@@ -224,7 +302,7 @@ function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: b
     const balanced = fillAccelerators(groups, accs, c, (d) => hi * weight(d));
     if (keeps(balanced)) {
       // At that balance, the fewest stages (hand-offs): greedy filling may start a stage on a device it could skip.
-      const firstEnd = keepsPins(most.ends) && pinnedGroup !== undefined ? pinnedGroup + 1 : 0;
+      const firstEnd = Math.max(mustStart, keepsPins(most.ends) && pinnedGroup !== undefined ? pinnedGroup + 1 : 0);
       ends = fewestStages(groups, accs, c, most.placed, (d) => hi * weight(d), firstEnd) ?? balanced.ends;
     }
   }
@@ -237,14 +315,16 @@ function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: b
 
   // 2. The rest on CPU RAM, then disk. Blocks on disk run on the CPU from the mapped file, so CPU RAM
   //    holds the KV cache and the compute workspace of everything past the accelerators either way.
-  const hostNeed = (end: number): ReturnType<typeof deviceNeed> => {
+  //    Under accelerate with a GPU in the map, cpu and disk only store weights: the GPU computes.
+  const hostComputes = !(c.hosted && placed > 0);
+  const hostNeed = (end: number): Need => {
     const host = groups.slice(placed);
     if (host.length === 0) return deviceNeed([], cpu ?? HOST, c);
     const weights = groups.slice(placed, end).reduce((sum, g) => sum + g.weights, 0);
-    const kv = host.reduce((sum, g) => sum + g.kv, 0);
-    const workspace = workspaceFor(c, host, 'cpu');
+    const kv = hostComputes ? host.reduce((sum, g) => sum + g.kv, 0) : 0;
+    const workspace = hostComputes ? workspaceFor(c, host, 'cpu') : 0;
     const overhead = cpu?.overhead ?? 0;
-    return { weights, kv, workspace, overhead, total: weights + kv + workspace + overhead };
+    return { ...NOTHING, weights, kv, workspace, overhead, total: weights + kv + workspace + overhead };
   };
   const cpuCap = cpu?.cap ?? 0;
   let cpuEnd = placed;
@@ -256,7 +336,9 @@ function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: b
     }
   }
   const diskWeights = groups.slice(cpuEnd).reduce((sum, g) => sum + g.weights, 0);
-  const fits = placed === groups.length || (hostNeed(cpuEnd).total <= cpuCap && (cpuEnd === groups.length || (disk !== undefined && diskWeights <= disk.cap)));
+  // Hosting costs were counted for the groups past p: a fill that keeps fewer leaves the host short.
+  const hostedAsPlanned = !c.hosted || placed >= groups.length - c.hosted.groups.length;
+  const fits = hostedAsPlanned && (placed === groups.length || (hostNeed(cpuEnd).total <= cpuCap && (cpuEnd === groups.length || (disk !== undefined && diskWeights <= disk.cap))));
   // Shortfalls are judged against the fullest fill, not the balanced one: that is how close each device came.
   if (!fits) return { failure: diagnose(input, groups, c, most.ends, placed, hostNeed(groups.length).total, cpuCap) };
 
@@ -280,13 +362,15 @@ function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: b
   });
   const perDevice = new Map<string, Group[]>();
   groups.forEach((g, i) => perDevice.set(assignment[i]!, [...(perDevice.get(assignment[i]!) ?? []), g]));
-  const usage = new Map<string, ReturnType<typeof deviceNeed>>();
+  // What the main device really hosts: the groups left off the GPUs (at most those planned for).
+  const final = c.hosted ? hostedOn(c, c.hosted.device, groups.slice(placed)) : c;
+  const usage = new Map<string, Need>();
   for (const d of input.devices) {
     if (d.kind === 'cpu') usage.set(d.id, hostNeed(cpuEnd));
-    else if (d.kind === 'disk') usage.set(d.id, { weights: diskWeights, kv: 0, workspace: 0, overhead: 0, total: diskWeights });
-    else usage.set(d.id, deviceNeed(perDevice.get(d.id) ?? [], d, c));
+    else if (d.kind === 'disk') usage.set(d.id, { ...NOTHING, weights: diskWeights, total: diskWeights });
+    else usage.set(d.id, deviceNeed(perDevice.get(d.id) ?? [], d, final));
   }
-  return { placement: { unitDevice, usage, duplicates }, warnings };
+  return { placement: { unitDevice, usage, duplicates }, warnings, placed, ends };
 }
 
 /**

@@ -15,6 +15,11 @@ export interface PlacementUnit {
   head: boolean;
   /** Tensor names inside, for tie bookkeeping. */
   tensors: string[];
+  /**
+   * Bytes of the largest module inside that owns tensors directly: what accelerate's offload hooks
+   * copy to the execution device at once (they hook every module with direct tensors, not the block).
+   */
+  transit: number;
 }
 
 /**
@@ -48,6 +53,15 @@ export function linearize(s: Skeleton, dtype?: string, dropRecomputed = false): 
       if (aliases.has(n) || (dropRecomputed && t.kind === 'buffer' && t.persistent === false)) return sum;
       return sum + loadedBytes(t.shape, t.dtype, t.kind === 'param' ? dtype : undefined);
     }, 0);
+  const largestOwner = (names: string[]): number => {
+    const byOwner = new Map<string, string[]>();
+    for (const n of names) {
+      const owner = n.slice(0, Math.max(0, n.lastIndexOf('.')));
+      if (!byOwner.has(owner)) byOwner.set(owner, []);
+      byOwner.get(owner)!.push(n);
+    }
+    return Math.max(0, ...[...byOwner.values()].map(bytesOf));
+  };
   // Each subtree is visited once (at its atomic module), so tensors are gathered into one array.
   const collect = (m: string, out: string[] = []): string[] => {
     for (const t of direct.get(m) ?? []) out.push(t);
@@ -79,12 +93,12 @@ export function linearize(s: Skeleton, dtype?: string, dropRecomputed = false): 
       const tensors = collect(m);
       const b = blockIndex(m);
       // A decoder block makes hidden states, never logits, even when it holds a vocab-sized matrix.
-      const unit: PlacementUnit = { name: m, weights: bytesOf(tensors), head: b === undefined && pastBlocks() && isHead(tensors), tensors };
+      const unit: PlacementUnit = { name: m, weights: bytesOf(tensors), head: b === undefined && pastBlocks() && isHead(tensors), tensors, transit: largestOwner(tensors) };
       if (b !== undefined) unit.block = b;
       units.push(unit);
       return;
     }
-    for (const t of direct.get(m) ?? []) units.push({ name: t, weights: bytesOf([t]), head: false, tensors: [t] });
+    for (const t of direct.get(m) ?? []) units.push({ name: t, weights: bytesOf([t]), head: false, tensors: [t], transit: bytesOf([t]) });
     for (const c of kids) visit(c);
   };
   visit('');

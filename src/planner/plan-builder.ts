@@ -7,6 +7,12 @@ export interface DeviceUsage {
   kv: number;
   workspace: number;
   overhead: number;
+  /** Of kv: the cache of offloaded layers accelerate creates on its main device. */
+  hostedKv?: number;
+  /** Offloaded weights copied in for one module's forward (accelerate's main device). */
+  transit?: number;
+  /** accelerate's main device: it runs the units mapped to cpu/disk. */
+  hosting?: boolean;
   total: number;
 }
 
@@ -47,6 +53,10 @@ export function buildPlan(input: BuildPlanInput): Plan {
       ranges: describeRanges(modules, s),
       tiedDuplicates: placement.duplicates.get(d.id) ?? [],
     };
+    if (u.hosting) {
+      const hosted = hostedModules(input.units, placement.unitDevice);
+      plan.hosts = { kv: u.hostedKv ?? 0, transit: u.transit ?? 0, modules: hosted, ranges: describeRanges(hosted, s) };
+    }
     if (d.name !== undefined) plan.name = d.name;
     if (d.physical !== undefined) plan.physical = d.physical;
     if (d.uuid !== undefined) plan.uuid = d.uuid;
@@ -69,6 +79,11 @@ export function buildPlan(input: BuildPlanInput): Plan {
     handoffs: countHandoffs(input.units, placement.unitDevice),
     warnings,
   };
+}
+
+/** Modules accelerate maps to cpu/disk and runs on its main device. */
+function hostedModules(units: readonly PlacementUnit[], where: Map<string, string>): string[] {
+  return units.filter((u) => ['cpu', 'disk'].includes(where.get(u.name) ?? '')).map((u) => u.name);
 }
 
 export function label(d: { id: string; kind: string }): string {

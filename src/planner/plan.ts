@@ -48,8 +48,13 @@ export interface DevicePlan {
   kv: number;
   workspace: number;
   overhead: number;
-  /** weights + kv + workspace + overhead. */
+  /** weights + kv + workspace + overhead (+ hosts.transit). */
   used: number;
+  /**
+   * transformers target, on accelerate's main device: the cpu/disk modules it executes (their KV cache
+   * lives here and is part of kv; one module's weights at a time are copied in, `transit`).
+   */
+  hosts?: { kv: number; transit: number; modules: string[]; ranges: string[] };
   /** Modules placed here, in forward order. */
   modules: string[];
   /** Human ranges such as "layers 0–9". */

@@ -29,7 +29,7 @@ export async function readModel(model: string, opts: ReadModelOptions = {}): Pro
   if (!existsSync(path)) {
     const entry = catalogConfig(model);
     if (entry) {
-      return fromConfig(entry.cfg, { kind: 'config', path: `catalog:${model.toLowerCase()}`, shapes: 'synthesized', files: [], bytesRead: 0 }, []);
+      return fromConfig(entry.cfg, { kind: 'config', path: `catalog:${model.toLowerCase()}`, repoId: entry.source, shapes: 'synthesized', files: [], bytesRead: 0 }, []);
     }
     if (!looksLikeRepoId(model)) {
       const near = catalogSuggestions(model);
@@ -37,7 +37,9 @@ export async function readModel(model: string, opts: ReadModelOptions = {}): Pro
       throw new InputError(model, `no such file or folder, and not a catalog model (${hint}vramfit catalog lists all ${catalogNames().length})`, 'NOT_FOUND');
     }
     path = resolveRepoId(model, env);
-    return readModelFolder(path, model);
+    const skeleton = await readModelFolder(path, model);
+    skeleton.source.repoId = model;
+    return skeleton;
   }
   if (statSync(path).isDirectory()) return readModelFolder(path, model);
   const name = basename(path);

@@ -78,6 +78,8 @@ export interface SkeletonSource {
   kind: SourceKind;
   /** What the user pointed at (a directory, a file, a repo id). */
   path: string;
+  /** The Hugging Face repository the model is published as, when known (catalog models, the HF cache). */
+  repoId?: string;
   /** Shapes and dtypes: read from headers, or synthesized from the architecture spec and config. */
   shapes: 'headers' | 'synthesized';
   files: string[];

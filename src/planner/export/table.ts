@@ -10,7 +10,8 @@ function bar(d: DevicePlan): string {
   if (!Number.isFinite(d.cap) || d.cap <= 0) return '';
   const cells = (n: number): number => Math.round((WIDTH * n) / d.cap);
   let out = '';
-  for (const part of ['weights', 'kv', 'workspace', 'overhead'] as const) out += GLYPHS[part].repeat(Math.max(0, cells(d[part])));
+  out += GLYPHS.weights.repeat(Math.max(0, cells(d.weights + (d.hosts?.transit ?? 0))));
+  for (const part of ['kv', 'workspace', 'overhead'] as const) out += GLYPHS[part].repeat(Math.max(0, cells(d[part])));
   out = out.slice(0, WIDTH);
   return `[${out}${GLYPHS.free.repeat(Math.max(0, WIDTH - out.length))}]`;
 }
@@ -27,10 +28,14 @@ function row(d: DevicePlan): string[] {
         (Number.isFinite(d.cap) ? `, ${formatBytes(d.cap - d.used)} free` : ''),
     );
     lines.push(
-      `  weights ${formatBytes(d.weights)} · KV ${formatBytes(d.kv)} · workspace ${formatBytes(d.workspace)} · overhead ${formatBytes(d.overhead)}`,
+      `  weights ${formatBytes(d.weights)} · KV ${formatBytes(d.kv)} · workspace ${formatBytes(d.workspace)} · overhead ${formatBytes(d.overhead)}` +
+        (d.hosts ? ` · offloaded weights in transit ${formatBytes(d.hosts.transit)}` : ''),
     );
   }
   lines.push(`  holds: ${d.ranges.length ? d.ranges.join(', ') : '(nothing)'}`);
+  if (d.hosts) {
+    lines.push(`  runs offloaded ${d.hosts.ranges.join(', ')} (accelerate's main device): KV of offloaded layers ${formatBytes(d.hosts.kv)} on ${label(d)} (in its KV), its largest module's weights copied in for each forward`);
+  }
   return lines;
 }
 
