@@ -341,8 +341,8 @@ describe('resolveBudgets', () => {
     throwsInput(() => resolveBudgets({ gpu: { kind: 'bytes', bytes: 1 } }, inventory), W, /unknown device 'gpu'/);
     throwsInput(() => resolveBudgets({ '00': { kind: 'bytes', bytes: 1 } }, inventory), W, /unknown device '00'/);
     throwsInput(() => resolveBudgets({}, inventory), W, /names no device/);
-    throwsInput(() => resolveBudgets(parseMaxMemory('1=free-21GiB'), inventory), `${W} 1`, /free memory .* is negative/);
-    throwsInput(() => resolveBudgets(parseMaxMemory('0=total-81GB'), inventory), `${W} 0`, /total memory .* is negative/);
+    throwsInput(() => resolveBudgets(parseMaxMemory('1=free-21GiB'), inventory), `${W} 1`, /GPU 1 has 20\.00 GiB free; leaving 21\.00 GiB of it leaves nothing/);
+    throwsInput(() => resolveBudgets(parseMaxMemory('0=total-81GB'), inventory), `${W} 0`, /total; leaving .* leaves nothing/);
     throwsInput(() => resolveBudgets({ '0': { kind: 'fraction', fraction: 1.5 } }, inventory), `${W} 0`, /outside/);
     throwsInput(() => resolveBudgets({ '0': { kind: 'fraction', fraction: 0 } }, inventory), `${W} 0`, /outside/);
     throwsInput(() => resolveBudgets({ '0': { kind: 'bytes', bytes: -1 } }, inventory), `${W} 0`, /not a byte count/);

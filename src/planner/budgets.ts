@@ -12,7 +12,7 @@
  * Device keys: GPU indices (0, 1, ...), mps, cpu, disk.
  */
 import { InputError } from '../util/errors.js';
-import { parseAccelerateSize, parseByteSize } from './units.js';
+import { formatBytes, parseAccelerateSize, parseByteSize } from './units.js';
 
 export { parseAccelerateSize } from './units.js';
 
@@ -206,9 +206,9 @@ function resolveOne(spec: BudgetSpec, facts: { total: number; free: number } | u
     if (!Number.isSafeInteger(spec.bytes) || spec.bytes < 0) throw new InputError(where, `${spec.bytes} is not a byte count`);
     const base = spec.kind === 'free-minus' ? facts.free : facts.total;
     bytes = base - spec.bytes;
-    if (bytes < 0) {
+    if (bytes <= 0) {
       const what = spec.kind === 'free-minus' ? 'free' : 'total';
-      throw new InputError(where, `${what} memory (${base} bytes) minus ${spec.bytes} bytes is negative`);
+      throw new InputError(where, `${typeof device === 'number' ? `GPU ${device}` : device} has ${formatBytes(base)} ${what}; leaving ${formatBytes(spec.bytes)} of it leaves nothing for this process`);
     }
   }
   return bytes;

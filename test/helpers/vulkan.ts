@@ -9,16 +9,16 @@ import { loadGgml, loadGpuBackends, devices, DEV_TYPE } from '../../src/engine/g
 
 process.env['GGML_VK_VISIBLE_DEVICES'] ??= '0,0';
 
-let cached: string | false | undefined;
+let found: { ready: boolean; detail: string; count: number } | undefined;
 
 /** `false` when at least `n` Vulkan devices are open to ggml, else the reason to skip (or a thrown error in CI). */
 export function vulkanSkip(n = 2): string | false {
-  if (cached === undefined) {
+  if (found === undefined) {
     const g = loadGgml();
     const vk = loadGpuBackends(g).find((s) => s.backend === 'vulkan')!;
-    const count = devices(g).filter((d) => d.name.startsWith('Vulkan') && d.type !== DEV_TYPE.CPU).length;
-    cached = vk.state !== 'ready' ? `no Vulkan device: ${vk.detail}` : count < n ? `${count} Vulkan device(s), the test needs ${n}` : false;
-    if (cached && process.env['VRAMFIT_REQUIRE_VULKAN'] === '1') throw new Error(`VRAMFIT_REQUIRE_VULKAN=1 but ${cached}`);
+    found = { ready: vk.state === 'ready', detail: vk.detail, count: devices(g).filter((d) => d.name.startsWith('Vulkan') && d.type !== DEV_TYPE.CPU).length };
   }
-  return cached;
+  const reason = !found.ready ? `no Vulkan device: ${found.detail}` : found.count < n ? `${found.count} Vulkan device(s), the test needs ${n}` : false;
+  if (reason && process.env['VRAMFIT_REQUIRE_VULKAN'] === '1') throw new Error(`VRAMFIT_REQUIRE_VULKAN=1 but ${reason}`);
+  return reason;
 }

@@ -43,7 +43,9 @@ export function renderPlanTable(p: Plan): string {
   const w = p.workload;
   const lines = [
     `plan for ${p.model.root_class} (${p.model.source}) · strategy ${p.strategy} · target ${p.target}`,
-    `workload: ${w.ctx} tokens of context × ${w.batch} sequence(s), micro-batch ${w.ubatch}, KV ${w.kvDtype}${w.dtype ? `, weights as ${w.dtype}` : ''}`,
+    p.accelerate
+      ? "workload: not budgeted — accelerate's planner counts weights only (no KV cache, activations or overhead)"
+      : `workload: ${w.ctx} tokens of context × ${w.batch} sequence(s), micro-batch ${w.ubatch}, KV ${w.kvDtype}${w.dtype ? `, weights as ${w.dtype}` : ''}`,
     '',
   ];
   for (const d of p.devices) lines.push(...row(d), '');

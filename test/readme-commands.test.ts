@@ -1,0 +1,179 @@
+/**
+ * Every `vramfit` command in the README's code blocks runs here, with its placeholders (./model,
+ * model.gguf, a repo id in the HF cache, …) mapped to tiny checkpoints this test writes, and exits the
+ * way the README implies. A command added to the README without a case here fails the first test.
+ */
+import './helpers/vulkan-four-devices.js';
+import assert from 'node:assert/strict';
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { main } from '../src/cli/main.js';
+import { writeDemoCheckpoint } from '../src/engine/demo-checkpoint.js';
+import { fixturesDir, realModelsDir, repoRoot } from './helpers/paths.js';
+import { writeTinyChatglmCheckpoint } from './helpers/tiny-chatglm.js';
+import { writeTinyGguf } from './helpers/tiny-gguf.js';
+import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
+import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { TOKENIZER_CONFIG, tokenizerJson } from './helpers/tiny-tokenizer.js';
+import { vulkanSkip } from './helpers/vulkan.js';
+
+/** The `vramfit …` lines of the README's code blocks, comments and output redirections removed. */
+function readmeCommands(): string[] {
+  const text = readFileSync(join(repoRoot, 'README.md'), 'utf8');
+  const out: string[] = [];
+  let inBlock = false;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('```')) {
+      inBlock = !inBlock;
+      continue;
+    }
+    if (!inBlock || !line.startsWith('vramfit ')) continue;
+    out.push(line.replace(/\s+#\s.*$/, '').replace(/\s+>\s*\S+$/, '').trim());
+  }
+  return out;
+}
+
+/** Splits a command line as a POSIX shell would for the quoting the README uses ('…' and "…"). */
+function shellWords(line: string): string[] {
+  const words: string[] = [];
+  const re = /'([^']*)'|"([^"]*)"|(\S+)/g;
+  for (const m of line.matchAll(re)) words.push(m[1] ?? m[2] ?? m[3]!);
+  return words;
+}
+
+/** How a README command runs here: its placeholders, the machine it needs, the exit code it implies. */
+interface Case {
+  /** README word → path or value here. */
+  map?: Record<string, string>;
+  /** Fake nvidia-smi with four 80 GB cards on PATH (plans for "this machine's" GPUs). */
+  smi?: boolean;
+  /** Emulated Vulkan GPUs it needs. */
+  vulkan?: number;
+  /** What the output must show. */
+  expect?: RegExp;
+  code?: number;
+}
+
+let root = '';
+const P = {
+  hf: '', // a tiny Llama folder with a tokenizer and chat template
+  gguf: '',
+  cache: '',
+  chatglm: '',
+  smiDir: '',
+};
+
+const CASES: Record<string, Case> = {
+  'vramfit inspect ./Llama-2-7b-hf': { map: { './Llama-2-7b-hf': 'hf' }, expect: /LlamaForCausalLM/ },
+  'vramfit inspect model.safetensors': { map: { 'model.safetensors': 'hf/model.safetensors' }, expect: /LlamaForCausalLM/ },
+  'vramfit inspect model-q4_k_m.gguf': { map: { 'model-q4_k_m.gguf': 'gguf' }, expect: /gguf/i },
+  'vramfit inspect meta-llama/Llama-2-7b-hf': { expect: /LlamaForCausalLM/ },
+  'vramfit inspect ./config.json': { map: { './config.json': 'hf/config.json' }, expect: /config only/ },
+  'vramfit inspect qwen2.5-72b': { expect: /Qwen2ForCausalLM/ },
+  'vramfit inspect MODEL --tree': { map: { MODEL: 'hf' }, expect: /×8/ },
+  'vramfit inspect MODEL --json': { map: { MODEL: 'hf' }, expect: /"format": "vramfit-skeleton"/ },
+  'vramfit plan llama-2-7b --gpu-memory 24GiB,24GiB --max-memory 0=5GB,1=10GB,cpu=30GiB': { expect: /^GPU 1\b/m },
+  'vramfit plan ./Mixtral-8x7B --device-spec 4xA100-80GB --ctx auto': { map: { './Mixtral-8x7B': 'mixtral' }, expect: /--ctx auto chose \d+ tokens/ },
+  'vramfit plan qwen2.5-72b --gpus 2,3 --max-memory 0=90%,1=free-2GiB,cpu=64GiB --format python': { smi: true, expect: /CUDA_VISIBLE_DEVICES"\] = "2,3"/ },
+  'vramfit plan chatglm2-6b --gpu-memory 24GiB,24GiB --max-memory 0=5GB,1=10GB,cpu=30GiB --format accelerate': { expect: /"transformer\.embedding": 0/ },
+  'vramfit plan model.gguf --max-memory 0=20GiB,cpu=64GiB --format llama.cpp': { map: { 'model.gguf': 'gguf' }, smi: true, expect: /-ngl \d+/ },
+  [`vramfit plan llama-2-7b --compat accelerate --strategy balanced --max-memory '{"0": "5GB", "1": "10GB"}'`]: { expect: /strategy accelerate balanced/ },
+  'vramfit run ./Qwen2.5-0.5B --prompt "The capital of France is" --max-new-tokens 32': { map: { './Qwen2.5-0.5B': 'hf' } },
+  'vramfit run ./model --chat --prompt "Hello" --temperature 0.7 --top-p 0.9 --seed 1 --stop "</s>"': { map: { './model': 'hf' } },
+  'vramfit run ./model --input-ids 1,2,3 --greedy --json --logits': { map: { './model': 'hf' }, expect: /"prompt_logits"/ },
+  'vramfit run ./model --devices virtual:2 --max-memory 0=300MiB,1=500MiB --prompt "…" --show-plan': { map: { './model': 'hf' }, expect: /^device 1\b/m },
+  'vramfit run ./chatglm3-6b --devices virtual:2 --max-memory 0=5GiB,1=10GiB --chat --prompt "你好" --json': { map: { './chatglm3-6b': 'chatglm' }, expect: /"generated_ids"/ },
+  'vramfit devices': { expect: /GPU backends/ },
+  'vramfit run ./model --devices gpu --prompt "…"': { map: { './model': 'hf' }, vulkan: 1 },
+  // lavapipe's emulated GPUs report 2 GiB each and CI machines have 24 GiB of RAM: the sizes shrink to fit.
+  'vramfit run ./model --devices gpu:1,3 --max-memory 1=10GiB,3=50% --prompt "…"': { map: { './model': 'hf', '1=10GiB,3=50%': '1=1GiB,3=50%' }, vulkan: 4 },
+  'vramfit run ./model --devices gpu:0,cpu --max-memory 0=free-2GiB,cpu=32GiB …': { map: { './model': 'hf', '0=free-2GiB,cpu=32GiB': '0=free-1GiB,cpu=8GiB', '…': '--prompt=hi' }, vulkan: 1 },
+  'vramfit run ./model --devices gpu --max-memory 0=6GiB,1=6GiB,cpu=8GiB,disk=100GiB …': {
+    map: { './model': 'hf', '0=6GiB,1=6GiB,cpu=8GiB,disk=100GiB': '0=1GiB,1=1GiB,cpu=8GiB,disk=1GiB', '…': '--prompt=hi' },
+    vulkan: 2,
+  },
+};
+
+before(() => {
+  root = tempDir('vramfit-readme-');
+  P.hf = join(root, 'hf');
+  writeDemoCheckpoint(P.hf);
+  writeFileSync(join(P.hf, 'tokenizer.json'), JSON.stringify(tokenizerJson()));
+  writeFileSync(join(P.hf, 'tokenizer_config.json'), JSON.stringify(TOKENIZER_CONFIG));
+  const family = writeTinyFamilyCheckpoint(join(root, 'family'), 'llama2');
+  P.gguf = writeTinyGguf(family);
+  // A Hugging Face cache holding meta-llama/Llama-2-7b-hf at refs/main.
+  P.cache = join(root, 'hub');
+  const snapshot = join(P.cache, 'models--meta-llama--Llama-2-7b-hf', 'snapshots', '0123abcd');
+  mkdirSync(snapshot, { recursive: true });
+  mkdirSync(join(P.cache, 'models--meta-llama--Llama-2-7b-hf', 'refs'));
+  writeFileSync(join(P.cache, 'models--meta-llama--Llama-2-7b-hf', 'refs', 'main'), '0123abcd');
+  for (const f of ['config.json', 'model.safetensors']) copyFileSync(join(P.hf, f), join(snapshot, f));
+  P.chatglm = join(root, 'chatglm3');
+  // ChatGLM3 with the SentencePiece fixture as its tokenizer (560 pieces + 9 specials).
+  writeTinyChatglmCheckpoint(P.chatglm, 'chatglm3-32k', { paddedVocabSize: 576 });
+  copyFileSync(join(fixturesDir, 'sentencepiece', 'tiny-bpe.model'), join(P.chatglm, 'tokenizer.model'));
+  writeFileSync(join(P.chatglm, 'tokenizer_config.json'), JSON.stringify({ name_or_path: 'THUDM/chatglm3-6b', tokenizer_class: 'ChatGLMTokenizer' }));
+  // nvidia-smi answering for four A100s, as a machine the plan commands are meant for.
+  P.smiDir = join(root, 'bin');
+  mkdirSync(P.smiDir);
+  const rows = [0, 1, 2, 3].map((i) => `${i}, GPU-0000000${i}-aaaa-bbbb-cccc-ddddeeeeffff, NVIDIA A100-SXM4-80GB, 81920, 4, 81403, 00000000:0${i + 1}:00.0`);
+  const list = [0, 1, 2, 3].map((i) => `GPU ${i}: NVIDIA A100-SXM4-80GB (UUID: GPU-0000000${i}-aaaa-bbbb-cccc-ddddeeeeffff)`);
+  writeFileSync(
+    join(P.smiDir, 'nvidia-smi'),
+    `#!/bin/sh\ncase "$*" in\n  *query-gpu*) printf '%s\\n' ${rows.map((r) => `'${r}'`).join(' ')} ;;\n  *query-compute*) ;;\n  *) printf '%s\\n' ${list.map((r) => `'${r}'`).join(' ')} ;;\nesac\n`,
+  );
+  chmodSync(join(P.smiDir, 'nvidia-smi'), 0o755);
+});
+after(() => cleanup(root));
+
+function resolvePlaceholder(word: string, c: Case): string {
+  const mapped = c.map?.[word];
+  if (mapped === undefined) return word;
+  if (mapped.startsWith('-') || /^\d=/.test(mapped)) return mapped;
+  if (mapped === 'mixtral') return join(realModelsDir, 'mistralai__Mixtral-8x7B-v0.1');
+  const [base, ...rest] = mapped.split('/');
+  const dir = base === 'hf' ? P.hf : base === 'gguf' ? P.gguf : base === 'chatglm' ? P.chatglm : base!;
+  return join(dir, ...rest);
+}
+
+async function runCase(command: string, c: Case): Promise<{ code: number; out: string; err: string }> {
+  const argv = shellWords(command).slice(1).map((w) => resolvePlaceholder(w, c));
+  const saved = { PATH: process.env['PATH'], HF_HUB_CACHE: process.env['HF_HUB_CACHE'] };
+  process.env['HF_HUB_CACHE'] = P.cache;
+  if (c.smi) process.env['PATH'] = `${P.smiDir}:${saved.PATH ?? ''}`;
+  let out = '';
+  let err = '';
+  try {
+    const code = await main(argv, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
+    return { code, out, err };
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+}
+
+describe('README commands', () => {
+  const commands = readmeCommands();
+
+  it('every vramfit command in the README has a case here, and every case is in the README', () => {
+    assert.ok(commands.length >= 20, `found only ${commands.length} commands`);
+    assert.deepEqual(commands.filter((c) => !(c in CASES)), [], 'README commands without a case');
+    assert.deepEqual(Object.keys(CASES).filter((c) => !commands.includes(c)), [], 'cases no longer in the README');
+  });
+
+  for (const command of commands) {
+    const c = CASES[command];
+    if (!c) continue;
+    const skip = c.vulkan ? vulkanSkip(c.vulkan) : false;
+    it(command, { skip }, async () => {
+      const r = await runCase(command, c);
+      assert.equal(r.code, c.code ?? 0, `exit ${r.code}: ${r.err.slice(0, 400)}`);
+      // --show-plan and progress go to stderr, the answer to stdout
+      if (c.expect) assert.match(r.out + r.err, c.expect);
+    });
+  }
+});
