@@ -197,11 +197,23 @@ describe('vramfit run', () => {
       ['--input-ids', '1', '--kv-dtype', 'q4_0'],
       ['--prompt', 'hi'],
       ['--input-ids', '1', '--devices', 'virtual:0'],
-      ['--input-ids', '1', '--max-memory', '0=10KB'],
     ]) {
       const r = await run('run', ck.dir, ...argv, '--threads', '1');
       assert.equal(r.code, 2, `${argv.join(' ')}: ${r.err}`);
       assert.equal(r.err.trim().split('\n').length, 1, r.err);
     }
+  });
+
+  it('a plan that does not fit names each short device and what run accepts to fix it, each line short', async () => {
+    const ck = checkpoint('llama2');
+    const r = await run('run', ck.dir, '--input-ids', '1', '--max-memory', '0=10KB', '--threads', '1');
+    assert.equal(r.code, 2, r.err);
+    const lines = r.err.trim().split('\n');
+    assert.match(lines[0]!, /^vramfit: plan: the model does not fit/);
+    assert.match(r.err, /^  device 0 is short by [\d.]+ KiB$/m);
+    assert.match(r.err, /^  --max-memory …,cpu=\d+MiB$/m);
+    assert.doesNotMatch(r.err, /--ctx auto|q8_0|q4_0/, 'run accepts neither');
+    assert.ok(lines.every((l) => l.length <= 120));
+    assert.doesNotMatch(r.err, /\n\s+at /);
   });
 });

@@ -537,7 +537,8 @@ function inputFor(k: Case): { input: FitInput; built: Built } {
     const diskCap = k.devs.disk === 'unlimited' ? Infinity : cap(k.devs.disk, allWeights, (book, from) => book.weightsOf(from, book.n));
     devices.push({ id: 'disk', kind: 'disk', cap: diskCap, overhead: 0 });
   }
-  return { input: { skeleton: s, devices, workload, target: k.work.target }, built };
+  // Remedies are searched by their own property below; the invariants here need only the verdict.
+  return { input: { skeleton: s, devices, workload, target: k.work.target, remedies: false }, built };
 }
 
 const TIE_WARNING = 'tied weights could not stay on one device';
@@ -774,6 +775,30 @@ describe('fit: properties over random skeletons, devices and workloads', () => {
     assert.ok(ok > RUNS / 5 && infeasible > RUNS / 10 && offloaded > RUNS / 20 && hosted > RUNS / 200, `ok ${ok}, infeasible ${infeasible}, offloaded ${offloaded}, hosted ${hosted}`);
   });
 
+  it('every suggested remedy of an infeasible plan, applied, plans; and each changes only what it names', () => {
+    let checked = 0;
+    fc.assert(
+      fc.property(fc.record({ model: modelArb, work: workloadArb, devs: devicesArb }), (k: Case) => {
+        const { input } = inputFor(k);
+        let err: InfeasiblePlanError;
+        try {
+          planFit({ ...input, remedies: undefined });
+          return;
+        } catch (e) {
+          assert.ok(e instanceof InfeasiblePlanError);
+          err = e;
+        }
+        for (const r of err.remedies) {
+          assert.doesNotThrow(() => planFit({ ...r.input, remedies: false }), `${r.text} does not make it fit`);
+          assert.equal(r.input.skeleton, input.skeleton);
+          checked++;
+        }
+      }),
+      { numRuns: Math.ceil(RUNS / 10), includeErrorInReport: true },
+    );
+    assert.ok(checked > RUNS / 20, `only ${checked} remedies checked`);
+  });
+
   it('tied weights stay together when they can, and are copied (and counted twice) only when they cannot', () => {
     const stats: Stats = { ok: 0, infeasible: 0, offloaded: 0, detached: 0, hosted: 0 };
     fc.assert(fc.property(tieStressArb, (k: Case) => runCase(k, stats)), { numRuns: Math.ceil(RUNS / 5), includeErrorInReport: true });
@@ -800,6 +825,15 @@ const dev = (p: Plan, id: string): DevicePlan => {
 const blockCount = (d: DevicePlan, prefix = 'model.layers'): number => d.modules.filter((m) => new RegExp(`^${prefix.replace(/\./g, '\\.')}\\.\\d+$`).test(m)).length;
 const gpuWeights = (p: Plan): number => p.devices.filter(isAcc).reduce((sum, d) => sum + d.weights, 0);
 const util = (d: DevicePlan): number => d.used / d.cap;
+function infeasible(input: FitInput): InfeasiblePlanError {
+  try {
+    planFit(input);
+  } catch (e) {
+    assert.ok(e instanceof InfeasiblePlanError, String(e));
+    return e;
+  }
+  assert.fail('the plan fits');
+}
 
 describe('fit: behaviour', () => {
   it('puts each layer\'s KV cache on the device of that layer', () => {
@@ -955,25 +989,53 @@ describe('fit: behaviour', () => {
     assert.ok(p.warnings.some((x) => x.includes('offloaded')));
   });
 
-  it('names each short device, by how much, and suggests a shorter context and a CPU budget', () => {
-    let err: unknown;
-    try {
-      planFit({ skeleton: llama, devices: [gpu('0', 4 * GiB), gpu('1', 4 * GiB)], workload: W4K, target: 'vramfit' });
-    } catch (e) {
-      err = e;
-    }
-    assert.ok(err instanceof InfeasiblePlanError);
+  it('names each short device in human units, and suggests only changes that were planned again and fit', () => {
+    const devices = [gpu('0', 4 * GiB), gpu('1', 4 * GiB)];
+    const err = infeasible({ skeleton: llama, devices, workload: W4K, target: 'vramfit' });
     assert.match(err.message, /does not fit/);
     for (const id of ['0', '1']) {
       const s = err.shortfalls.find((x) => x.device === id);
       assert.ok(s && s.short > 0, `GPU ${id} not named short`);
-      assert.match(err.message, new RegExp(`GPU ${id} is short by \\d+\\.\\d\\d GiB`));
+      assert.match(err.message, new RegExp(`^  GPU ${id} is short by \\d+\\.\\d\\d (MiB|GiB)$`, 'm'));
     }
-    assert.ok(err.shortfalls.some((x) => x.device === 'cpu' && x.short > 0));
-    assert.match(err.message, /cpu is short by/);
-    assert.ok(err.suggestions.some((x) => /shorter context/.test(x)), err.suggestions.join('; '));
-    assert.ok(err.suggestions.some((x) => /--max-memory cpu=\d+GiB/.test(x)), err.suggestions.join('; '));
-    assert.match(err.message, /to make it fit: /);
+    assert.match(err.message, /^  cpu is short by .* \(no cpu budget was given\)$/m);
+    assert.doesNotMatch(err.message, / 0\.00 /, 'amounts are scaled to their unit');
+    assert.ok(err.remedies.length >= 3, err.message);
+    for (const r of err.remedies) {
+      // what the text says is what was planned
+      const p = planFit({ ...r.input, remedies: false });
+      assert.ok(p.devices.length > 0);
+      const cpu = /^--max-memory …,cpu=([\d.]+)(GiB|MiB)$/.exec(r.text);
+      if (cpu) assert.equal(r.input.devices.find((d) => d.id === 'cpu')!.cap, Math.ceil(Number(cpu[1]) * (cpu[2] === 'GiB' ? GiB : MiB)));
+      const cap = /^--max-memory (\d)=([\d.]+)GiB/.exec(r.text);
+      if (cap) assert.equal(r.input.devices.find((d) => d.id === cap[1])!.cap, Math.ceil(Number(cap[2]) * GiB));
+      const ctx = /^--ctx (\d+)/.exec(r.text);
+      if (ctx) assert.equal(r.input.workload.ctx, Number(ctx[1]));
+    }
+    assert.ok(err.suggestions.some((x) => /^--max-memory …,cpu=\d+\.\d\dGiB$/.test(x)), err.suggestions.join('; '));
+    // the smallest cpu budget that works: a hundredth of a GiB less does not
+    const cpuRemedy = err.remedies.find((r) => r.text.includes('cpu='))!;
+    const cpuCap = cpuRemedy.input.devices.find((d) => d.id === 'cpu')!.cap;
+    assert.throws(() => planFit({ ...cpuRemedy.input, devices: cpuRemedy.input.devices.map((d) => (d.id === 'cpu' ? { ...d, cap: cpuCap - 0.011 * GiB } : d)), remedies: false }), InfeasiblePlanError);
+  });
+
+  it('suggests only what the command accepts: no q8_0 KV or --ctx auto for run', () => {
+    const input: FitInput = { skeleton: llama, devices: [gpu('0', 14.2 * GiB)], workload: W4K, target: 'vramfit' };
+    const forPlan = infeasible(input);
+    assert.ok(forPlan.suggestions.some((x) => /^--kv-dtype q[48]_0$/.test(x)), forPlan.suggestions.join('; '));
+    assert.ok(forPlan.suggestions.some((x) => /--ctx \d+ \(or --ctx auto\)/.test(x)), forPlan.suggestions.join('; '));
+    const forRun = infeasible({ ...input, remedies: { kvDtypes: ['float32', 'float16'], dtypes: ['float16'], ctxAuto: false, offload: true } });
+    assert.ok(!forRun.suggestions.some((x) => /q8_0|auto|--dtype/.test(x)), forRun.suggestions.join('; '));
+    assert.ok(forRun.suggestions.some((x) => /^--ctx \d+: the longest context that fits$/.test(x)), forRun.suggestions.join('; '));
+  });
+
+  it('keeps the message short with many devices: one line each for the first eight, one line for the rest', () => {
+    const many = Array.from({ length: 64 }, (_, i) => gpu(String(i), 150 * MiB, { overhead: 0 }));
+    const err = infeasible({ skeleton: llama, devices: many, workload: W4K, target: 'vramfit', remedies: false });
+    const lines = err.message.split('\n');
+    assert.ok(lines.every((l) => l.length <= 120), lines.find((l) => l.length > 120));
+    assert.equal(lines.filter((l) => /^  GPU \d+ is short by/.test(l)).length, 8);
+    assert.match(err.message, /^  … and \d+ more devices, each short by .* to .*$/m);
   });
 
   it('--ctx auto picks the largest multiple of 256 that keeps the same bytes on the GPUs', () => {
@@ -1082,6 +1144,14 @@ describe('plan CLI', () => {
     assert.match(r.out, /^cpu\b/m);
   });
 
+  it('the table says when an export plans for another target than its own', async () => {
+    const r = await cli(...BASE);
+    assert.match(r.out, /^note: target vramfit; --format accelerate\|python plans for transformers, --format llama\.cpp plans for llama\.cpp/m);
+    const t = await cli(...BASE, '--target', 'transformers');
+    assert.match(t.out, /^note: target transformers; --format llama\.cpp plans for llama\.cpp/m);
+    assert.doesNotMatch(t.out, /accelerate\|python plans/);
+  });
+
   it('--format json is a versioned plan with a device map', async () => {
     const r = await cli(...BASE, '--format', 'json');
     assert.equal(r.code, 0, r.err);
@@ -1132,7 +1202,9 @@ describe('plan CLI', () => {
       assert.equal(r.code, 2, r.err);
       assert.equal(r.out, '');
       const lines = r.err.trimEnd().split('\n');
-      assert.equal(lines.length, 1, r.err);
+      // an infeasible plan lists its short devices and remedies, one short line each
+      if (what === 'a plan that does not fit') assert.ok(lines.every((l) => l.length <= 120), r.err);
+      else assert.equal(lines.length, 1, r.err);
       assert.match(lines[0]!, /^vramfit: /);
       assert.match(lines[0]!, message);
       assert.doesNotMatch(r.err, /\n\s+at /);

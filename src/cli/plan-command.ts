@@ -12,8 +12,10 @@ import { renderAccelerate } from '../planner/export/accelerate.js';
 import { renderPlanJson } from '../planner/export/json.js';
 import { renderLlamaCpp } from '../planner/export/llamacpp.js';
 import { renderPython } from '../planner/export/python.js';
+import { EXPORT_TARGET } from '../planner/export/targets.js';
 import { renderPlanTable } from '../planner/export/table.js';
-import { planFit } from '../planner/fit.js';
+import { InfeasiblePlanError, planFit } from '../planner/fit.js';
+import { PLAN_KNOBS } from '../planner/remedies.js';
 import { pinsFor } from '../planner/pins.js';
 import type { Plan, Target } from '../planner/plan.js';
 import { InputError } from '../util/errors.js';
@@ -47,8 +49,7 @@ export interface PlanFlags extends CompatFlags {
 
 /** Each export implies the runtime that will execute the plan. */
 function targetFor(flags: PlanFlags): Target {
-  const implied: Partial<Record<Format, Target>> = { accelerate: 'transformers', python: 'transformers', 'llama.cpp': 'llama.cpp' };
-  const fromFormat = implied[flags.format];
+  const fromFormat: Target | undefined = (EXPORT_TARGET as Partial<Record<Format, Target>>)[flags.format];
   if (flags.target && fromFormat && flags.target !== fromFormat) {
     throw new InputError('--target', `--format ${flags.format} runs under ${fromFormat}, not ${flags.target}`);
   }
@@ -121,15 +122,25 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   const devices = devicesForPlan(inv, deviceOpts);
   if (devices.length === 0) throw new InputError('--max-memory', 'names no device the plan could use');
   const pins = pinsFor(skeleton, target);
-  const planAt = (ctx: number): Plan => {
+  const planAt = (ctx: number, remedies: boolean): Plan => {
     const workload = { ctx, batch, ubatch: Math.min(ubatch, ctx), kvDtype, ...(dtype ? { dtype } : {}) };
-    return planFit({ skeleton, devices, workload, target, pins });
+    return planFit({ skeleton, devices, workload, target, pins, remedies: remedies ? PLAN_KNOBS : false });
   };
-  const plan = flags.ctx === 'auto' ? largestContext(maxCtx, planAt) : planAt(positive(flags.ctx, '--ctx'));
+  const plan = flags.ctx === 'auto' ? autoContext(maxCtx, planAt) : planAt(positive(flags.ctx, '--ctx'), true);
   if (flags.ctx !== 'auto' && plan.workload.ctx > maxCtx) plan.warnings.push(`--ctx ${plan.workload.ctx} is longer than the model's ${maxCtx}-token maximum`);
   if (flags.ctx === 'auto') plan.warnings.unshift(`--ctx auto chose ${plan.workload.ctx} tokens (the longest that keeps the same weights on the GPUs; model maximum ${maxCtx})`);
   if (pins.length) plan.warnings.push(`pinned to the first GPU for ${target}: ${pins.join(', ')}`);
   return { plan, skeleton, notes: inv.notes };
+}
+
+/** `--ctx auto`, probing plans without remedies; when nothing fits, the shortest context's error with them. */
+function autoContext(maxCtx: number, planAt: (ctx: number, remedies: boolean) => Plan): Plan {
+  try {
+    return largestContext(maxCtx, (ctx) => planAt(ctx, false));
+  } catch (e) {
+    if (e instanceof InfeasiblePlanError) planAt(Math.min(256, maxCtx), true);
+    throw e;
+  }
 }
 
 export function renderPlan(plan: Plan, skeleton: Skeleton, model: string, format: Format): string {

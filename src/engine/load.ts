@@ -13,6 +13,7 @@ import { readGgufFacts } from '../reader/gguf-model.js';
 import { readModel } from '../reader/read-model.js';
 import { kvDefaultDtype } from '../reader/summary.js';
 import type { Skeleton } from '../reader/skeleton.js';
+import type { RemedyKnobs } from '../planner/remedies.js';
 import { planFit, type MeasuredWorkspace } from '../planner/fit.js';
 import { cudaScratchBytes, TARGETS, vulkanScratchBytes, type BackendScratchShape } from '../planner/memory-model.js';
 import { manualPlan } from '../planner/manual-split.js';
@@ -29,6 +30,9 @@ import { resolveRunDevices, type RunDevices } from './run-devices.js';
 import { buildStageGraph, deviceLookups, stagesFromPlan, type Stage } from './stages.js';
 import { describeWeights, ggmlTypeFor, loadWeightData, placeWeights, storedBytes, type WeightSpec } from './weights.js';
 import { measureGraph, measureWorkspace, representativeLayers } from './workspace.js';
+
+/** What `run` accepts when suggesting changes to a plan that does not fit: no --ctx auto, KV in F16/F32. */
+const RUN_KNOBS: RemedyKnobs = { kvDtypes: ['float32', 'float16'], dtypes: ['float32', 'float16', 'bfloat16'], ctxAuto: false, offload: true };
 
 export interface LoadOptions {
   /**
@@ -180,7 +184,7 @@ function openDevices(run: RunDevices, opts: LoadOptions): EngineDevice[] {
 
 function makePlan(m: EngineModel, run: RunDevices, shape: RunShape, measured: MeasuredWorkspace, opts: LoadOptions): Plan {
   const workload = { ctx: shape.ctx, batch: 1, ubatch: shape.ubatch, kvDtype: shape.kvDtype, ...(opts.dtype ? { dtype: opts.dtype } : {}) };
-  if (!opts.layerSplit) return planFit({ skeleton: m.skeleton, devices: run.specs, workload, target: 'vramfit', measuredWorkspace: measured });
+  if (!opts.layerSplit) return planFit({ skeleton: m.skeleton, devices: run.specs, workload, target: 'vramfit', measuredWorkspace: measured, remedies: RUN_KNOBS });
   const u = m.arch.units(m.h);
   return manualPlan(m.skeleton, { embed: u.embed, head: u.head, block: (i) => u.block(i), layers: m.h.layers, tied: m.h.tied }, run.specs, opts.layerSplit, workload, measured);
 }

@@ -4,6 +4,8 @@ import { blockWorkspace, dominantDtype, headWorkspace, kvBytesPerLayer, loadedBy
 import { linearize, type PlacementUnit } from './placement-units.js';
 import { buildPlan, label, type Placement } from './plan-builder.js';
 import type { Plan, PlanDeviceSpec, Target, Workload } from './plan.js';
+import { findRemedies, PLAN_KNOBS, type Remedy, type RemedyKnobs } from './remedies.js';
+import { formatBytes } from './units.js';
 
 /**
  * vramfit's own strategy. Every cap holds after counting weights, KV cache, compute workspace and
@@ -23,6 +25,11 @@ export interface FitInput {
    * of the memory model's formula: for a device running blocks only, the head only, or both.
    */
   measuredWorkspace?: MeasuredWorkspace;
+  /**
+   * When the model does not fit: the flags the calling command accepts, to suggest changes (each
+   * checked by planning again); false to skip that search (callers that probe many plans).
+   */
+  remedies?: RemedyKnobs | false;
 }
 
 /**
@@ -57,13 +64,38 @@ interface Group {
   duplicates: string[];
 }
 
+/** Devices listed one a line; past this many, the rest are summarised in one line. */
+const MAX_DEVICE_LINES = 8;
+
 export class InfeasiblePlanError extends InputError {
   constructor(
-    reason: string,
-    readonly shortfalls: { device: string; short: number }[],
-    readonly suggestions: string[],
+    readonly headline: string,
+    readonly shortfalls: { device: string; label: string; short: number; note?: string }[],
+    /** Changes that each alone make the plan fit, checked by planning again. */
+    readonly remedies: Remedy[] = [],
   ) {
-    super('plan', `${reason}${suggestions.length ? `; to make it fit: ${suggestions.join('; ')}` : ''}`, 'INFEASIBLE');
+    super('plan', InfeasiblePlanError.render(headline, shortfalls, remedies), 'INFEASIBLE');
+  }
+
+  get suggestions(): string[] {
+    return this.remedies.map((r) => r.text);
+  }
+
+  /** The headline, one short line per short device (the rest summarised), then what would make it fit. */
+  static render(headline: string, shortfalls: readonly { label: string; short: number; note?: string }[], remedies: readonly Remedy[]): string {
+    const short = shortfalls.filter((x) => x.short > 0);
+    const lines = [headline];
+    for (const x of short.slice(0, MAX_DEVICE_LINES)) lines.push(`  ${x.label} is short by ${formatBytes(x.short)}${x.note ? ` (${x.note})` : ''}`);
+    const rest = short.slice(MAX_DEVICE_LINES);
+    if (rest.length > 0) {
+      const amounts = rest.map((x) => x.short);
+      lines.push(`  … and ${rest.length} more devices, each short by ${formatBytes(Math.min(...amounts))} to ${formatBytes(Math.max(...amounts))}`);
+    }
+    if (remedies.length > 0) {
+      lines.push('any one of these makes it fit (each was planned again):');
+      for (const r of remedies) lines.push(`  ${r.text}`);
+    }
+    return lines.join('\n');
   }
 }
 
@@ -225,8 +257,25 @@ export function planFit(input: FitInput): Plan {
       attempt = detached;
     }
   }
-  if ('failure' in attempt) throw attempt.failure;
+  if ('failure' in attempt) {
+    const knobs = input.remedies ?? PLAN_KNOBS;
+    if (knobs === false) throw attempt.failure;
+    const short = attempt.failure.shortfalls.filter((x) => x.short > 0).sort((x, y) => x.short - y.short).map((x) => x.device);
+    const f = attempt.failure;
+    throw new InfeasiblePlanError(f.headline, f.shortfalls, findRemedies(input, short, knobs, fitsWithout));
+  }
   return buildPlan({ ...input, placement: attempt.placement, units, warnings: [...warnings, ...attempt.warnings], strategy: 'fit' });
+}
+
+/** Whether a plan exists for `input`, without searching for remedies. */
+function fitsWithout(input: FitInput): boolean {
+  try {
+    planFit({ ...input, remedies: false });
+    return true;
+  } catch (e) {
+    if (e instanceof InfeasiblePlanError) return false;
+    throw e;
+  }
 }
 
 type Attempt = { placement: Placement; warnings: string[] } | { failure: InfeasiblePlanError };
@@ -310,7 +359,8 @@ function place(input: FitInput, groups: Group[], c: Costs, accs: PlanDeviceSpec[
 
   // Pinned modules must land on the first accelerator.
   if (input.pins?.length && accs.length > 0 && !keepsPins(ends)) {
-    return { failure: new InfeasiblePlanError(`pinned modules (${input.pins.join(', ')}) do not fit on the first GPU (${accs[0]!.id})`, [{ device: accs[0]!.id, short: Math.max(0, deviceNeed(groups.slice(0, (pinnedGroup ?? 0) + 1), accs[0]!, c).total - accs[0]!.cap) }], []) };
+    const short = Math.max(0, deviceNeed(groups.slice(0, (pinnedGroup ?? 0) + 1), accs[0]!, c).total - accs[0]!.cap);
+    return { failure: new InfeasiblePlanError(`pinned modules (${input.pins.join(', ')}) do not fit on the first GPU (${label(accs[0]!)})`, [{ device: accs[0]!.id, label: label(accs[0]!), short }]) };
   }
 
   // 2. The rest on CPU RAM, then disk. Blocks on disk run on the CPU from the mapped file, so CPU RAM
@@ -426,35 +476,18 @@ function diagnose(input: FitInput, groups: Group[], c: Costs, ends: number[], pl
   const left = groups.slice(placed);
   const leftWeights = left.reduce((s, g) => s + g.weights, 0);
   const leftKv = left.reduce((s, g) => s + g.kv, 0);
-  const shortfalls: { device: string; short: number }[] = [];
+  const shortfalls: InfeasiblePlanError['shortfalls'] = [];
   const accs = input.devices.filter((d) => d.kind === 'gpu' || d.kind === 'virtual');
   const next = groups[placed]!;
   let start = 0;
   accs.forEach((d, i) => {
     const need = deviceNeed([...groups.slice(start, ends[i]), next], d, c).total;
-    shortfalls.push({ device: d.id, short: Math.max(0, need - d.cap) });
+    shortfalls.push({ device: d.id, label: label(d), short: Math.max(0, need - d.cap) });
     start = ends[i]!;
   });
   const cpu = input.devices.find((d) => d.kind === 'cpu');
   const disk = input.devices.find((d) => d.kind === 'disk');
   const hostShort = disk ? Math.max(0, hostTotal - leftWeights - cpuCap) : Math.max(0, hostTotal - cpuCap);
-  if (hostShort > 0) shortfalls.push({ device: 'cpu', short: hostShort });
-  const fmt = (n: number): string => `${(n / 2 ** 30).toFixed(2)} GiB`;
-  const name = (id: string): string => (id === 'cpu' ? 'cpu' : label(accs.find((d) => d.id === id)!));
-  const parts = shortfalls
-    .filter((s) => s.short > 0)
-    .map((s) => `${name(s.device)} is short by ${fmt(s.short)}${s.device === 'cpu' && !cpu ? ' (no cpu budget was given)' : ''}`);
-  const suggestions: string[] = [];
-  const kvTotal = groups.reduce((s, g) => s + g.kv, 0);
-  if (kvTotal > 0 && input.workload.ctx > 256) suggestions.push(`a shorter context (--ctx; the KV cache is ${fmt(kvTotal)} at ${input.workload.ctx} tokens) or --ctx auto`);
-  if (kvTotal > 0 && ['float32', 'float16', 'bfloat16'].includes(input.workload.kvDtype)) suggestions.push('a smaller KV dtype (--kv-dtype q8_0 halves a 16-bit cache)');
-  if (dominantDtype(input.skeleton, input.workload.dtype) === 'float32') suggestions.push('load the weights in 16 bits (--dtype bfloat16 halves them)');
-  if (!cpu) suggestions.push(`a CPU RAM budget (--max-memory cpu=${Math.ceil((leftWeights + leftKv + c.blockWs + c.headWs) / 2 ** 30)}GiB or more)`);
-  if (!disk) suggestions.push('a disk budget for offloading (--max-memory disk=…)');
-  suggestions.push(`another GPU with at least ${fmt(leftWeights + leftKv + c.blockWs + c.headWs + (accs[0]?.overhead ?? 0))} for this process`);
-  return new InfeasiblePlanError(
-    `the model does not fit: ${fmt(leftWeights)} of weights and ${fmt(leftKv)} of KV cache have no room${parts.length ? ` (${parts.join(', ')})` : ''}`,
-    shortfalls,
-    suggestions,
-  );
+  if (hostShort > 0) shortfalls.push({ device: 'cpu', label: 'cpu', short: hostShort, ...(cpu ? {} : { note: 'no cpu budget was given' }) });
+  return new InfeasiblePlanError(`the model does not fit: ${formatBytes(leftWeights)} of weights and ${formatBytes(leftKv)} of KV cache have no room`, shortfalls);
 }

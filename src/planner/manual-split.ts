@@ -29,7 +29,7 @@ export function manualPlan(s: Skeleton, u: ManualUnits, specs: PlanDeviceSpec[],
   }
   // Plan as if each device had room, then pin every unit where the user put it.
   const roomy = accelerators.map((d) => ({ ...d, cap: Number.MAX_SAFE_INTEGER }));
-  const base = planFit({ skeleton: s, devices: roomy, workload, target: 'vramfit', measuredWorkspace: measured });
+  const base = planFit({ skeleton: s, devices: roomy, workload, target: 'vramfit', measuredWorkspace: measured, remedies: false });
   const blockOf = new Map(Array.from({ length: u.layers }, (_, i) => [u.block(i), i] as const));
   const where = (unit: string): string => {
     const index = blockOf.get(unit);

@@ -1,8 +1,10 @@
 import { label } from '../plan-builder.js';
 import type { DevicePlan, Plan } from '../plan.js';
 import { formatBytes } from '../units.js';
+import { exportsNotFor } from './targets.js';
 
 const WIDTH = 40;
+
 const GLYPHS = { weights: '█', kv: '▓', workspace: '▒', overhead: '░', free: '·' } as const;
 
 /** One bar per device: weights / KV / workspace / overhead / free against the cap. */
@@ -56,5 +58,10 @@ export function renderPlanTable(p: Plan): string {
   );
   lines.push(`legend: ${GLYPHS.weights} weights  ${GLYPHS.kv} KV cache  ${GLYPHS.workspace} workspace  ${GLYPHS.overhead} overhead  ${GLYPHS.free} free`);
   for (const warning of p.warnings) lines.push(`warning: ${warning}`);
+  // An export plans for its own runtime, so its map can differ from this table's.
+  const others = p.accelerate ? [] : exportsNotFor(p.target);
+  if (others.length > 0) {
+    lines.push(`note: target ${p.target}; ${others.map((e) => `--format ${e.formats} plans for ${e.target}`).join(', ')} (--target shows it)`);
+  }
   return lines.join('\n');
 }
