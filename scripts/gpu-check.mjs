@@ -225,9 +225,9 @@ const fitNeed = () => {
   return d ? d.predicted_peak + d.backend_overhead : model.bytes;
 };
 for (const [name, devices, cap] of [
-  ['fits on the GPU', 'gpu:0', () => `0=${Math.min(model.bytes + 2 * GiB, gpu0Total)}`],
+  ['fits on the GPU', 'gpu:0', () => `0=${Math.min(model.bytes + 2 * GiB, gpu0Total)}B`],
   // 60 % of what fitting took: the rest of the blocks must go to the CPU.
-  ['GPU + CPU', 'gpu:0,cpu', () => `0=${Math.floor(0.6 * fitNeed())},cpu=${model.bytes + 8 * GiB}`],
+  ['GPU + CPU', 'gpu:0,cpu', () => `0=${Math.floor(0.6 * fitNeed())}B,cpu=${model.bytes + 8 * GiB}B`],
 ]) {
   await step(`run: ${name}`, async () => {
     if (!model) throw new Error('no checkpoint');
@@ -263,7 +263,7 @@ for (const [name, devices, cap] of [
 
 await step('run: CPU, the same first tokens', async () => {
   if (!model) throw new Error('no checkpoint');
-  const r = await runSampled(runArgs('cpu', `0=${model.bytes + 4 * GiB}`, 8), 300_000);
+  const r = await runSampled(runArgs('cpu', `0=${model.bytes + 4 * GiB}B`, 8), 300_000);
   if (r.status !== 0) throw new Error(`vramfit run exited ${r.status ?? r.signal}: ${tail(r.stderr)}`);
   const ids = JSON.parse(r.stdout).generated_ids;
   const gpuIds = gpuRuns['fits on the GPU']?.generatedIds?.slice(0, 8) ?? null;
@@ -301,7 +301,7 @@ await step('transformers: the python export runs under its cap', () => {
   const made = run('python3', ['-c', PY_MODEL, dir], { timeoutMs: 240_000 });
   if (made.status !== 0) throw new Error(`saving the model failed: ${tail(made.stderr)}`);
   const capBytes = 2 * GiB;
-  const plan = run(process.execPath, [CLI, 'plan', dir, '--max-memory', `0=${capBytes},cpu=16GiB`, '--format', 'python'], { timeoutMs: 60_000 });
+  const plan = run(process.execPath, [CLI, 'plan', dir, '--max-memory', `0=${capBytes}B,cpu=16GiB`, '--format', 'python'], { timeoutMs: 60_000 });
   if (plan.status !== 0) throw new Error(`vramfit plan exited ${plan.status}: ${tail(plan.stderr)}`);
   const script = join(WORK, 'generated.py');
   writeFileSync(script, plan.stdout);

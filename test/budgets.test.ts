@@ -334,6 +334,16 @@ describe('resolveBudgets', () => {
     assert.deepEqual(resolveBudgets(parseMaxMemory('0=0'), inventory), { '0': 0 });
   });
 
+  it('refuses a bare number (no unit) with a hint, except 0; --compat accelerate reads it as bytes', () => {
+    for (const v of ['0=5', '0=5.5', 'cpu=30', '1=free-2']) {
+      assert.throws(() => parseMaxMemory(v), (e: unknown) => e instanceof InputError && /has no unit: write [\d.]+GiB or [\d.]+GB \([\d.]+B if you mean bytes; --compat accelerate reads a bare number as bytes\)/.test(e.reason), v);
+    }
+    assert.deepEqual(parseMaxMemory('0=0,cpu=1000B'), { '0': { kind: 'bytes', bytes: 0 }, cpu: { kind: 'bytes', bytes: 1000 } });
+    assert.deepEqual(parseMaxMemory('0=5', { compat: 'accelerate' }), { '0': { kind: 'bytes', bytes: 5 } });
+    // accelerate's own dict form: an integer is bytes there
+    assert.deepEqual(parseMaxMemory('{"0": 5000000000}'), { '0': { kind: 'bytes', bytes: 5e9 } });
+  });
+
   it('refuses what cannot be resolved', () => {
     const W = '--max-memory';
     throwsInput(() => resolveBudgets(parseMaxMemory('2=1GB'), inventory), `${W} 2`, /GPU 2 is not on this machine \(GPUs: 0, 1\)/);

@@ -54,7 +54,7 @@ describe('engine: PyTorch .bin checkpoints', () => {
     const expected = ram.forward(PROMPT, true);
     const need = ram.report()[0]!.predicted;
     ram.dispose();
-    const model = await loadModel(binDir, { devices: 'virtual:1', ctx: 32, threads: 1, maxMemory: `0=${Math.floor(need / 3)},cpu=${Math.floor(need / 3)},disk=1GB` });
+    const model = await loadModel(binDir, { devices: 'virtual:1', ctx: 32, threads: 1, maxMemory: `0=${Math.floor(need / 3)}B,cpu=${Math.floor(need / 3)}B,disk=1GB` });
     try {
       assert.ok(model.plan.devices.find((d) => d.id === 'disk')!.modules.some((m) => m.startsWith('model.layers.')), 'some blocks are on disk');
       model.forward(PROMPT, true).forEach((row, r) => assert.deepEqual(row, expected[r], `row ${r}`));

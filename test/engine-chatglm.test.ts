@@ -112,7 +112,7 @@ describe('engine, ChatGLM2 across two devices capped 5 : 10', () => {
   it('prefill and generation run, tokens equal the single-device run, each device under its cap and within 2 % of the plan', async () => {
     const { ck, X, single, need } = await scenario();
     assert.ok(2 * X < need, 'neither device could hold the model alone');
-    const model = await loadModel(ck.dir, { ...BASE, devices: 'virtual:2', maxMemory: `0=${X},1=${2 * X}` });
+    const model = await loadModel(ck.dir, { ...BASE, devices: 'virtual:2', maxMemory: `0=${X}B,1=${2 * X}B` });
     try {
       const blocks = model.plan.devices.map((d) => d.modules.filter((m) => m.startsWith('transformer.encoder.layers.')).length);
       assert.ok(blocks[0]! > 0 && blocks[1]! > blocks[0]!, `the blocks divide between the devices, more on the larger (${blocks.join(' / ')})`);
@@ -138,7 +138,7 @@ describe('engine, ChatGLM2 across two devices capped 5 : 10', () => {
     let out = '';
     let err = '';
     const code = await main(
-      ['run', ck.dir, '--input-ids', PROMPT.join(','), '--max-new-tokens', String(NEW_TOKENS), '--devices', 'virtual:2', '--max-memory', `0=${X},1=${2 * X}`, '--json', '--ctx', '64', '--ubatch', '4', '--kv-dtype', 'float32', '--threads', '1'],
+      ['run', ck.dir, '--input-ids', PROMPT.join(','), '--max-new-tokens', String(NEW_TOKENS), '--devices', 'virtual:2', '--max-memory', `0=${X}B,1=${2 * X}B`, '--json', '--ctx', '64', '--ubatch', '4', '--kv-dtype', 'float32', '--threads', '1'],
       { stdout: (s) => (out += s), stderr: (s) => (err += s) },
     );
     assert.equal(code, 0, err);

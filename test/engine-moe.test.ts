@@ -146,7 +146,7 @@ describe('engine MoE: caps, storage and placement', () => {
     const before = { ...liveResources };
     let progressed = 0;
     await assert.rejects(
-      loadModel(ck.dir, { devices: 'virtual:1', ctx: 32, threads: 1, maxMemory: `0=${Math.floor(need / 3)},cpu=${Math.floor(need / 3)},disk=1GB`, onProgress: (n) => (progressed = n) }),
+      loadModel(ck.dir, { devices: 'virtual:1', ctx: 32, threads: 1, maxMemory: `0=${Math.floor(need / 3)}B,cpu=${Math.floor(need / 3)}B,disk=1GB`, onProgress: (n) => (progressed = n) }),
       (e: unknown) => {
         assert.ok(e instanceof InputError, String(e));
         assert.match(e.message, /stacked expert tensors/);

@@ -52,7 +52,7 @@ describe('engine: caps are enforced', () => {
     const before = { ...liveResources };
     let progressed = 0;
     await assert.rejects(
-      loadModel(ck.dir, { devices: 'virtual:2', ctx: 64, ubatch: 8, threads: 1, layerSplit: [1, 1], maxMemory: `0=${a},1=${b - 1}`, onProgress: (n) => (progressed = n) }),
+      loadModel(ck.dir, { devices: 'virtual:2', ctx: 64, ubatch: 8, threads: 1, layerSplit: [1, 1], maxMemory: `0=${a}B,1=${b - 1}B`, onProgress: (n) => (progressed = n) }),
       (e: unknown) => {
         assert.ok(e instanceof OutOfDeviceMemory, String(e));
         assert.equal(e.device, '1');
@@ -77,7 +77,7 @@ describe('engine: caps are enforced', () => {
     const need = ram.report()[0]!.predicted;
     ram.dispose();
     const before = { ...liveResources };
-    const model = await loadModel(ck.dir, { devices: 'virtual:1', ctx: 32, threads: 1, maxMemory: `0=${Math.floor(need / 3)},cpu=${Math.floor(need / 3)},disk=1GB` });
+    const model = await loadModel(ck.dir, { devices: 'virtual:1', ctx: 32, threads: 1, maxMemory: `0=${Math.floor(need / 3)}B,cpu=${Math.floor(need / 3)}B,disk=1GB` });
     try {
       const disk = model.plan.devices.find((d) => d.id === 'disk')!;
       assert.ok(disk.modules.some((m) => m.startsWith('model.layers.')), 'some blocks are on disk');

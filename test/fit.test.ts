@@ -1144,6 +1144,16 @@ describe('plan CLI', () => {
     assert.match(r.out, /^cpu\b/m);
   });
 
+  it('the table states the verdict in words, echoes each cap as typed, and names simulated cards plainly', async () => {
+    const r = await cli(...BASE);
+    assert.match(r.out, /^fits: every cap holds; [\d.]+ GiB of 12\.55 GiB weights on GPUs, rest offloaded; fullest GPU \d at [\d.]+ %$/m);
+    assert.match(r.out, /of 4\.66 GiB \(--max-memory 0=5GB\)/);
+    assert.match(r.out, /of 9\.31 GiB \(--max-memory 1=10GB\)/);
+    assert.match(r.out, /of 30\.00 GiB, /, 'a cap typed as its own GiB value is not echoed twice');
+    assert.match(r.out, /^GPU 0 simulated 24\.00 GiB$/m);
+    assert.doesNotMatch(r.out, /GPU 0 GPU/);
+  });
+
   it('the table says when an export plans for another target than its own', async () => {
     const r = await cli(...BASE);
     assert.match(r.out, /^note: target vramfit; --format accelerate\|python plans for transformers, --format llama\.cpp plans for llama\.cpp/m);

@@ -28,7 +28,7 @@ describe('plan exports for llama.cpp', () => {
 
     // GPU 0 keeps exactly what it held; GPU 1 is too small for a block, so the rest stays in RAM.
     const first = whole.devices.find((d) => d.id === '0')!;
-    const r = await run('plan', gguf, '--gpu-memory', '1GiB,1GiB', '--max-memory', `0=${first.used},1=1000,cpu=1GiB`, '--format', 'llama.cpp', '--overhead', '0', '--ctx', '64');
+    const r = await run('plan', gguf, '--gpu-memory', '1GiB,1GiB', '--max-memory', `0=${first.used}B,1=1000B,cpu=1GiB`, '--format', 'llama.cpp', '--overhead', '0', '--ctx', '64');
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /CUDA_VISIBLE_DEVICES=0,1 llama-server -m \S+\.gguf /);
     // Layer il goes to the first GPU whose cumulative count exceeds il; blocks in RAM are moved back by -ot.

@@ -122,7 +122,7 @@ describe('every architecture on emulated Vulkan GPUs', { skip }, () => {
         {
           label: 'GPU + CPU',
           devices: 'gpu:0,cpu',
-          caps: async () => `0=${Math.floor(need * 0.6)}`,
+          caps: async () => `0=${Math.floor(need * 0.6)}B`,
           expect: (b, m) => assert.ok(b['0']! > 0 && m['cpu']!.length > 0, `blocks on GPU 0, parts on the CPU (${JSON.stringify(b)})`),
         },
         {
@@ -130,7 +130,7 @@ describe('every architecture on emulated Vulkan GPUs', { skip }, () => {
           devices: 'gpu:0,1,cpu',
           caps: async () => {
             const two = await used('gpu:0,1');
-            return `0=${two['0']!.used - 1},1=${two['1']!.used - 1}`;
+            return `0=${two['0']!.used - 1}B,1=${two['1']!.used - 1}B`;
           },
           expect: (b, m) => assert.ok(m['0']!.length > 0 && m['1']!.length > 0 && m['cpu']!.length > 0 && b['0']! + b['1']! > 0, `parts on both GPUs and the CPU, blocks on the GPUs (${JSON.stringify(b)})`),
         },
@@ -140,10 +140,10 @@ describe('every architecture on emulated Vulkan GPUs', { skip }, () => {
           label: 'GPU + disk',
           devices: 'gpu:0',
           caps: async () => {
-            const gpu = `0=${Math.floor(need * 0.6)}`;
+            const gpu = `0=${Math.floor(need * 0.6)}B`;
             // The CPU keeps room for the disk blocks' KV cache and compute, not for most of its weights.
             const cpu = (await used('gpu:0,cpu', gpu))['cpu']!;
-            return `${gpu},cpu=${cpu.used - Math.ceil(cpu.weights * 0.6)},disk=1GiB`;
+            return `${gpu},cpu=${cpu.used - Math.ceil(cpu.weights * 0.6)}B,disk=1GiB`;
           },
           expect: (b) => assert.ok(b['0']! > 0 && b['disk']! > 0, `blocks on GPU 0 and on disk (${JSON.stringify(b)})`),
         });
@@ -178,7 +178,7 @@ describe('every architecture on emulated Vulkan GPUs', { skip }, () => {
         const before = { ...liveResources };
         let read = 0;
         // The smallest unit (an embedding, a block) does not fit: no plan, or an allocator refusal.
-        await assert.rejects(loadModel(dir, { ...BASE, devices: 'gpu:0', maxMemory: `0=${Math.floor(overhead + 1024)}`, onProgress: (n) => (read = n) }), /GPU 0|device 0|does not fit|cannot/);
+        await assert.rejects(loadModel(dir, { ...BASE, devices: 'gpu:0', maxMemory: `0=${Math.floor(overhead + 1024)}B`, onProgress: (n) => (read = n) }), /GPU 0|device 0|does not fit|cannot/);
         assert.equal(read, 0, 'no weight byte was read');
         assert.deepEqual({ ...liveResources }, before, 'every buffer, backend and allocator freed');
       });
@@ -197,7 +197,7 @@ describe('the seed scenario on two emulated GPUs: ChatGLM2 split X : 2X, each la
       one.dispose();
       // X = 40 % of one GPU's need (its own buffers), plus each GPU's backend allowance.
       const X = Math.round(0.4 * (d0.used - d0.overhead));
-      const caps = `0=${X + d0.overhead},1=${2 * X + d0.overhead}`;
+      const caps = `0=${X + d0.overhead}B,1=${2 * X + d0.overhead}B`;
       const model = await loadModel(dir, { ...BASE, devices: 'gpu:0,1', maxMemory: caps });
       try {
         const blocks = blocksOn(model, 'transformer.encoder.layers.');
@@ -230,7 +230,7 @@ describe('a GPU one block too small', { skip }, () => {
       probe.dispose();
       const before = { ...liveResources };
       let read = 0;
-      await assert.rejects(loadModel(dir, { ...opts, maxMemory: `0=${a},1=${b - 1}`, onProgress: (n) => (read = n) }), (e: unknown) => {
+      await assert.rejects(loadModel(dir, { ...opts, maxMemory: `0=${a}B,1=${b - 1}B`, onProgress: (n) => (read = n) }), (e: unknown) => {
         assert.ok(e instanceof OutOfDeviceMemory, String(e));
         assert.equal(e.device, '1');
         assert.equal(e.cap, b - 1);

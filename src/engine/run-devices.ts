@@ -3,7 +3,7 @@
  * GPU ids as `devices`/`plan` number them, relative budgets (`50%`, `free-1GiB`, `total`) against the
  * memory the device reports, `cpu=` against the host's RAM. Nothing is opened here.
  */
-import { parseMaxMemory, resolveBudgets, type DeviceInventory } from '../planner/budgets.js';
+import { parseMaxMemory, resolveBudgets, typedBudgets, type DeviceInventory } from '../planner/budgets.js';
 import { detectInventory } from '../planner/devices/inventory.js';
 import type { GpuBackend } from '../planner/devices/gpu-match.js';
 import { selectNumbered } from '../planner/devices/gpu-match.js';
@@ -76,6 +76,8 @@ export async function resolveRunDevices(opts: RunDeviceOptions, backendOverhead:
     if (!cpuJoins) throw new InputError('--max-memory', 'disk offload needs a cpu budget too: disk-offloaded blocks run on the CPU with their KV cache in RAM');
     specs.push({ id: 'disk', kind: 'disk', cap: resolved['disk'], overhead: 0 });
   }
+  const typed = opts.maxMemory !== undefined ? typedBudgets(opts.maxMemory) : {};
+  for (const d of specs) if (typed[d.id] !== undefined) d.capTyped = typed[d.id];
   // Uncapped devices share the work evenly; capped ones are balanced by how full they get.
   if (named.length === 0) for (const s of specs) s.weight = 1;
   return { specs, gpus, kind: selection.kind, notes };

@@ -65,8 +65,8 @@ function unknownKey(key: string): InputError {
   return new InputError(WHERE, `unknown device '${key}': use a GPU index (0, 1, ...), mps, cpu or disk`);
 }
 
-/** Parses `--max-memory` from its comma form, a JSON dict string, or an already-parsed dict. */
-export function parseMaxMemory(value: string | Record<string, unknown>, options: ParseMaxMemoryOptions = {}): BudgetSpecs {
+/** The (device, size) entries of a --max-memory value as written, in order. */
+function entriesOf(value: string | Record<string, unknown>): Array<[string, unknown, 'text' | 'json']> {
   const pairs: Array<[string, unknown, 'text' | 'json']> = [];
   if (typeof value === 'string') {
     const text = value.trim();
@@ -98,7 +98,22 @@ export function parseMaxMemory(value: string | Record<string, unknown>, options:
     for (const [k, v] of Object.entries(value)) pairs.push([k, v, 'json']);
   }
   if (pairs.length === 0) throw new InputError(WHERE, 'names no device');
+  return pairs;
+}
 
+/** Each device's cap as the user typed it (`5GB`, `90%`, `free-2GiB`), keyed like parseMaxMemory's result. */
+export function typedBudgets(value: string | Record<string, unknown>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [key, raw] of entriesOf(value)) {
+    const device = parseDeviceKey(key);
+    if (device !== undefined) out[String(device)] = typeof raw === 'string' ? raw.trim() : String(raw);
+  }
+  return out;
+}
+
+/** Parses `--max-memory` from its comma form, a JSON dict string, or an already-parsed dict. */
+export function parseMaxMemory(value: string | Record<string, unknown>, options: ParseMaxMemoryOptions = {}): BudgetSpecs {
+  const pairs = entriesOf(value);
   const specs: BudgetSpecs = {};
   for (const [rawKey, rawValue, form] of pairs) {
     const device = parseDeviceKey(rawKey);
@@ -155,6 +170,10 @@ function readSize(text: string, form: 'text' | 'json', options: ParseMaxMemoryOp
     // The comma form cannot tell accelerate's int from its string, so digits there mean the int (bytes).
     if (form === 'text' && /^\d+$/.test(text)) return parseByteSize(text, where);
     return parseAccelerateSize(text, where);
+  }
+  // A bare number is bytes to accelerate but almost always meant GiB or GB here: make the unit explicit.
+  if (form === 'text' && /^\d+(\.\d+)?$/.test(text) && Number(text) !== 0) {
+    throw new InputError(where, `'${text}' has no unit: write ${text}GiB or ${text}GB (${text}B if you mean bytes; --compat accelerate reads a bare number as bytes)`);
   }
   return parseByteSize(text, where);
 }

@@ -1,5 +1,5 @@
 import { InputError } from '../util/errors.js';
-import { parseMaxMemory, resolveBudgets } from './budgets.js';
+import { parseMaxMemory, typedBudgets, resolveBudgets } from './budgets.js';
 import type { Inventory } from './devices/inventory.js';
 import { TARGETS } from './memory-model.js';
 import type { PlanDeviceSpec, Target } from './plan.js';
@@ -34,6 +34,7 @@ export function devicesForPlan(inv: Inventory, o: DeviceOptions): PlanDeviceSpec
     ? Array.from({ length: virtual }, (_, i) => ({ index: i, totalBytes: Math.floor(inv.cpu.availableBytes / virtual), freeBytes: Math.floor(inv.cpu.availableBytes / virtual) }))
     : inv.gpus.map((g) => ({ index: g.logicalIndex, totalBytes: g.totalBytes, freeBytes: g.freeBytes }));
   let caps: Record<string, number>;
+  const typed = o.maxMemory === undefined ? {} : typedBudgets(o.maxMemory);
   if (o.maxMemory !== undefined) {
     const specs = parseMaxMemory(o.maxMemory);
     if ('mps' in specs) throw new InputError('--max-memory', 'mps is an Apple device; vramfit plans CUDA GPUs, virtual devices, cpu and disk');
@@ -67,6 +68,7 @@ export function devicesForPlan(inv: Inventory, o: DeviceOptions): PlanDeviceSpec
   });
   if (caps['cpu'] !== undefined) devices.push({ id: 'cpu', kind: 'cpu', cap: caps['cpu'], overhead: 0 });
   if (caps['disk'] !== undefined) devices.push({ id: 'disk', kind: 'disk', cap: caps['disk'], overhead: 0 });
+  for (const d of devices) if (typed[d.id] !== undefined) d.capTyped = typed[d.id];
   for (const key of overheads.keys()) {
     if (key !== '*' && !accelerators.includes(key)) throw new InputError('--overhead', `names GPU ${key}, which the plan does not use`);
   }

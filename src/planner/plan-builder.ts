@@ -61,6 +61,7 @@ export function buildPlan(input: BuildPlanInput): Plan {
     if (d.physical !== undefined) plan.physical = d.physical;
     if (d.uuid !== undefined) plan.uuid = d.uuid;
     if (d.totalBytes !== undefined) plan.totalBytes = d.totalBytes;
+    if (d.capTyped !== undefined) plan.capTyped = d.capTyped;
     return plan;
   });
   const warnings = [...input.warnings];

@@ -21,6 +21,8 @@ export interface PlanDeviceSpec {
   totalBytes?: number;
   /** Relative share for balancing (`--gpu-weights`); defaults to the cap. */
   weight?: number;
+  /** The cap as the user typed it (`5GB`, `90%`, `free-2GiB`), when it was given. */
+  capTyped?: string;
 }
 
 export interface Workload {
@@ -44,6 +46,8 @@ export interface DevicePlan {
   uuid?: string;
   totalBytes?: number;
   cap: number;
+  /** The cap as typed in --max-memory, when it was. */
+  capTyped?: string;
   weights: number;
   kv: number;
   workspace: number;

@@ -92,7 +92,7 @@ export async function capsJustAbove(dir: string, opts: LoadOptions, margin = 409
   const probe = await loadModel(dir, opts);
   const need = probe.report().map((d) => d.predicted);
   probe.dispose();
-  return need.map((n, i) => `${i}=${n + margin}`).join(',');
+  return need.map((n, i) => `${i}=${n + margin}B`).join(',');
 }
 
 /** Loads under caps just above the prediction, runs the prompt, and checks every device against its cap and the plan. */

@@ -1,3 +1,4 @@
+import { formatBytes } from '../units.js';
 import { InputError } from '../../util/errors.js';
 import { parseDeviceSpec, parseGpuMemoryList } from './cards.js';
 import { readCpuMemory, readDiskSpace, type CpuMemory, type DiskSpace } from './host.js';
@@ -174,7 +175,7 @@ export async function simulatedInventory(opts: SimulateOptions): Promise<Invento
     cards = parseDeviceSpec(opts.deviceSpec);
     notes.push('GPUs are simulated from --device-spec (empty cards); CPU RAM and disk are this machine\'s');
   } else if (opts.gpuMemory !== undefined) {
-    cards = parseGpuMemoryList(opts.gpuMemory).map((totalBytes) => ({ name: 'GPU', totalBytes }));
+    cards = parseGpuMemoryList(opts.gpuMemory).map((totalBytes) => ({ name: `simulated ${formatBytes(totalBytes)}`, totalBytes }));
     notes.push('GPUs are simulated from --gpu-memory (empty cards); CPU RAM and disk are this machine\'s');
   } else {
     notes.push('no GPUs were given to simulate');

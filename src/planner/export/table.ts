@@ -20,7 +20,7 @@ function bar(d: DevicePlan): string {
 
 function row(d: DevicePlan): string[] {
   const name = `${label(d)}${d.physical !== undefined && String(d.physical) !== d.id ? ` (physical ${d.physical})` : ''}${d.name ? ` ${d.name}` : ''}`;
-  const cap = Number.isFinite(d.cap) ? formatBytes(d.cap) : 'unlimited';
+  const cap = (Number.isFinite(d.cap) ? formatBytes(d.cap) : 'unlimited') + (d.capTyped !== undefined && d.capTyped !== formatBytes(d.cap) ? ` (--max-memory ${d.id}=${d.capTyped})` : '');
   const lines = [`${name}`];
   if (d.kind === 'disk') {
     lines.push(`  weights ${formatBytes(d.weights)} (used in place from the files)   cap ${cap}`);
@@ -41,6 +41,18 @@ function row(d: DevicePlan): string[] {
   return lines;
 }
 
+/** The verdict in words: a plan is only ever printed when it fits (an infeasible one is an error). */
+function verdict(p: Plan): string {
+  if (p.accelerate) return "fits by accelerate's rules: each device's weights within its budget";
+  const acc = p.devices.filter((d) => d.kind === 'gpu' || d.kind === 'virtual');
+  const weights = p.devices.reduce((s, d) => s + d.weights, 0);
+  const onAcc = acc.reduce((s, d) => s + d.weights, 0);
+  const tightest = acc.filter((d) => d.used > 0 && Number.isFinite(d.cap) && d.cap > 0).sort((a, b) => b.used / b.cap - a.used / a.cap)[0];
+  const kind = acc[0]?.kind === 'virtual' ? 'devices' : 'GPUs';
+  const where = acc.length === 0 ? 'weights on the host' : onAcc === weights ? `weights all on ${kind}` : `${formatBytes(onAcc)} of ${formatBytes(weights)} weights on ${kind}, rest offloaded`;
+  return `fits: every cap holds; ${where}${tightest ? `; fullest ${label(tightest)} at ${((100 * tightest.used) / tightest.cap).toFixed(1)} %` : ''}`;
+}
+
 export function renderPlanTable(p: Plan): string {
   const w = p.workload;
   const lines = [
@@ -48,6 +60,7 @@ export function renderPlanTable(p: Plan): string {
     p.accelerate
       ? "workload: not budgeted — accelerate's planner counts weights only (no KV cache, activations or overhead)"
       : `workload: ${w.ctx} tokens of context × ${w.batch} sequence(s), micro-batch ${w.ubatch}, KV ${w.kvDtype}${w.dtype ? `, weights as ${w.dtype}` : ''}`,
+    verdict(p),
     '',
   ];
   for (const d of p.devices) lines.push(...row(d), '');
