@@ -4,6 +4,8 @@ import { formatBytes } from '../units.js';
 import { exportsNotFor } from './targets.js';
 
 const WIDTH = 40;
+/** A cap typed in the table's own units reads the same there; others (GB, %, free-…) are echoed as typed. */
+const SAME_UNITS = /^\d+(\.\d+)?\s*(KiB|MiB|GiB|TiB)$/;
 
 const GLYPHS = { weights: '█', kv: '▓', workspace: '▒', overhead: '░', free: '·' } as const;
 
@@ -20,7 +22,7 @@ function bar(d: DevicePlan): string {
 
 function row(d: DevicePlan): string[] {
   const name = `${label(d)}${d.physical !== undefined && String(d.physical) !== d.id ? ` (physical ${d.physical})` : ''}${d.name ? ` ${d.name}` : ''}`;
-  const cap = (Number.isFinite(d.cap) ? formatBytes(d.cap) : 'unlimited') + (d.capTyped !== undefined && d.capTyped !== formatBytes(d.cap) ? ` (--max-memory ${d.id}=${d.capTyped})` : '');
+  const cap = (Number.isFinite(d.cap) ? formatBytes(d.cap) : 'unlimited') + (d.capTyped !== undefined && !SAME_UNITS.test(d.capTyped) ? ` (--max-memory ${d.id}=${d.capTyped})` : '');
   const lines = [`${name}`];
   if (d.kind === 'disk') {
     lines.push(`  weights ${formatBytes(d.weights)} (used in place from the files)   cap ${cap}`);
