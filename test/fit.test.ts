@@ -952,10 +952,14 @@ describe('fit: behaviour', () => {
 
     // balancing must not empty GPU 0 when it is much smaller than GPU 1 (it would without pins)
     const lopsided = [gpu('0', 8 * GiB, { overhead }), gpu('1', 80 * GiB, { overhead })];
-    const free = planFit({ skeleton: chatglm, devices: lopsided, workload: w, target: 'transformers' });
+    const free = planFit({ skeleton: chatglm, devices: lopsided, workload: w, target: 'transformers', pins: [] });
     assert.equal(dev(free, '0').modules.length, 0, 'unpinned, the balance leaves GPU 0 empty');
     const pinned = planFit({ skeleton: chatglm, devices: lopsided, workload: w, target: 'transformers', pins });
     assert.deepEqual(new Set(pinnedOn(pinned)), new Set(['0']));
+    // a library caller who passes no pins gets the runtime's own, and the warning that says so
+    const byDefault = planFit({ skeleton: chatglm, devices: lopsided, workload: w, target: 'transformers' });
+    assert.deepEqual(new Set(pinnedOn(byDefault)), new Set(['0']));
+    assert.ok(byDefault.warnings.some((x) => x.startsWith('pinned to the first GPU for transformers: transformer.embedding')));
 
     // and when the pinned modules cannot fit GPU 0, the plan says so
     assert.throws(

@@ -16,7 +16,6 @@ import { EXPORT_TARGET } from '../planner/export/targets.js';
 import { renderPlanTable } from '../planner/export/table.js';
 import { InfeasiblePlanError, planFit } from '../planner/fit.js';
 import { PLAN_KNOBS } from '../planner/remedies.js';
-import { pinsFor } from '../planner/pins.js';
 import type { Plan, Target } from '../planner/plan.js';
 import { InputError } from '../util/errors.js';
 import { planAccelerateCompat, type CompatFlags } from './plan-compat.js';
@@ -121,15 +120,13 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   }
   const devices = devicesForPlan(inv, deviceOpts);
   if (devices.length === 0) throw new InputError('--max-memory', 'names no device the plan could use');
-  const pins = pinsFor(skeleton, target);
   const planAt = (ctx: number, remedies: boolean): Plan => {
     const workload = { ctx, batch, ubatch: Math.min(ubatch, ctx), kvDtype, ...(dtype ? { dtype } : {}) };
-    return planFit({ skeleton, devices, workload, target, pins, remedies: remedies ? PLAN_KNOBS : false });
+    return planFit({ skeleton, devices, workload, target, remedies: remedies ? PLAN_KNOBS : false });
   };
   const plan = flags.ctx === 'auto' ? autoContext(maxCtx, planAt) : planAt(positive(flags.ctx, '--ctx'), true);
   if (flags.ctx !== 'auto' && plan.workload.ctx > maxCtx) plan.warnings.push(`--ctx ${plan.workload.ctx} is longer than the model's ${maxCtx}-token maximum`);
   if (flags.ctx === 'auto') plan.warnings.unshift(`--ctx auto chose ${plan.workload.ctx} tokens (the longest that keeps the same weights on the GPUs; model maximum ${maxCtx})`);
-  if (pins.length) plan.warnings.push(`pinned to the first GPU for ${target}: ${pins.join(', ')}`);
   return { plan, skeleton, notes: inv.notes };
 }
 
@@ -150,7 +147,7 @@ export function renderPlan(plan: Plan, skeleton: Skeleton, model: string, format
     case 'accelerate':
       return `${renderAccelerate(plan)}\n`;
     case 'python':
-      return renderPython(plan, skeleton.source.repoId ?? model);
+      return renderPython(plan, plan.model.repo_id ?? model);
     case 'llama.cpp':
       return renderLlamaCpp(plan, skeleton, model);
     default:

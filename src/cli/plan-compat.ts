@@ -123,7 +123,7 @@ export async function planAccelerateCompat(s: Skeleton, f: CompatFlags, inv: Inv
   return {
     format: PLAN_FORMAT,
     version: PLAN_VERSION,
-    model: { root_class: s.root_class, family: s.family, source: s.source.path },
+    model: { root_class: s.root_class, family: s.family, source: s.source.path, ...(s.source.repoId ? { repo_id: s.source.repoId } : {}) },
     target: 'transformers',
     strategy: `accelerate ${mode}`,
     workload: { ctx: 0, batch: 1, ubatch: 0, kvDtype: 'float16' },

@@ -4,6 +4,7 @@ import { blockWorkspace, dominantDtype, headWorkspace, kvBytesPerLayer, loadedBy
 import { linearize, type PlacementUnit } from './placement-units.js';
 import { buildPlan, label, type Placement } from './plan-builder.js';
 import type { Plan, PlanDeviceSpec, Target, Workload } from './plan.js';
+import { pinsFor } from './pins.js';
 import { findRemedies, PLAN_KNOBS, type Remedy, type RemedyKnobs } from './remedies.js';
 import { formatBytes } from './units.js';
 
@@ -243,8 +244,10 @@ function fillAccelerators(groups: Group[], accs: PlanDeviceSpec[], c: Costs, lim
   return { placed: next, ends };
 }
 
-export function planFit(input: FitInput): Plan {
-  const warnings: string[] = [];
+export function planFit(given: FitInput): Plan {
+  // A runtime's own pins (ChatGLM under transformers) apply unless the caller chose pins itself.
+  const input = given.pins === undefined ? { ...given, pins: pinsFor(given.skeleton, given.target) } : given;
+  const warnings: string[] = input.pins?.length ? [`pinned to the first GPU for ${input.target}: ${input.pins.join(', ')}`] : [];
   const s = input.skeleton;
   if (!s.attention) warnings.push('the model has no attention facts (unknown architecture): KV cache and workspace are not budgeted');
   const c = costsFor(input);

@@ -71,7 +71,7 @@ export function buildPlan(input: BuildPlanInput): Plan {
   return {
     format: PLAN_FORMAT,
     version: PLAN_VERSION,
-    model: { root_class: s.root_class, family: s.family, source: s.source.path },
+    model: { root_class: s.root_class, family: s.family, source: s.source.path, ...(s.source.repoId ? { repo_id: s.source.repoId } : {}) },
     target: input.target,
     strategy: input.strategy,
     workload: input.workload,

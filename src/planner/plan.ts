@@ -70,7 +70,8 @@ export interface DevicePlan {
 export interface Plan {
   format: typeof PLAN_FORMAT;
   version: number;
-  model: { root_class: string; family: string; source: string };
+  /** `repo_id`: the Hugging Face repository it is published as, when known (catalog models, the HF cache). */
+  model: { root_class: string; family: string; source: string; repo_id?: string };
   target: Target;
   strategy: string;
   workload: Workload;

@@ -37,7 +37,7 @@ function kvComments(p: Plan): string {
  * A complete script: CUDA_VISIBLE_DEVICES for the chosen physical GPUs, a per-process memory fraction
  * on each, and from_pretrained with the plan's device_map — the workflow people assemble by hand.
  */
-export function renderPython(p: Plan, modelPath: string): string {
+export function renderPython(p: Plan, modelPath = p.model.repo_id ?? p.model.source): string {
   // transformers uses max_memory only to infer a map; beside an explicit device_map it is ignored.
   const { device_map } = accelerateArgs(p);
   const gpus = p.devices.filter((d) => d.kind === 'gpu');
