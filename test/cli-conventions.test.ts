@@ -108,3 +108,26 @@ describe('signals', () => {
     });
   }
 });
+
+describe('accelerate compatibility: options with every strategy accelerate passes them under', () => {
+  // load_checkpoint_and_dispatch hands offload_buffers to infer_auto_device_map for auto, balanced,
+  // balanced_low_0 and sequential alike; fallback_allocation no entry point passes.
+  const base = ['plan', 'llama-2-7b', '--compat', 'accelerate', '--max-memory', '0=262144000,cpu=30GB', '--format', 'json'];
+  for (const strategy of ['auto', 'balanced', 'balanced_low_0', 'sequential']) {
+    it(`--offload-buffers with --strategy ${strategy} silences the offloaded-buffers warning`, async () => {
+      const warned = async (extra: string[]): Promise<boolean> => {
+        const r = await cli([...base, '--strategy', strategy, ...extra]);
+        assert.equal(r.code, 0, r.err);
+        return (JSON.parse(r.out) as { warnings: string[] }).warnings.some((w) => w.includes('offload_buffers=True'));
+      };
+      assert.equal(await warned([]), true);
+      assert.equal(await warned(['--offload-buffers']), false);
+    });
+  }
+
+  it('--fallback-allocation is refused outside --strategy sequential, saying why', async () => {
+    const r = await cli([...base, '--strategy', 'balanced', '--fallback-allocation']);
+    assert.equal(r.code, 2);
+    assert.match(r.err, /--strategy: --fallback-allocation is an option of infer_auto_device_map alone .* use it with --strategy sequential/);
+  });
+});

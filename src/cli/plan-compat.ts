@@ -61,14 +61,15 @@ function pairs(value: string | undefined, flag: string): Record<string, string> 
 
 /**
  * `--compat accelerate`: accelerate's planner exactly (weights only, quirks included). The default
- * strategy maps to transformers' device_map="auto"; sequential with --fallback-allocation or
- * --offload-buffers is a direct infer_auto_device_map call, as those options exist only there.
+ * strategy maps to transformers' device_map="auto". --offload-buffers goes with every strategy, as
+ * load_checkpoint_and_dispatch passes it to infer_auto_device_map; sequential with
+ * --fallback-allocation is a direct infer_auto_device_map call, as that option exists only there.
  */
 export async function planAccelerateCompat(s: Skeleton, f: CompatFlags, inv: Inventory): Promise<Plan> {
   const strategy = f.strategy === 'fit' ? 'auto' : f.strategy;
-  const raw = f.fallbackAllocation === true || f.offloadBuffers === true;
+  const raw = f.fallbackAllocation === true;
   if (raw && strategy !== 'sequential') {
-    throw new InputError('--strategy', '--fallback-allocation and --offload-buffers are infer_auto_device_map options: use them with --strategy sequential');
+    throw new InputError('--strategy', '--fallback-allocation is an option of infer_auto_device_map alone (no accelerate entry point passes it): use it with --strategy sequential');
   }
   let maxMemory: Record<string, number | string>;
   if (f.maxMemory !== undefined) maxMemory = rawMaxMemory(f.maxMemory);

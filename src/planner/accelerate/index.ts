@@ -79,7 +79,8 @@ export function planAccelerate(input: AcceleratePlanInput): AcceleratePlan {
   const raw = input.mode === 'raw';
   const result = inferAutoDeviceMap(model, budgets, {
     ...dtypeOpts,
-    offloadBuffers: raw && input.offload_buffers === true,
+    // load_checkpoint_and_dispatch passes offload_buffers to infer_auto_device_map under every strategy.
+    offloadBuffers: input.offload_buffers === true,
     fallbackAllocation: raw && input.fallback_allocation === true,
     verbose: raw && input.verbose === true,
   });
