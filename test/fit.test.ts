@@ -1169,12 +1169,24 @@ describe('plan CLI', () => {
   it('--format json is a versioned plan with a device map', async () => {
     const r = await cli(...BASE, '--format', 'json');
     assert.equal(r.code, 0, r.err);
-    const j = JSON.parse(r.out) as { format: string; version: number; deviceMap: Record<string, number | string>; devices: { id: string }[] };
+    const j = JSON.parse(r.out) as { format: string; version: number; device_map: Record<string, number | string>; devices: { id: string }[]; workload: Record<string, unknown> };
     assert.equal(j.format, 'vramfit-plan');
-    assert.equal(j.version, 1);
-    assert.equal(typeof j.deviceMap, 'object');
-    assert.equal(j.deviceMap['model.embed_tokens'], 0);
-    assert.equal(j.deviceMap['lm_head'], 'cpu');
+    assert.equal(j.version, 2);
+    assert.equal(typeof j.device_map, 'object');
+    assert.equal(j.device_map['model.embed_tokens'], 0);
+    assert.equal(j.device_map['lm_head'], 'cpu');
+    assert.equal(j.workload['kv_dtype'], 'float16');
+    // snake_case everywhere but in records keyed by module names
+    const camel: string[] = [];
+    const walk = (v: unknown, path: string): void => {
+      if (Array.isArray(v)) v.forEach((x, i) => walk(x, `${path}[${i}]`));
+      else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) {
+        if (path !== '.device_map' && /[A-Z]/.test(k)) camel.push(`${path}.${k}`);
+        walk(x, `${path}.${k}`);
+      }
+    };
+    walk(j, '');
+    assert.deepEqual(camel, []);
     assert.deepEqual(j.devices.map((d) => d.id), ['0', '1', 'cpu']);
   });
 

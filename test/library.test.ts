@@ -18,8 +18,8 @@ describe('library: plan() and the exporters', () => {
     const p = await plan('llama-2-7b', options);
     assert.equal(p.strategy, 'fit');
     assert.equal(p.model.repo_id, 'meta-llama/Llama-2-7b-hf');
-    const json = JSON.parse(await cli(['plan', 'llama-2-7b', '--gpu-memory', '24GiB,24GiB', '--max-memory', '0=5GB,1=10GB,cpu=30GiB', '--format', 'json'])) as { deviceMap: Record<string, unknown> };
-    assert.deepEqual(Object.fromEntries(p.deviceMap.map(([k, v]) => [k, /^\d+$/.test(v) ? Number(v) : v])), json.deviceMap);
+    const json = JSON.parse(await cli(['plan', 'llama-2-7b', '--gpu-memory', '24GiB,24GiB', '--max-memory', '0=5GB,1=10GB,cpu=30GiB', '--format', 'json'])) as { device_map: Record<string, unknown> };
+    assert.deepEqual(Object.fromEntries(p.deviceMap.map(([k, v]) => [k, /^\d+$/.test(v) ? Number(v) : v])), json.device_map);
     assert.equal(exporters.table(p), (await cli(['plan', 'llama-2-7b', '--gpu-memory', '24GiB,24GiB', '--max-memory', '0=5GB,1=10GB,cpu=30GiB'])).split('\nnote: GPUs are simulated')[0]);
   });
 

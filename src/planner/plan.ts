@@ -1,6 +1,7 @@
 /** A placement plan: a device for every module, and for every device what it will hold. */
 export const PLAN_FORMAT = 'vramfit-plan';
-export const PLAN_VERSION = 1;
+/** 2: snake_case field names (device_map, kv_dtype, tied_duplicates, …) and accelerate's main device (`hosts`). */
+export const PLAN_VERSION = 2;
 
 export type DeviceKind = 'gpu' | 'virtual' | 'cpu' | 'disk';
 
