@@ -94,7 +94,7 @@ export function acceleratePeaks(s: Skeleton, plan: Plan, inv: Inventory): GpuPea
   const kvPerBlock = a ? kvBytesPerLayer(a, workload) * (a.kvLayers / Math.max(1, s.blocks?.count ?? a.kvLayers)) : 0;
   const blockWs = a ? blockWorkspace(a, workload, profile, dtype) : 0;
   const headWs = a ? headWorkspace(a, workload, profile, dtype) : 0;
-  const units = linearize(s, workload.dtype);
+  const units = linearize(s, workload.dtype ? { dtype: workload.dtype } : {});
   const where = unitDevices(units, plan.deviceMap);
   const peaks: GpuPeak[] = [];
   for (const d of plan.devices) {

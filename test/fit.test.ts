@@ -272,6 +272,8 @@ function elements(shape: readonly number[]): number {
 function loaded(t: SkeletonTensor, dtype: string | undefined, target: Target): number {
   // ggml runtimes compute non-persistent buffers (rotary inv_freq) in their kernels; PyTorch holds them
   if (target !== 'transformers' && t.kind === 'buffer' && t.persistent === false) return 0;
+  // ggml runtimes keep norms and biases (1-D weights) in F32
+  if (target !== 'transformers' && t.shape.length === 1) return elements(t.shape) * 4;
   const d = t.kind === 'param' && dtype !== undefined ? dtype : t.dtype;
   return elements(t.shape) * BPE[d]!;
 }
@@ -927,7 +929,7 @@ describe('fit: behaviour', () => {
     assert.ok(p.warnings.some((x) => x.includes('cpu also holds a copy of tied lm_head.weight')), p.warnings.join('\n'));
     assert.deepEqual(dev(p, 'cpu').tiedDuplicates, [HEAD]);
     const embedBytes = 8192 * 64 * 2;
-    assert.equal(dev(p, 'cpu').weights, embedBytes + 64 * 2, 'the copy and the final norm (vramfit computes the rotary buffer)');
+    assert.equal(dev(p, 'cpu').weights, embedBytes + 64 * 4, 'the copy and the final norm in F32 (vramfit computes the rotary buffer)');
     assert.equal(dev(p, '0').weights, bytesOnDevice(skeleton.tensors.filter((t) => t.name.startsWith('model.layers.') || t.name === EMBED).map((t) => t.name), skeleton, undefined, 'vramfit'));
     assert.equal(p.devices.reduce((sum, d) => sum + d.weights, 0), bytesOnDevice(skeleton.tensors.map((t) => t.name), skeleton, undefined, 'vramfit') + embedBytes);
     assert.equal(dev(p, 'cpu').used, dev(p, 'cpu').cap);

@@ -29,7 +29,7 @@ import { LoadedModel } from './model.js';
 import { resolveRunDevices, type RunDevices } from './run-devices.js';
 import { buildStageGraph, deviceLookups, stagesFromPlan, type Stage } from './stages.js';
 import { describeWeights, ggmlTypeFor, loadWeightData, placeWeights, storedBytes, type WeightSpec } from './weights.js';
-import { measureGraph, measureWorkspace, representativeLayers } from './workspace.js';
+import { measureGraph, measureWorkspace, withPackingMargin, representativeLayers } from './workspace.js';
 
 /** What `run` accepts when suggesting changes to a plan that does not fit: no --ctx auto, KV in F16/F32. */
 const RUN_KNOBS: RemedyKnobs = { kvDtypes: ['float32', 'float16'], dtypes: ['float32', 'float16', 'bfloat16'], ctxAuto: false, offload: true };
@@ -87,9 +87,11 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
   const states = openDevices(run, opts).map(newDeviceState);
   try {
     const devices = states.map((s) => s.device);
-    const bufts = [...new Map(devices.map((d) => [`${d.buft}:${d.kind === 'gpu'}`, { buft: d.buft, gpu: d.kind === 'gpu' }])).values()];
+    const bufts = [...new Map(devices.map((d) => [`${d.buft}:${d.kind === 'gpu'}`, { buft: d.buft, gpu: d.kind === 'gpu', alignment: d.alignment }])).values()];
     const measured = measureWorkspace(g, m.arch, m.h, m.typeOf, shape.ctx, shape.ubatch, shape.kvType, bufts);
-    let plan = makePlan(m, run, shape, measured, opts);
+    // ggml places each tensor on an aligned address: the plan pads as the buffers will.
+    const alignment = Math.max(1, ...devices.map((d) => d.alignment));
+    let plan = makePlan(m, run, shape, measured, alignment, opts);
     if (run.notes.length > 0) plan = { ...plan, warnings: [...plan.warnings, ...run.notes] };
     const stages = stagesFromPlan(plan, m.arch, m.h, new Map(devices.map((d) => [d.id, d])));
     describeDeviceWeights(g, m, plan, stages, states);
@@ -182,11 +184,11 @@ function openDevices(run: RunDevices, opts: LoadOptions): EngineDevice[] {
   }
 }
 
-function makePlan(m: EngineModel, run: RunDevices, shape: RunShape, measured: MeasuredWorkspace, opts: LoadOptions): Plan {
+function makePlan(m: EngineModel, run: RunDevices, shape: RunShape, measured: MeasuredWorkspace, alignment: number, opts: LoadOptions): Plan {
   const workload = { ctx: shape.ctx, batch: 1, ubatch: shape.ubatch, kvDtype: shape.kvDtype, ...(opts.dtype ? { dtype: opts.dtype } : {}) };
-  if (!opts.layerSplit) return planFit({ skeleton: m.skeleton, devices: run.specs, workload, target: 'vramfit', measuredWorkspace: measured, remedies: RUN_KNOBS });
+  if (!opts.layerSplit) return planFit({ skeleton: m.skeleton, devices: run.specs, workload, target: 'vramfit', measuredWorkspace: measured, alignment, remedies: RUN_KNOBS });
   const u = m.arch.units(m.h);
-  return manualPlan(m.skeleton, { embed: u.embed, head: u.head, block: (i) => u.block(i), layers: m.h.layers, tied: m.h.tied }, run.specs, opts.layerSplit, workload, measured);
+  return manualPlan(m.skeleton, { embed: u.embed, head: u.head, block: (i) => u.block(i), layers: m.h.layers, tied: m.h.tied }, run.specs, opts.layerSplit, workload, measured, alignment);
 }
 
 /** Which checkpoint tensors each device loads, and the ggml tensors (no data yet) they become. */
@@ -328,6 +330,7 @@ function reserveCompute(g: Ggml, m: EngineModel, stages: Stage[], states: Device
         b.gb.free();
       }
     }
+    most = withPackingMargin(most, d.alignment);
     d.allocator.reserveExternal(most, 'compute');
     s.computeBytes = most;
     s.galloc = g.raw.ggml_gallocr_new(d.buft) as Gallocr;

@@ -3,10 +3,20 @@
  * micro-batch and the full context are reserved without allocating, over weight and cache tensors that
  * hold placeholder pointers. This is the engine's calibration of the memory model, done before the plan.
  */
-import { rolesKey, type MeasuredWorkspace } from '../planner/fit.js';
+import { ONE_BLOCK, rolesKey, type MeasuredWorkspace } from '../planner/fit.js';
 import type { EngineArchitecture, EngineHyper } from './architectures/types.js';
 import type { BufferType, Gallocr, GgmlType, Ggml, Graph, Tensor } from './ggml/binding.js';
 import { buildStageGraph, type Lookups, type StagePlan } from './stages.js';
+
+/**
+ * What to reserve for a compute buffer measured at the worst-case shape. ggml's graph allocator packs
+ * tensors best-fit, and a graph of smaller tensors can pack worse: a decode step over 32 cached rows
+ * has measured 1,728 B where the full 64 rows took 1,536 B. The reservation keeps room for that: 2 %
+ * and 64 alignment units over the worst case.
+ */
+export function withPackingMargin(bytes: number, alignment: number): number {
+  return bytes === 0 ? 0 : Math.ceil(bytes * 1.02) + 64 * alignment;
+}
 
 /** Compute buffer a graph needs, from a no-allocation reservation on `buft`. */
 export function measureGraph(g: Ggml, buft: BufferType, graph: Graph): number {
@@ -44,7 +54,7 @@ export function representativeLayers(arch: EngineArchitecture, h: EngineHyper): 
  * Measures every combination of roles (embedding, blocks, head) a device can hold, on each buffer type
  * the run uses (a GPU backend may align or pad differently from the CPU), keeping the largest.
  */
-export function measureWorkspace(g: Ggml, arch: EngineArchitecture, h: EngineHyper, typeOf: (name: string, ne: number[]) => GgmlType, ctx: number, ubatch: number, kvType: GgmlType, bufts: readonly { buft: BufferType; gpu: boolean }[]): MeasuredWorkspace {
+export function measureWorkspace(g: Ggml, arch: EngineArchitecture, h: EngineHyper, typeOf: (name: string, ne: number[]) => GgmlType, ctx: number, ubatch: number, kvType: GgmlType, bufts: readonly { buft: BufferType; gpu: boolean; alignment: number }[]): MeasuredWorkspace {
   const t = arch.tensors(h);
   const layers = representativeLayers(arch, h);
   const specs = [...t.embed, ...t.norm, ...t.head, ...layers.flatMap((i) => t.layer(i))];
@@ -79,18 +89,26 @@ export function measureWorkspace(g: Ggml, arch: EngineArchitecture, h: EngineHyp
                 ]
               : [{ embed, layers: block ? layers : [], norm: head || (!embed && !block), head }];
           // A GPU stage's graph differs (contiguous attention operands): GPUs get their own keys.
-          for (const { buft, gpu } of bufts) {
-            let most = 0;
-            for (const part of parts) {
-              const b = buildStageGraph(g, arch, h, { ...part, gpu }, look, ubatch, ctx);
-              try {
-                most = Math.max(most, measureGraph(g, buft, b.graph));
-              } finally {
-                b.gb.free();
+          for (const { buft, gpu, alignment } of bufts) {
+            const measure = (stageParts: StagePlan[]): number => {
+              let most = 0;
+              for (const part of stageParts) {
+                const b = buildStageGraph(g, arch, h, { ...part, gpu }, look, ubatch, ctx);
+                try {
+                  most = Math.max(most, measureGraph(g, buft, b.graph));
+                } finally {
+                  b.gb.free();
+                }
               }
-            }
+              return withPackingMargin(most, alignment);
+            };
             const key = `${gpu ? 'gpu:' : ''}${rolesKey({ embed, block, head })}`;
-            out[key] = Math.max(out[key] ?? 0, most);
+            out[key] = Math.max(out[key] ?? 0, measure(parts));
+            // A device holding a single block needs less than one holding two (nothing lives from one
+            // layer into the next): measured alone, for each kind of layer.
+            if (block && layers.length > 1) {
+              for (const i of layers) out[`${key}${ONE_BLOCK}`] = Math.max(out[`${key}${ONE_BLOCK}`] ?? 0, measure(parts.map((p) => ({ ...p, layers: [i] }))));
+            }
           }
         }
       }

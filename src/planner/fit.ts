@@ -1,7 +1,7 @@
 import type { Skeleton } from '../reader/skeleton.js';
 import { InputError } from '../util/errors.js';
-import { blockWorkspace, dominantDtype, headWorkspace, kvBytesPerLayer, loadedBytes, passWorkspace, TARGETS } from './memory-model.js';
-import { linearize, type PlacementUnit } from './placement-units.js';
+import { alignedKvBytesPerLayer, blockWorkspace, dominantDtype, headWorkspace, passWorkspace, TARGETS } from './memory-model.js';
+import { alignUp, linearize, loadedTensorBytes, type LoadedLayout, type PlacementUnit } from './placement-units.js';
 import { buildPlan, label, type Placement } from './plan-builder.js';
 import type { Plan, PlanDeviceSpec, Target, Workload } from './plan.js';
 import { pinsFor } from './pins.js';
@@ -27,6 +27,11 @@ export interface FitInput {
    */
   measuredWorkspace?: MeasuredWorkspace;
   /**
+   * The runtime's allocation alignment: each weight tensor and each layer's K and V are padded to it
+   * (ggml's buffers). Default 1 (exact sizes).
+   */
+  alignment?: number;
+  /**
    * When the model does not fit: the flags the calling command accepts, to suggest changes (each
    * checked by planning again); false to skip that search (callers that probe many plans).
    */
@@ -36,7 +41,8 @@ export interface FitInput {
 /**
  * Workspace measured per role combination: keys are the roles a device plays, e.g. 'embed+block+head',
  * optionally prefixed by a device kind ('gpu:embed+block') where that kind runs a different graph; a
- * device of that kind reads its own key first.
+ * device of that kind reads its own key first. A key ending in ONE_BLOCK is for a device holding a
+ * single block, whose graph is smaller than that of two or more.
  */
 export type MeasuredWorkspace = Record<string, number>;
 
@@ -45,6 +51,17 @@ export interface Roles {
   embed: boolean;
   block: boolean;
   head: boolean;
+}
+
+/** Suffix of a measured-workspace key for a device that holds exactly one block. */
+export const ONE_BLOCK = '#1';
+
+/** A device's measured workspace: its own kind's key first, the one-block key when it holds one block. */
+export function measuredWorkspaceOf(measured: MeasuredWorkspace, kind: string | undefined, r: Roles, blocks: number): number | undefined {
+  const key = rolesKey(r);
+  const keys = [...(blocks === 1 ? [`${kind}:${key}${ONE_BLOCK}`, `${key}${ONE_BLOCK}`] : []), `${kind}:${key}`, key];
+  for (const k of keys) if (measured[k] !== undefined) return measured[k];
+  return undefined;
 }
 
 export function rolesKey(r: Roles): string {
@@ -126,7 +143,8 @@ function hostedOn(c: Costs, device: string, groups: readonly Group[]): Costs {
 function workspaceFor(c: Costs, groups: readonly Group[], kind?: PlanDeviceSpec['kind']): number {
   if (groups.length === 0) return 0;
   const r: Roles = { embed: groups.some((g) => g.hasEmbed), block: groups.some((g) => g.hasBlock), head: groups.some((g) => g.hasHead) };
-  const measured = c.measured?.[`${kind}:${rolesKey(r)}`] ?? c.measured?.[rolesKey(r)];
+  const blocks = groups.reduce((n, g) => n + g.units.filter((u) => u.block !== undefined).length, 0);
+  const measured = c.measured ? measuredWorkspaceOf(c.measured, kind, r, blocks) : undefined;
   if (measured !== undefined) return measured;
   if (!r.block && !r.head) return c.passWs;
   return (r.block ? c.blockWs : 0) + (r.head ? c.headWs : 0);
@@ -137,7 +155,7 @@ function costsFor(input: FitInput): Costs {
   if (!a) return { kvPerBlock: 0, blockWs: 0, headWs: 0, passWs: 0 };
   const profile = TARGETS[input.target];
   const dtype = dominantDtype(input.skeleton, input.workload.dtype);
-  const kvPerBlock = kvBytesPerLayer(a, input.workload) * (a.kvLayers / Math.max(1, input.skeleton.blocks?.count ?? a.kvLayers));
+  const kvPerBlock = alignedKvBytesPerLayer(a, input.workload, input.alignment ?? 1) * (a.kvLayers / Math.max(1, input.skeleton.blocks?.count ?? a.kvLayers));
   const costs: Costs = {
     kvPerBlock,
     blockWs: blockWorkspace(a, input.workload, profile, dtype),
@@ -148,7 +166,7 @@ function costsFor(input: FitInput): Costs {
   return costs;
 }
 
-function makeGroups(units: PlacementUnit[], s: Skeleton, pins: readonly string[], attachTies: boolean, c: Costs, dtype: string | undefined): Group[] {
+function makeGroups(units: PlacementUnit[], s: Skeleton, pins: readonly string[], attachTies: boolean, c: Costs, layout: LoadedLayout): Group[] {
   const owner = new Map<number, number>();
   if (attachTies) {
     for (const g of s.tied) {
@@ -179,19 +197,19 @@ function makeGroups(units: PlacementUnit[], s: Skeleton, pins: readonly string[]
     if (u.head) g.hasHead = true;
     if (i === 0) g.hasEmbed = true;
   });
-  if (!attachTies) chargeTiedDuplicates(groups, s, dtype);
+  if (!attachTies) chargeTiedDuplicates(groups, s, layout);
   return groups;
 }
 
 /** Without attachment a tied tensor is loaded on every device that uses it: charge its bytes there too. */
-function chargeTiedDuplicates(groups: Group[], s: Skeleton, dtype: string | undefined): void {
+function chargeTiedDuplicates(groups: Group[], s: Skeleton, layout: LoadedLayout): void {
   const tensorOf = new Map(s.tensors.map((t) => [t.name, t]));
   for (const tie of s.tied) {
     const holders = groups.filter((g) => g.units.some((u) => u.tensors.some((t) => tie.includes(t))));
     const owner = tensorOf.get(tie[0]!);
     if (!owner) continue;
     for (const g of holders.slice(1)) {
-      g.weights += loadedBytes(owner.shape, owner.dtype, dtype);
+      g.weights += alignUp(loadedTensorBytes(owner, layout), layout.alignment ?? 1);
       g.duplicates.push(g.units.flatMap((u) => u.tensors).find((t) => tie.includes(t))!);
     }
   }
@@ -251,7 +269,7 @@ export function planFit(given: FitInput): Plan {
   const s = input.skeleton;
   if (!s.attention) warnings.push('the model has no attention facts (unknown architecture): KV cache and workspace are not budgeted');
   const c = costsFor(input);
-  const units = linearize(s, input.workload.dtype, input.target !== 'transformers');
+  const units = linearize(s, layoutOf(input));
   let attempt = tryFit(input, units, c, true);
   if ('failure' in attempt && s.tied.length > 0) {
     const detached = tryFit(input, units, c, false);
@@ -270,6 +288,13 @@ export function planFit(given: FitInput): Plan {
   return buildPlan({ ...input, placement: attempt.placement, units, warnings: [...warnings, ...attempt.warnings], strategy: 'fit' });
 }
 
+/** How the target runtime holds the weights: ggml runtimes keep vectors in F32 and pad to their alignment. */
+function layoutOf(input: FitInput): LoadedLayout {
+  const layout: LoadedLayout = { ggml: input.target !== 'transformers', alignment: input.alignment ?? 1 };
+  if (input.workload.dtype !== undefined) layout.dtype = input.workload.dtype;
+  return layout;
+}
+
 /** Whether a plan exists for `input`, without searching for remedies. */
 function fitsWithout(input: FitInput): boolean {
   try {
@@ -284,7 +309,7 @@ function fitsWithout(input: FitInput): boolean {
 type Attempt = { placement: Placement; warnings: string[] } | { failure: InfeasiblePlanError };
 
 function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: boolean): Attempt {
-  const groups = makeGroups(units, input.skeleton, input.pins ?? [], attachTies, c, input.workload.dtype);
+  const groups = makeGroups(units, input.skeleton, input.pins ?? [], attachTies, c, layoutOf(input));
   const accs = input.devices.filter((d) => d.kind === 'gpu' || d.kind === 'virtual');
   const plain = place(input, groups, c, accs);
   if (input.target !== 'transformers' || accs.length === 0) return plain;

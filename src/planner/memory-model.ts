@@ -38,6 +38,12 @@ export function kvBytesPerLayer(a: AttentionFacts, w: Workload): number {
   return a.kvElementsPerToken * bytesPerElement(w.kvDtype) * w.ctx * w.batch;
 }
 
+/** The same with K and V each padded to an allocator's alignment (ggml gives each its own aligned tensor). */
+export function alignedKvBytesPerLayer(a: AttentionFacts, w: Workload, alignment: number): number {
+  const bytes = kvBytesPerLayer(a, w);
+  return alignment > 1 ? 2 * Math.ceil(bytes / 2 / alignment) * alignment : bytes;
+}
+
 /**
  * Compute workspace of a device that runs decoder blocks: the residual stream and norms (4·h),
  * q/k/v ((nh + 2·nkv)·hd), attention scores and their softmax (2·nh·c), and the MLP (3·f), for u tokens.

@@ -1,4 +1,5 @@
 import type { Skeleton } from '../reader/skeleton.js';
+import { isFloatDType, tensorBytes } from '../reader/dtypes.js';
 import { loadedBytes } from './memory-model.js';
 
 /**
@@ -22,11 +23,26 @@ export interface PlacementUnit {
   transit: number;
 }
 
-/**
- * `dropRecomputed`: leave out non-persistent buffers (rotary `inv_freq`, causal masks), which ggml
- * runtimes compute in their kernels instead of holding; PyTorch holds them.
- */
-export function linearize(s: Skeleton, dtype?: string, dropRecomputed = false): PlacementUnit[] {
+/** Bytes rounded up to the allocator's alignment (each tensor starts on an aligned address). */
+export function alignUp(bytes: number, alignment: number): number {
+  return alignment > 1 ? Math.ceil(bytes / alignment) * alignment : bytes;
+}
+
+/** How a runtime holds the weights it loads. */
+export interface LoadedLayout {
+  /** dtype floating params are loaded in; undefined keeps the stored one. */
+  dtype?: string;
+  /**
+   * ggml runtimes (vramfit's engine, llama.cpp): non-persistent buffers (rotary `inv_freq`, causal
+   * masks) are computed in kernels rather than held, and 1-D weights (norms, biases) are kept in F32.
+   */
+  ggml?: boolean;
+  /** Each tensor starts on an aligned address (ggml's buffers): sizes are padded to it. */
+  alignment?: number;
+}
+
+export function linearize(s: Skeleton, layout: LoadedLayout = {}): PlacementUnit[] {
+  const { dtype, ggml = false, alignment = 1 } = layout;
   const noSplit = new Set(s.no_split_module_classes);
   const children = new Map<string, string[]>([['', []]]);
   const cls = new Map<string, string>();
@@ -50,8 +66,8 @@ export function linearize(s: Skeleton, dtype?: string, dropRecomputed = false): 
   const bytesOf = (names: string[]): number =>
     names.reduce((sum, n) => {
       const t = tensorOf.get(n)!;
-      if (aliases.has(n) || (dropRecomputed && t.kind === 'buffer' && t.persistent === false)) return sum;
-      return sum + loadedBytes(t.shape, t.dtype, t.kind === 'param' ? dtype : undefined);
+      if (aliases.has(n) || (ggml && t.kind === 'buffer' && t.persistent === false)) return sum;
+      return sum + alignUp(loadedTensorBytes(t, layout), alignment);
     }, 0);
   const largestOwner = (names: string[]): number => {
     const byOwner = new Map<string, string[]>();
@@ -103,6 +119,12 @@ export function linearize(s: Skeleton, dtype?: string, dropRecomputed = false): 
   };
   visit('');
   return units;
+}
+
+/** A tensor's bytes as the runtime holds it (before alignment). */
+export function loadedTensorBytes(t: { shape: readonly number[]; dtype: string; kind?: string }, layout: LoadedLayout): number {
+  if (layout.ggml && t.shape.length === 1 && isFloatDType(t.dtype)) return tensorBytes(t.shape, 'float32');
+  return loadedBytes(t.shape, t.dtype, t.kind === 'param' ? layout.dtype : undefined);
 }
 
 /** Names of tied tensors that share the memory of an earlier name. */
