@@ -217,3 +217,22 @@ describe('vramfit run', () => {
     assert.doesNotMatch(r.err, /\n\s+at /);
   });
 });
+
+describe('engine: one reading of config.json with the reader', () => {
+  it('Qwen3 without head_dim uses Qwen3Config\'s default 128 and attention_bias covers o_proj, as the skeleton says', async () => {
+    const ck = writeTinyFamilyCheckpoint(join(root, 'qwen3-defaults'), 'qwen3', { seed: 3, config: { head_dim: undefined, attention_bias: true } });
+    const model = await loadModel(ck.dir, { devices: 'virtual:1', ctx: 32, threads: 1 });
+    try {
+      const h = model.hyper as unknown as { headDim: number; oBias: boolean; qkvBias: boolean };
+      assert.equal(h.headDim, 128);
+      assert.equal(h.qkvBias, true);
+      assert.equal(h.oBias, true);
+      assert.ok(model.skeleton.tensors.some((t) => t.name === 'model.layers.0.self_attn.o_proj.bias'));
+      const run = await greedy(model, [1, 2, 3], 2);
+      assert.equal(run.ids.length, 2);
+      assert.ok(run.steps.flatMap((r) => [...r]).every(Number.isFinite));
+    } finally {
+      model.dispose();
+    }
+  });
+});

@@ -5,7 +5,9 @@
  * device's weights, KV cache and worst-case compute buffer are checked against its cap before a byte
  * of weights is read; an over-cap device fails with OutOfDeviceMemory and nothing stays allocated.
  */
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
+import { readBytes } from '../util/read-fully.js';
+import { alignUp } from '../planner/placement-units.js';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { readConfigFile } from '../reader/read-config.js';
@@ -19,7 +21,7 @@ import { cudaScratchBytes, TARGETS, vulkanScratchBytes, type BackendScratchShape
 import { manualPlan } from '../planner/manual-split.js';
 import type { GpuBackend } from '../planner/devices/gpu-match.js';
 import type { Plan } from '../planner/plan.js';
-import { InputError, VramfitError } from '../util/errors.js';
+import { FormatError, InputError, VramfitError } from '../util/errors.js';
 import { engineArchitecture } from './architectures/index.js';
 import type { ArchTensor, EngineArchitecture, EngineHyper, LayerCache } from './architectures/types.js';
 import { liveResources, openGpuDevices, openVirtualDevices, type EngineDevice } from './device.js';
@@ -242,7 +244,7 @@ function describeDeviceWeights(g: Ggml, m: EngineModel, plan: Plan, stages: Stag
   for (const s of states) s.weights = describeWeights(g, s.device, perDevice.get(s.device.id) ?? []);
 }
 
-const pad = (n: number, a: number): number => Math.ceil(n / a) * a;
+const pad = alignUp;
 
 /**
  * A disk-offloaded tensor is used in place only when the kernels read it as stored; one converted
@@ -370,13 +372,14 @@ function hyperFor(model: string, skeleton: Skeleton): { arch: EngineArchitecture
     if (facts.permutedQK) (h as EngineHyper & { ropeMode?: number }).ropeMode = ROPE_MODE.NORMAL;
     if (facts.ropeFreqs) {
       const [start, end] = facts.ropeFreqs.range;
-      const bytes = Buffer.alloc(end - start);
       const fd = openSync(file, 'r');
+      let bytes: Uint8Array;
       try {
-        readSync(fd, bytes, 0, bytes.length, start);
+        bytes = readBytes(fd, end - start, start);
       } finally {
         closeSync(fd);
       }
+      if (bytes.length !== end - start) throw new FormatError(file, 'ends inside rope_freqs.weight');
       h.freqFactors = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
     }
     return { arch, h, modelDir: dirname(file) };

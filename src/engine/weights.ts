@@ -1,4 +1,6 @@
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync } from 'node:fs';
+import { alignUp } from '../planner/placement-units.js';
+import { readAt } from '../util/read-fully.js';
 import { isAbsolute, join } from 'node:path';
 import { VramfitError } from '../util/errors.js';
 import { GGML_TYPE, hostBytes, mapFile, prefaultForWrite, type Buffer_, type Ctx, type GgmlType, type Ggml, type MappedFile, type Tensor } from './ggml/binding.js';
@@ -60,7 +62,7 @@ export interface DeviceWeights {
   maps: { buffer: Buffer_; file: MappedFile }[];
 }
 
-const pad = (n: number, a: number): number => Math.ceil(n / a) * a;
+const pad = alignUp;
 
 /** Creates the tensors (no data yet) and says how many bytes their buffer needs on this device. */
 export function describeWeights(g: Ggml, device: EngineDevice, specs: WeightSpec[]): DeviceWeights {
@@ -273,12 +275,7 @@ function sameType(from: string, to: GgmlType): boolean {
 }
 
 function readFully(fd: number, into: Uint8Array, n: number, position: number, file: string, tensor: string): void {
-  let got = 0;
-  while (got < n) {
-    const r = readSync(fd, into, got, n - got, position + got);
-    if (r === 0) throw new VramfitError('TRUNCATED', `${file}: ended inside ${tensor}`, 2);
-    got += r;
-  }
+  if (readAt(fd, into, n, position) < n) throw new VramfitError('TRUNCATED', `${file}: ended inside ${tensor}`, 2);
 }
 
 /** Converts `elems` values between float32/float16/bfloat16 through float32. */

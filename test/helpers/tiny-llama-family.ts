@@ -231,13 +231,17 @@ function configJson(config: Record<string, unknown>): string {
 export function writeTinyFamilyCheckpoint(
   dir: string,
   name: TinyFamilyName,
-  opts: { dtype?: TinyStorageDtype; seed?: number } = {},
+  opts: { dtype?: TinyStorageDtype; seed?: number; /** config keys to change; undefined removes one */ config?: Record<string, unknown> } = {},
 ): TinyFamilyCheckpoint {
   const base = TINY_FAMILY_CONFIGS[name];
   if (!base) throw new Error(`unknown tiny family ${JSON.stringify(name)}; known: ${TINY_FAMILY_NAMES.join(', ')}`);
   const dtype = opts.dtype ?? 'float32';
   const seed = opts.seed ?? 1;
   const config: Record<string, unknown> = { ...structuredClone(base), torch_dtype: dtype };
+  for (const [k, v] of Object.entries(opts.config ?? {})) {
+    if (v === undefined) delete config[k];
+    else config[k] = v;
+  }
   const stored = writeSeededCheckpoint(dir, config, dtype, (tensor, count) => drawTensor(name, tensor, count, seed), configJson(config));
   return { name, dir, dtype, seed, config, ...stored };
 }

@@ -1,3 +1,5 @@
+import { ARCHITECTURES } from '../../reader/architectures/index.js';
+import { llamaStyleDims } from '../../reader/architectures/llama-style.js';
 import { KEYS, type ConfigReader } from '../../reader/config.js';
 import { InputError } from '../../util/errors.js';
 import { ROPE_MODE, type Tensor } from '../ggml/binding.js';
@@ -29,41 +31,39 @@ export interface LlamaHyper extends EngineHyper {
   qkNorm: boolean;
 }
 
-const FAMILIES: Record<string, { qkvBias: boolean; qkNorm: boolean }> = {
-  llama: { qkvBias: false, qkNorm: false },
-  mistral: { qkvBias: false, qkNorm: false },
-  qwen2: { qkvBias: true, qkNorm: false },
-  qwen3: { qkvBias: false, qkNorm: true },
-};
+/** The Llama-shaped families the engine runs; their shapes come from the reader's specs. */
+const FAMILIES = ['llama', 'mistral', 'qwen2', 'qwen3'];
 
 export function isLlamaFamily(family: string): boolean {
-  return family in FAMILIES;
+  return FAMILIES.includes(family);
 }
 
-export function llamaHyper(cfg: ConfigReader, family: string): LlamaHyper {
-  const f = FAMILIES[family];
-  if (!f) throw new InputError(cfg.file, `the engine runs the Llama family (${Object.keys(FAMILIES).join(', ')}), not ${family}`, 'UNSUPPORTED_ARCHITECTURE');
-  const hidden = cfg.int(KEYS.hidden);
-  const heads = cfg.int(KEYS.heads);
-  const headDim = cfg.optInt('head_dim') ?? Math.floor(hidden / heads);
+export function llamaHyper(raw: ConfigReader, family: string): LlamaHyper {
+  const spec = ARCHITECTURES.find((a) => a.family === family);
+  if (!FAMILIES.includes(family) || !spec?.llamaStyle) throw new InputError(raw.file, `the engine runs the Llama family (${FAMILIES.join(', ')}), not ${family}`, 'UNSUPPORTED_ARCHITECTURE');
+  // One reading of config.json for the reader and the engine: the family's own defaults (Qwen3's
+  // head_dim 128), biases and ties, exactly as the skeleton was built.
+  const { cfg, options: o } = spec.llamaStyle(raw);
+  const d = llamaStyleDims(cfg);
+  if (o.mlpBias) throw new InputError(cfg.file, 'mlp_bias is true: the engine runs Llama MLPs without biases', 'UNSUPPORTED_ARCHITECTURE');
   const h: LlamaHyper = {
     family,
-    layers: cfg.int(KEYS.layers),
-    hidden,
-    heads,
-    kvHeads: cfg.optInt('num_key_value_heads', heads),
-    headDim,
-    ffn: cfg.int(KEYS.intermediate),
-    vocab: cfg.int(KEYS.vocab),
+    layers: d.layers,
+    hidden: d.hidden,
+    heads: d.heads,
+    kvHeads: d.kvHeads,
+    headDim: d.headDim,
+    ffn: d.intermediate,
+    vocab: d.vocab,
     eps: cfg.optNumber('rms_norm_eps') ?? 1e-6,
     ropeTheta: cfg.optNumber('rope_theta') ?? 10000,
     freqScale: 1,
     maxPositions: cfg.optInt(KEYS.maxPositions) ?? 4096,
     ropeMode: ROPE_MODE.NEOX,
-    qkvBias: f.qkvBias || cfg.bool('attention_bias', false),
-    oBias: family === 'llama' && cfg.bool('attention_bias', false),
-    qkNorm: f.qkNorm,
-    tied: cfg.bool('tie_word_embeddings', false),
+    qkvBias: o.qkvBias,
+    oBias: o.oBias,
+    qkNorm: o.qkNorm,
+    tied: cfg.bool('tie_word_embeddings', o.tieDefault),
     kvDim: 0,
   };
   h.kvDim = h.kvHeads * h.headDim;
@@ -206,7 +206,7 @@ export function lmHead(gb: GraphBuilder, h: LlamaHyper, w: (name: string) => Ten
 
 /** The Llama family for the engine: plan units, tensors per part, and the graph of each part. */
 export const llamaArchitecture: EngineArchitecture<LlamaHyper> = {
-  families: Object.keys(FAMILIES),
+  families: FAMILIES,
   hyper: llamaHyper,
   units: () => ({ embed: 'model.embed_tokens', block: (i) => `model.layers.${i}`, norm: 'model.norm', head: 'lm_head' }),
   tensors(h) {

@@ -1,7 +1,7 @@
 import { KEYS, type ConfigReader } from '../config.js';
 import { ModuleTree } from '../module-builder.js';
 import { InputError } from '../../util/errors.js';
-import { standardAttention, type ArchitectureSpec, type ModelLayout } from './spec.js';
+import { decoderLayout, type ArchitectureSpec, type ModelLayout } from './spec.js';
 
 /**
  * Baichuan 2 (7B and 13B) and Baichuan 13B, remote code `modeling_baichuan.py`. The 7B and 13B files
@@ -79,14 +79,12 @@ export function buildBaichuan(cfg: ConfigReader, dtype: string): ModelLayout {
   });
   tree.root.child('lm_head', headClass, (h) => h.param('weight', [vocab, hidden]));
 
-  return {
+  return decoderLayout({
     rootClass: 'BaichuanForCausalLM',
     tree,
-    tied: tie ? [['model.embed_tokens.weight', 'lm_head.weight']] : [],
-    noSplit: [v.layerClass],
+    tie: tie ? ['model.embed_tokens.weight', 'lm_head.weight'] : undefined,
     blocks: { prefix: 'model.layers', count: layers, class: v.layerClass },
-    attention: standardAttention({
-      numLayers: layers,
+    attention: {
       hiddenSize: hidden,
       vocabSize: vocab,
       numHeads: heads,
@@ -94,8 +92,8 @@ export function buildBaichuan(cfg: ConfigReader, dtype: string): ModelLayout {
       headDim: Math.floor(hidden / heads),
       intermediateSize: intermediate,
       maxPositionEmbeddings: cfg.optInt(v.rotary ? ['max_position_embeddings', 'model_max_length'] : ['model_max_length', 'max_position_embeddings']),
-    }),
-  };
+    },
+  });
 }
 
 export const baichuan: ArchitectureSpec = {

@@ -1,6 +1,6 @@
 import { KEYS, type ConfigReader } from '../config.js';
 import { ModuleTree } from '../module-builder.js';
-import { standardAttention, type ArchitectureSpec, type ModelLayout } from './spec.js';
+import { decoderLayout, type ArchitectureSpec, type ModelLayout } from './spec.js';
 
 /**
  * BLOOM: ALiBi (no position tensors at all), a LayerNorm right after the embedding, biases everywhere.
@@ -36,22 +36,20 @@ export function buildBloom(cfg: ConfigReader, dtype: string): ModelLayout {
   });
   tree.root.linear('lm_head', hidden, vocab, false);
 
-  return {
+  return decoderLayout({
     rootClass: 'BloomForCausalLM',
     tree,
-    tied: tie ? [['transformer.word_embeddings.weight', 'lm_head.weight']] : [],
-    noSplit: ['BloomBlock'],
+    tie: tie ? ['transformer.word_embeddings.weight', 'lm_head.weight'] : undefined,
     blocks: { prefix: 'transformer.h', count: layers, class: 'BloomBlock' },
-    attention: standardAttention({
-      numLayers: layers,
+    attention: {
       hiddenSize: hidden,
       vocabSize: vocab,
       numHeads: heads,
       numKvHeads: heads,
       headDim: Math.floor(hidden / heads),
       intermediateSize: 4 * hidden,
-    }),
-  };
+    },
+  });
 }
 
 export const bloom: ArchitectureSpec = {

@@ -1,7 +1,7 @@
 import { type ConfigReader } from '../config.js';
 import { ModuleTree, type ModuleScope } from '../module-builder.js';
 import { activationClass } from './gpt2.js';
-import { standardAttention, type ArchitectureSpec, type ModelLayout } from './spec.js';
+import { decoderLayout, type ArchitectureSpec, type ModelLayout } from './spec.js';
 
 /**
  * Falcon, in two codebases with the same tensor names:
@@ -41,14 +41,12 @@ function commonDims(cfg: ConfigReader) {
 function layout(cfg: ConfigReader, d: FalconDims, tree: ModuleTree, rootClass: string, layerClass: string): ModelLayout {
   const tie = cfg.bool('tie_word_embeddings', true);
   tree.root.linear('lm_head', d.hidden, d.vocab, false);
-  return {
+  return decoderLayout({
     rootClass,
     tree,
-    tied: tie ? [['transformer.word_embeddings.weight', 'lm_head.weight']] : [],
-    noSplit: [layerClass],
+    tie: tie ? ['transformer.word_embeddings.weight', 'lm_head.weight'] : undefined,
     blocks: { prefix: 'transformer.h', count: d.layers, class: layerClass },
-    attention: standardAttention({
-      numLayers: d.layers,
+    attention: {
       hiddenSize: d.hidden,
       vocabSize: d.vocab,
       numHeads: d.heads,
@@ -56,8 +54,8 @@ function layout(cfg: ConfigReader, d: FalconDims, tree: ModuleTree, rootClass: s
       headDim: d.headDim,
       intermediateSize: d.ffn,
       maxPositionEmbeddings: cfg.optInt(['max_position_embeddings']),
-    }),
-  };
+    },
+  });
 }
 
 export function buildFalcon(cfg: ConfigReader, dtype: string): ModelLayout {

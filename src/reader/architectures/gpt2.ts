@@ -1,7 +1,7 @@
 import { KEYS, type ConfigReader } from '../config.js';
 import { ModuleTree, type ModuleScope } from '../module-builder.js';
 import { InputError } from '../../util/errors.js';
-import { standardAttention, type ArchitectureSpec, type ModelLayout } from './spec.js';
+import { decoderLayout, type ArchitectureSpec, type ModelLayout } from './spec.js';
 
 /**
  * Class of the module transformers' `ACT2FN[name]` builds, for the families that pick their activation
@@ -89,14 +89,12 @@ export function buildGpt2(cfg: ConfigReader, dtype: string): ModelLayout {
   });
   tree.root.linear('lm_head', hidden, vocab, false);
 
-  return {
+  return decoderLayout({
     rootClass: 'GPT2LMHeadModel',
     tree,
-    tied: tie ? [['transformer.wte.weight', 'lm_head.weight']] : [],
-    noSplit: ['GPT2Block'],
+    tie: tie ? ['transformer.wte.weight', 'lm_head.weight'] : undefined,
     blocks: { prefix: 'transformer.h', count: layers, class: 'GPT2Block' },
-    attention: standardAttention({
-      numLayers: layers,
+    attention: {
       hiddenSize: hidden,
       vocabSize: vocab,
       numHeads: heads,
@@ -104,8 +102,8 @@ export function buildGpt2(cfg: ConfigReader, dtype: string): ModelLayout {
       headDim: Math.floor(hidden / heads),
       intermediateSize: inner,
       maxPositionEmbeddings: positions,
-    }),
-  };
+    },
+  });
 }
 
 /** GPT-2 (and DistilGPT-2, which shares the class). */

@@ -1,7 +1,7 @@
 import { KEYS, type ConfigReader } from '../config.js';
 import { ModuleTree } from '../module-builder.js';
 import { activationClass } from './gpt2.js';
-import { standardAttention, type ArchitectureSpec, type LegacyTensor, type ModelLayout } from './spec.js';
+import { decoderLayout, type ArchitectureSpec, type LegacyTensor, type ModelLayout } from './spec.js';
 
 function dims(cfg: ConfigReader) {
   const hidden = cfg.int(KEYS.hidden, 'hidden size');
@@ -47,14 +47,12 @@ export function buildGptj(cfg: ConfigReader, dtype: string): ModelLayout {
   });
   tree.root.linear('lm_head', d.hidden, d.vocab, true);
 
-  return {
+  return decoderLayout({
     rootClass: 'GPTJForCausalLM',
     tree,
-    tied: tie ? [['transformer.wte.weight', 'lm_head.weight']] : [],
-    noSplit: ['GPTJBlock'],
+    tie: tie ? ['transformer.wte.weight', 'lm_head.weight'] : undefined,
     blocks: { prefix: 'transformer.h', count: d.layers, class: 'GPTJBlock' },
-    attention: standardAttention({
-      numLayers: d.layers,
+    attention: {
       hiddenSize: d.hidden,
       vocabSize: d.vocab,
       numHeads: d.heads,
@@ -62,8 +60,8 @@ export function buildGptj(cfg: ConfigReader, dtype: string): ModelLayout {
       headDim: Math.floor(d.hidden / d.heads),
       intermediateSize: d.inner,
       maxPositionEmbeddings: d.positions,
-    }),
-  };
+    },
+  });
 }
 
 const LEGACY_MASK = /^transformer\.h\.(\d+)\.attn\.(bias|masked_bias)$/;

@@ -1,6 +1,6 @@
 import { KEYS, type ConfigReader } from '../config.js';
 import { ModuleTree, type ModuleScope } from '../module-builder.js';
-import { standardAttention, type LegacyTensor, type ModelLayout } from './spec.js';
+import { decoderLayout, type LegacyTensor, type ModelLayout } from './spec.js';
 
 /**
  * The decoder shape shared by Llama, Mistral, Qwen2/3, Mixtral and Qwen3-MoE in transformers:
@@ -129,14 +129,12 @@ export function buildLlamaStyle(cfg: ConfigReader, dtype: string, o: LlamaStyleO
     model.child('rotary_emb', `${p}RotaryEmbedding`, (r) => r.buffer('inv_freq', [d.headDim / 2], 'float32', false));
   });
   tree.root.linear('lm_head', d.hidden, d.vocab, false);
-  return {
+  return decoderLayout({
     rootClass: `${p}ForCausalLM`,
     tree,
-    tied: tie ? [['model.embed_tokens.weight', 'lm_head.weight']] : [],
-    noSplit: [`${p}DecoderLayer`],
+    tie: tie ? ['model.embed_tokens.weight', 'lm_head.weight'] : undefined,
     blocks: { prefix: 'model.layers', count: d.layers, class: `${p}DecoderLayer` },
-    attention: standardAttention({
-      numLayers: d.layers,
+    attention: {
       hiddenSize: d.hidden,
       vocabSize: d.vocab,
       numHeads: d.heads,
@@ -147,8 +145,8 @@ export function buildLlamaStyle(cfg: ConfigReader, dtype: string, o: LlamaStyleO
       slidingWindow: o.slidingWindow === undefined ? cfg.optInt('sliding_window') : (o.slidingWindow ?? undefined),
       numExperts: o.moe?.numExperts,
       expertsPerToken: o.moe?.expertsPerToken,
-    }),
-  };
+    },
+  });
 }
 
 const LEGACY_ROTARY = /^model\.layers\.(\d+)\.self_attn\.rotary_emb\.inv_freq$/;

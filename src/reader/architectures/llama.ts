@@ -6,16 +6,13 @@ export const llama: ArchitectureSpec = {
   family: 'llama',
   architectures: ['LlamaForCausalLM', 'LLaMAForCausalLM'],
   modelTypes: ['llama'],
-  build(cfg, dtype) {
+  llamaStyle(cfg) {
     const bias = cfg.bool('attention_bias', false);
-    return buildLlamaStyle(cfg, dtype, {
-      prefix: 'Llama',
-      qkvBias: bias,
-      oBias: bias,
-      qkNorm: false,
-      mlpBias: cfg.bool('mlp_bias', false),
-      tieDefault: false,
-    });
+    return { cfg, options: { prefix: 'Llama', qkvBias: bias, oBias: bias, qkNorm: false, mlpBias: cfg.bool('mlp_bias', false), tieDefault: false } };
+  },
+  build(cfg, dtype) {
+    const f = this.llamaStyle!(cfg);
+    return buildLlamaStyle(f.cfg, dtype, f.options);
   },
   legacyTensor: legacyRotary('Llama'),
 };

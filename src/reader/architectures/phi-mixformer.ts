@@ -1,7 +1,7 @@
 import { KEYS, type ConfigReader } from '../config.js';
 import { ModuleTree } from '../module-builder.js';
 import { activationClass } from './gpt2.js';
-import { standardAttention, type ArchitectureSpec, type ModelLayout } from './spec.js';
+import { decoderLayout, type ArchitectureSpec, type ModelLayout } from './spec.js';
 
 /**
  * microsoft/phi-2 (and phi-1.5) before the PhiForCausalLM port: remote code
@@ -54,15 +54,13 @@ export function buildMixformer(cfg: ConfigReader, dtype: string): ModelLayout {
   });
   tree.root.child('loss', 'CausalLMLoss', (l) => l.leaf('loss_fct', 'CrossEntropyLoss'));
 
-  return {
+  return decoderLayout({
     rootClass: 'MixFormerSequentialForCausalLM',
     tree,
-    tied: tie ? [['layers.0.wte.weight', `layers.${headIndex}.linear.weight`]] : [],
-    noSplit: ['ParallelBlock'],
+    tie: tie ? ['layers.0.wte.weight', `layers.${headIndex}.linear.weight`] : undefined,
     // BlockFacts has no start index: the ParallelBlocks are layers.1 .. layers.<count>.
     blocks: { prefix: 'layers', count: layers, class: 'ParallelBlock' },
-    attention: standardAttention({
-      numLayers: layers,
+    attention: {
       hiddenSize: hidden,
       vocabSize: vocab,
       numHeads: heads,
@@ -70,8 +68,8 @@ export function buildMixformer(cfg: ConfigReader, dtype: string): ModelLayout {
       headDim,
       intermediateSize: inner,
       maxPositionEmbeddings: cfg.optInt(['n_positions']),
-    }),
-  };
+    },
+  });
 }
 
 export const phiMixformer: ArchitectureSpec = {

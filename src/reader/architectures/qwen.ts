@@ -1,7 +1,7 @@
 import { InputError } from '../../util/errors.js';
 import { KEYS } from '../config.js';
 import { ModuleTree } from '../module-builder.js';
-import { standardAttention, type ArchitectureSpec } from './spec.js';
+import { decoderLayout, type ArchitectureSpec } from './spec.js';
 
 /** Length of QWenAttention's `logn_tensor`: `range(1, 32768)`, whatever the config says. */
 const LOGN_POSITIONS = 32767;
@@ -64,14 +64,12 @@ export const qwen: ArchitectureSpec = {
     });
     tree.root.linear('lm_head', hidden, vocab, false);
 
-    return {
+    return decoderLayout({
       rootClass: 'QWenLMHeadModel',
       tree,
-      tied: tie ? [['transformer.wte.weight', 'lm_head.weight']] : [],
-      noSplit: ['QWenBlock'],
+      tie: tie ? ['transformer.wte.weight', 'lm_head.weight'] : undefined,
       blocks: { prefix: 'transformer.h', count: layers, class: 'QWenBlock' },
-      attention: standardAttention({
-        numLayers: layers,
+      attention: {
         hiddenSize: hidden,
         vocabSize: vocab,
         numHeads: heads,
@@ -79,7 +77,7 @@ export const qwen: ArchitectureSpec = {
         headDim: kvChannels,
         intermediateSize: ffn,
         maxPositionEmbeddings: cfg.optInt(KEYS.maxPositions),
-      }),
-    };
+      },
+    });
   },
 };

@@ -26,15 +26,14 @@ export const qwen2: ArchitectureSpec = {
   family: 'qwen2',
   architectures: ['Qwen2ForCausalLM'],
   modelTypes: ['qwen2'],
+  llamaStyle(cfg) {
+    return {
+      cfg,
+      options: { prefix: 'Qwen2', qkvBias: true, oBias: false, qkNorm: false, mlpBias: false, tieDefault: false, slidingWindow: qwenSlidingWindow(cfg, cfg.int('num_hidden_layers')) },
+    };
+  },
   build(cfg, dtype) {
-    return buildLlamaStyle(cfg, dtype, {
-      prefix: 'Qwen2',
-      qkvBias: true,
-      oBias: false,
-      qkNorm: false,
-      mlpBias: false,
-      tieDefault: false,
-      slidingWindow: qwenSlidingWindow(cfg, cfg.int('num_hidden_layers')),
-    });
+    const f = this.llamaStyle!(cfg);
+    return buildLlamaStyle(f.cfg, dtype, f.options);
   },
 };

@@ -13,17 +13,16 @@ export const qwen3: ArchitectureSpec = {
   family: 'qwen3',
   architectures: ['Qwen3ForCausalLM'],
   modelTypes: ['qwen3'],
-  build(raw, dtype) {
+  llamaStyle(raw) {
     const cfg = withQwen3HeadDim(raw);
     const bias = cfg.bool('attention_bias', false);
-    return buildLlamaStyle(cfg, dtype, {
-      prefix: 'Qwen3',
-      qkvBias: bias,
-      oBias: bias,
-      qkNorm: true,
-      mlpBias: false,
-      tieDefault: false,
-      slidingWindow: qwenSlidingWindow(cfg, cfg.int('num_hidden_layers')),
-    });
+    return {
+      cfg,
+      options: { prefix: 'Qwen3', qkvBias: bias, oBias: bias, qkNorm: true, mlpBias: false, tieDefault: false, slidingWindow: qwenSlidingWindow(cfg, cfg.int('num_hidden_layers')) },
+    };
+  },
+  build(cfg, dtype) {
+    const f = this.llamaStyle!(cfg);
+    return buildLlamaStyle(f.cfg, dtype, f.options);
   },
 };

@@ -1,3 +1,4 @@
+import type { LlamaStyleOptions } from './llama-style.js';
 import type { ConfigReader } from '../config.js';
 import type { ModuleTree } from '../module-builder.js';
 import type { AttentionFacts, BlockFacts } from '../skeleton.js';
@@ -42,6 +43,34 @@ export interface ArchitectureSpec {
   ignoredStored?(name: string, cfg: ConfigReader): string | undefined;
   /** Config values when the config does not name a dtype (`float32`, as PretrainedConfig does). */
   defaultDtype?: string;
+  /**
+   * Llama-shaped families: the config as the family's transformers class reads it (its own defaults
+   * applied) and how it differs from Llama. The reader builds the layout from it and the engine its
+   * hyper-parameters, so the two cannot disagree.
+   */
+  llamaStyle?(cfg: ConfigReader): { cfg: ConfigReader; options: LlamaStyleOptions };
+}
+
+/**
+ * The layout every decoder's build ends with: blocks that are its no-split class, an optional tie of
+ * the input embedding and the head, and standard attention over its blocks.
+ */
+export function decoderLayout(o: {
+  rootClass: string;
+  tree: ModuleTree;
+  /** Embedding and head weight names when the config ties them. */
+  tie?: [string, string] | undefined;
+  blocks: BlockFacts;
+  attention: Omit<Parameters<typeof standardAttention>[0], 'numLayers'>;
+}): ModelLayout {
+  return {
+    rootClass: o.rootClass,
+    tree: o.tree,
+    tied: o.tie ? [[...o.tie]] : [],
+    noSplit: [o.blocks.class],
+    blocks: o.blocks,
+    attention: standardAttention({ numLayers: o.blocks.count, ...o.attention }),
+  };
 }
 
 /** K and V elements for one token in one layer of multi-head, grouped-query or multi-query attention. */

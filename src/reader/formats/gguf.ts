@@ -5,7 +5,8 @@
  * bounded chunks, so a many-MB tokenizer array costs a few chunk reads and the weights none.
  * Every length or count in the file is checked against the bytes left before anything is sized by it.
  */
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync } from 'node:fs';
+import { readBytes } from '../../util/read-fully.js';
 import { lookupDType, tensorBytes } from '../dtypes.js';
 import { FormatError } from '../../util/errors.js';
 import { assertRegularFile } from '../../util/regular-file.js';
@@ -23,16 +24,7 @@ export function bufferSource(bytes: Uint8Array): ChunkSource {
 export function fileSource(fd: number): ChunkSource {
   return {
     size: fstatSync(fd).size,
-    read(position, length) {
-      const out = new Uint8Array(length);
-      let got = 0;
-      while (got < length) {
-        const n = readSync(fd, out, got, length - got, position + got);
-        if (n === 0) break;
-        got += n;
-      }
-      return got === length ? out : out.subarray(0, got);
-    },
+    read: (position, length) => readBytes(fd, length, position),
   };
 }
 

@@ -4,7 +4,8 @@
  * (dtype, shape, byte range) is in the JSON, and the data section is checked for exact coverage
  * so a truncated or padded shard is caught without touching its weights.
  */
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync } from 'node:fs';
+import { readBytes } from '../../util/read-fully.js';
 import { lookupDType, tensorBytes } from '../dtypes.js';
 import { FormatError } from '../../util/errors.js';
 import { assertRegularFile } from '../../util/regular-file.js';
@@ -193,30 +194,18 @@ export function parseSafetensorsHeader(bytes: Uint8Array, fileSize: number, file
   return { tensors, metadata, headerBytes, fileSize, bytesRead: headerBytes };
 }
 
-/** Reads exactly `length` bytes at `position` unless the file ends first. */
-function readFully(fd: number, length: number, position: number): Uint8Array {
-  const out = new Uint8Array(length);
-  let got = 0;
-  while (got < length) {
-    const n = readSync(fd, out, got, length - got, position + got);
-    if (n === 0) break;
-    got += n;
-  }
-  return got === length ? out : out.subarray(0, got);
-}
-
 /** Opens `path` and reads only the length prefix and the JSON header, never the data section. */
 export function readSafetensorsHeader(path: string): SafetensorsHeader {
   assertRegularFile(path);
   const fd = openSync(path, 'r');
   try {
     const fileSize = fstatSync(fd).size;
-    const prefix = readFully(fd, Math.min(8, fileSize), 0);
+    const prefix = readBytes(fd, Math.min(8, fileSize), 0);
     // Validates N against the file size before allocating a buffer of that size.
     const len = headerLength(prefix, path, fileSize);
     const bytes = new Uint8Array(8 + len);
     bytes.set(prefix, 0);
-    const body = readFully(fd, len, 8);
+    const body = readBytes(fd, len, 8);
     bytes.set(body, 8);
     const bytesRead = prefix.length + body.length;
     const header = parseSafetensorsHeader(bytes.subarray(0, 8 + body.length), fileSize, path);

@@ -5,7 +5,8 @@
  * entries can be read, which is what torch.save writes. Every offset and size is checked against the file
  * size before anything is allocated, so a hostile archive costs at most the bytes of its directory.
  */
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync } from 'node:fs';
+import { readBytes } from '../../util/read-fully.js';
 import { FormatError } from '../../util/errors.js';
 import { assertRegularFile } from '../../util/regular-file.js';
 
@@ -64,15 +65,7 @@ export function fileByteSource(fd: number, name: string): ByteSource {
     name,
     size,
     read(position: number, length: number): Uint8Array {
-      const n = Math.max(0, Math.min(length, size - position));
-      const out = new Uint8Array(n);
-      let got = 0;
-      while (got < n) {
-        const r = readSync(fd, out, got, n - got, position + got);
-        if (r === 0) break;
-        got += r;
-      }
-      return got === n ? out : out.subarray(0, got);
+      return readBytes(fd, Math.min(length, size - position), position);
     },
   };
 }
