@@ -68,7 +68,7 @@ function unitDevices(units: readonly PlacementUnit[], deviceMap: readonly [strin
   const out = new Map<string, string[]>();
   for (const u of units) {
     let found: string | undefined;
-    for (let name = u.name; ; ) {
+    for (let name = u.name; ;) {
       const d = byKey.get(name);
       if (d !== undefined) {
         found = d;
@@ -187,11 +187,14 @@ const g = (b: number): string => (b / GiB).toFixed(2);
 export function renderCompare(r: CompareResult): string {
   const header = ['model', 'setup', 'fit GPU GiB', 'accelerate GPU GiB', 'accelerate peak vs cap on its tightest GPU (OOM?)', 'fit ≥ accelerate?'];
   const body = r.rows.map((x) => {
-    const fit = x.fitGpu === undefined ? `error (${x.fitError})` : `${g(x.fitGpu)}${x.fitWithDisk ? ' †' : ''}${x.fitOverCap ? ` ‼ over cap: ${x.fitOverCap}` : ''}`;
+    const fit =
+      x.fitGpu === undefined ? `error (${x.fitError})` : `${g(x.fitGpu)}${x.fitWithDisk ? ' †' : ''}${x.fitOverCap ? ` ‼ over cap: ${x.fitOverCap}` : ''}`;
     const acc = x.accGpu === undefined ? `error (${x.accError})` : g(x.accGpu);
     const t = x.tightest;
     const peak = !t
-      ? x.accGpu === undefined ? '—' : 'no GPU used'
+      ? x.accGpu === undefined
+        ? '—'
+        : 'no GPU used'
       : `GPU ${t.id}: ${g(t.peak)} / ${g(t.cap)} (${((100 * t.peak) / t.cap).toFixed(0)} %; w ${g(t.weights)} + kv ${g(t.kv)} + ws ${g(t.workspace)} + oh ${g(t.overhead)})${x.oom ? ' **OOM**' : ''}`;
     const ge = x.fitGpu === undefined || x.accGpu === undefined ? '—' : x.fitGpu >= x.accGpu ? 'yes' : 'no';
     return [x.model, x.setup, fit, acc, peak, ge];

@@ -201,7 +201,12 @@ function readSafetensors(file: string): StTensor[] {
   const dtypes: Record<string, string> = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' };
   return Object.entries(header)
     .filter(([k]) => k !== '__metadata__')
-    .map(([name, t]) => ({ name, dtype: dtypes[t.dtype] ?? t.dtype, shape: t.shape, data: new Uint8Array(bytes.buffer, bytes.byteOffset + base + t.data_offsets[0], t.data_offsets[1] - t.data_offsets[0]) }));
+    .map(([name, t]) => ({
+      name,
+      dtype: dtypes[t.dtype] ?? t.dtype,
+      shape: t.shape,
+      data: new Uint8Array(bytes.buffer, bytes.byteOffset + base + t.data_offsets[0], t.data_offsets[1] - t.data_offsets[0]),
+    }));
 }
 
 /**
@@ -341,7 +346,7 @@ function readIntoFresh(file: string, size: number): void {
   const base = g.raw.ggml_backend_buffer_get_base(buffer) as bigint;
   const fd = openSync(file, 'r');
   try {
-    for (let at = 0; at < size; ) {
+    for (let at = 0; at < size;) {
       const want = Math.min(CHUNK, size - at);
       const n = readSync(fd, hostBytes(base + BigInt(at), want), 0, want, at);
       if (n === 0) break;
@@ -422,12 +427,25 @@ await llama.dispose();
 export function ensurePeer(): string {
   const pkg = join(PEER_DIR, 'node_modules', PEER_PACKAGE, 'package.json');
   const installed = existsSync(pkg) ? (JSON.parse(readFileSync(pkg, 'utf8')) as { version: string }).version : undefined;
-  if (installed === PEER_VERSION && existsSync(join(PEER_DIR, 'node_modules', '@node-llama-cpp', 'linux-x64', 'package.json'))) return `found ${PEER_PACKAGE}@${installed} in bench/.peer`;
+  if (installed === PEER_VERSION && existsSync(join(PEER_DIR, 'node_modules', '@node-llama-cpp', 'linux-x64', 'package.json')))
+    return `found ${PEER_PACKAGE}@${installed} in bench/.peer`;
   mkdirSync(PEER_DIR, { recursive: true });
-  writeFileSync(join(PEER_DIR, 'package.json'), `${JSON.stringify({ name: 'vramfit-bench-peer', private: true, description: 'llama.cpp peer for bench/engine.ts; not a vramfit dependency' }, null, 2)}\n`);
+  writeFileSync(
+    join(PEER_DIR, 'package.json'),
+    `${JSON.stringify({ name: 'vramfit-bench-peer', private: true, description: 'llama.cpp peer for bench/engine.ts; not a vramfit dependency' }, null, 2)}\n`,
+  );
   // Only the CPU binaries: --omit=optional skips the CUDA/Vulkan packages (hundreds of MB), and
   // --ignore-scripts the postinstall that would try to download or build llama.cpp.
-  const args = ['install', '--no-audit', '--no-fund', '--ignore-scripts', '--omit=optional', '--no-package-lock', `${PEER_PACKAGE}@${PEER_VERSION}`, `@node-llama-cpp/${process.platform}-${process.arch}@${PEER_VERSION}`];
+  const args = [
+    'install',
+    '--no-audit',
+    '--no-fund',
+    '--ignore-scripts',
+    '--omit=optional',
+    '--no-package-lock',
+    `${PEER_PACKAGE}@${PEER_VERSION}`,
+    `@node-llama-cpp/${process.platform}-${process.arch}@${PEER_VERSION}`,
+  ];
   const t0 = performance.now();
   const r = spawnSync('npm', args, { cwd: PEER_DIR, encoding: 'utf8', timeout: 300_000 });
   if (r.error || r.status !== 0) {
@@ -505,7 +523,13 @@ export async function runEngineBench(o: EngineBenchOptions = {}): Promise<Engine
           const model = await loadModel(dirs[dtype], { devices: `virtual:${n}`, threads: THREADS, ctx: CTX, kvDtype: KV_DTYPE });
           try {
             if (r === 0 && dtype === DTYPES[0]) {
-              result.split[n] = model.plan.devices.filter((d) => d.modules.length > 0).map((d) => `${d.id}:${d.modules.filter((m) => m.startsWith('model.layers.')).length}L${d.modules.includes('model.embed_tokens') ? '+emb' : ''}${d.modules.includes('lm_head') ? '+head' : ''}`).join(' ');
+              result.split[n] = model.plan.devices
+                .filter((d) => d.modules.length > 0)
+                .map(
+                  (d) =>
+                    `${d.id}:${d.modules.filter((m) => m.startsWith('model.layers.')).length}L${d.modules.includes('model.embed_tokens') ? '+emb' : ''}${d.modules.includes('lm_head') ? '+head' : ''}`,
+                )
+                .join(' ');
             }
             engineRun(model, prompt.slice(0, 8), 4); // warm-up
             samples.get(n)!.push(engineRun(model, prompt));
@@ -571,7 +595,7 @@ export async function runEngineBench(o: EngineBenchOptions = {}): Promise<Engine
 }
 
 const f1 = (x: number): string => x.toFixed(1);
-const ggmlTypeName = (t: unknown): string => ({ 0: 'F32', 1: 'F16', 30: 'BF16', 8: 'Q8_0' } as Record<string, string>)[String(t)] ?? String(t);
+const ggmlTypeName = (t: unknown): string => (({ 0: 'F32', 1: 'F16', 30: 'BF16', 8: 'Q8_0' }) as Record<string, string>)[String(t)] ?? String(t);
 const gbs = (bytes: number, ms: number): number => bytes / (ms / 1000) / 1e9;
 
 export function renderEngineBench(r: EngineBenchResult): string {
@@ -585,7 +609,11 @@ export function renderEngineBench(r: EngineBenchResult): string {
       `ctx ${CTX}, KV cache F16 on both sides, prompt ${PROMPT_TOKENS} tokens, greedy decode ${DECODE_TOKENS} tokens, median of ${n} runs.`,
   );
   out.push('');
-  out.push(`Layer split (plan): ${Object.entries(r.split).map(([k, v]) => `${k} device(s) → ${v}`).join('; ')}`);
+  out.push(
+    `Layer split (plan): ${Object.entries(r.split)
+      .map(([k, v]) => `${k} device(s) → ${v}`)
+      .join('; ')}`,
+  );
   out.push('');
   const rows: string[][] = [];
   for (const dtype of DTYPES) {
@@ -594,7 +622,14 @@ export function renderEngineBench(r: EngineBenchResult): string {
     for (const d of DEVICE_COUNTS) {
       const s = r.gen[dtype][d]!;
       const each = (k: 'prefillMs' | 'decodeMs', tokens: number): string => s.runs.map((x) => ((tokens * 1000) / x[k]).toFixed(0)).join(', ');
-      rows.push([SHORT[dtype], `virtual:${d}`, `${f1(s.prefillTokS)} (${each('prefillMs', PROMPT_TOKENS)})`, d === 1 ? '—' : ratio(s.prefillTokS, one.prefillTokS), `${f1(s.decodeTokS)} (${each('decodeMs', DECODE_TOKENS)})`, d === 1 ? '—' : ratio(s.decodeTokS, one.decodeTokS)]);
+      rows.push([
+        SHORT[dtype],
+        `virtual:${d}`,
+        `${f1(s.prefillTokS)} (${each('prefillMs', PROMPT_TOKENS)})`,
+        d === 1 ? '—' : ratio(s.prefillTokS, one.prefillTokS),
+        `${f1(s.decodeTokS)} (${each('decodeMs', DECODE_TOKENS)})`,
+        d === 1 ? '—' : ratio(s.decodeTokS, one.decodeTokS),
+      ]);
     }
   }
   out.push(markdownTable(['weights', 'devices', 'prefill tok/s (each run)', '÷ 1 device', 'decode tok/s (each run)', '÷ 1 device'], rows));
@@ -619,15 +654,28 @@ export function renderEngineBench(r: EngineBenchResult): string {
   }
   out.push(
     markdownTable(
-      ['weights', 'readSync, reused 8 MiB chunk', 'readSync into fresh memory', 'loadModel virtual:1', 'of which before the first read (parse, plan, reserve, allocate, prefault)', 'loadModel ÷ readSync', 'loadModel ÷ fresh-memory read'],
+      [
+        'weights',
+        'readSync, reused 8 MiB chunk',
+        'readSync into fresh memory',
+        'loadModel virtual:1',
+        'of which before the first read (parse, plan, reserve, allocate, prefault)',
+        'loadModel ÷ readSync',
+        'loadModel ÷ fresh-memory read',
+      ],
       lrows,
     ),
   );
-  out.push('(page cache warm for all three; "fresh memory" reads the file into a new buffer of its size, so every page is touched for the first time, as loading into newly allocated device buffers must)');
+  out.push(
+    '(page cache warm for all three; "fresh memory" reads the file into a new buffer of its size, so every page is touched for the first time, as loading into newly allocated device buffers must)',
+  );
   out.push('');
   for (const dtype of DTYPES) {
     const p = r.stepProfile[dtype];
-    if (p) out.push(`${SHORT[dtype]} decode step on 1 device: ${p.computeMs.toFixed(2)} ms in ggml_backend_graph_compute + ${p.otherMs.toFixed(2)} ms in the engine around it (graph build, allocation, inputs, logits copy, argmax) = ${((100 * p.otherMs) / (p.computeMs + p.otherMs)).toFixed(0)} % overhead`);
+    if (p)
+      out.push(
+        `${SHORT[dtype]} decode step on 1 device: ${p.computeMs.toFixed(2)} ms in ggml_backend_graph_compute + ${p.otherMs.toFixed(2)} ms in the engine around it (graph build, allocation, inputs, logits copy, argmax) = ${((100 * p.otherMs) / (p.computeMs + p.otherMs)).toFixed(0)} % overhead`,
+      );
   }
   out.push('');
   out.push(`llama.cpp peer: ${r.peerInstall}`);
@@ -638,7 +686,9 @@ export function renderEngineBench(r: EngineBenchResult): string {
       continue;
     }
     const i = p.info!;
-    out.push(`${SHORT[dtype]}: node-llama-cpp ${String(i['version'])} (${String(i['buildType'])}, gpu ${String(i['gpu'])}), threads ${String(i['threads'])}, context ${String(i['contextSize'])}, batch ${String(i['batchSize'])}, flash attention ${String(i['flashAttention'])}, KV ${ggmlTypeName(i['kvCacheKeyType'])}/${ggmlTypeName(i['kvCacheValueType'])}, mmap ${String(i['useMmap'])}; ${r.agreement[dtype]}`);
+    out.push(
+      `${SHORT[dtype]}: node-llama-cpp ${String(i['version'])} (${String(i['buildType'])}, gpu ${String(i['gpu'])}), threads ${String(i['threads'])}, context ${String(i['contextSize'])}, batch ${String(i['batchSize'])}, flash attention ${String(i['flashAttention'])}, KV ${ggmlTypeName(i['kvCacheKeyType'])}/${ggmlTypeName(i['kvCacheValueType'])}, mmap ${String(i['useMmap'])}; ${r.agreement[dtype]}`,
+    );
   }
   out.push('');
   // The compact report.
@@ -648,8 +698,18 @@ export function renderEngineBench(r: EngineBenchResult): string {
     if (!one) continue;
     for (const d of [2, 4]) {
       const s = r.gen[dtype][d]!;
-      head.push([`${SHORT[dtype]} decode, virtual:${d} ÷ virtual:1`, `${f1(s.decodeTokS)} / ${f1(one.decodeTokS)} tok/s`, ratio(s.decodeTokS, one.decodeTokS), '≥ 0.95×']);
-      head.push([`${SHORT[dtype]} prefill, virtual:${d} ÷ virtual:1`, `${f1(s.prefillTokS)} / ${f1(one.prefillTokS)} tok/s`, ratio(s.prefillTokS, one.prefillTokS), '≥ 0.95×']);
+      head.push([
+        `${SHORT[dtype]} decode, virtual:${d} ÷ virtual:1`,
+        `${f1(s.decodeTokS)} / ${f1(one.decodeTokS)} tok/s`,
+        ratio(s.decodeTokS, one.decodeTokS),
+        '≥ 0.95×',
+      ]);
+      head.push([
+        `${SHORT[dtype]} prefill, virtual:${d} ÷ virtual:1`,
+        `${f1(s.prefillTokS)} / ${f1(one.prefillTokS)} tok/s`,
+        ratio(s.prefillTokS, one.prefillTokS),
+        '≥ 0.95×',
+      ]);
     }
   }
   for (const dtype of DTYPES) {
@@ -669,13 +729,25 @@ export function renderEngineBench(r: EngineBenchResult): string {
       head.push([`${SHORT[dtype]} vs llama.cpp`, 'not measured (see above)', '—', '≥ 0.9×']);
       continue;
     }
-    head.push([`${SHORT[dtype]} decode, vramfit ÷ llama.cpp`, `${f1(one.decodeTokS)} / ${f1(p.summary!.decodeTokS)} tok/s`, ratio(one.decodeTokS, p.summary!.decodeTokS), '≥ 0.9×']);
-    head.push([`${SHORT[dtype]} prefill, vramfit ÷ llama.cpp`, `${f1(one.prefillTokS)} / ${f1(p.summary!.prefillTokS)} tok/s`, ratio(one.prefillTokS, p.summary!.prefillTokS), '(none)']);
+    head.push([
+      `${SHORT[dtype]} decode, vramfit ÷ llama.cpp`,
+      `${f1(one.decodeTokS)} / ${f1(p.summary!.decodeTokS)} tok/s`,
+      ratio(one.decodeTokS, p.summary!.decodeTokS),
+      '≥ 0.9×',
+    ]);
+    head.push([
+      `${SHORT[dtype]} prefill, vramfit ÷ llama.cpp`,
+      `${f1(one.prefillTokS)} / ${f1(p.summary!.prefillTokS)} tok/s`,
+      ratio(one.prefillTokS, p.summary!.prefillTokS),
+      '(none)',
+    ]);
   }
   out.push('### engine report (threads 1)');
   out.push(markdownTable(['measure', 'values', 'ratio', "issue's target"], head));
   const la = (x: number[]): string => x.map((v) => v.toFixed(2)).join(' ');
-  out.push(`total ${(r.totalMs / 1000).toFixed(1)} s; load average at start ${la(r.loadAvg.start)}, at end ${la(r.loadAvg.end)} (2 cores: above ~0.5, other processes share the machine and the ratios are noisy)`);
+  out.push(
+    `total ${(r.totalMs / 1000).toFixed(1)} s; load average at start ${la(r.loadAvg.start)}, at end ${la(r.loadAvg.end)} (2 cores: above ~0.5, other processes share the machine and the ratios are noisy)`,
+  );
   return out.join('\n');
 }
 

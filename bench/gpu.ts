@@ -26,7 +26,14 @@ import { isMain, markdownTable, ratio, stats } from './common.js';
 
 const EMULATED = 'VRAMFIT_BENCH_EMULATED';
 /** lavapipe runs every kernel on the CPU: a model a tenth the size keeps the run to a minute or two. */
-const EMULATED_CONFIG: Record<string, unknown> = { ...DEMO_CONFIG, hidden_size: 512, intermediate_size: 1408, num_hidden_layers: 8, vocab_size: 8000, torch_dtype: 'float16' };
+const EMULATED_CONFIG: Record<string, unknown> = {
+  ...DEMO_CONFIG,
+  hidden_size: 512,
+  intermediate_size: 1408,
+  num_hidden_layers: 8,
+  vocab_size: 8000,
+  torch_dtype: 'float16',
+};
 const PROMPT = 64;
 const DECODE = 32;
 const CTX = 256;
@@ -69,11 +76,23 @@ export async function runGpuBench(runs = 3): Promise<GpuBenchResult> {
   const emulated = process.env[EMULATED] === '1';
   const gpus = listEngineGpus().gpus;
   if (gpus.length === 0) {
-    if (emulated) return { emulated, gpus: [], params: '', setups: [], skipped: 'no Vulkan device, even emulated (install mesa-vulkan-drivers and the pinned Vulkan package)' };
+    if (emulated)
+      return {
+        emulated,
+        gpus: [],
+        params: '',
+        setups: [],
+        skipped: 'no Vulkan device, even emulated (install mesa-vulkan-drivers and the pinned Vulkan package)',
+      };
     // Re-run in a child that sees the two emulated devices (the variable must be set before ggml-vulkan loads).
-    const r = spawnSync(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--json', '--runs', String(runs)], { encoding: 'utf8', env: { ...process.env, [EMULATED]: '1', GGML_VK_VISIBLE_DEVICES: '0,0' }, timeout: 900_000 });
+    const r = spawnSync(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--json', '--runs', String(runs)], {
+      encoding: 'utf8',
+      env: { ...process.env, [EMULATED]: '1', GGML_VK_VISIBLE_DEVICES: '0,0' },
+      timeout: 900_000,
+    });
     const line = r.stdout.split('\n').find((l) => l.startsWith('@@GPU@@'));
-    if (!line) return { emulated: true, gpus: [], params: '', setups: [], skipped: `the emulated run failed: ${r.stderr.trim().split('\n').slice(-3).join(' ')}` };
+    if (!line)
+      return { emulated: true, gpus: [], params: '', setups: [], skipped: `the emulated run failed: ${r.stderr.trim().split('\n').slice(-3).join(' ')}` };
     return JSON.parse(line.slice('@@GPU@@'.length)) as GpuBenchResult;
   }
   const config = emulated ? EMULATED_CONFIG : { ...BENCH_CONFIG, torch_dtype: 'float16' };
@@ -96,14 +115,27 @@ export function renderGpuBench(r: GpuBenchResult): string {
   out.push(`${r.emulated ? 'EMULATED (Mesa lavapipe: Vulkan on the CPU; speeds show the pipeline, not a GPU) — ' : ''}GPUs: ${r.gpus.join(', ')}`);
   out.push(`model: ${r.params}; prefill ${PROMPT} tokens, greedy decode ${DECODE}, 1 CPU thread for CPU work`);
   const [cpu, one, two] = r.setups as [GpuSetup, GpuSetup, GpuSetup | undefined];
-  const rows = r.setups.map((s) => [s.devices, s.prefillTokS.toFixed(1), s.decodeTokS.toFixed(1), s === cpu ? '—' : ratio(s.decodeTokS, s === two ? one.decodeTokS : cpu.decodeTokS), s === cpu ? '—' : s === two ? 'gpu:0' : 'virtual:1 (CPU)', s.tokens.join() === cpu.tokens.join() ? 'same' : 'DIFFERENT']);
+  const rows = r.setups.map((s) => [
+    s.devices,
+    s.prefillTokS.toFixed(1),
+    s.decodeTokS.toFixed(1),
+    s === cpu ? '—' : ratio(s.decodeTokS, s === two ? one.decodeTokS : cpu.decodeTokS),
+    s === cpu ? '—' : s === two ? 'gpu:0' : 'virtual:1 (CPU)',
+    s.tokens.join() === cpu.tokens.join() ? 'same' : 'DIFFERENT',
+  ]);
   out.push(markdownTable(['devices', 'prefill tok/s', 'decode tok/s', 'decode ratio', 'against', 'greedy tokens vs CPU'], rows));
   const last = two ?? one;
   out.push('', `memory per device (${last.devices}):`);
   out.push(
     markdownTable(
       ['device', 'cap', 'predicted (+ backend allowance)', 'allocator peak', 'device-measured'],
-      last.report.map((d) => [`${d.id} ${d.name}`, formatBytes(d.cap), `${formatBytes(d.predicted)} (+ ${formatBytes(d.overhead)})`, formatBytes(d.measured), d.deviceMeasured === null ? 'not reported by the backend' : formatBytes(d.deviceMeasured)]),
+      last.report.map((d) => [
+        `${d.id} ${d.name}`,
+        formatBytes(d.cap),
+        `${formatBytes(d.predicted)} (+ ${formatBytes(d.overhead)})`,
+        formatBytes(d.measured),
+        d.deviceMeasured === null ? 'not reported by the backend' : formatBytes(d.deviceMeasured),
+      ]),
     ),
   );
   return out.join('\n');

@@ -33,7 +33,14 @@ console.log(done(), '\n');
 done = section('compare');
 const compare = await runCompare();
 const table = renderCompare(compare);
-console.log(brief ? table.split('\n').filter((l) => !l.startsWith('|')).join('\n') : table);
+console.log(
+  brief
+    ? table
+        .split('\n')
+        .filter((l) => !l.startsWith('|'))
+        .join('\n')
+    : table,
+);
 console.log(done(), '\n');
 
 done = section('engine');
@@ -50,11 +57,22 @@ const fitTotal = planner.rows.reduce((s, x) => s + x.fit, 0);
 const autoTotal = planner.rows.reduce((s, x) => s + x.accelerate.auto, 0);
 const both = compare.rows.filter((x) => x.fitGpu !== undefined && x.accGpu !== undefined);
 console.log('## headline');
-console.log(`readModel / raw header reads      ${ratio(reader.readModel.median, reader.baseline.median)} (${ms(reader.readModel.median)} ms vs ${ms(reader.baseline.median)} ms, ${reader.checkpoint.tensors} tensors in 163 shards)`);
-console.log(`vramfit inspect / node -e 0       ${ratio(reader.cli.median, reader.nodeStartup.median)} (${ms(reader.cli.median)} ms vs ${ms(reader.nodeStartup.median)} ms)`);
-console.log(`bytes read / checkpoint bytes     ${(reader.bytesRead / reader.checkpoint.folderBytes).toExponential(2)} (${reader.bytesRead} of ${reader.checkpoint.folderBytes})`);
+console.log(
+  `readModel / raw header reads      ${ratio(reader.readModel.median, reader.baseline.median)} (${ms(reader.readModel.median)} ms vs ${ms(reader.baseline.median)} ms, ${reader.checkpoint.tensors} tensors in 163 shards)`,
+);
+console.log(
+  `vramfit inspect / node -e 0       ${ratio(reader.cli.median, reader.nodeStartup.median)} (${ms(reader.cli.median)} ms vs ${ms(reader.nodeStartup.median)} ms)`,
+);
+console.log(
+  `bytes read / checkpoint bytes     ${(reader.bytesRead / reader.checkpoint.folderBytes).toExponential(2)} (${reader.bytesRead} of ${reader.checkpoint.folderBytes})`,
+);
 console.log(`fit / accelerate auto (plan time) ${ratio(fitTotal, autoTotal)} summed over ${planner.rows.length} model × set-up rows`);
-console.log(`fit ≥ accelerate (GPU bytes)      ${both.filter((x) => x.fitGpu! >= x.accGpu!).length} of ${both.length} rows; accelerate would overflow in ${compare.rows.filter((x) => x.oom).length}`);
+console.log(
+  `fit ≥ accelerate (GPU bytes)      ${both.filter((x) => x.fitGpu! >= x.accGpu!).length} of ${both.length} rows; accelerate would overflow in ${compare.rows.filter((x) => x.oom).length}`,
+);
 const [cpuRun, oneGpu, twoGpus] = gpu.setups;
-if (cpuRun && oneGpu) console.log(`GPU decode / CPU decode            ${ratio(oneGpu.decodeTokS, cpuRun.decodeTokS)}${gpu.emulated ? ' (emulated GPUs: lavapipe)' : ''}${twoGpus ? `; 2 GPUs / 1 GPU ${ratio(twoGpus.decodeTokS, oneGpu.decodeTokS)}` : ''}`);
+if (cpuRun && oneGpu)
+  console.log(
+    `GPU decode / CPU decode            ${ratio(oneGpu.decodeTokS, cpuRun.decodeTokS)}${gpu.emulated ? ' (emulated GPUs: lavapipe)' : ''}${twoGpus ? `; 2 GPUs / 1 GPU ${ratio(twoGpus.decodeTokS, oneGpu.decodeTokS)}` : ''}`,
+  );
 console.log(`total ${((performance.now() - started) / 1000).toFixed(1)} s`);

@@ -59,10 +59,14 @@ async function step(name, fn) {
 function smiGpus() {
   const r = run('nvidia-smi', ['--query-gpu=index,uuid,pci.bus_id,name,memory.total,memory.used', '--format=csv,noheader,nounits'], { timeoutMs: 30_000 });
   if (r.status !== 0) return null;
-  return r.stdout.trim().split('\n').filter(Boolean).map((l) => {
-    const [index, uuid, pci, name, total, used] = l.split(',').map((x) => x.trim());
-    return { index: Number(index), uuid, pci, name, totalBytes: Number(total) * MiB, usedBytes: Number(used) * MiB };
-  });
+  return r.stdout
+    .trim()
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => {
+      const [index, uuid, pci, name, total, used] = l.split(',').map((x) => x.trim());
+      return { index: Number(index), uuid, pci, name, totalBytes: Number(total) * MiB, usedBytes: Number(used) * MiB };
+    });
 }
 
 // 1. ----------------------------------------------------------------------------------------------
@@ -71,7 +75,14 @@ await step('devices', () => {
   const r = run(process.execPath, [CLI, 'devices', '--json'], { timeoutMs: 60_000 });
   if (r.status !== 0) throw new Error(`vramfit devices exited ${r.status}: ${tail(r.stderr)}`);
   const inv = JSON.parse(r.stdout);
-  const gpus = inv.gpus.map((g) => ({ id: g.logicalIndex, name: g.name, backend: g.backend ?? null, ggml: g.ggmlName ?? null, totalBytes: g.totalBytes, freeBytes: g.freeBytes }));
+  const gpus = inv.gpus.map((g) => ({
+    id: g.logicalIndex,
+    name: g.name,
+    backend: g.backend ?? null,
+    ggml: g.ggmlName ?? null,
+    totalBytes: g.totalBytes,
+    freeBytes: g.freeBytes,
+  }));
   const agreement = (smi ?? []).map((card) => {
     const g = inv.gpus.find((x) => x.physicalIndex === card.index);
     return {
@@ -83,9 +94,13 @@ await step('devices', () => {
       engine: g?.backend ? `${g.ggmlName} via ${g.backend}` : 'not seen by ggml',
     };
   });
-  for (const g of gpus) console.log(`   vramfit GPU ${g.id}: ${g.name} ${g.ggml ? `[${g.ggml} via ${g.backend}]` : ''} ${fmt(g.totalBytes)} total, ${fmt(g.freeBytes)} free`);
+  for (const g of gpus)
+    console.log(`   vramfit GPU ${g.id}: ${g.name} ${g.ggml ? `[${g.ggml} via ${g.backend}]` : ''} ${fmt(g.totalBytes)} total, ${fmt(g.freeBytes)} free`);
   if (!smi) console.log('   nvidia-smi: not found');
-  for (const a of agreement) console.log(`   nvidia-smi ${a.smiIndex} ${a.smiName}: vramfit id ${a.vramfitId}, name ${a.nameAgrees ? 'agrees' : 'DIFFERS'}, memory ${a.totalAgrees ? 'agrees' : 'DIFFERS'}, ${a.engine}`);
+  for (const a of agreement)
+    console.log(
+      `   nvidia-smi ${a.smiIndex} ${a.smiName}: vramfit id ${a.vramfitId}, name ${a.nameAgrees ? 'agrees' : 'DIFFERS'}, memory ${a.totalAgrees ? 'agrees' : 'DIFFERS'}, ${a.engine}`,
+    );
   console.log(`   backends: ${(inv.packages ?? []).map((p) => `${p.backend} ${p.state}`).join(', ')}`);
   return { nvidiaSmi: smi, vramfit: gpus, packages: inv.packages ?? null, agreement };
 });
@@ -111,15 +126,37 @@ function toHalf(v) {
 /** config.json + model.safetensors (F16) of a Llama model with small random weights, streamed to disk. */
 function writeCheckpoint(dir, shape) {
   mkdirSync(dir, { recursive: true });
-  const cfg = { architectures: ['LlamaForCausalLM'], model_type: 'llama', max_position_embeddings: 2048, rms_norm_eps: 1e-5, rope_theta: 10000, tie_word_embeddings: false, torch_dtype: 'float16', ...shape };
+  const cfg = {
+    architectures: ['LlamaForCausalLM'],
+    model_type: 'llama',
+    max_position_embeddings: 2048,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    tie_word_embeddings: false,
+    torch_dtype: 'float16',
+    ...shape,
+  };
   writeFileSync(join(dir, 'config.json'), JSON.stringify(cfg, null, 2));
-  const H = shape.hidden_size, I = shape.intermediate_size, V = shape.vocab_size;
+  const H = shape.hidden_size,
+    I = shape.intermediate_size,
+    V = shape.vocab_size;
   const KV = (H / shape.num_attention_heads) * shape.num_key_value_heads;
   const tensors = [['model.embed_tokens.weight', [V, H]]];
   for (let l = 0; l < shape.num_hidden_layers; l++) {
     const p = `model.layers.${l}.`;
-    tensors.push([`${p}input_layernorm.weight`, [H]], [`${p}self_attn.q_proj.weight`, [H, H]], [`${p}self_attn.k_proj.weight`, [KV, H]], [`${p}self_attn.v_proj.weight`, [KV, H]], [`${p}self_attn.o_proj.weight`, [H, H]]);
-    tensors.push([`${p}post_attention_layernorm.weight`, [H]], [`${p}mlp.gate_proj.weight`, [I, H]], [`${p}mlp.up_proj.weight`, [I, H]], [`${p}mlp.down_proj.weight`, [H, I]]);
+    tensors.push(
+      [`${p}input_layernorm.weight`, [H]],
+      [`${p}self_attn.q_proj.weight`, [H, H]],
+      [`${p}self_attn.k_proj.weight`, [KV, H]],
+      [`${p}self_attn.v_proj.weight`, [KV, H]],
+      [`${p}self_attn.o_proj.weight`, [H, H]],
+    );
+    tensors.push(
+      [`${p}post_attention_layernorm.weight`, [H]],
+      [`${p}mlp.gate_proj.weight`, [I, H]],
+      [`${p}mlp.up_proj.weight`, [I, H]],
+      [`${p}mlp.down_proj.weight`, [H, I]],
+    );
   }
   tensors.push(['model.norm.weight', [H]], ['lm_head.weight', [V, H]]);
   const header = {};
@@ -215,7 +252,21 @@ await step('checkpoint', () => {
 
 const PROMPT = Array.from({ length: 128 }, (_, i) => 3 + ((i * 7919 + 104729) % (shape.vocab_size - 3)));
 const NEW = 64;
-const runArgs = (devices, maxMemory, newTokens = NEW) => [modelDir, '--devices', devices, '--max-memory', maxMemory, '--input-ids', PROMPT.join(','), '--max-new-tokens', String(newTokens), '--greedy', '--json', '--ctx', '512'];
+const runArgs = (devices, maxMemory, newTokens = NEW) => [
+  modelDir,
+  '--devices',
+  devices,
+  '--max-memory',
+  maxMemory,
+  '--input-ids',
+  PROMPT.join(','),
+  '--max-new-tokens',
+  String(newTokens),
+  '--greedy',
+  '--json',
+  '--ctx',
+  '512',
+];
 const gpuRuns = {};
 
 const gpu0Total = report.steps.devices?.vramfit?.find((g) => g.id === 0)?.totalBytes ?? Infinity;
@@ -251,11 +302,22 @@ for (const [name, devices, cap] of [
       gpuWeightBytes: gpuWeights,
       decodeBytesPerSecond: achieved,
       bandwidthFraction: achieved && bw ? achieved / bw : null,
-      underCap: gpu ? { allocator: gpu.measured_peak <= gpu.cap, device: gpu.device_measured_peak === null ? null : gpu.device_measured_peak <= gpu.cap, nvidiaSmi: r.smiMax === null ? null : r.smiMax <= gpu.cap } : null,
+      underCap: gpu
+        ? {
+            allocator: gpu.measured_peak <= gpu.cap,
+            device: gpu.device_measured_peak === null ? null : gpu.device_measured_peak <= gpu.cap,
+            nvidiaSmi: r.smiMax === null ? null : r.smiMax <= gpu.cap,
+          }
+        : null,
     };
-    for (const d of j.devices) console.log(`   device ${d.id} ${d.name ?? ''}: cap ${fmt(d.cap)}, predicted ${fmt(d.predicted_peak)} + ${fmt(d.backend_overhead)} backend, allocator peak ${fmt(d.measured_peak)}, device-measured ${fmt(d.device_measured_peak)}`);
+    for (const d of j.devices)
+      console.log(
+        `   device ${d.id} ${d.name ?? ''}: cap ${fmt(d.cap)}, predicted ${fmt(d.predicted_peak)} + ${fmt(d.backend_overhead)} backend, allocator peak ${fmt(d.measured_peak)}, device-measured ${fmt(d.device_measured_peak)}`,
+      );
     console.log(`   nvidia-smi for the process: ${fmt(r.smiMax)} at most (${r.samples} samples)`);
-    console.log(`   prefill ${j.prompt_tokens_per_second?.toFixed(1)} tok/s, decode ${j.generation_tokens_per_second?.toFixed(1)} tok/s; decode reads ${fmt(gpuWeights)} of GPU weights a token = ${achieved ? (achieved / 1e9).toFixed(1) : 'n/a'} GB/s${out.bandwidthFraction ? ` = ${(out.bandwidthFraction * 100).toFixed(1)} % of ${card}'s ${(bw / 1e12).toFixed(2)} TB/s` : ''}`);
+    console.log(
+      `   prefill ${j.prompt_tokens_per_second?.toFixed(1)} tok/s, decode ${j.generation_tokens_per_second?.toFixed(1)} tok/s; decode reads ${fmt(gpuWeights)} of GPU weights a token = ${achieved ? (achieved / 1e9).toFixed(1) : 'n/a'} GB/s${out.bandwidthFraction ? ` = ${(out.bandwidthFraction * 100).toFixed(1)} % of ${card}'s ${(bw / 1e12).toFixed(2)} TB/s` : ''}`,
+    );
     gpuRuns[name] = out;
     return out;
   });
@@ -294,7 +356,11 @@ print("@@" + json.dumps({"max_memory_reserved": torch.cuda.max_memory_reserved(0
 `;
 await step('transformers: the python export runs under its cap', () => {
   if (process.argv.includes('--skip-python')) return { skipped: '--skip-python' };
-  const probe = run('python3', ['-c', 'import torch, transformers, accelerate; print(torch.__version__, transformers.__version__, accelerate.__version__, torch.cuda.is_available())'], { timeoutMs: 120_000 });
+  const probe = run(
+    'python3',
+    ['-c', 'import torch, transformers, accelerate; print(torch.__version__, transformers.__version__, accelerate.__version__, torch.cuda.is_available())'],
+    { timeoutMs: 120_000 },
+  );
   if (probe.status !== 0) return { skipped: `python3 cannot import torch, transformers and accelerate: ${tail(probe.stderr, 300)}` };
   console.log(`   torch, transformers, accelerate, cuda: ${probe.stdout.trim()}`);
   const dir = join(WORK, 'hf-llama');
@@ -309,7 +375,16 @@ await step('transformers: the python export runs under its cap', () => {
   const line = ran.stdout.split('\n').find((l) => l.startsWith('@@'));
   const mem = line ? JSON.parse(line.slice(2)) : null;
   console.log(`   generated script: exit ${ran.status}; max_memory_reserved ${fmt(mem?.max_memory_reserved)} against the ${fmt(capBytes)} cap`);
-  return { model: made.stdout.trim(), cap: capBytes, script: plan.stdout, exit: ran.status, stdoutTail: tail(ran.stdout, 600), stderrTail: tail(ran.stderr), ...mem, underCap: mem ? mem.max_memory_reserved <= capBytes : null };
+  return {
+    model: made.stdout.trim(),
+    cap: capBytes,
+    script: plan.stdout,
+    exit: ran.status,
+    stdoutTail: tail(ran.stdout, 600),
+    stderrTail: tail(ran.stderr),
+    ...mem,
+    underCap: mem ? mem.max_memory_reserved <= capBytes : null,
+  };
 });
 
 report.seconds = (Date.now() - started) / 1000;

@@ -103,7 +103,10 @@ describe('python repr helper', () => {
     assert.deepEqual(fromFixture("OrderedDict({'a': 0})"), { a: 0 });
     assert.deepEqual(fromFixture("defaultdict(<class 'int'>, {'': 12, 'x.w': 0.125})"), { '': 12, 'x.w': 0.125 });
     assert.deepEqual(fromFixture("{0: 7244374144, 'cpu': 3.0e10}"), { '0': 7244374144, cpu: 30000000000 });
-    assert.deepEqual(fromFixture("[['lm_head.weight', \"it's\"], (1, None, True)]"), [['lm_head.weight', "it's"], [1, null, true]]);
+    assert.deepEqual(fromFixture("[['lm_head.weight', \"it's\"], (1, None, True)]"), [
+      ['lm_head.weight', "it's"],
+      [1, null, true],
+    ]);
     assert.deepEqual(fromFixture({ a: 1 }), { a: 1 });
     assert.equal(fromFixture('plain text'), 'plain text');
   });

@@ -36,9 +36,7 @@ function paramCount(l: ModelLayout): number {
 const persistent = (t: SkeletonTensor): boolean => !(t.kind === 'buffer' && t.persistent === false);
 
 function index(dir: string): { names: string[]; total: number } {
-  const file = ['model.safetensors.index.json', 'pytorch_model.bin.index.json']
-    .map((f) => join(realModelsDir, dir, f))
-    .find((f) => existsSync(f));
+  const file = ['model.safetensors.index.json', 'pytorch_model.bin.index.json'].map((f) => join(realModelsDir, dir, f)).find((f) => existsSync(f));
   assert.ok(file, `${dir} has no index`);
   const idx = JSON.parse(readFileSync(file, 'utf8')) as { weight_map: Record<string, string>; metadata: { total_size: number } };
   return { names: Object.keys(idx.weight_map), total: idx.metadata.total_size };
@@ -104,7 +102,10 @@ describe('gpt2', () => {
     const want = oracleInput('014');
     const got = build(config('openai-community__gpt2-xl'), 'float32').layout;
     assert.deepEqual(got.tree.modules, want.modules);
-    assert.deepEqual(got.tree.tensors.filter((t) => t.kind === 'param'), want.tensors);
+    assert.deepEqual(
+      got.tree.tensors.filter((t) => t.kind === 'param'),
+      want.tensors,
+    );
     const masks = got.tree.tensors.filter((t) => t.kind === 'buffer');
     assert.equal(masks.length, 2 * 48);
     assert.ok(masks.every((t) => t.persistent === false));
@@ -181,7 +182,16 @@ describe('chatglm', () => {
     assert.deepEqual([w?.shape, w?.dtype], [[4096, 6848], 'int8']);
     assert.ok(q.some((t) => t.name === 'transformer.encoder.layers.0.self_attention.query_key_value.weight_scale'));
     const v1 = new ConfigReader(
-      { architectures: ['ChatGLMModel'], model_type: 'chatglm', hidden_size: 4096, inner_hidden_size: 16384, num_layers: 28, num_attention_heads: 32, vocab_size: 130528, position_encoding_2d: true },
+      {
+        architectures: ['ChatGLMModel'],
+        model_type: 'chatglm',
+        hidden_size: 4096,
+        inner_hidden_size: 16384,
+        num_layers: 28,
+        num_attention_heads: 32,
+        vocab_size: 130528,
+        position_encoding_2d: true,
+      },
       'chatglm-6b/config.json',
     );
     assert.throws(() => build(v1), InputError);

@@ -173,7 +173,13 @@ describe('mixtral', () => {
     assert.deepEqual(l.tree.modules, oracle.modules);
     assert.deepEqual(
       l.tree.tensors.map((t) => [t.name, t.shape, t.dtype, t.kind, t.persistent]),
-      oracle.tensors.map((t: { name: string; shape: number[]; dtype: string; kind: string; persistent?: boolean }) => [t.name, t.shape, t.dtype, t.kind, t.persistent]),
+      oracle.tensors.map((t: { name: string; shape: number[]; dtype: string; kind: string; persistent?: boolean }) => [
+        t.name,
+        t.shape,
+        t.dtype,
+        t.kind,
+        t.persistent,
+      ]),
     );
     assert.deepEqual(l.noSplit, oracle.no_split_module_classes);
     assert.deepEqual(l.tied, oracle.tied);
@@ -240,7 +246,15 @@ describe('deepseek-v3', () => {
   });
 
   it('builds MLA attention with low-rank q and kv projections', () => {
-    assert.deepEqual(childrenOf(l, 'model.layers.0.self_attn'), ['q_a_proj', 'q_a_layernorm', 'q_b_proj', 'kv_a_proj_with_mqa', 'kv_a_layernorm', 'kv_b_proj', 'o_proj']);
+    assert.deepEqual(childrenOf(l, 'model.layers.0.self_attn'), [
+      'q_a_proj',
+      'q_a_layernorm',
+      'q_b_proj',
+      'kv_a_proj_with_mqa',
+      'kv_a_layernorm',
+      'kv_b_proj',
+      'o_proj',
+    ]);
     assert.deepEqual(tensor(l, 'model.layers.0.self_attn.q_a_proj.weight').shape, [1536, 7168]);
     assert.deepEqual(tensor(l, 'model.layers.0.self_attn.q_b_proj.weight').shape, [128 * 192, 1536]);
     assert.deepEqual(tensor(l, 'model.layers.0.self_attn.kv_a_proj_with_mqa.weight').shape, [512 + 64, 7168]);
@@ -320,7 +334,12 @@ describe('qwen (v1, remote code)', () => {
     }
     assert.deepEqual(tensor(l, 'transformer.h.0.attn.logn_tensor').shape, [1, 32767, 1, 1]);
     assert.deepEqual(tensor(l, 'transformer.rotary_emb.inv_freq').shape, [64]);
-    assert.equal(specFor(cfg).build(cfg, 'float32').tree.tensors.find((t) => t.name === 'transformer.h.0.attn.masked_bias')?.dtype, 'float32');
+    assert.equal(
+      specFor(cfg)
+        .build(cfg, 'float32')
+        .tree.tensors.find((t) => t.name === 'transformer.h.0.attn.masked_bias')?.dtype,
+      'float32',
+    );
   });
 
   it('Qwen-72B reads its padded vocabulary', () => {

@@ -1,28 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import {
-  type BudgetSpecs,
-  type DeviceInventory,
-  parseAccelerateSize,
-  parseDeviceKey,
-  parseMaxMemory,
-  resolveBudgets,
-} from '../src/planner/budgets.js';
-import {
-  GB,
-  GiB,
-  KB,
-  KiB,
-  MB,
-  MiB,
-  TB,
-  TiB,
-  accelerateSizeOutcome,
-  formatBytes,
-  parseByteSize,
-  pythonFloat,
-} from '../src/planner/units.js';
+import { type BudgetSpecs, type DeviceInventory, parseAccelerateSize, parseDeviceKey, parseMaxMemory, resolveBudgets } from '../src/planner/budgets.js';
+import { GB, GiB, KB, KiB, MB, MiB, TB, TiB, accelerateSizeOutcome, formatBytes, parseByteSize, pythonFloat } from '../src/planner/units.js';
 import { InputError } from '../src/util/errors.js';
 
 /** Asserts an InputError at `where` whose reason matches. */
@@ -80,7 +60,10 @@ describe('parseByteSize (our units)', () => {
     throwsInput(() => parseByteSize('2400Mb'), 'size', /2400Mb.*300,000,000 bytes.*2400MB for 2,400,000,000 bytes or 300MB for bits/);
     throwsInput(() => parseByteSize('3kb'), 'size', /375 bytes.*3KB for 3,000 bytes or 375B for bits/);
     throwsInput(() => parseByteSize('1Tb'), 'size', /125,000,000,000 bytes/);
-    assert.throws(() => parseByteSize('5gb'), (e: unknown) => e instanceof InputError && e.code === 'AMBIGUOUS_UNIT');
+    assert.throws(
+      () => parseByteSize('5gb'),
+      (e: unknown) => e instanceof InputError && e.code === 'AMBIGUOUS_UNIT',
+    );
   });
 
   it('refuses everything else that is not a size', () => {
@@ -134,22 +117,25 @@ describe('formatBytes then parseByteSize (property)', () => {
 
   it('round-trips exactly below 1 KiB and on quarter units', () => {
     fc.assert(
-      fc.property(
-        fc.nat({ max: 1023 }),
-        fc.nat({ max: 4095 }),
-        fc.constantFrom(KiB, MiB, GiB, TiB),
-        (small, quarters, unit) => {
-          assert.equal(parseByteSize(formatBytes(small)), small);
-          const n = (quarters * unit) / 4;
-          if (n >= unit && Number.isSafeInteger(n)) assert.equal(parseByteSize(formatBytes(n)), n);
-        },
-      ),
+      fc.property(fc.nat({ max: 1023 }), fc.nat({ max: 4095 }), fc.constantFrom(KiB, MiB, GiB, TiB), (small, quarters, unit) => {
+        assert.equal(parseByteSize(formatBytes(small)), small);
+        const n = (quarters * unit) / 4;
+        if (n >= unit && Number.isSafeInteger(n)) assert.equal(parseByteSize(formatBytes(n)), n);
+      }),
     );
   });
 
   it('reads back integers and integer multiples of every unit', () => {
     const units: Array<[string, number]> = [
-      ['B', 1], ['KB', KB], ['MB', MB], ['GB', GB], ['TB', TB], ['KiB', KiB], ['MiB', MiB], ['GiB', GiB], ['TiB', TiB],
+      ['B', 1],
+      ['KB', KB],
+      ['MB', MB],
+      ['GB', GB],
+      ['TB', TB],
+      ['KiB', KiB],
+      ['MiB', MiB],
+      ['GiB', GiB],
+      ['TiB', TiB],
     ];
     fc.assert(
       fc.property(fc.nat({ max: 4096 }), fc.constantFrom(...units), fc.maxSafeNat(), (k, [name, size], n) => {
@@ -162,8 +148,7 @@ describe('formatBytes then parseByteSize (property)', () => {
 });
 
 describe('parseAccelerateSize (compat: convert_file_size_to_int)', () => {
-  const msg = (v: string): string =>
-    `ValueError: \`size\` ${v} is not in a valid format. Use an integer for bytes, or a string with an unit (like '5.0GB').`;
+  const msg = (v: string): string => `ValueError: \`size\` ${v} is not in a valid format. Use an integer for bytes, or a string with an unit (like '5.0GB').`;
 
   it('reads a lower-case b as bits and accepts decimals and spaces', () => {
     assert.equal(parseAccelerateSize('5gb'), 625_000_000);
@@ -336,7 +321,13 @@ describe('resolveBudgets', () => {
 
   it('refuses a bare number (no unit) with a hint, except 0; --compat accelerate reads it as bytes', () => {
     for (const v of ['0=5', '0=5.5', 'cpu=30', '1=free-2']) {
-      assert.throws(() => parseMaxMemory(v), (e: unknown) => e instanceof InputError && /has no unit: write [\d.]+GiB or [\d.]+GB \([\d.]+B if you mean bytes; --compat accelerate reads a bare number as bytes\)/.test(e.reason), v);
+      assert.throws(
+        () => parseMaxMemory(v),
+        (e: unknown) =>
+          e instanceof InputError &&
+          /has no unit: write [\d.]+GiB or [\d.]+GB \([\d.]+B if you mean bytes; --compat accelerate reads a bare number as bytes\)/.test(e.reason),
+        v,
+      );
     }
     assert.deepEqual(parseMaxMemory('0=0,cpu=1000B'), { '0': { kind: 'bytes', bytes: 0 }, cpu: { kind: 'bytes', bytes: 1000 } });
     assert.deepEqual(parseMaxMemory('0=5', { compat: 'accelerate' }), { '0': { kind: 'bytes', bytes: 5 } });
@@ -351,7 +342,11 @@ describe('resolveBudgets', () => {
     throwsInput(() => resolveBudgets({ gpu: { kind: 'bytes', bytes: 1 } }, inventory), W, /unknown device 'gpu'/);
     throwsInput(() => resolveBudgets({ '00': { kind: 'bytes', bytes: 1 } }, inventory), W, /unknown device '00'/);
     throwsInput(() => resolveBudgets({}, inventory), W, /names no device/);
-    throwsInput(() => resolveBudgets(parseMaxMemory('1=free-21GiB'), inventory), `${W} 1`, /GPU 1 has 20\.00 GiB free; leaving 21\.00 GiB of it leaves nothing/);
+    throwsInput(
+      () => resolveBudgets(parseMaxMemory('1=free-21GiB'), inventory),
+      `${W} 1`,
+      /GPU 1 has 20\.00 GiB free; leaving 21\.00 GiB of it leaves nothing/,
+    );
     throwsInput(() => resolveBudgets(parseMaxMemory('0=total-81GB'), inventory), `${W} 0`, /total; leaving .* leaves nothing/);
     throwsInput(() => resolveBudgets({ '0': { kind: 'fraction', fraction: 1.5 } }, inventory), `${W} 0`, /outside/);
     throwsInput(() => resolveBudgets({ '0': { kind: 'fraction', fraction: 0 } }, inventory), `${W} 0`, /outside/);

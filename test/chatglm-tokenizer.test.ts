@@ -105,7 +105,14 @@ const piece = (p: string, score: number, type = 1): number[] => bytesField(1, [.
 const BPE = bytesField(2, intField(3, 2));
 /** <unk> <s> </s>, then the given normal pieces; a BPE model without byte fallback. */
 function handModel(normal: [string, number][], ...extra: number[][]): Uint8Array {
-  return Uint8Array.from([...piece('<unk>', 0, 2), ...piece('<s>', 0, 3), ...piece('</s>', 0, 3), ...normal.flatMap(([p, s]) => piece(p, s)), ...BPE, ...extra.flat()]);
+  return Uint8Array.from([
+    ...piece('<unk>', 0, 2),
+    ...piece('<s>', 0, 3),
+    ...piece('</s>', 0, 3),
+    ...normal.flatMap(([p, s]) => piece(p, s)),
+    ...BPE,
+    ...extra.flat(),
+  ]);
 }
 
 function throwsFormat(fn: () => unknown, file: string, reason: RegExp): void {
@@ -135,14 +142,25 @@ describe('sentencepiece: reading tokenizer.model', () => {
     assert.equal(proto.trainerSpec.modelType, 'bpe');
     assert.equal(proto.trainerSpec.byteFallback, true);
     assert.equal(proto.trainerSpec.treatWhitespaceAsSuffix, false);
-    assert.deepEqual(proto.normalizerSpec, { name: 'identity', precompiledCharsmapBytes: 0, addDummyPrefix: true, removeExtraWhitespaces: false, escapeWhitespaces: true });
+    assert.deepEqual(proto.normalizerSpec, {
+      name: 'identity',
+      precompiledCharsmapBytes: 0,
+      addDummyPrefix: true,
+      removeExtraWhitespaces: false,
+      escapeWhitespaces: true,
+    });
     const sp = new SentencePieceBpe(proto, MODEL_PATH);
     assert.deepEqual([sp.unkId, sp.bosId, sp.eosId, sp.padId], [EXPECTED.unk, EXPECTED.bos, EXPECTED.eos, EXPECTED.pad]);
   });
 
   it('reads a hand-made model: defaults, negative int32 varints, unknown fields skipped', () => {
     const bytes = handModel(
-      [['a', -1], ['b', -2], ['ab', -0.5], ['▁', -3]],
+      [
+        ['a', -1],
+        ['b', -2],
+        ['ab', -0.5],
+        ['▁', -3],
+      ],
       // trainer_spec: pad_id -1 (a 10-byte varint), an unknown fixed64 and fixed32 field; a self_test_data message.
       bytesField(2, [...intField(43, -1), ...key(99, 1), 1, 2, 3, 4, 5, 6, 7, 8, ...key(98, 5), 1, 2, 3, 4]),
       bytesField(4, strField(1, 'ignored')),
@@ -172,7 +190,11 @@ describe('sentencepiece: reading tokenizer.model', () => {
     throwsFormat(() => parseSentencePieceModel(Uint8Array.from(bytesField(1, [...strField(1, 'a'), ...intField(3, 9)])), f), f, /unknown piece type 9/);
     throwsFormat(() => parseSentencePieceModel(Uint8Array.from(bytesField(1, [...strField(1, 'a'), ...floatField(2, NaN)])), f), f, /score is NaN/);
     throwsFormat(() => parseSentencePieceModel(Uint8Array.from([...piece('a', 0), ...bytesField(2, intField(3, 7))]), f), f, /unknown model_type 7/);
-    throwsFormat(() => parseSentencePieceModel(Uint8Array.from([...piece('a', 0), ...bytesField(3, [...key(3, 2), 0])]), f), f, /add_dummy_prefix \(field 3\) has wire type 2/);
+    throwsFormat(
+      () => parseSentencePieceModel(Uint8Array.from([...piece('a', 0), ...bytesField(3, [...key(3, 2), 0])]), f),
+      f,
+      /add_dummy_prefix \(field 3\) has wire type 2/,
+    );
   });
 
   it(`refuses more than ${MAX_PIECES} pieces`, () => {
@@ -185,7 +207,16 @@ describe('sentencepiece: reading tokenizer.model', () => {
   it('refuses models it cannot encode with', () => {
     const f = 'sem.model';
     const build = (bytes: Uint8Array) => () => new SentencePieceBpe(parseSentencePieceModel(bytes, f), f);
-    throwsFormat(build(handModel([['a', 0], ['a', -1]])), f, /piece "a" is defined twice \(ids 3 and 4\)/);
+    throwsFormat(
+      build(
+        handModel([
+          ['a', 0],
+          ['a', -1],
+        ]),
+      ),
+      f,
+      /piece "a" is defined twice \(ids 3 and 4\)/,
+    );
     throwsFormat(build(Uint8Array.from([...piece('a', 0), ...BPE])), f, /no unknown piece/);
     throwsFormat(build(handModel([], piece('<unk2>', 0, 2))), f, /two unknown pieces/);
     throwsFormat(build(handModel([], piece('<0x41>', 0, 6))), f, /byte piece "<0x41>" \(id 3\) although byte_fallback is off/);
@@ -198,7 +229,10 @@ describe('sentencepiece: reading tokenizer.model', () => {
         return true;
       });
     unsupported(handModel([], bytesField(2, intField(3, 1))), /a unigram sentencepiece model; only BPE/);
-    unsupported(handModel([], bytesField(3, [...strField(1, 'nmt_nfkc'), ...bytesField(2, [1, 2, 3])])), /normalizer "nmt_nfkc" uses a precompiled character map/);
+    unsupported(
+      handModel([], bytesField(3, [...strField(1, 'nmt_nfkc'), ...bytesField(2, [1, 2, 3])])),
+      /normalizer "nmt_nfkc" uses a precompiled character map/,
+    );
   });
 
   it('refuses an oversized or unreadable file before reading it', () => {
@@ -206,7 +240,10 @@ describe('sentencepiece: reading tokenizer.model', () => {
     writeFileSync(big, '');
     truncateSync(big, MAX_MODEL_FILE_BYTES + 1);
     throwsFormat(() => loadSentencePieceBpe(big), big, /67108865 bytes; a sentencepiece model is at most 67108864/);
-    assert.throws(() => loadSentencePieceBpe(join(root, 'missing.model')), (e: unknown) => e instanceof InputError && e.code === 'NOT_FOUND');
+    assert.throws(
+      () => loadSentencePieceBpe(join(root, 'missing.model')),
+      (e: unknown) => e instanceof InputError && e.code === 'NOT_FOUND',
+    );
   });
 
   it('survives thousands of mutated models: a model or a FormatError, never a crash (fuzz)', () => {
@@ -238,7 +275,10 @@ describe('sentencepiece: reading tokenizer.model', () => {
         return;
       }
       const ids = sp.encode('hello 你好，世界 🙂 [Round 1]');
-      assert.ok(ids.every((id) => id >= 0 && id < sp.size), 'ids inside the vocabulary');
+      assert.ok(
+        ids.every((id) => id >= 0 && id < sp.size),
+        'ids inside the vocabulary',
+      );
       assert.equal(typeof sp.decode(ids), 'string', 'decodes');
     };
     fc.assert(
@@ -257,7 +297,10 @@ describe('sentencepiece: reading tokenizer.model', () => {
       }),
       { seed: 20240607, numRuns: 3000 },
     );
-    fc.assert(fc.property(fc.uint8Array({ maxLength: 64 }), (bytes) => check(bytes)), { seed: 7, numRuns: 1000 });
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 64 }), (bytes) => check(bytes)),
+      { seed: 7, numRuns: 1000 },
+    );
     assert.ok(outcomes.format > 100 && outcomes.parsed > 100, `both outcomes exercised: ${JSON.stringify(outcomes)}`);
   });
 });
@@ -273,7 +316,7 @@ describe('sentencepiece: BPE encoding equals sentencepiece', () => {
     assert.deepEqual(sp.encodeAsPieces('  double'), ['▁▁', '▁', 'd', 'o', 'ub', 'le']);
   });
 
-  it("decodes ids as sentencepiece does (control pieces, <unk>, byte runs, invalid UTF-8, the dummy-prefix space)", () => {
+  it('decodes ids as sentencepiece does (control pieces, <unk>, byte runs, invalid UTF-8, the dummy-prefix space)', () => {
     for (const d of EXPECTED.decode) assert.equal(sp.decode(d.ids), d.text, d.ids.join(','));
     assert.equal(sp.decode([sp.size, -1, 1.5]), '', 'ids outside the vocabulary are skipped');
   });
@@ -384,20 +427,33 @@ describe('ChatGLM tokenizer: selection and ids', () => {
       () => loadTokenizer(chatglmDir({ 'tokenizer_config.json': { tokenizer_class: 'ChatGLM4Tokenizer' }, 'config.json': { model_type: 'chatglm' } })),
       (e: unknown) => e instanceof InputError && /no tokenizer\.json/.test(e.reason),
     );
-    assert.throws(() => loadTokenizer(chatglmDir({ 'config.json': { model_type: 'llama' } })), (e: unknown) => e instanceof InputError && /no tokenizer\.json/.test(e.reason));
+    assert.throws(
+      () => loadTokenizer(chatglmDir({ 'config.json': { model_type: 'llama' } })),
+      (e: unknown) => e instanceof InputError && /no tokenizer\.json/.test(e.reason),
+    );
     const withJson = chatglmDir({ 'tokenizer_config.json': CHATGLM2_TOKENIZER_CONFIG, 'tokenizer.json': '{"model": {"type": "NoSuchModel"}}' });
-    assert.throws(() => loadTokenizer(withJson), (e: unknown) => e instanceof InputError && /tokenizer\.json$/.test(e.where), 'tokenizer.json wins');
+    assert.throws(
+      () => loadTokenizer(withJson),
+      (e: unknown) => e instanceof InputError && /tokenizer\.json$/.test(e.where),
+      'tokenizer.json wins',
+    );
   });
 
   it('gives the special tokens the ids after the SentencePiece vocabulary', () => {
     for (const tok of [v2, v3]) {
-      assert.deepEqual(['[MASK]', '[gMASK]', '[sMASK]', 'sop', 'eop'].map((t) => tok.tokenToId(t)), [ID.MASK, ID.gMASK, ID.sMASK, ID.sop, ID.eop]);
+      assert.deepEqual(
+        ['[MASK]', '[gMASK]', '[sMASK]', 'sop', 'eop'].map((t) => tok.tokenToId(t)),
+        [ID.MASK, ID.gMASK, ID.sMASK, ID.sop, ID.eop],
+      );
       assert.equal(tok.idToToken(ID.gMASK), '[gMASK]');
       assert.equal(tok.tokenToId('▁▁'), 259);
       assert.equal(tok.idToToken(13), '<0x0A>');
       assert.equal(tok.tokenToId('no such piece'), undefined);
     }
-    assert.deepEqual(['<|system|>', '<|user|>', '<|assistant|>', '<|observation|>'].map((t) => v3.tokenToId(t)), [ID.system, ID.user, ID.assistant, ID.observation]);
+    assert.deepEqual(
+      ['<|system|>', '<|user|>', '<|assistant|>', '<|observation|>'].map((t) => v3.tokenToId(t)),
+      [ID.system, ID.user, ID.assistant, ID.observation],
+    );
     assert.equal(v2.tokenToId('<|user|>'), undefined, 'ChatGLM2 has no role tokens');
     assert.equal(v2.idToToken(ID.system), undefined);
   });
@@ -453,8 +509,20 @@ describe('ChatGLM tokenizer: prompt formats', () => {
   });
 
   it('ChatGLM2: refuses roles its format has no place for', () => {
-    for (const messages of [[{ role: 'system', content: 'x' }, { role: 'user', content: 'y' }], [{ role: 'user', content: 'x' }, { role: 'user', content: 'y' }]]) {
-      assert.throws(() => v2.encodeChat(messages, gen), (e: unknown) => e instanceof InputError && /ChatGLM2's format alternates user and assistant/.test(e.reason));
+    for (const messages of [
+      [
+        { role: 'system', content: 'x' },
+        { role: 'user', content: 'y' },
+      ],
+      [
+        { role: 'user', content: 'x' },
+        { role: 'user', content: 'y' },
+      ],
+    ]) {
+      assert.throws(
+        () => v2.encodeChat(messages, gen),
+        (e: unknown) => e instanceof InputError && /ChatGLM2's format alternates user and assistant/.test(e.reason),
+      );
     }
   });
 
@@ -469,21 +537,40 @@ describe('ChatGLM tokenizer: prompt formats', () => {
       { role: 'observation', content: '123456' },
     ];
     assert.deepEqual(v3.encodeChat(four, gen), [
-      ID.gMASK, ID.sop,
-      ID.system, ...idsOf('\n'), ...idsOf('你好，世界'),
-      ID.user, ...idsOf('\n'), ...idsOf('hello world'),
-      ID.assistant, ...idsOf('\n'), ...idsOf('模型的显存 🙂'),
-      ID.observation, ...idsOf('\n'), ...idsOf('123456'),
+      ID.gMASK,
+      ID.sop,
+      ID.system,
+      ...idsOf('\n'),
+      ...idsOf('你好，世界'),
+      ID.user,
+      ...idsOf('\n'),
+      ...idsOf('hello world'),
+      ID.assistant,
+      ...idsOf('\n'),
+      ...idsOf('模型的显存 🙂'),
+      ID.observation,
+      ...idsOf('\n'),
+      ...idsOf('123456'),
       ID.assistant,
     ]);
     assert.equal(v3.applyChatTemplate(four), '[gMASK]sop<|system|>\n 你好，世界<|user|>\n hello world<|assistant|>\n 模型的显存 🙂<|observation|>\n 123456');
     assert.deepEqual(v3.encodeChat(one), [ID.gMASK, ID.sop, ID.user, ...idsOf('\n'), ...idsOf('hello world')]);
-    assert.throws(() => v3.encodeChat([{ role: 'tool', content: 'x' }], gen), (e: unknown) => e instanceof InputError && /ChatGLM3 knows system, user, assistant, observation/.test(e.reason));
+    assert.throws(
+      () => v3.encodeChat([{ role: 'tool', content: 'x' }], gen),
+      (e: unknown) => e instanceof InputError && /ChatGLM3 knows system, user, assistant, observation/.test(e.reason),
+    );
   });
 
   it('ChatGLM3 with encode_special_tokens still encodes message text as text', () => {
     const tok = loadTokenizer(chatglmDir({ 'tokenizer_config.json': { ...CHATGLM3_TOKENIZER_CONFIG, encode_special_tokens: true } }));
-    assert.deepEqual(tok.encodeChat([{ role: 'user', content: '<|user|>' }], gen), [ID.gMASK, ID.sop, ID.user, ...idsOf('\n'), ...idsOf('<|user|>'), ID.assistant]);
+    assert.deepEqual(tok.encodeChat([{ role: 'user', content: '<|user|>' }], gen), [
+      ID.gMASK,
+      ID.sop,
+      ID.user,
+      ...idsOf('\n'),
+      ...idsOf('<|user|>'),
+      ID.assistant,
+    ]);
   });
 });
 
@@ -574,7 +661,10 @@ describe('ChatGLM tokenizer: vramfit run --prompt', () => {
     const j = JSON.parse(r.out) as { prompt_ids: number[]; generated_ids: number[]; text: string; stop: string };
     assert.deepEqual(j.prompt_ids, [ID.gMASK, ID.sop, ...idsOf('你好，世界')]);
     assert.ok(j.generated_ids.length >= 1 && j.generated_ids.length <= 3, `generated ${j.generated_ids.join(',')}`);
-    assert.ok(j.generated_ids.every((id) => id >= 0 && id < 576), 'ids inside the padded vocabulary');
+    assert.ok(
+      j.generated_ids.every((id) => id >= 0 && id < 576),
+      'ids inside the padded vocabulary',
+    );
     assert.equal(j.text, tok.decode(j.generated_ids, { skipSpecialTokens: true }));
     assert.ok(j.stop === 'max-new-tokens' || j.stop === 'eos', `stop: ${j.stop}`);
 

@@ -60,7 +60,7 @@ describe('CLI conventions', () => {
 });
 
 describe('run bounds what is physically meaningful', () => {
-  it('a context past the model\'s trained positions, and more threads than twice the cores, are refused naming the flag', async () => {
+  it("a context past the model's trained positions, and more threads than twice the cores, are refused naming the flag", async () => {
     const dir = tempDir();
     try {
       writeTinyFamilyCheckpoint(dir, 'llama2');
@@ -77,17 +77,24 @@ describe('run bounds what is physically meaningful', () => {
 });
 
 describe('signals', () => {
-  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+  for (const [signal, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const) {
     it(`${signal} during vramfit demo removes its checkpoint folder and exits ${code}`, async () => {
       const { spawn } = await import('node:child_process');
       const { readdirSync } = await import('node:fs');
       const tmp = tempDir('vramfit-signal-');
       try {
-        const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', "import { main } from './src/cli/main.ts'; process.exitCode = await main(['demo']);"], {
-          cwd: new URL('..', import.meta.url),
-          env: { ...process.env, TMPDIR: tmp },
-          stdio: ['ignore', 'pipe', 'pipe'],
-        });
+        const child = spawn(
+          process.execPath,
+          ['--import', 'tsx', '--input-type=module', '-e', "import { main } from './src/cli/main.ts'; process.exitCode = await main(['demo']);"],
+          {
+            cwd: new URL('..', import.meta.url),
+            env: { ...process.env, TMPDIR: tmp },
+            stdio: ['ignore', 'pipe', 'pipe'],
+          },
+        );
         let out = '';
         let sent = false;
         child.stdout.on('data', (d: Buffer) => {
@@ -101,7 +108,11 @@ describe('signals', () => {
         const [status] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on('close', (c, s) => resolve([c, s])));
         assert.ok(sent, 'the demo started');
         assert.equal(status, code);
-        assert.deepEqual(readdirSync(tmp).filter((f) => f.startsWith('vramfit-demo-')), [], 'no checkpoint folder left behind');
+        assert.deepEqual(
+          readdirSync(tmp).filter((f) => f.startsWith('vramfit-demo-')),
+          [],
+          'no checkpoint folder left behind',
+        );
       } finally {
         cleanup(tmp);
       }

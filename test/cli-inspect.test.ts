@@ -24,7 +24,16 @@ describe('vramfit inspect', () => {
   it('prints the facts planning needs, with their source', async () => {
     const r = await run('inspect', dir);
     assert.equal(r.code, 0, r.err);
-    for (const needle of ['LlamaForCausalLM', 'parameters', 'tensor headers of every shard', '4 × LlamaDecoderLayer', 'no-split      LlamaDecoderLayer', 'B/token/layer', 'at 4k context', 'largest layer']) {
+    for (const needle of [
+      'LlamaForCausalLM',
+      'parameters',
+      'tensor headers of every shard',
+      '4 × LlamaDecoderLayer',
+      'no-split      LlamaDecoderLayer',
+      'B/token/layer',
+      'at 4k context',
+      'largest layer',
+    ]) {
       assert.ok(r.out.includes(needle), `missing ${needle}:\n${r.out}`);
     }
   });
@@ -57,8 +66,15 @@ describe('vramfit inspect', () => {
       'lm_head.weight': 'output.weight',
     };
     const layer: Record<string, string> = {
-      input_layernorm: 'attn_norm', 'self_attn.q_proj': 'attn_q', 'self_attn.k_proj': 'attn_k', 'self_attn.v_proj': 'attn_v',
-      'self_attn.o_proj': 'attn_output', post_attention_layernorm: 'ffn_norm', 'mlp.gate_proj': 'ffn_gate', 'mlp.up_proj': 'ffn_up', 'mlp.down_proj': 'ffn_down',
+      input_layernorm: 'attn_norm',
+      'self_attn.q_proj': 'attn_q',
+      'self_attn.k_proj': 'attn_k',
+      'self_attn.v_proj': 'attn_v',
+      'self_attn.o_proj': 'attn_output',
+      post_attention_layernorm: 'ffn_norm',
+      'mlp.gate_proj': 'ffn_gate',
+      'mlp.up_proj': 'ffn_up',
+      'mlp.down_proj': 'ffn_down',
     };
     const tensors = storedTensorsFor(TINY_LLAMA_CONFIG).map((t) => {
       let name = ggufName[t.name];
@@ -94,7 +110,9 @@ describe('vramfit inspect', () => {
     const file = join(root, 'odd.gguf');
     writeGguf(file, {
       metadata: { 'general.architecture': 'rwkv7' },
-      tensors: [0, 1, 2].flatMap((i) => [{ name: `blk.${i}.ffn.weight`, shape: [8, 32], dtype: 'float16' }]).concat([{ name: 'token_embd.weight', shape: [10, 32], dtype: 'float16' }]),
+      tensors: [0, 1, 2]
+        .flatMap((i) => [{ name: `blk.${i}.ffn.weight`, shape: [8, 32], dtype: 'float16' }])
+        .concat([{ name: 'token_embd.weight', shape: [10, 32], dtype: 'float16' }]),
     });
     const r = await run('inspect', file, '--json');
     assert.equal(r.code, 0, r.err);
@@ -140,7 +158,10 @@ describe('vramfit inspect', () => {
     const d = join(root, 'unk');
     const { mkdirSync } = await import('node:fs');
     mkdirSync(d);
-    writeSafetensors(join(d, 'model.safetensors'), [{ name: 'h.0.w', dtype: 'F32', shape: [4, 4] }, { name: 'h.1.w', dtype: 'F32', shape: [4, 4] }]);
+    writeSafetensors(join(d, 'model.safetensors'), [
+      { name: 'h.0.w', dtype: 'F32', shape: [4, 4] },
+      { name: 'h.1.w', dtype: 'F32', shape: [4, 4] },
+    ]);
     const r = await run('inspect', d);
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /warning: unknown architecture/);

@@ -44,7 +44,10 @@ function storedNamesExpected(s: Skeleton, stored: Set<string>): Set<string> {
 }
 
 const params = readmeParams();
-const dirs = readdirSync(realModelsDir, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name).sort();
+const dirs = readdirSync(realModelsDir, { withFileTypes: true })
+  .filter((d) => d.isDirectory())
+  .map((d) => d.name)
+  .sort();
 
 describe('real-model corpus', () => {
   it('has the models the README lists', () => {
@@ -74,14 +77,21 @@ describe('real-model corpus', () => {
         const stored = new Set([...index.weightMap.keys()].map((n) => (names.has(n) || !names.has(`${base}.${n}`) ? n : `${base}.${n}`)));
         if (skeleton.quantization) {
           assert.equal(skeleton.quantization.sizesModelled, false, 'index-only quantized sizes must be reported as not modelled');
-          assert.ok(skeleton.warnings.some((w) => w.includes('quantized')), 'quantized checkpoint must be reported');
+          assert.ok(
+            skeleton.warnings.some((w) => w.includes('quantized')),
+            'quantized checkpoint must be reported',
+          );
         } else {
           const expected = storedNamesExpected(skeleton, stored);
           const extra = [...expected].filter((n) => !stored.has(n));
           const missing = [...stored].filter((n) => !expected.has(n));
           assert.deepEqual({ extra: extra.slice(0, 5), missing: missing.slice(0, 5) }, { extra: [], missing: [] });
           if (index.totalSize !== undefined) {
-            assert.equal(storedBytes(skeleton.tensors, skeleton.source.storedTiedCopies ?? [], skeleton.tied), index.totalSize, 'bytes equal metadata.total_size');
+            assert.equal(
+              storedBytes(skeleton.tensors, skeleton.source.storedTiedCopies ?? [], skeleton.tied),
+              index.totalSize,
+              'bytes equal metadata.total_size',
+            );
           }
         }
       }

@@ -42,11 +42,9 @@ const FOUR_GPUS_QUERY = [
   '',
 ].join('\n');
 
-const FOUR_GPUS_PROCS = [
-  `${U0}, 4242, /usr/bin/python3, 19456`,
-  `${U0}, 4343, /opt/serve, with comma/bin/server, 512`,
-  `${U2}, 5151, [Not Found], [N/A]`,
-].join('\n');
+const FOUR_GPUS_PROCS = [`${U0}, 4242, /usr/bin/python3, 19456`, `${U0}, 4343, /opt/serve, with comma/bin/server, 512`, `${U2}, 5151, [Not Found], [N/A]`].join(
+  '\n',
+);
 
 const FOUR_GPUS_LIST = [
   `GPU 0: NVIDIA A100-SXM4-80GB (UUID: ${U0})`,
@@ -80,8 +78,7 @@ function fakeSmi(answers: { gpus: string; procs?: string | Error; list?: string 
   const run = async (args: readonly string[]): Promise<string | null> => {
     calls.push([...args]);
     const a = args.join(' ');
-    const answer =
-      a === GPU_QUERY_ARGS.join(' ') ? answers.gpus : a === PROCESS_QUERY_ARGS.join(' ') ? answers.procs : answers.list;
+    const answer = a === GPU_QUERY_ARGS.join(' ') ? answers.gpus : a === PROCESS_QUERY_ARGS.join(' ') ? answers.procs : answers.list;
     if (answer instanceof Error) throw answer;
     return answer ?? '';
   };
@@ -309,9 +306,7 @@ describe('applyCudaVisibleDevices', () => {
 
   it('MIG ids: exact and prefix, only one instance per process', () => {
     const v = cvd(M1, MIG);
-    assert.deepEqual(v.gpus, [
-      { logicalIndex: 0, physicalIndex: 0, uuid: M1, mig: MIG[0]!.mig[1]! },
-    ]);
+    assert.deepEqual(v.gpus, [{ logicalIndex: 0, physicalIndex: 0, uuid: M1, mig: MIG[0]!.mig[1]! }]);
     const two = cvd(`MIG-8f,${M0}`, MIG);
     assert.deepEqual(
       two.gpus.map((g) => g.uuid),
@@ -353,9 +348,7 @@ describe('selectGpus (--gpus)', () => {
   it('selects and remaps, and says how to launch', () => {
     const v = selectGpus(FOUR, '2,0');
     assert.deepEqual(order(v), [2, 0]);
-    assert.deepEqual(v.notes, [
-      '--gpus: run the model with CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=2,0 so that cuda:0.. are these GPUs',
-    ]);
+    assert.deepEqual(v.notes, ['--gpus: run the model with CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=2,0 so that cuda:0.. are these GPUs']);
     assert.deepEqual(order(selectGpus(FOUR, ' 3 , GPU-5fb ')), [3, 1], 'forms may be mixed');
   });
 
@@ -393,7 +386,10 @@ describe('device specs', () => {
     const seen = new Map<string, string>();
     for (const c of KNOWN_CARDS) {
       for (const n of [c.name, ...c.aliases]) {
-        const key = n.toLowerCase().replace(/\b(nvidia|geforce|tesla|amd|instinct)\b/g, '').replace(/[\s\-_.]/g, '');
+        const key = n
+          .toLowerCase()
+          .replace(/\b(nvidia|geforce|tesla|amd|instinct)\b/g, '')
+          .replace(/[\s\-_.]/g, '');
         assert.ok(!seen.has(key) || seen.get(key) === c.name, `${n} collides with ${seen.get(key)}`);
         seen.set(key, c.name);
       }

@@ -9,9 +9,24 @@ import { findArchitecture } from '../src/reader/architectures/index.js';
 import { ConfigReader } from '../src/reader/config.js';
 import { InputError } from '../src/util/errors.js';
 import { baichuanInterleave, createBaichuanReference, ggmlAlibiSlopes } from './helpers/reference-baichuan.js';
-import { TINY_BAICHUAN_CONFIGS, TINY_BAICHUAN_NAMES, writeTinyBaichuanCheckpoint, type TinyBaichuanCheckpoint, type TinyBaichuanName } from './helpers/tiny-baichuan.js';
+import {
+  TINY_BAICHUAN_CONFIGS,
+  TINY_BAICHUAN_NAMES,
+  writeTinyBaichuanCheckpoint,
+  type TinyBaichuanCheckpoint,
+  type TinyBaichuanName,
+} from './helpers/tiny-baichuan.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
-import { assertAgreesWithReference, assertSplitsAgree, assertUnderCapsAsPredicted, capsJustAbove, greedy, maxAbsDiff, PROMPT, SPLIT_OPTIONS } from './helpers/engine-harness.js';
+import {
+  assertAgreesWithReference,
+  assertSplitsAgree,
+  assertUnderCapsAsPredicted,
+  capsJustAbove,
+  greedy,
+  maxAbsDiff,
+  PROMPT,
+  SPLIT_OPTIONS,
+} from './helpers/engine-harness.js';
 
 const root = tempDir('vramfit-engine-baichuan-');
 after(() => cleanup(root));
@@ -40,7 +55,10 @@ describe('Baichuan: ALiBi slopes and variant selection', () => {
     }
     // Baichuan2-13B's 40 heads: 32 from 2^(-i/4), then 2^(-1/8), 2^(-3/8), … (the odd terms of 64 heads' series).
     const s40 = baichuanInterleave(40);
-    assert.ok(Math.abs(s40[0]! - 2 ** -0.25) < 1e-15 && Math.abs(s40[32]! - 2 ** -0.125) < 1e-15 && Math.abs(s40[39]! - 2 ** (-15 / 8)) < 1e-15, `40-head slopes ${s40.join(', ')}`);
+    assert.ok(
+      Math.abs(s40[0]! - 2 ** -0.25) < 1e-15 && Math.abs(s40[32]! - 2 ** -0.125) < 1e-15 && Math.abs(s40[39]! - 2 ** (-15 / 8)) < 1e-15,
+      `40-head slopes ${s40.join(', ')}`,
+    );
   });
 
   it('the reader and the engine pick the RoPE file by hidden size 4096 or position_embedding, NormHead by vocab 125696 or norm_head', () => {
@@ -61,7 +79,10 @@ describe('Baichuan: ALiBi slopes and variant selection', () => {
       assert.equal(baichuanArchitecture.tensors(h).head[0]!.transform, c.normHead ? 'normalize-rows' : undefined, `${c.name}: head transform`);
     }
     // Without the override the real 7B width still selects the RoPE file; a bad override is refused.
-    const real7b = new ConfigReader({ ...TINY_BAICHUAN_CONFIGS['baichuan2-13b'], hidden_size: 4096, num_attention_heads: 32, vocab_size: 125696, norm_head: undefined }, 'config.json');
+    const real7b = new ConfigReader(
+      { ...TINY_BAICHUAN_CONFIGS['baichuan2-13b'], hidden_size: 4096, num_attention_heads: 32, vocab_size: 125696, norm_head: undefined },
+      'config.json',
+    );
     const h7 = baichuanArchitecture.hyper(real7b, 'baichuan');
     assert.ok(h7.rope && h7.normHead && h7.headDim === 128, 'hidden 4096 → RoPE; vocab 125696 → NormHead');
     const bad = new ConfigReader({ ...TINY_BAICHUAN_CONFIGS['baichuan2-13b'], position_embedding: 'SINUSOID' }, 'config.json');

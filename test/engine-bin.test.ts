@@ -49,14 +49,25 @@ describe('engine: PyTorch .bin checkpoints', () => {
     const binDir = join(root, 'bin-disk');
     mkdirSync(binDir, { recursive: true });
     copyFileSync(join(ck.dir, 'config.json'), join(binDir, 'config.json'));
-    writePytorchBin(join(binDir, 'pytorch_model.bin'), ck.names.map((name) => ({ name, storage: { dtype: 'float32', bytes: f32Bytes(ck.tensors[name]!) }, shape: ck.shapes[name]! })));
+    writePytorchBin(
+      join(binDir, 'pytorch_model.bin'),
+      ck.names.map((name) => ({ name, storage: { dtype: 'float32', bytes: f32Bytes(ck.tensors[name]!) }, shape: ck.shapes[name]! })),
+    );
     const ram = await loadModel(ck.dir, { devices: 'virtual:1', ctx: 32, threads: 1 });
     const expected = ram.forward(PROMPT, true);
     const need = ram.report()[0]!.predicted;
     ram.dispose();
-    const model = await loadModel(binDir, { devices: 'virtual:1', ctx: 32, threads: 1, maxMemory: `0=${Math.floor(need / 3)}B,cpu=${Math.floor(need / 3)}B,disk=1GB` });
+    const model = await loadModel(binDir, {
+      devices: 'virtual:1',
+      ctx: 32,
+      threads: 1,
+      maxMemory: `0=${Math.floor(need / 3)}B,cpu=${Math.floor(need / 3)}B,disk=1GB`,
+    });
     try {
-      assert.ok(model.plan.devices.find((d) => d.id === 'disk')!.modules.some((m) => m.startsWith('model.layers.')), 'some blocks are on disk');
+      assert.ok(
+        model.plan.devices.find((d) => d.id === 'disk')!.modules.some((m) => m.startsWith('model.layers.')),
+        'some blocks are on disk',
+      );
       model.forward(PROMPT, true).forEach((row, r) => assert.deepEqual(row, expected[r], `row ${r}`));
     } finally {
       model.dispose();
@@ -79,6 +90,9 @@ describe('engine: PyTorch .bin checkpoints', () => {
       return { name, storage: { dtype: 'float32', bytes: f32Bytes(t) }, shape, strides: [1, rows] };
     });
     writePytorchBin(join(dir, 'pytorch_model.bin'), tensors);
-    await assert.rejects(loadModel(dir, { devices: 'virtual:1', ctx: 16, threads: 1 }), /cannot load lm_head\.weight from pytorch_model\.bin: not contiguous \(shape \[128, 64\], strides \[1, 128\]\)/);
+    await assert.rejects(
+      loadModel(dir, { devices: 'virtual:1', ctx: 16, threads: 1 }),
+      /cannot load lm_head\.weight from pytorch_model\.bin: not contiguous \(shape \[128, 64\], strides \[1, 128\]\)/,
+    );
   });
 });

@@ -4,9 +4,25 @@ import { after, describe, it } from 'node:test';
 import { main } from '../src/cli/main.js';
 import { loadModel, type LoadOptions } from '../src/engine/load.js';
 import { chatglmCosSin, chatglmTheta, parseChatglmConfig } from './helpers/reference-chatglm.js';
-import { createChatglmReference, TINY_CHATGLM_NAMES, writeTinyChatglmCheckpoint, type TinyChatglmCheckpoint, type TinyChatglmName } from './helpers/tiny-chatglm.js';
+import {
+  createChatglmReference,
+  TINY_CHATGLM_NAMES,
+  writeTinyChatglmCheckpoint,
+  type TinyChatglmCheckpoint,
+  type TinyChatglmName,
+} from './helpers/tiny-chatglm.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
-import { assertAgreesWithReference, assertSplitsAgree, assertUnderCapsAsPredicted, greedy, maxAbsDiff, NEW_TOKENS, PROMPT, SPLIT_OPTIONS, type GreedyRun as Run } from './helpers/engine-harness.js';
+import {
+  assertAgreesWithReference,
+  assertSplitsAgree,
+  assertUnderCapsAsPredicted,
+  greedy,
+  maxAbsDiff,
+  NEW_TOKENS,
+  PROMPT,
+  SPLIT_OPTIONS,
+  type GreedyRun as Run,
+} from './helpers/engine-harness.js';
 
 const root = tempDir('vramfit-engine-chatglm-');
 after(() => cleanup(root));
@@ -124,7 +140,11 @@ describe('engine, ChatGLM2 across two devices capped 5 : 10', () => {
       assert.ok(maxAbsDiff(run.prompt, single.prompt) <= 1e-5, 'prompt logits as on one device');
       assert.ok(maxAbsDiff(run.steps, single.steps) <= 1e-5, 'step logits as on one device');
       const report = model.report();
-      assert.deepEqual(report.map((d) => d.cap), [X, 2 * X], 'caps in a 5 : 10 ratio');
+      assert.deepEqual(
+        report.map((d) => d.cap),
+        [X, 2 * X],
+        'caps in a 5 : 10 ratio',
+      );
       assertUnderCapsAsPredicted(report);
       for (const d of report) assert.ok((d.breakdown['kv'] ?? 0) > 0, `device ${d.id} holds its own layers' KV cache`);
       assert.ok(report[1]!.bytesIn > 0, 'hidden states crossed to device 1');
@@ -138,14 +158,42 @@ describe('engine, ChatGLM2 across two devices capped 5 : 10', () => {
     let out = '';
     let err = '';
     const code = await main(
-      ['run', ck.dir, '--input-ids', PROMPT.join(','), '--max-new-tokens', String(NEW_TOKENS), '--devices', 'virtual:2', '--max-memory', `0=${X}B,1=${2 * X}B`, '--json', '--ctx', '64', '--ubatch', '4', '--kv-dtype', 'float32', '--threads', '1'],
+      [
+        'run',
+        ck.dir,
+        '--input-ids',
+        PROMPT.join(','),
+        '--max-new-tokens',
+        String(NEW_TOKENS),
+        '--devices',
+        'virtual:2',
+        '--max-memory',
+        `0=${X}B,1=${2 * X}B`,
+        '--json',
+        '--ctx',
+        '64',
+        '--ubatch',
+        '4',
+        '--kv-dtype',
+        'float32',
+        '--threads',
+        '1',
+      ],
       { stdout: (s) => (out += s), stderr: (s) => (err += s) },
     );
     assert.equal(code, 0, err);
-    const j = JSON.parse(out) as { prompt_ids: number[]; generated_ids: number[]; devices: { id: string; cap: number; predicted_peak: number; measured_peak: number }[] };
+    const j = JSON.parse(out) as {
+      prompt_ids: number[];
+      generated_ids: number[];
+      devices: { id: string; cap: number; predicted_peak: number; measured_peak: number }[];
+    };
     assert.deepEqual(j.prompt_ids, PROMPT, 'the prompt ids echoed');
     assert.deepEqual(j.generated_ids, single.ids, 'the CLI generates the single-device tokens');
-    assert.deepEqual(j.devices.map((d) => d.cap), [X, 2 * X], 'the CLI opened both capped devices');
+    assert.deepEqual(
+      j.devices.map((d) => d.cap),
+      [X, 2 * X],
+      'the CLI opened both capped devices',
+    );
     for (const d of j.devices) {
       assert.ok(d.measured_peak > 0 && d.measured_peak <= d.cap, `device ${d.id}: measured ${d.measured_peak} within its cap ${d.cap}`);
       assert.ok(Math.abs(d.measured_peak - d.predicted_peak) <= 0.02 * d.predicted_peak, `device ${d.id}: within 2 % of the prediction`);

@@ -9,7 +9,16 @@ import { InputError } from '../src/util/errors.js';
 import { geluNew, ReferenceGpt2, referenceGreedyGpt2 } from './helpers/reference-gpt2.js';
 import { TINY_GPT2_NAMES, writeTinyGpt2Checkpoint, type TinyGpt2Checkpoint, type TinyGpt2Name } from './helpers/tiny-gpt2.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
-import { assertAgreesWithReference, assertSplitsAgree, greedy, maxAbsDiff, NEW_TOKENS, PROMPT, SPLIT_OPTIONS, assertRunsUnderTightCaps } from './helpers/engine-harness.js';
+import {
+  assertAgreesWithReference,
+  assertSplitsAgree,
+  greedy,
+  maxAbsDiff,
+  NEW_TOKENS,
+  PROMPT,
+  SPLIT_OPTIONS,
+  assertRunsUnderTightCaps,
+} from './helpers/engine-harness.js';
 
 const root = tempDir('vramfit-engine-gpt2-');
 after(() => cleanup(root));

@@ -68,7 +68,11 @@ describe('engine MoE: the same model split over 1, 2 and 4 virtual devices', () 
       await assertSplitsAgree(checkpoint(name).dir, SPLIT_OPTIONS, {
         // Experts are no unit of their own: each decoder layer (attention and experts) is on one device.
         checkPlan: (model, devices) => {
-          for (const d of model.plan.devices) assert.ok(d.modules.every((m) => !m.includes('experts')), `${devices}: device ${d.id} holds a part of a layer: ${d.modules.join(', ')}`);
+          for (const d of model.plan.devices)
+            assert.ok(
+              d.modules.every((m) => !m.includes('experts')),
+              `${devices}: device ${d.id} holds a part of a layer: ${d.modules.join(', ')}`,
+            );
         },
       });
     });
@@ -146,7 +150,13 @@ describe('engine MoE: caps, storage and placement', () => {
     const before = { ...liveResources };
     let progressed = 0;
     await assert.rejects(
-      loadModel(ck.dir, { devices: 'virtual:1', ctx: 32, threads: 1, maxMemory: `0=${Math.floor(need / 3)}B,cpu=${Math.floor(need / 3)}B,disk=1GB`, onProgress: (n) => (progressed = n) }),
+      loadModel(ck.dir, {
+        devices: 'virtual:1',
+        ctx: 32,
+        threads: 1,
+        maxMemory: `0=${Math.floor(need / 3)}B,cpu=${Math.floor(need / 3)}B,disk=1GB`,
+        onProgress: (n) => (progressed = n),
+      }),
       (e: unknown) => {
         assert.ok(e instanceof InputError, String(e));
         assert.match(e.message, /stacked expert tensors/);
@@ -189,7 +199,13 @@ describe('engine MoE: hyper-parameters as transformers reads them', () => {
     assert.deepEqual(hyper('qwen3-moe', raw).sparse, [true, false, true]);
     assert.equal(hyper('qwen3-moe', raw).normTopK, false);
     assert.equal(hyper('qwen3-moe', raw).expertFfn, 40);
-    assert.deepEqual(hyper('qwen3-moe', { ...raw, mlp_only_layers: [], decoder_sparse_step: 2, num_hidden_layers: 5 }).sparse, [false, true, false, true, false]);
+    assert.deepEqual(hyper('qwen3-moe', { ...raw, mlp_only_layers: [], decoder_sparse_step: 2, num_hidden_layers: 5 }).sparse, [
+      false,
+      true,
+      false,
+      true,
+      false,
+    ]);
     assert.deepEqual(hyper('qwen3-moe', { ...raw, num_experts: 0 }).sparse, [false, false, false]);
     assert.throws(() => hyper('qwen3-moe', { ...raw, decoder_sparse_step: 0 }), /decoder_sparse_step/);
     assert.throws(() => hyper('qwen3-moe', { ...raw, num_experts_per_tok: 5 }), /num_experts_per_tok/);
@@ -204,21 +220,39 @@ describe('GraphBuilder: the MoE ops refuse what ggml would abort on', () => {
       const experts = gb.input('experts', GGML_TYPE.F32, [8, 6, 4]);
       const x = gb.input('x', GGML_TYPE.F32, [8, 1, 3]);
       const handIds = gb.input('ids', GGML_TYPE.I32, [2, 3]);
-      assert.throws(() => gb.mulMatId(experts, x, handIds), (e: unknown) => e instanceof ShapeError && /argsort or topK/.test(e.message));
+      assert.throws(
+        () => gb.mulMatId(experts, x, handIds),
+        (e: unknown) => e instanceof ShapeError && /argsort or topK/.test(e.message),
+      );
       const scores4 = gb.input('scores4', GGML_TYPE.F32, [4, 3]);
       const scores5 = gb.input('scores5', GGML_TYPE.F32, [5, 3]);
-      assert.throws(() => gb.topK(scores4, 5), (e: unknown) => e instanceof ShapeError && /between 1 and 4/.test(e.message));
-      assert.throws(() => gb.mulMatId(experts, x, gb.topK(scores5, 2)), (e: unknown) => e instanceof ShapeError && /only 4 rows/.test(e.message));
+      assert.throws(
+        () => gb.topK(scores4, 5),
+        (e: unknown) => e instanceof ShapeError && /between 1 and 4/.test(e.message),
+      );
+      assert.throws(
+        () => gb.mulMatId(experts, x, gb.topK(scores5, 2)),
+        (e: unknown) => e instanceof ShapeError && /only 4 rows/.test(e.message),
+      );
       const ids = gb.topK(scores4, 2);
       assert.deepEqual(gb.shape(gb.mulMatId(experts, x, ids)), [6, 2, 3, 1], 'one product per selected expert and token');
       const wrongCols = gb.input('wrong', GGML_TYPE.F32, [7, 1, 3]);
-      assert.throws(() => gb.mulMatId(experts, wrongCols, ids), (e: unknown) => e instanceof ShapeError && /cannot multiply/.test(e.message));
+      assert.throws(
+        () => gb.mulMatId(experts, wrongCols, ids),
+        (e: unknown) => e instanceof ShapeError && /cannot multiply/.test(e.message),
+      );
       const table = gb.input('table', GGML_TYPE.F32, [1, 4, 3]);
       assert.deepEqual(gb.shape(gb.getRowsBatched(table, ids)), [1, 2, 3, 1], 'one row per selected index and column');
       const otherTokens = gb.input('table2', GGML_TYPE.F32, [1, 4, 2]);
-      assert.throws(() => gb.getRowsBatched(otherTokens, ids), (e: unknown) => e instanceof ShapeError && /must be I32/.test(e.message));
+      assert.throws(
+        () => gb.getRowsBatched(otherTokens, ids),
+        (e: unknown) => e instanceof ShapeError && /must be I32/.test(e.message),
+      );
       const big = gb.input('big', GGML_TYPE.F32, [3, 5, 3]);
-      assert.throws(() => gb.div(gb.sumRows(big), big), (e: unknown) => e instanceof ShapeError && /does not broadcast/.test(e.message));
+      assert.throws(
+        () => gb.div(gb.sumRows(big), big),
+        (e: unknown) => e instanceof ShapeError && /does not broadcast/.test(e.message),
+      );
     } finally {
       gb.free();
     }

@@ -86,7 +86,11 @@ describe('engine: predicted vs measured', () => {
         try {
           await greedy(loaded, [3, 1, 4, 1, 5, 9, 2, 6].slice(0, Math.min(8, c.ctx - 8)), 4);
           const report = loaded.report();
-          assert.deepEqual(report.map((d) => d.predicted), predicted, 'the capped load plans what the probe predicted');
+          assert.deepEqual(
+            report.map((d) => d.predicted),
+            predicted,
+            'the capped load plans what the probe predicted',
+          );
           assertUnderCapsAsPredicted(report, JSON.stringify(c));
           seen.add(c.split);
         } finally {

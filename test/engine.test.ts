@@ -52,7 +52,15 @@ describe('engine: caps are enforced', () => {
     const before = { ...liveResources };
     let progressed = 0;
     await assert.rejects(
-      loadModel(ck.dir, { devices: 'virtual:2', ctx: 64, ubatch: 8, threads: 1, layerSplit: [1, 1], maxMemory: `0=${a}B,1=${b - 1}B`, onProgress: (n) => (progressed = n) }),
+      loadModel(ck.dir, {
+        devices: 'virtual:2',
+        ctx: 64,
+        ubatch: 8,
+        threads: 1,
+        layerSplit: [1, 1],
+        maxMemory: `0=${a}B,1=${b - 1}B`,
+        onProgress: (n) => (progressed = n),
+      }),
       (e: unknown) => {
         assert.ok(e instanceof OutOfDeviceMemory, String(e));
         assert.equal(e.device, '1');
@@ -77,10 +85,18 @@ describe('engine: caps are enforced', () => {
     const need = ram.report()[0]!.predicted;
     ram.dispose();
     const before = { ...liveResources };
-    const model = await loadModel(ck.dir, { devices: 'virtual:1', ctx: 32, threads: 1, maxMemory: `0=${Math.floor(need / 3)}B,cpu=${Math.floor(need / 3)}B,disk=1GB` });
+    const model = await loadModel(ck.dir, {
+      devices: 'virtual:1',
+      ctx: 32,
+      threads: 1,
+      maxMemory: `0=${Math.floor(need / 3)}B,cpu=${Math.floor(need / 3)}B,disk=1GB`,
+    });
     try {
       const disk = model.plan.devices.find((d) => d.id === 'disk')!;
-      assert.ok(disk.modules.some((m) => m.startsWith('model.layers.')), 'some blocks are on disk');
+      assert.ok(
+        disk.modules.some((m) => m.startsWith('model.layers.')),
+        'some blocks are on disk',
+      );
       assert.equal(maxAbsDiff(model.forward(PROMPT, true), expected), 0);
       const report = model.report();
       const mapped = report.find((d) => d.id === 'disk')!;
@@ -170,7 +186,22 @@ describe('vramfit run', () => {
 
   it('--json with --logits gives ids, devices and logits rows', async () => {
     const ck = checkpoint('llama3-tied');
-    const r = await run('run', ck.dir, '--input-ids', '1,2,3', '--max-new-tokens', '3', '--json', '--logits', '--devices', 'virtual:2', '--ctx', '32', '--threads', '1');
+    const r = await run(
+      'run',
+      ck.dir,
+      '--input-ids',
+      '1,2,3',
+      '--max-new-tokens',
+      '3',
+      '--json',
+      '--logits',
+      '--devices',
+      'virtual:2',
+      '--ctx',
+      '32',
+      '--threads',
+      '1',
+    );
     assert.equal(r.code, 0, r.err);
     const j = JSON.parse(r.out);
     assert.deepEqual(j.prompt_ids, [1, 2, 3]);
@@ -219,7 +250,7 @@ describe('vramfit run', () => {
 });
 
 describe('engine: one reading of config.json with the reader', () => {
-  it('Qwen3 without head_dim uses Qwen3Config\'s default 128 and attention_bias covers o_proj, as the skeleton says', async () => {
+  it("Qwen3 without head_dim uses Qwen3Config's default 128 and attention_bias covers o_proj, as the skeleton says", async () => {
     const ck = writeTinyFamilyCheckpoint(join(root, 'qwen3-defaults'), 'qwen3', { seed: 3, config: { head_dim: undefined, attention_bias: true } });
     const model = await loadModel(ck.dir, { devices: 'virtual:1', ctx: 32, threads: 1 });
     try {

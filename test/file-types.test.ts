@@ -15,7 +15,17 @@ import { TINY_LLAMA_CONFIG } from './helpers/tiny-models.js';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 function inspect(path: string): { status: number | null; stderr: string; signal: NodeJS.Signals | null } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `import { main } from './src/cli/main.ts'; process.exitCode = await main(['inspect', ${JSON.stringify(path)}]);`], { cwd: ROOT, encoding: 'utf8', timeout: 20_000 });
+  const r = spawnSync(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      '--input-type=module',
+      '-e',
+      `import { main } from './src/cli/main.ts'; process.exitCode = await main(['inspect', ${JSON.stringify(path)}]);`,
+    ],
+    { cwd: ROOT, encoding: 'utf8', timeout: 20_000 },
+  );
   return { status: r.status, stderr: r.stderr, signal: r.signal };
 }
 

@@ -298,7 +298,13 @@ function costsOf(s: Skeleton, w: Workload, target: Target): Costs {
   const a = s.attention!;
   const dtype = dominantDtype(s, w.dtype);
   const profile = TARGETS[target];
-  return { kvL: kvBytesPerLayer(a, w), bws: blockWorkspace(a, w, profile, dtype), hws: headWorkspace(a, w, profile, dtype), pws: passWorkspace(a, w, profile, dtype), target };
+  return {
+    kvL: kvBytesPerLayer(a, w),
+    bws: blockWorkspace(a, w, profile, dtype),
+    hws: headWorkspace(a, w, profile, dtype),
+    pws: passWorkspace(a, w, profile, dtype),
+    target,
+  };
 }
 
 /** Bytes of a set of tensors on one device: a tie group once when any member is there. */
@@ -329,10 +335,12 @@ function bytesOnDevice(names: Iterable<string>, s: Skeleton, dtype: string | und
  */
 function largestModule(names: Iterable<string>, s: Skeleton, dtype: string | undefined, target: Target): number {
   const byName = new Map(s.tensors.map((t) => [t.name, t]));
-  const alias = new Set(s.tied.flatMap((g) => {
-    const owner = s.tensors.find((t) => g.includes(t.name))!.name;
-    return g.filter((n) => n !== owner);
-  }));
+  const alias = new Set(
+    s.tied.flatMap((g) => {
+      const owner = s.tensors.find((t) => g.includes(t.name))!.name;
+      return g.filter((n) => n !== owner);
+    }),
+  );
   const byOwner = new Map<string, number>();
   for (const n of names) {
     if (alias.has(n)) continue;
@@ -380,7 +388,13 @@ function chainOf(units: ExpectedUnit[], attach: boolean, tied: boolean): Chain {
 /** What a run of chain groups costs where it lands, from the tensors themselves. */
 function accounting(chain: Chain, s: Skeleton, w: Workload, c: Costs) {
   const gs = chain.groups;
-  const weightsOf = (i: number, j: number): number => bytesOnDevice(gs.slice(i, j).flatMap((g) => g.tensors), s, w.dtype, c.target);
+  const weightsOf = (i: number, j: number): number =>
+    bytesOnDevice(
+      gs.slice(i, j).flatMap((g) => g.tensors),
+      s,
+      w.dtype,
+      c.target,
+    );
   const blocksOf = (i: number, j: number): number => gs.slice(i, j).reduce((sum, g) => sum + g.blocks, 0);
   const headIn = (i: number, j: number): boolean => gs.slice(i, j).some((g) => g.head);
   return {
@@ -394,7 +408,15 @@ function accounting(chain: Chain, s: Skeleton, w: Workload, c: Costs) {
       if (j <= i) return 0;
       const n = gs.length;
       const b = blocksOf(i, j) + blocksOf(hostFrom, n);
-      const transit = hostFrom < n ? largestModule(gs.slice(hostFrom).flatMap((g) => g.tensors), s, w.dtype, c.target) : 0;
+      const transit =
+        hostFrom < n
+          ? largestModule(
+              gs.slice(hostFrom).flatMap((g) => g.tensors),
+              s,
+              w.dtype,
+              c.target,
+            )
+          : 0;
       return weightsOf(i, j) + b * c.kvL + workspaceOf(c, j - i, b, headIn(i, j) || headIn(hostFrom, n)) + overhead + transit;
     },
     /**
@@ -510,7 +532,12 @@ function inputFor(k: Case): { input: FitInput; built: Built } {
   const workload: Workload = { ctx: k.work.ctx, batch: k.work.batch, ubatch: Math.min(k.work.ubatch, k.work.ctx), kvDtype: k.work.kvDtype };
   if (k.work.dtype !== undefined) workload.dtype = k.work.dtype;
   const c = costsOf(s, workload, k.work.target);
-  const allWeights = bytesOnDevice(s.tensors.map((t) => t.name), s, workload.dtype, k.work.target);
+  const allWeights = bytesOnDevice(
+    s.tensors.map((t) => t.name),
+    s,
+    workload.dtype,
+    k.work.target,
+  );
   const whole = allWeights + k.model.blocks.length * c.kvL + c.bws + c.hws;
   const books = [false, true].map((detached) => accounting(chainOf(built.units, !detached, k.model.tied), s, workload, c));
   const at = (x: number, n: number): number => Math.min(n, Math.floor(x * (n + 1)));
@@ -590,7 +617,12 @@ function checkPlan(model: ModelSpec, input: FitInput, built: Built, plan: Plan):
     const d = plan.devices.find((x) => x.id === spec.id)!;
     assert.ok(d, `device ${spec.id} missing from the plan`);
     const own = unitsOn(new Set([spec.id]));
-    const weights = bytesOnDevice(own.flatMap((u) => u.tensors), s, w.dtype, input.target);
+    const weights = bytesOnDevice(
+      own.flatMap((u) => u.tensors),
+      s,
+      w.dtype,
+      input.target,
+    );
     let kv = 0;
     let workspace = 0;
     let overhead = 0;
@@ -603,10 +635,20 @@ function checkPlan(model: ModelSpec, input: FitInput, built: Built, plan: Plan):
       const scope = spec.kind === 'cpu' ? offloaded : spec === main ? [...own, ...offloaded] : own;
       const blocks = scope.filter((u) => u.block !== undefined).length;
       kv = blocks * c.kvL;
-      workspace = workspaceOf(c, scope.length, blocks, scope.some((u) => u.head));
+      workspace = workspaceOf(
+        c,
+        scope.length,
+        blocks,
+        scope.some((u) => u.head),
+      );
       overhead = scope.length > 0 ? spec.overhead : 0;
       if (spec === main) {
-        transit = largestModule(offloaded.flatMap((u) => u.tensors), s, w.dtype, input.target);
+        transit = largestModule(
+          offloaded.flatMap((u) => u.tensors),
+          s,
+          w.dtype,
+          input.target,
+        );
         assert.ok(d.hosts, `${spec.id} is accelerate's main device but the plan does not say it hosts the offloaded units`);
         close(d.hosts.transit, transit, `${spec.id} transit`);
         close(d.hosts.kv, offloaded.filter((u) => u.block !== undefined).length * c.kvL, `${spec.id} KV of offloaded layers`);
@@ -666,15 +708,22 @@ function checkPlan(model: ModelSpec, input: FitInput, built: Built, plan: Plan):
   assert.ok(ref, 'the reference finds no placement, yet planFit returned one');
   if (attached && model.tied) assert.ok(tiedTogether, 'ties were split although a placement keeping them together exists');
   const gpuUnits = units.filter((u) => rank.get(deviceOfUnit.get(u.name)!)! < accs.length);
-  const gpuBytes = bytesOnDevice(gpuUnits.flatMap((u) => u.tensors), s, w.dtype, input.target);
+  const gpuBytes = bytesOnDevice(
+    gpuUnits.flatMap((u) => u.tensors),
+    s,
+    w.dtype,
+    input.target,
+  );
   close(gpuBytes, ref.gpuBytes, 'bytes on accelerators (the most possible)');
   const cpuPlan = plan.devices.find((d) => d.kind === 'cpu');
   if (cpuPlan) close(cpuPlan.weights, ref.cpuBytes, 'bytes on cpu (cpu fills before disk)');
   if (accs.length > 0 && ref.prefix > 0) {
-    const planUtil = Math.max(...accs.map((spec) => {
-      const d = plan.devices.find((x) => x.id === spec.id)!;
-      return d.used === 0 ? 0 : d.used / (spec.weight ?? spec.cap);
-    }));
+    const planUtil = Math.max(
+      ...accs.map((spec) => {
+        const d = plan.devices.find((x) => x.id === spec.id)!;
+        return d.used === 0 ? 0 : d.used / (spec.weight ?? spec.cap);
+      }),
+    );
     assert.ok(planUtil <= ref.minMaxUtil * (1 + 1e-6) + 1e-12, `max utilisation ${planUtil} where ${ref.minMaxUtil} is possible`);
     const stages = accs.filter((spec) => plan.devices.find((x) => x.id === spec.id)!.modules.length > 0).length;
     const fewest = ref.fewest(planUtil * (1 + 1e-12));
@@ -712,7 +761,10 @@ function runCase(k: Case, stats: Stats): void {
     const detached = reference(chainOf(built.units, false, k.model.tied), input.skeleton, input, c);
     assert.ok(!attached && !detached, `planFit says infeasible, but the reference places it (${e.message})`);
     assert.ok(e.message.includes('does not fit'), `unexpected reason: ${e.message}`);
-    assert.ok(e.shortfalls.some((x) => x.short > 0), `the error names no short device: ${e.message}`);
+    assert.ok(
+      e.shortfalls.some((x) => x.short > 0),
+      `the error names no short device: ${e.message}`,
+    );
     // sanity: the generator keeps one device within a factor 10 of the whole model
     const roomy = scaled(input, 10);
     checkPlan(k.model, roomy, built, planFit(roomy));
@@ -774,7 +826,10 @@ describe('fit: properties over random skeletons, devices and workloads', () => {
     if (process.env.FIT_PROPERTY_RUNS) console.log('random', stats);
     // the generator must reach every regime
     const { ok, infeasible, offloaded, hosted } = stats;
-    assert.ok(ok > RUNS / 5 && infeasible > RUNS / 10 && offloaded > RUNS / 20 && hosted > RUNS / 200, `ok ${ok}, infeasible ${infeasible}, offloaded ${offloaded}, hosted ${hosted}`);
+    assert.ok(
+      ok > RUNS / 5 && infeasible > RUNS / 10 && offloaded > RUNS / 20 && hosted > RUNS / 200,
+      `ok ${ok}, infeasible ${infeasible}, offloaded ${offloaded}, hosted ${hosted}`,
+    );
   });
 
   it('every suggested remedy of an infeasible plan, applied, plans; and each changes only what it names', () => {
@@ -803,7 +858,10 @@ describe('fit: properties over random skeletons, devices and workloads', () => {
 
   it('tied weights stay together when they can, and are copied (and counted twice) only when they cannot', () => {
     const stats: Stats = { ok: 0, infeasible: 0, offloaded: 0, detached: 0, hosted: 0 };
-    fc.assert(fc.property(tieStressArb, (k: Case) => runCase(k, stats)), { numRuns: Math.ceil(RUNS / 5), includeErrorInReport: true });
+    fc.assert(
+      fc.property(tieStressArb, (k: Case) => runCase(k, stats)),
+      { numRuns: Math.ceil(RUNS / 5), includeErrorInReport: true },
+    );
     if (process.env.FIT_PROPERTY_RUNS) console.log('tie stress', stats);
     assert.ok(stats.detached > 0 && stats.ok > stats.detached, `detached ${stats.detached}, ok ${stats.ok}`);
   });
@@ -824,7 +882,8 @@ const dev = (p: Plan, id: string): DevicePlan => {
   assert.ok(d, `no device ${id} in the plan`);
   return d;
 };
-const blockCount = (d: DevicePlan, prefix = 'model.layers'): number => d.modules.filter((m) => new RegExp(`^${prefix.replace(/\./g, '\\.')}\\.\\d+$`).test(m)).length;
+const blockCount = (d: DevicePlan, prefix = 'model.layers'): number =>
+  d.modules.filter((m) => new RegExp(`^${prefix.replace(/\./g, '\\.')}\\.\\d+$`).test(m)).length;
 const gpuWeights = (p: Plan): number => p.devices.filter(isAcc).reduce((sum, d) => sum + d.weights, 0);
 const util = (d: DevicePlan): number => d.used / d.cap;
 function infeasible(input: FitInput): InfeasiblePlanError {
@@ -838,7 +897,7 @@ function infeasible(input: FitInput): InfeasiblePlanError {
 }
 
 describe('fit: behaviour', () => {
-  it('puts each layer\'s KV cache on the device of that layer', () => {
+  it("puts each layer's KV cache on the device of that layer", () => {
     const p = planFit({ skeleton: llama, devices: [gpu('0', 6 * GiB), gpu('1', 8 * GiB), cpuDev(30 * GiB)], workload: W4K, target: 'vramfit' });
     const kvL = kvBytesPerLayer(llama.attention!, W4K);
     assert.equal(kvL, 64 * MiB, 'llama-2-7b: 8192 fp16 elements per token per layer × 4096 tokens');
@@ -850,7 +909,10 @@ describe('fit: behaviour', () => {
     const cpu = dev(p, 'cpu');
     assert.ok(blockCount(cpu) > 0);
     assert.equal(cpu.kv, kvL * blockCount(cpu));
-    assert.equal(p.devices.reduce((sum, d) => sum + d.kv, 0), 32 * kvL);
+    assert.equal(
+      p.devices.reduce((sum, d) => sum + d.kv, 0),
+      32 * kvL,
+    );
   });
 
   it('charges the logits workspace to the device that holds the head, and only there', () => {
@@ -874,7 +936,14 @@ describe('fit: behaviour', () => {
     embedDtype: 'float16',
     headDtype: 'float16',
     finalNormDtype: 'float16',
-    blocks: Array.from({ length: 4 }, () => ({ linears: [{ out: 64, in: 64, bias: false, dtype: 'float16' as const }, { out: 64, in: 64, bias: true, dtype: 'float16' as const }], nested: true, normDtype: 'float16' as const })),
+    blocks: Array.from({ length: 4 }, () => ({
+      linears: [
+        { out: 64, in: 64, bias: false, dtype: 'float16' as const },
+        { out: 64, in: 64, bias: true, dtype: 'float16' as const },
+      ],
+      nested: true,
+      normDtype: 'float16' as const,
+    })),
     tied: true,
     tieReversed: true,
     rotary: 'buffer',
@@ -891,17 +960,39 @@ describe('fit: behaviour', () => {
     const c = costsOf(skeleton, tiedWork, 'vramfit');
     const book = accounting(chainOf(units, true, true), skeleton, tiedWork, c);
     // GPU 0 holds the embedding with its head and 2 blocks, GPU 1 the rest: the chain splits, the head rides along
-    const devices: PlanDeviceSpec[] = [{ id: '0', kind: 'gpu', cap: book.accNeed(0, 0, 3), overhead: 0 }, { id: '1', kind: 'gpu', cap: book.accNeed(0, 3, book.n), overhead: 0 }];
+    const devices: PlanDeviceSpec[] = [
+      { id: '0', kind: 'gpu', cap: book.accNeed(0, 0, 3), overhead: 0 },
+      { id: '1', kind: 'gpu', cap: book.accNeed(0, 3, book.n), overhead: 0 },
+    ];
     const input: FitInput = { skeleton, devices, workload: tiedWork, target: 'vramfit' };
     const p = planFit(input);
     assert.equal(mapDevice(p, HEAD), mapDevice(p, EMBED));
     assert.equal(mapDevice(p, HEAD), '0');
     assert.equal(mapDevice(p, 'model.norm.weight'), '1', 'the chain does go on to GPU 1');
     assert.ok(!p.warnings.some((x) => x.includes(TIE_WARNING)));
-    assert.deepEqual(p.devices.flatMap((d) => d.tiedDuplicates), []);
+    assert.deepEqual(
+      p.devices.flatMap((d) => d.tiedDuplicates),
+      [],
+    );
     const embedBytes = 8192 * 64 * 2;
-    assert.equal(dev(p, '0').weights, bytesOnDevice(dev(p, '0').modules.flatMap((m) => units.find((u) => u.name === m)!.tensors), skeleton, undefined, 'vramfit'));
-    assert.equal(p.devices.reduce((sum, d) => sum + d.weights, 0), bytesOnDevice(skeleton.tensors.map((t) => t.name), skeleton, undefined, 'vramfit'));
+    assert.equal(
+      dev(p, '0').weights,
+      bytesOnDevice(
+        dev(p, '0').modules.flatMap((m) => units.find((u) => u.name === m)!.tensors),
+        skeleton,
+        undefined,
+        'vramfit',
+      ),
+    );
+    assert.equal(
+      p.devices.reduce((sum, d) => sum + d.weights, 0),
+      bytesOnDevice(
+        skeleton.tensors.map((t) => t.name),
+        skeleton,
+        undefined,
+        'vramfit',
+      ),
+    );
     assert.ok(dev(p, '0').weights >= embedBytes);
     assert.ok(dev(p, '0').workspace >= c.hws, 'the logits workspace follows the head to GPU 0');
     checkPlan(tiedSpec, input, { skeleton, units }, p);
@@ -925,13 +1016,35 @@ describe('fit: behaviour', () => {
     const p = planFit(input);
     assert.equal(mapDevice(p, EMBED), '0');
     assert.equal(mapDevice(p, HEAD), 'cpu');
-    assert.ok(p.warnings.some((x) => x.includes(TIE_WARNING)), p.warnings.join('\n'));
-    assert.ok(p.warnings.some((x) => x.includes('cpu also holds a copy of tied lm_head.weight')), p.warnings.join('\n'));
+    assert.ok(
+      p.warnings.some((x) => x.includes(TIE_WARNING)),
+      p.warnings.join('\n'),
+    );
+    assert.ok(
+      p.warnings.some((x) => x.includes('cpu also holds a copy of tied lm_head.weight')),
+      p.warnings.join('\n'),
+    );
     assert.deepEqual(dev(p, 'cpu').tiedDuplicates, [HEAD]);
     const embedBytes = 8192 * 64 * 2;
     assert.equal(dev(p, 'cpu').weights, embedBytes + 64 * 4, 'the copy and the final norm in F32 (vramfit computes the rotary buffer)');
-    assert.equal(dev(p, '0').weights, bytesOnDevice(skeleton.tensors.filter((t) => t.name.startsWith('model.layers.') || t.name === EMBED).map((t) => t.name), skeleton, undefined, 'vramfit'));
-    assert.equal(p.devices.reduce((sum, d) => sum + d.weights, 0), bytesOnDevice(skeleton.tensors.map((t) => t.name), skeleton, undefined, 'vramfit') + embedBytes);
+    assert.equal(
+      dev(p, '0').weights,
+      bytesOnDevice(
+        skeleton.tensors.filter((t) => t.name.startsWith('model.layers.') || t.name === EMBED).map((t) => t.name),
+        skeleton,
+        undefined,
+        'vramfit',
+      ),
+    );
+    assert.equal(
+      p.devices.reduce((sum, d) => sum + d.weights, 0),
+      bytesOnDevice(
+        skeleton.tensors.map((t) => t.name),
+        skeleton,
+        undefined,
+        'vramfit',
+      ) + embedBytes,
+    );
     assert.equal(dev(p, 'cpu').used, dev(p, 'cpu').cap);
     checkPlan(tiedSpec, input, { skeleton, units }, p);
   });
@@ -939,17 +1052,29 @@ describe('fit: behaviour', () => {
   const PINNED = ['transformer.embedding', 'transformer.rotary_pos_emb', 'transformer.encoder.final_layernorm', 'transformer.output_layer'];
   const pinnedOn = (p: Plan): string[] => chatglm.tensors.filter((t) => PINNED.some((m) => covers(m, t.name))).map((t) => mapDevice(p, t.name));
 
-  it('pins ChatGLM\'s embedding, rotary table, final norm and output layer to GPU 0 under transformers', () => {
+  it("pins ChatGLM's embedding, rotary table, final norm and output layer to GPU 0 under transformers", () => {
     assert.deepEqual(pinsFor(chatglm, 'transformers'), PINNED);
     assert.deepEqual(pinsFor(chatglm, 'vramfit'), []);
     assert.deepEqual(pinsFor(llama, 'transformers'), []);
     const pins = pinsFor(chatglm, 'transformers');
     const w: Workload = { ctx: 8192, batch: 1, ubatch: 512, kvDtype: 'float16' };
     const overhead = TARGETS.transformers.gpuOverhead;
-    const p = planFit({ skeleton: chatglm, devices: [gpu('0', 6 * GiB, { overhead }), gpu('1', 6 * GiB, { overhead }), cpuDev(64 * GiB)], workload: w, target: 'transformers', pins });
+    const p = planFit({
+      skeleton: chatglm,
+      devices: [gpu('0', 6 * GiB, { overhead }), gpu('1', 6 * GiB, { overhead }), cpuDev(64 * GiB)],
+      workload: w,
+      target: 'transformers',
+      pins,
+    });
     assert.deepEqual(new Set(pinnedOn(p)), new Set(['0']));
-    assert.ok(blockCount(dev(p, '1'), 'transformer.encoder.layers') > 0 && blockCount(dev(p, 'cpu'), 'transformer.encoder.layers') > 0, 'the blocks go on past GPU 0');
-    assert.ok(dev(p, '0').workspace >= headWorkspace(chatglm.attention!, w, TARGETS.transformers, dominantDtype(chatglm)), 'logits on GPU 0 with the output layer');
+    assert.ok(
+      blockCount(dev(p, '1'), 'transformer.encoder.layers') > 0 && blockCount(dev(p, 'cpu'), 'transformer.encoder.layers') > 0,
+      'the blocks go on past GPU 0',
+    );
+    assert.ok(
+      dev(p, '0').workspace >= headWorkspace(chatglm.attention!, w, TARGETS.transformers, dominantDtype(chatglm)),
+      'logits on GPU 0 with the output layer',
+    );
     for (const d of p.devices) assert.ok(d.used <= d.cap);
 
     // balancing must not empty GPU 0 when it is much smaller than GPU 1 (it would without pins)
@@ -965,8 +1090,14 @@ describe('fit: behaviour', () => {
 
     // and when the pinned modules cannot fit GPU 0, the plan says so
     assert.throws(
-      () => planFit({ skeleton: chatglm, devices: [gpu('0', 2 * GiB, { overhead }), gpu('1', 80 * GiB, { overhead })], workload: w, target: 'transformers', pins }),
-      (e: unknown) => e instanceof InfeasiblePlanError && /pinned modules/.test(e.message) && e.shortfalls.length === 1 && e.shortfalls[0]!.device === '0' && e.shortfalls[0]!.short > 0,
+      () =>
+        planFit({ skeleton: chatglm, devices: [gpu('0', 2 * GiB, { overhead }), gpu('1', 80 * GiB, { overhead })], workload: w, target: 'transformers', pins }),
+      (e: unknown) =>
+        e instanceof InfeasiblePlanError &&
+        /pinned modules/.test(e.message) &&
+        e.shortfalls.length === 1 &&
+        e.shortfalls[0]!.device === '0' &&
+        e.shortfalls[0]!.short > 0,
     );
   });
 
@@ -978,7 +1109,12 @@ describe('fit: behaviour', () => {
     assert.ok(Math.abs(util(dev(uneven, '0')) - util(dev(uneven, '1'))) < 0.03, `${util(dev(uneven, '0'))} vs ${util(dev(uneven, '1'))}`);
     assert.ok(blockCount(dev(uneven, '1')) > blockCount(dev(uneven, '0')) * 1.5);
 
-    const weighted = planFit({ skeleton: llama, devices: [gpu('0', 24 * GiB, { weight: 1 }), gpu('1', 24 * GiB, { weight: 3 })], workload: W4K, target: 'vramfit' });
+    const weighted = planFit({
+      skeleton: llama,
+      devices: [gpu('0', 24 * GiB, { weight: 1 }), gpu('1', 24 * GiB, { weight: 3 })],
+      workload: W4K,
+      target: 'vramfit',
+    });
     assert.ok(blockCount(dev(weighted, '0')) < blockCount(dev(even, '0')));
     const ratio = dev(weighted, '1').used / dev(weighted, '0').used;
     assert.ok(ratio > 2.5 && ratio < 3.5, `GPU 1 holds ${ratio}× GPU 0`);
@@ -1018,34 +1154,60 @@ describe('fit: behaviour', () => {
       const ctx = /^--ctx (\d+)/.exec(r.text);
       if (ctx) assert.equal(r.input.workload.ctx, Number(ctx[1]));
     }
-    assert.ok(err.suggestions.some((x) => /^--max-memory …,cpu=\d+\.\d\dGiB$/.test(x)), err.suggestions.join('; '));
+    assert.ok(
+      err.suggestions.some((x) => /^--max-memory …,cpu=\d+\.\d\dGiB$/.test(x)),
+      err.suggestions.join('; '),
+    );
     // the smallest cpu budget that works: a hundredth of a GiB less does not
     const cpuRemedy = err.remedies.find((r) => r.text.includes('cpu='))!;
     const cpuCap = cpuRemedy.input.devices.find((d) => d.id === 'cpu')!.cap;
-    assert.throws(() => planFit({ ...cpuRemedy.input, devices: cpuRemedy.input.devices.map((d) => (d.id === 'cpu' ? { ...d, cap: cpuCap - 0.011 * GiB } : d)), remedies: false }), InfeasiblePlanError);
+    assert.throws(
+      () =>
+        planFit({
+          ...cpuRemedy.input,
+          devices: cpuRemedy.input.devices.map((d) => (d.id === 'cpu' ? { ...d, cap: cpuCap - 0.011 * GiB } : d)),
+          remedies: false,
+        }),
+      InfeasiblePlanError,
+    );
   });
 
   it('suggests only what the command accepts: no q8_0 KV or --ctx auto for run', () => {
     const input: FitInput = { skeleton: llama, devices: [gpu('0', 14.2 * GiB)], workload: W4K, target: 'vramfit' };
     const forPlan = infeasible(input);
-    assert.ok(forPlan.suggestions.some((x) => /^--kv-dtype q[48]_0$/.test(x)), forPlan.suggestions.join('; '));
-    assert.ok(forPlan.suggestions.some((x) => /--ctx \d+ \(or --ctx auto\)/.test(x)), forPlan.suggestions.join('; '));
+    assert.ok(
+      forPlan.suggestions.some((x) => /^--kv-dtype q[48]_0$/.test(x)),
+      forPlan.suggestions.join('; '),
+    );
+    assert.ok(
+      forPlan.suggestions.some((x) => /--ctx \d+ \(or --ctx auto\)/.test(x)),
+      forPlan.suggestions.join('; '),
+    );
     const forRun = infeasible({ ...input, remedies: { kvDtypes: ['float32', 'float16'], dtypes: ['float16'], ctxAuto: false, offload: true } });
     assert.ok(!forRun.suggestions.some((x) => /q8_0|auto|--dtype/.test(x)), forRun.suggestions.join('; '));
-    assert.ok(forRun.suggestions.some((x) => /^--ctx \d+: the longest context that fits$/.test(x)), forRun.suggestions.join('; '));
+    assert.ok(
+      forRun.suggestions.some((x) => /^--ctx \d+: the longest context that fits$/.test(x)),
+      forRun.suggestions.join('; '),
+    );
   });
 
   it('keeps the message short with many devices: one line each for the first eight, one line for the rest', () => {
     const many = Array.from({ length: 64 }, (_, i) => gpu(String(i), 150 * MiB, { overhead: 0 }));
     const err = infeasible({ skeleton: llama, devices: many, workload: W4K, target: 'vramfit', remedies: false });
     const lines = err.message.split('\n');
-    assert.ok(lines.every((l) => l.length <= 120), lines.find((l) => l.length > 120));
+    assert.ok(
+      lines.every((l) => l.length <= 120),
+      lines.find((l) => l.length > 120),
+    );
     assert.equal(lines.filter((l) => /^  GPU \d+ is short by/.test(l)).length, 8);
     assert.match(err.message, /^  … and \d+ more devices, each short by .* to .*$/m);
   });
 
   it('--ctx auto picks the largest multiple of 256 that keeps the same bytes on the GPUs', () => {
-    const planAt = (devices: PlanDeviceSpec[]) => (ctx: number): Plan => planFit({ skeleton: llama, devices, workload: { ...W4K, ctx, ubatch: Math.min(512, ctx) }, target: 'vramfit' });
+    const planAt =
+      (devices: PlanDeviceSpec[]) =>
+      (ctx: number): Plan =>
+        planFit({ skeleton: llama, devices, workload: { ...W4K, ctx, ubatch: Math.min(512, ctx) }, target: 'vramfit' });
     for (const devices of [[gpu('0', 14 * GiB), cpuDev(30 * GiB)], [gpu('0', 14 * GiB)], [gpu('0', 8 * GiB), gpu('1', 7 * GiB), cpuDev(20 * GiB)]]) {
       const at = planAt(devices);
       const p = largestContext(4096, at);
@@ -1065,7 +1227,7 @@ describe('fit: behaviour', () => {
     assert.equal(roomy.workload.ctx, 4096);
   });
 
-  it('offloads to disk with the disk blocks\' KV cache and workspace in CPU RAM', () => {
+  it("offloads to disk with the disk blocks' KV cache and workspace in CPU RAM", () => {
     const p = planFit({ skeleton: llama, devices: [gpu('0', 4 * GiB), cpuDev(4 * GiB), diskDev()], workload: W4K, target: 'vramfit' });
     const disk = dev(p, 'disk');
     const cpu = dev(p, 'cpu');
@@ -1076,7 +1238,11 @@ describe('fit: behaviour', () => {
     assert.equal(disk.used, disk.weights);
     assert.equal(cpu.kv, kvL * (blockCount(cpu) + blockCount(disk)));
     const dtype = dominantDtype(llama);
-    assert.equal(cpu.workspace, blockWorkspace(llama.attention!, W4K, TARGETS.vramfit, dtype) + headWorkspace(llama.attention!, W4K, TARGETS.vramfit, dtype), 'the head is on disk and runs on the CPU');
+    assert.equal(
+      cpu.workspace,
+      blockWorkspace(llama.attention!, W4K, TARGETS.vramfit, dtype) + headWorkspace(llama.attention!, W4K, TARGETS.vramfit, dtype),
+      'the head is on disk and runs on the CPU',
+    );
     assert.ok(cpu.used <= cpu.cap);
     assert.equal(mapDevice(p, 'lm_head.weight'), 'disk');
   });
@@ -1095,7 +1261,7 @@ async function cli(...argv: string[]): Promise<{ code: number; out: string; err:
 
 const BASE = ['plan', 'llama-2-7b', '--gpu-memory', '24GiB,24GiB', '--max-memory', '0=5GB,1=10GB,cpu=30GiB'];
 
-describe('fit: the transformers target runs offloaded modules on accelerate\'s main device', () => {
+describe("fit: the transformers target runs offloaded modules on accelerate's main device", () => {
   // The issue's case: 5 GB and 10 GB on two cards, the rest on the cpu.
   const devices = [gpu('0', 5e9, { overhead: GiB }), gpu('1', 10e9, { overhead: GiB }), cpuDev(30 * GiB)];
   const p = planFit({ skeleton: llama, devices, workload: W4K, target: 'transformers' });
@@ -1109,7 +1275,10 @@ describe('fit: the transformers target runs offloaded modules on accelerate\'s m
     assert.equal(g0.kv, (blockCount(g0) + offloadedBlocks) * 64 * MiB);
     assert.equal(g0.hosts.transit, 32000 * 4096 * 2, 'lm_head, the largest offloaded module, is copied in whole');
     // GPU 0 computes the head's logits for the offloaded lm_head
-    assert.equal(g0.workspace, blockWorkspace(llama.attention!, W4K, TARGETS.transformers, 'float16') + headWorkspace(llama.attention!, W4K, TARGETS.transformers, 'float16'));
+    assert.equal(
+      g0.workspace,
+      blockWorkspace(llama.attention!, W4K, TARGETS.transformers, 'float16') + headWorkspace(llama.attention!, W4K, TARGETS.transformers, 'float16'),
+    );
     assert.ok(g0.used <= 5e9, `GPU 0 uses ${g0.used}`);
     assert.equal(g0.used, g0.weights + g0.kv + g0.workspace + g0.overhead + g0.hosts.transit);
     const cpu = dev(p, 'cpu');
@@ -1122,7 +1291,12 @@ describe('fit: the transformers target runs offloaded modules on accelerate\'s m
     const target = planFit({ skeleton: llama, devices, workload: W4K, target: 'vramfit' });
     assert.ok(blockCount(dev(target, 'cpu')) < offloadedBlocks, 'hosting costs GPU 0 room, so fewer layers stay on the GPUs');
     // 64 MiB of KV per hosted layer moves with each layer: with all on GPUs but one, a cap would break
-    const bigger = planFit({ skeleton: llama, devices: [gpu('0', 5e9 + 2 * GiB, { overhead: GiB }), devices[1]!, devices[2]!], workload: W4K, target: 'transformers' });
+    const bigger = planFit({
+      skeleton: llama,
+      devices: [gpu('0', 5e9 + 2 * GiB, { overhead: GiB }), devices[1]!, devices[2]!],
+      workload: W4K,
+      target: 'transformers',
+    });
     assert.ok(blockCount(dev(bigger, 'cpu')) < offloadedBlocks);
   });
 
@@ -1132,7 +1306,7 @@ describe('fit: the transformers target runs offloaded modules on accelerate\'s m
     assert.equal(dev(tiny, 'cpu').kv, 32 * 64 * MiB);
   });
 
-  it('the table says where the offloaded layers\' KV cache lives', async () => {
+  it("the table says where the offloaded layers' KV cache lives", async () => {
     const r = await cli(...BASE, '--target', 'transformers');
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /runs offloaded layers \d+–31, norm, rotary_emb, lm_head \(accelerate's main device\): KV of offloaded layers [\d.]+ MiB on GPU 0/);
@@ -1171,7 +1345,13 @@ describe('plan CLI', () => {
   it('--format json is a versioned plan with a device map', async () => {
     const r = await cli(...BASE, '--format', 'json');
     assert.equal(r.code, 0, r.err);
-    const j = JSON.parse(r.out) as { format: string; version: number; device_map: Record<string, number | string>; devices: { id: string }[]; workload: Record<string, unknown> };
+    const j = JSON.parse(r.out) as {
+      format: string;
+      version: number;
+      device_map: Record<string, number | string>;
+      devices: { id: string }[];
+      workload: Record<string, unknown>;
+    };
     assert.equal(j.format, 'vramfit-plan');
     assert.equal(j.version, 2);
     assert.equal(typeof j.device_map, 'object');
@@ -1182,14 +1362,18 @@ describe('plan CLI', () => {
     const camel: string[] = [];
     const walk = (v: unknown, path: string): void => {
       if (Array.isArray(v)) v.forEach((x, i) => walk(x, `${path}[${i}]`));
-      else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) {
-        if (path !== '.device_map' && /[A-Z]/.test(k)) camel.push(`${path}.${k}`);
-        walk(x, `${path}.${k}`);
-      }
+      else if (v && typeof v === 'object')
+        for (const [k, x] of Object.entries(v)) {
+          if (path !== '.device_map' && /[A-Z]/.test(k)) camel.push(`${path}.${k}`);
+          walk(x, `${path}.${k}`);
+        }
     };
     walk(j, '');
     assert.deepEqual(camel, []);
-    assert.deepEqual(j.devices.map((d) => d.id), ['0', '1', 'cpu']);
+    assert.deepEqual(
+      j.devices.map((d) => d.id),
+      ['0', '1', 'cpu'],
+    );
   });
 
   it('--format accelerate gives device_map and max_memory', async () => {
@@ -1231,7 +1415,11 @@ describe('plan CLI', () => {
       assert.equal(r.out, '');
       const lines = r.err.trimEnd().split('\n');
       // an infeasible plan lists its short devices and remedies, one short line each
-      if (what === 'a plan that does not fit') assert.ok(lines.every((l) => l.length <= 120), r.err);
+      if (what === 'a plan that does not fit')
+        assert.ok(
+          lines.every((l) => l.length <= 120),
+          r.err,
+        );
       else assert.equal(lines.length, 1, r.err);
       assert.match(lines[0]!, /^vramfit: /);
       assert.match(lines[0]!, message);
@@ -1247,13 +1435,32 @@ describe('plan CLI', () => {
   });
 
   it('--compat accelerate --strategy sequential keeps every no-split decoder layer whole', async () => {
-    const r = await cli('plan', 'llama-2-7b', '--gpu-memory', '24GiB,24GiB', '--max-memory', '0=2GB,1=3GB,cpu=30GB', '--compat', 'accelerate', '--strategy', 'sequential', '--no-split', 'LlamaDecoderLayer', '--format', 'accelerate');
+    const r = await cli(
+      'plan',
+      'llama-2-7b',
+      '--gpu-memory',
+      '24GiB,24GiB',
+      '--max-memory',
+      '0=2GB,1=3GB,cpu=30GB',
+      '--compat',
+      'accelerate',
+      '--strategy',
+      'sequential',
+      '--no-split',
+      'LlamaDecoderLayer',
+      '--format',
+      'accelerate',
+    );
     assert.equal(r.code, 0, r.err);
     const { device_map } = JSON.parse(r.out) as { device_map: Record<string, number | string> };
     const layerKeys = Object.keys(device_map).filter((k) => k.startsWith('model.layers'));
     assert.ok(layerKeys.length > 0);
     for (const k of layerKeys) assert.match(k, /^model\.layers(\.\d+)?$/, `${k} splits a decoder layer`);
-    const where = new Set(Object.entries(device_map).filter(([k]) => /^model\.layers\.\d+$/.test(k)).map(([, d]) => d));
+    const where = new Set(
+      Object.entries(device_map)
+        .filter(([k]) => /^model\.layers\.\d+$/.test(k))
+        .map(([, d]) => d),
+    );
     assert.ok(where.size >= 2, 'the layers span several devices');
   });
 });

@@ -39,7 +39,24 @@ type Mutation = Exclude<ByteMutation, { kind: 'u16' }>;
 
 /** Values that sit on the edges parsers get wrong: zero, one, sign and width boundaries, all ones. */
 const edgeU64 = fc.oneof(
-  fc.constantFrom(0n, 1n, 2n, 7n, 8n, 31n, 32n, 255n, 2n ** 31n, 2n ** 32n - 1n, 2n ** 32n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 63n - 1n, 2n ** 63n, 2n ** 64n - 1n),
+  fc.constantFrom(
+    0n,
+    1n,
+    2n,
+    7n,
+    8n,
+    31n,
+    32n,
+    255n,
+    2n ** 31n,
+    2n ** 32n - 1n,
+    2n ** 32n,
+    2n ** 53n - 1n,
+    2n ** 53n,
+    2n ** 63n - 1n,
+    2n ** 63n,
+    2n ** 64n - 1n,
+  ),
   fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
   fc.bigInt({ min: 0n, max: 4096n }),
 );
@@ -84,13 +101,16 @@ function stSeed(tensors: { name: string; dtype: string; shape: number[] }[], met
 const ST_SEEDS: StSeed[] = [
   stSeed([], { format: 'pt' }),
   stSeed([{ name: 'w', dtype: 'F16', shape: [2, 3] }]),
-  stSeed([
-    { name: 'model.embed_tokens.weight', dtype: 'BF16', shape: [32, 8] },
-    { name: 'model.layers.0.input_layernorm.weight', dtype: 'F32', shape: [8] },
-    { name: 'empty', dtype: 'I64', shape: [0, 5] },
-    { name: 'mask', dtype: 'BOOL', shape: [3] },
-    { name: 'fp8', dtype: 'F8_E4M3', shape: [4, 4] },
-  ], { format: 'pt', total: '12' }),
+  stSeed(
+    [
+      { name: 'model.embed_tokens.weight', dtype: 'BF16', shape: [32, 8] },
+      { name: 'model.layers.0.input_layernorm.weight', dtype: 'F32', shape: [8] },
+      { name: 'empty', dtype: 'I64', shape: [0, 5] },
+      { name: 'mask', dtype: 'BOOL', shape: [3] },
+      { name: 'fp8', dtype: 'F8_E4M3', shape: [4, 4] },
+    ],
+    { format: 'pt', total: '12' },
+  ),
   stSeed(Array.from({ length: 24 }, (_, i) => ({ name: `model.layers.${i}.mlp.down_proj.weight`, dtype: i % 2 ? 'F16' : 'U8', shape: [i + 1, 2] }))),
 ];
 
@@ -107,7 +127,32 @@ function parseSt(bytes: Uint8Array, fileSize: number): boolean {
 
 /** JSON values that hit the type checks: wrong types, negatives, fractions, unsafe integers, nesting. */
 const nastyJson: fc.Arbitrary<unknown> = fc.oneof(
-  fc.constantFrom(null, true, -1, 0, 1, 1.5, 2 ** 53, -(2 ** 53), 1e308, -0, 'F16', 'BF16', 'f16', '', '__metadata__', [], [0], [0, 0], [-1, 2], [1, 0], [0, 1e20], [[1]], {}, { dtype: 'F16' }),
+  fc.constantFrom(
+    null,
+    true,
+    -1,
+    0,
+    1,
+    1.5,
+    2 ** 53,
+    -(2 ** 53),
+    1e308,
+    -0,
+    'F16',
+    'BF16',
+    'f16',
+    '',
+    '__metadata__',
+    [],
+    [0],
+    [0, 0],
+    [-1, 2],
+    [1, 0],
+    [0, 1e20],
+    [[1]],
+    {},
+    { dtype: 'F16' },
+  ),
   fc.jsonValue({ maxDepth: 3 }),
   fc.array(fc.integer({ min: -3, max: 300 }), { maxLength: 5 }),
   fc.constantFrom(...['F64', 'F32', 'F16', 'BF16', 'I64', 'I32', 'I16', 'I8', 'U8', 'BOOL', 'F8_E4M3', 'F8_E5M2', 'U16', 'U32', 'U64', 'F4', 'C64']),
@@ -127,7 +172,12 @@ const jsonMutation: fc.Arbitrary<JsonMutation> = fc.oneof(
   fc.record({ kind: fc.constant('replace-field' as const), entry: fc.nat(), field, value: nastyJson }),
   fc.record({ kind: fc.constant('replace-entry' as const), entry: fc.nat(), value: nastyJson }),
   fc.record({ kind: fc.constant('delete-field' as const), entry: fc.nat(), field }),
-  fc.record({ kind: fc.constant('shift-offset' as const), entry: fc.nat(), which: fc.constantFrom(0 as const, 1 as const), delta: fc.integer({ min: -9, max: 9 }) }),
+  fc.record({
+    kind: fc.constant('shift-offset' as const),
+    entry: fc.nat(),
+    which: fc.constantFrom(0 as const, 1 as const),
+    delta: fc.integer({ min: -9, max: 9 }),
+  }),
   fc.record({ kind: fc.constant('shift-dim' as const), entry: fc.nat(), dim: fc.nat(), delta: fc.integer({ min: -3, max: 3 }) }),
   fc.record({ kind: fc.constant('add-entry' as const), name: fc.string({ maxLength: 8 }), value: nastyJson }),
   fc.record({ kind: fc.constant('metadata' as const), value: fc.oneof(nastyJson, fc.dictionary(fc.string({ maxLength: 4 }), nastyJson, { maxKeys: 3 })) }),
@@ -143,9 +193,19 @@ function mutateJson(json: Record<string, unknown>, mutations: readonly JsonMutat
       return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
     };
     switch (m.kind) {
-      case 'replace-field': { const e = pick(m.entry); if (e) e[m.field] = m.value; break; }
-      case 'delete-field': { const e = pick(m.entry); if (e) delete e[m.field]; break; }
-      case 'replace-entry': if (names.length) out[names[m.entry % names.length]!] = m.value; break;
+      case 'replace-field': {
+        const e = pick(m.entry);
+        if (e) e[m.field] = m.value;
+        break;
+      }
+      case 'delete-field': {
+        const e = pick(m.entry);
+        if (e) delete e[m.field];
+        break;
+      }
+      case 'replace-entry':
+        if (names.length) out[names[m.entry % names.length]!] = m.value;
+        break;
       case 'shift-offset': {
         const o = pick(m.entry)?.['data_offsets'];
         if (Array.isArray(o) && typeof o[m.which] === 'number') o[m.which] += m.delta;
@@ -156,8 +216,12 @@ function mutateJson(json: Record<string, unknown>, mutations: readonly JsonMutat
         if (Array.isArray(s) && s.length > 0 && typeof s[m.dim % s.length] === 'number') s[m.dim % s.length] += m.delta;
         break;
       }
-      case 'add-entry': out[m.name] = m.value; break;
-      case 'metadata': out['__metadata__'] = m.value; break;
+      case 'add-entry':
+        out[m.name] = m.value;
+        break;
+      case 'metadata':
+        out['__metadata__'] = m.value;
+        break;
     }
   }
   return out;
@@ -184,18 +248,13 @@ describe('fuzz: safetensors header parser', () => {
 
   test('structured JSON mutations throw only FormatError', { timeout: TIMEOUT }, () => {
     fc.assert(
-      fc.property(
-        fc.nat({ max: ST_SEEDS.length - 1 }),
-        fc.array(jsonMutation, { minLength: 1, maxLength: 3 }),
-        sizeDelta,
-        (i, mutations, delta) => {
-          const seed = ST_SEEDS[i]!;
-          const text = new TextDecoder().decode(seed.bytes.subarray(8)).trimEnd();
-          const json = mutateJson(JSON.parse(text) as Record<string, unknown>, mutations);
-          const bytes = frameSafetensorsHeader(JSON.stringify(json));
-          parseSt(bytes, bytes.length + seed.dataBytes + delta);
-        },
-      ),
+      fc.property(fc.nat({ max: ST_SEEDS.length - 1 }), fc.array(jsonMutation, { minLength: 1, maxLength: 3 }), sizeDelta, (i, mutations, delta) => {
+        const seed = ST_SEEDS[i]!;
+        const text = new TextDecoder().decode(seed.bytes.subarray(8)).trimEnd();
+        const json = mutateJson(JSON.parse(text) as Record<string, unknown>, mutations);
+        const bytes = frameSafetensorsHeader(JSON.stringify(json));
+        parseSt(bytes, bytes.length + seed.dataBytes + delta);
+      }),
       { seed: SEED + 1, numRuns: 10_000 },
     );
   });
@@ -263,8 +322,16 @@ GGUF_SEEDS.push(
     {
       'general.architecture': 'llama',
       'general.alignment': gv.u32(64),
-      u8: gv.u8(1), i8: gv.i8(-1), u16: gv.u16(2), i16: gv.i16(-2), i32: gv.i32(-3), f32: gv.f32(0.5),
-      f64: gv.f64(1.25), u64: gv.u64(2n ** 63n), i64: gv.i64(-4), flag: true,
+      u8: gv.u8(1),
+      i8: gv.i8(-1),
+      u16: gv.u16(2),
+      i16: gv.i16(-2),
+      i32: gv.i32(-3),
+      f32: gv.f32(0.5),
+      f64: gv.f64(1.25),
+      u64: gv.u64(2n ** 63n),
+      i64: gv.i64(-4),
+      flag: true,
       'tokenizer.ggml.tokens': ['<s>', '</s>', 'hello', 'wörld'],
       'tokenizer.ggml.scores': gv.array('f32', [0, 1, 2, 3]),
       nested: gv.array('array', [gv.array('u8', [1, 2]), gv.array('string', ['a'])]),
@@ -277,7 +344,10 @@ GGUF_SEEDS.push(
     ],
     64,
   ),
-  ggufSeed({ s: 'x'.repeat(100) }, Array.from({ length: 12 }, (_, i) => ({ name: `blk.${i}.w`, shape: [i + 1, 32], dtype: i % 2 ? 'q8_0' : 'float16' }))),
+  ggufSeed(
+    { s: 'x'.repeat(100) },
+    Array.from({ length: 12 }, (_, i) => ({ name: `blk.${i}.w`, shape: [i + 1, 32], dtype: i % 2 ? 'q8_0' : 'float16' })),
+  ),
 );
 
 /** A source that hands out the bytes in pieces, with a claimed size that may disagree with them. */
@@ -399,14 +469,21 @@ describe('fuzz: GGUF header parser', () => {
     fc.assert(
       fc.property(
         fc.uniqueArray(tensorArb, { maxLength: 6, selector: (t) => t.name }),
-        fc.dictionary(fc.string({ maxLength: 6 }).filter((k) => k !== 'general.alignment'), ggufValueArb.filter((v) => !(typeof v === 'object' && !Array.isArray(v) && v.type === 'raw')), { maxKeys: 4 }),
+        fc.dictionary(
+          fc.string({ maxLength: 6 }).filter((k) => k !== 'general.alignment'),
+          ggufValueArb.filter((v) => !(typeof v === 'object' && !Array.isArray(v) && v.type === 'raw')),
+          { maxKeys: 4 },
+        ),
         (specs, metadata) => {
           const tensors = specs.map((t) => ({ name: t.name, dtype: t.dtype, shape: [...t.rows, t.blocks * 256] }));
           const bytes = ggufSeed(metadata, tensors);
           let reference: ReturnType<typeof parseGguf> | undefined;
           for (const chunk of [16, 100, 1 << 20]) {
             const h = parseGguf(bufferSource(bytes), 'valid.gguf', { chunkSize: chunk });
-            assert.deepEqual(h.tensors.map((t) => [t.name, t.dtype, t.shape]), tensors.map((t) => [t.name, t.dtype, t.shape]));
+            assert.deepEqual(
+              h.tensors.map((t) => [t.name, t.dtype, t.shape]),
+              tensors.map((t) => [t.name, t.dtype, t.shape]),
+            );
             if (reference) assert.deepEqual(h, { ...reference, bytesRead: h.bytesRead });
             reference = h;
           }

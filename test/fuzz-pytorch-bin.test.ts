@@ -51,7 +51,10 @@ function guardedSource(bytes: Uint8Array): ByteSource {
     size: inner.size,
     read(position: number, length: number): Uint8Array {
       assert.ok(Number.isSafeInteger(position) && position >= 0, `read at ${position}`);
-      assert.ok(Number.isSafeInteger(length) && length >= 0 && position + length <= bytes.length, `read of ${length} bytes at ${position} in a ${bytes.length}-byte file`);
+      assert.ok(
+        Number.isSafeInteger(length) && length >= 0 && position + length <= bytes.length,
+        `read of ${length} bytes at ${position} in a ${bytes.length}-byte file`,
+      );
       return inner.read(position, length);
     },
   };
@@ -187,19 +190,33 @@ const globalName = fc.constantFrom(
 
 /** One opcode with arguments, lengths sometimes honest and sometimes absurd. */
 const opcode: fc.Arbitrary<number[]> = fc.oneof(
-  { weight: 6, arbitrary: fc.constantFrom(0x28, 0x7d, 0x5d, 0x29, 0x4e, 0x88, 0x89, 0x74, 0x85, 0x86, 0x87, 0x94, 0x73, 0x75, 0x61, 0x65, 0x52, 0x62, 0x51, 0x93, 0x2e).map((o) => [o]) },
+  {
+    weight: 6,
+    arbitrary: fc
+      .constantFrom(0x28, 0x7d, 0x5d, 0x29, 0x4e, 0x88, 0x89, 0x74, 0x85, 0x86, 0x87, 0x94, 0x73, 0x75, 0x61, 0x65, 0x52, 0x62, 0x51, 0x93, 0x2e)
+      .map((o) => [o]),
+  },
   { weight: 3, arbitrary: fc.tuple(fc.constantFrom(0x4b, 0x71, 0x68), fc.nat({ max: 255 })).map(([o, a]) => [o, a]) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom(0x4d), fc.nat({ max: 0xffff })).map(([o, a]) => [o, a & 0xff, a >>> 8]) },
   { weight: 2, arbitrary: fc.tuple(fc.constantFrom(0x4a, 0x72, 0x6a), edgeU32).map(([o, a]) => [o, ...u32le(a)]) },
   { weight: 1, arbitrary: fc.tuple(fc.nat({ max: 20 }), fc.uint8Array({ maxLength: 20 })).map(([n, b]) => [0x8a, n, ...b]) },
   { weight: 1, arbitrary: edgeU32.map((n) => [0x8b, ...u32le(n), 1, 2]) },
-  { weight: 1, arbitrary: fc.double().map((d) => { const b = new Uint8Array(8); new DataView(b.buffer).setFloat64(0, d, false); return [0x47, ...b]; }) },
+  {
+    weight: 1,
+    arbitrary: fc.double().map((d) => {
+      const b = new Uint8Array(8);
+      new DataView(b.buffer).setFloat64(0, d, false);
+      return [0x47, ...b];
+    }),
+  },
   {
     weight: 4,
-    arbitrary: fc.tuple(fc.constantFrom('storage', 'cpu', '0', '1', 'w', 'lm_head.weight', '', 'version', '_metadata'), fc.constantFrom(0x58, 0x8c, 0x8d)).map(([s, o]) => {
-      const b = [...enc.encode(s)];
-      return o === 0x58 ? [o, ...u32le(b.length), ...b] : o === 0x8c ? [o, b.length, ...b] : [o, ...u64le(BigInt(b.length)), ...b];
-    }),
+    arbitrary: fc
+      .tuple(fc.constantFrom('storage', 'cpu', '0', '1', 'w', 'lm_head.weight', '', 'version', '_metadata'), fc.constantFrom(0x58, 0x8c, 0x8d))
+      .map(([s, o]) => {
+        const b = [...enc.encode(s)];
+        return o === 0x58 ? [o, ...u32le(b.length), ...b] : o === 0x8c ? [o, b.length, ...b] : [o, ...u64le(BigInt(b.length)), ...b];
+      }),
   },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom(0x58, 0x42), edgeU32, fc.uint8Array({ maxLength: 8 })).map(([o, n, b]) => [o, ...u32le(n), ...b]) },
   { weight: 1, arbitrary: fc.tuple(fc.constantFrom(0x8d, 0x8e, 0x95), edgeU64, fc.uint8Array({ maxLength: 8 })).map(([o, n, b]) => [o, ...u64le(n), ...b]) },
@@ -224,7 +241,13 @@ describe('fuzz: PyTorch .bin readers', () => {
   });
 
   test('mutated data.pkl inside a valid zip: the unpickler alone decides', { timeout: TIMEOUT }, () => {
-    const storages = new Map<string, Uint8Array>([['0', new Uint8Array(48)], ['1', new Uint8Array(4)], ['2', new Uint8Array(2)], ['3', new Uint8Array(24)], ['4', new Uint8Array(2)]]);
+    const storages = new Map<string, Uint8Array>([
+      ['0', new Uint8Array(48)],
+      ['1', new Uint8Array(4)],
+      ['2', new Uint8Array(2)],
+      ['3', new Uint8Array(24)],
+      ['4', new Uint8Array(2)],
+    ]);
     const aims = PICKLE_SEEDS.map(pickleLengthOffsets);
     fc.assert(
       fc.property(fc.nat({ max: PICKLE_SEEDS.length - 2 }), fc.array(mutation, { minLength: 1, maxLength: 4 }), (i, ms) => {

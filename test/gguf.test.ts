@@ -4,14 +4,7 @@ import { readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { assertFormatError, tempFiles } from './helpers/format-errors.js';
 import { tensorBytes } from '../src/reader/dtypes.js';
 import { bufferSource, GGML_TYPES, GGUF_LIMITS, ggmlTypeId, parseGguf, readGgufHeader } from '../src/reader/formats/gguf.js';
-import {
-  encodeGgufHeader,
-  gv,
-  layoutGgufTensors,
-  writeGguf,
-  type GgufHeaderSpec,
-  type GgufRawTensorInfo,
-} from '../src/reader/formats/gguf-writer.js';
+import { encodeGgufHeader, gv, layoutGgufTensors, writeGguf, type GgufHeaderSpec, type GgufRawTensorInfo } from '../src/reader/formats/gguf-writer.js';
 
 const tmp = tempFiles('vramfit-gguf-', 'gguf');
 
@@ -36,10 +29,21 @@ describe('gguf round trips', () => {
     const path = tmp();
     const metadata = {
       'general.architecture': 'llama',
-      u8: gv.u8(200), i8: gv.i8(-100), u16: gv.u16(60000), i16: gv.i16(-30000),
-      u32: gv.u32(4_000_000_000), i32: gv.i32(-2_000_000_000), f32: gv.f32(1e-5), f64: gv.f64(Math.PI),
-      u64: gv.u64(2n ** 64n - 1n), u64small: gv.u64(4096), i64: gv.i64(-(2n ** 62n)), t: true, f: false,
-      s: 'héllo ✓', empty: '',
+      u8: gv.u8(200),
+      i8: gv.i8(-100),
+      u16: gv.u16(60000),
+      i16: gv.i16(-30000),
+      u32: gv.u32(4_000_000_000),
+      i32: gv.i32(-2_000_000_000),
+      f32: gv.f32(1e-5),
+      f64: gv.f64(Math.PI),
+      u64: gv.u64(2n ** 64n - 1n),
+      u64small: gv.u64(4096),
+      i64: gv.i64(-(2n ** 62n)),
+      t: true,
+      f: false,
+      s: 'héllo ✓',
+      empty: '',
       tokens: ['<s>', '</s>', 'a', '▁the'],
       scores: gv.array('f32', [0, -1.5, 2.25]),
       types: gv.array('i32', [1, 3, -6]),
@@ -52,9 +56,21 @@ describe('gguf round trips', () => {
     assert.equal(h.version, 3);
     assert.deepEqual(h.metadata, {
       'general.architecture': 'llama',
-      u8: 200, i8: -100, u16: 60000, i16: -30000, u32: 4_000_000_000, i32: -2_000_000_000,
-      f32: Math.fround(1e-5), f64: Math.PI, u64: 2n ** 64n - 1n, u64small: 4096, i64: -(2n ** 62n), t: true, f: false,
-      s: 'héllo ✓', empty: '',
+      u8: 200,
+      i8: -100,
+      u16: 60000,
+      i16: -30000,
+      u32: 4_000_000_000,
+      i32: -2_000_000_000,
+      f32: Math.fround(1e-5),
+      f64: Math.PI,
+      u64: 2n ** 64n - 1n,
+      u64small: 4096,
+      i64: -(2n ** 62n),
+      t: true,
+      f: false,
+      s: 'héllo ✓',
+      empty: '',
       tokens: ['<s>', '</s>', 'a', '▁the'],
       scores: [0, -1.5, 2.25],
       types: [1, 3, -6],
@@ -64,9 +80,27 @@ describe('gguf round trips', () => {
     });
     assert.deepEqual(h.metadataTypes, {
       'general.architecture': 'string',
-      u8: 'u8', i8: 'i8', u16: 'u16', i16: 'i16', u32: 'u32', i32: 'i32', f32: 'f32', f64: 'f64',
-      u64: 'u64', u64small: 'u64', i64: 'i64', t: 'bool', f: 'bool', s: 'string', empty: 'string',
-      tokens: 'array', scores: 'array', types: 'array', bytes: 'array', nested: 'array', none: 'array',
+      u8: 'u8',
+      i8: 'i8',
+      u16: 'u16',
+      i16: 'i16',
+      u32: 'u32',
+      i32: 'i32',
+      f32: 'f32',
+      f64: 'f64',
+      u64: 'u64',
+      u64small: 'u64',
+      i64: 'i64',
+      t: 'bool',
+      f: 'bool',
+      s: 'string',
+      empty: 'string',
+      tokens: 'array',
+      scores: 'array',
+      types: 'array',
+      bytes: 'array',
+      nested: 'array',
+      none: 'array',
     });
     assert.deepEqual(h.tensors, []);
   });
@@ -96,9 +130,18 @@ describe('gguf round trips', () => {
     assert.equal(h.dataStart, written.dataStart);
     assert.equal(h.dataStart % 32, 0);
     assert.equal(h.alignment, 32);
-    assert.deepEqual(h.tensors.map((t) => [t.name, t.shape, t.dtype]), tensors.map((t) => [t.name, t.shape, t.dtype]));
-    assert.deepEqual(h.tensors.map((t) => t.ggmlType), [12, 0, 8, 2, 1, 30, 24]);
-    assert.deepEqual(h.tensors.map((t) => t.range), written.ranges);
+    assert.deepEqual(
+      h.tensors.map((t) => [t.name, t.shape, t.dtype]),
+      tensors.map((t) => [t.name, t.shape, t.dtype]),
+    );
+    assert.deepEqual(
+      h.tensors.map((t) => t.ggmlType),
+      [12, 0, 8, 2, 1, 30, 24],
+    );
+    assert.deepEqual(
+      h.tensors.map((t) => t.range),
+      written.ranges,
+    );
     for (const t of h.tensors) {
       assert.equal((t.range[0] - h.dataStart) % 32, 0);
       assert.equal(t.range[1] - t.range[0], tensorBytes(t.shape, t.dtype));
@@ -111,8 +154,14 @@ describe('gguf round trips', () => {
     const tensors = Object.values(GGML_TYPES).map((dtype, i) => ({ name: `t${i}`, shape: [2, 256], dtype }));
     writeGguf(path, { tensors });
     const h = readGgufHeader(path);
-    assert.deepEqual(h.tensors.map((t) => t.dtype), Object.values(GGML_TYPES));
-    assert.deepEqual(h.tensors.map((t) => t.ggmlType), Object.keys(GGML_TYPES).map(Number));
+    assert.deepEqual(
+      h.tensors.map((t) => t.dtype),
+      Object.values(GGML_TYPES),
+    );
+    assert.deepEqual(
+      h.tensors.map((t) => t.ggmlType),
+      Object.keys(GGML_TYPES).map(Number),
+    );
   });
 
   test('GGUF version 2 files parse too', () => {
@@ -128,19 +177,34 @@ describe('gguf round trips', () => {
     const path = tmp();
     const written = writeGguf(path, {
       metadata: { 'general.alignment': gv.u32(256) },
-      tensors: [{ name: 'a', shape: [3], dtype: 'float32' }, { name: 'b', shape: [5], dtype: 'float16' }],
+      tensors: [
+        { name: 'a', shape: [3], dtype: 'float32' },
+        { name: 'b', shape: [5], dtype: 'float16' },
+      ],
     });
     const h = readGgufHeader(path);
     assert.equal(h.alignment, 256);
     assert.equal(h.dataStart % 256, 0);
-    assert.deepEqual(h.tensors.map((t) => t.range), written.ranges);
+    assert.deepEqual(
+      h.tensors.map((t) => t.range),
+      written.ranges,
+    );
     assert.equal(h.tensors[1]!.range[0], h.dataStart + 256);
   });
 
   test('given data and random fill land at the reported ranges', () => {
     const path = tmp();
     const data = Uint8Array.from({ length: 16 }, (_, i) => 255 - i);
-    writeGguf(path, { tensors: [{ name: 'r', shape: [1000], dtype: 'int8' }, { name: 'g', shape: [4], dtype: 'float32', data }] }, { fill: 'random' });
+    writeGguf(
+      path,
+      {
+        tensors: [
+          { name: 'r', shape: [1000], dtype: 'int8' },
+          { name: 'g', shape: [4], dtype: 'float32', data },
+        ],
+      },
+      { fill: 'random' },
+    );
     const file = readFileSync(path);
     const [r, g] = readGgufHeader(path).tensors;
     assert.deepEqual(new Uint8Array(file.subarray(g!.range[0], g!.range[1])), data);
@@ -149,7 +213,10 @@ describe('gguf round trips', () => {
 
   test('metadata many chunks long parses, and chunk size does not change the result', () => {
     const tokens = Array.from({ length: 50_000 }, (_, i) => `tok_${i}_${'x'.repeat(i % 13)}`);
-    const scores = gv.array('f32', tokens.map((_, i) => i / 2));
+    const scores = gv.array(
+      'f32',
+      tokens.map((_, i) => i / 2),
+    );
     const path = tmp('tokenizer');
     writeGguf(path, {
       metadata: { 'tokenizer.ggml.tokens': tokens, 'tokenizer.ggml.scores': scores, long: 'y'.repeat(300_000) },
@@ -182,14 +249,26 @@ describe('gguf round trips', () => {
     const h = readGgufHeader(path);
     assert.ok(h.bytesRead >= h.dataStart - 32, 'read at least the header');
     assert.ok(h.bytesRead <= 64 * 1024, `read ${h.bytesRead} bytes`);
-    assert.deepEqual(h.tensors.map((t) => t.range), written.ranges);
+    assert.deepEqual(
+      h.tensors.map((t) => t.range),
+      written.ranges,
+    );
     assert.equal(h.tensors[2]!.range[1], written.ranges[2]![1]);
   });
 
   test('layoutGgufTensors pads every tensor, including the last, to the alignment', () => {
-    const { sizes, dataBytes, infos } = layoutGgufTensors([{ name: 'a', shape: [3], dtype: 'float32' }, { name: 'b', shape: [1], dtype: 'int8' }], 32);
+    const { sizes, dataBytes, infos } = layoutGgufTensors(
+      [
+        { name: 'a', shape: [3], dtype: 'float32' },
+        { name: 'b', shape: [1], dtype: 'int8' },
+      ],
+      32,
+    );
     assert.deepEqual(sizes, [12, 1]);
-    assert.deepEqual(infos.map((i) => i.offset), [0, 32]);
+    assert.deepEqual(
+      infos.map((i) => i.offset),
+      [0, 32],
+    );
     assert.equal(dataBytes, 64);
   });
 
@@ -243,7 +322,10 @@ describe('gguf errors', () => {
     const view = new DataView(payload.buffer);
     view.setUint32(0, 6, true); // f32: 40 bytes hold 10 items, not 11
     view.setBigUint64(4, 11n, true);
-    readCrafted({ metadata: { scores: { type: 'raw', typeId: 9, bytes: payload } }, alignment: 1 }, /array length of "scores" 11 at offset \d+ cannot fit in the 40 bytes left/);
+    readCrafted(
+      { metadata: { scores: { type: 'raw', typeId: 9, bytes: payload } }, alignment: 1 },
+      /array length of "scores" 11 at offset \d+ cannot fit in the 40 bytes left/,
+    );
   });
 
   test('absurd string lengths (key, value, tensor name)', () => {
@@ -360,13 +442,17 @@ describe('gguf errors', () => {
   });
 
   test('element count not a multiple of the block size', () => {
-    readCrafted({ tensors: [{ name: 'w', ne: [33, 2], ggmlType: 2, offset: 0 }] }, /tensor "w": row length ne\[0\] = 33 is not a multiple of the q4_0 block size 32/, 128);
+    readCrafted(
+      { tensors: [{ name: 'w', ne: [33, 2], ggmlType: 2, offset: 0 }] },
+      /tensor "w": row length ne\[0\] = 33 is not a multiple of the q4_0 block size 32/,
+      128,
+    );
     readCrafted({ tensors: [{ name: 'k', ne: [128, 2], ggmlType: 12, offset: 0 }] }, /ne\[0\] = 128 is not a multiple of the q4_k block size 256/, 512);
   });
 
   test('tensor data past the end of the file', () => {
     readCrafted({ tensors: [f32('w', [16])] }, /tensor "w": data \(64 bytes at offset \d+\) lies outside the \d+-byte file/, 32);
-    readCrafted({ tensors: [f32('w', [1], 2n ** 62n as unknown as number)] }, /tensor "w": offset 4611686018427387904 lies outside/, 32);
+    readCrafted({ tensors: [f32('w', [1], (2n ** 62n) as unknown as number)] }, /tensor "w": offset 4611686018427387904 lies outside/, 32);
     readCrafted({ tensors: [f32('w', [2 ** 40, 2 ** 40])] }, /data \(more than the file at offset \d+\) lies outside/, 32);
   });
 

@@ -38,12 +38,25 @@ describe('--devices', () => {
 
   it('refuses malformed lists, repeated GPUs and virtual counts out of range, naming the flag', () => {
     for (const bad of ['gpu:', 'gpu:a', 'gpu:1,x', 'gpu:1,1', 'virtual:0', 'virtual:65', 'tpu', 'cpu,gpu', 'gpu,1']) {
-      assert.throws(() => parseDeviceSelection(bad), (e: unknown) => e instanceof InputError && e.where === '--devices', bad);
+      assert.throws(
+        () => parseDeviceSelection(bad),
+        (e: unknown) => e instanceof InputError && e.where === '--devices',
+        bad,
+      );
     }
   });
 });
 
-const gpu = (over: Partial<GgmlGpu>): GgmlGpu => ({ name: 'X', description: 'card', backend: 'cuda', integrated: false, totalBytes: 80 * GiB, freeBytes: 79 * GiB, pciBusId: null, ...over });
+const gpu = (over: Partial<GgmlGpu>): GgmlGpu => ({
+  name: 'X',
+  description: 'card',
+  backend: 'cuda',
+  integrated: false,
+  totalBytes: 80 * GiB,
+  freeBytes: 79 * GiB,
+  pciBusId: null,
+  ...over,
+});
 
 describe('one numbering for nvidia-smi and ggml', () => {
   it('treats nvidia-smi and ggml spellings of a PCI bus id as the same bus', () => {
@@ -59,20 +72,48 @@ describe('one numbering for nvidia-smi and ggml', () => {
       { logicalIndex: 1, pciBusId: '00000000:02:00.0', name: 'H100' },
     ];
     const { gpus } = numberGpus([gpu({ name: 'CUDA0', pciBusId: '0000:02:00.0' }), gpu({ name: 'CUDA1', pciBusId: '0000:01:00.0' })], cards);
-    assert.deepEqual(gpus.map((g) => [g.id, g.name, g.smiName]), [[0, 'CUDA1', 'A100'], [1, 'CUDA0', 'H100']]);
+    assert.deepEqual(
+      gpus.map((g) => [g.id, g.name, g.smiName]),
+      [
+        [0, 'CUDA1', 'A100'],
+        [1, 'CUDA0', 'H100'],
+      ],
+    );
   });
 
   it('offers a card seen by CUDA and Vulkan once, through CUDA unless Vulkan is chosen', () => {
-    const both = [gpu({ name: 'CUDA0', pciBusId: '0000:01:00.0' }), gpu({ name: 'Vulkan0', backend: 'vulkan', pciBusId: '0000:01:00.0' }), gpu({ name: 'Vulkan1', backend: 'vulkan', description: 'AMD', pciBusId: '0000:05:00.0' })];
+    const both = [
+      gpu({ name: 'CUDA0', pciBusId: '0000:01:00.0' }),
+      gpu({ name: 'Vulkan0', backend: 'vulkan', pciBusId: '0000:01:00.0' }),
+      gpu({ name: 'Vulkan1', backend: 'vulkan', description: 'AMD', pciBusId: '0000:05:00.0' }),
+    ];
     const cards = [{ logicalIndex: 0, pciBusId: '00000000:01:00.0', name: 'H100' }];
     const auto = numberGpus(both, cards);
-    assert.deepEqual(auto.gpus.map((g) => [g.id, g.name]), [[0, 'CUDA0'], [1, 'Vulkan1']]);
+    assert.deepEqual(
+      auto.gpus.map((g) => [g.id, g.name]),
+      [
+        [0, 'CUDA0'],
+        [1, 'Vulkan1'],
+      ],
+    );
     assert.match(auto.notes.join(), /seen by both CUDA and Vulkan/);
     const vk = numberGpus(both, cards, 'vulkan');
-    assert.deepEqual(vk.gpus.map((g) => [g.id, g.name]), [[0, 'Vulkan0'], [1, 'Vulkan1']]);
+    assert.deepEqual(
+      vk.gpus.map((g) => [g.id, g.name]),
+      [
+        [0, 'Vulkan0'],
+        [1, 'Vulkan1'],
+      ],
+    );
     // Without bus ids, the same name and memory tell the two apart.
-    const noIds = numberGpus([gpu({ name: 'CUDA0', description: 'NVIDIA H100' }), gpu({ name: 'Vulkan0', backend: 'vulkan', description: 'NVIDIA H100 80GB HBM3' })], []);
-    assert.deepEqual(noIds.gpus.map((g) => g.name), ['CUDA0']);
+    const noIds = numberGpus(
+      [gpu({ name: 'CUDA0', description: 'NVIDIA H100' }), gpu({ name: 'Vulkan0', backend: 'vulkan', description: 'NVIDIA H100 80GB HBM3' })],
+      [],
+    );
+    assert.deepEqual(
+      noIds.gpus.map((g) => g.name),
+      ['CUDA0'],
+    );
   });
 
   it('keeps a card CUDA_VISIBLE_DEVICES hides hidden from Vulkan too, and counts integrated GPUs', () => {
@@ -80,8 +121,21 @@ describe('one numbering for nvidia-smi and ggml', () => {
       { logicalIndex: null, pciBusId: '00000000:01:00.0', name: 'A100' },
       { logicalIndex: 0, pciBusId: '00000000:02:00.0', name: 'A100' },
     ];
-    const { gpus, notes } = numberGpus([gpu({ name: 'Vulkan0', backend: 'vulkan', pciBusId: '0000:01:00.0' }), gpu({ name: 'Vulkan1', backend: 'vulkan', pciBusId: '0000:02:00.0' }), gpu({ name: 'Vulkan2', backend: 'vulkan', integrated: true })], cards);
-    assert.deepEqual(gpus.map((g) => [g.id, g.name, g.integrated]), [[0, 'Vulkan1', false], [1, 'Vulkan2', true]]);
+    const { gpus, notes } = numberGpus(
+      [
+        gpu({ name: 'Vulkan0', backend: 'vulkan', pciBusId: '0000:01:00.0' }),
+        gpu({ name: 'Vulkan1', backend: 'vulkan', pciBusId: '0000:02:00.0' }),
+        gpu({ name: 'Vulkan2', backend: 'vulkan', integrated: true }),
+      ],
+      cards,
+    );
+    assert.deepEqual(
+      gpus.map((g) => [g.id, g.name, g.integrated]),
+      [
+        [0, 'Vulkan1', false],
+        [1, 'Vulkan2', true],
+      ],
+    );
     assert.match(notes.join(), /Vulkan0 hidden by CUDA_VISIBLE_DEVICES/);
   });
 
@@ -102,11 +156,38 @@ describe('GPU packages', () => {
   });
 
   it('gives three different messages: not installed, installed without a device, chosen backend missing', () => {
-    const absent = noGpuError({ gpus: [], notes: [], packages: [{ backend: 'cuda', package: 'c', state: 'absent', detail: '' }, { backend: 'vulkan', package: 'v', state: 'absent', detail: '' }] });
-    assert.match(absent.message, /no GPU package is installed: npm install --save-exact @node-llama-cpp\/linux-x64-cuda@[\d.]+ \(NVIDIA, CUDA 13\) or npm install/);
-    const noDevice = noGpuError({ gpus: [], notes: [], packages: [{ backend: 'cuda', package: 'c', state: 'absent', detail: '' }, { backend: 'vulkan', package: 'v', state: 'no-device', detail: 'installed but found no usable device' }] });
+    const absent = noGpuError({
+      gpus: [],
+      notes: [],
+      packages: [
+        { backend: 'cuda', package: 'c', state: 'absent', detail: '' },
+        { backend: 'vulkan', package: 'v', state: 'absent', detail: '' },
+      ],
+    });
+    assert.match(
+      absent.message,
+      /no GPU package is installed: npm install --save-exact @node-llama-cpp\/linux-x64-cuda@[\d.]+ \(NVIDIA, CUDA 13\) or npm install/,
+    );
+    const noDevice = noGpuError({
+      gpus: [],
+      notes: [],
+      packages: [
+        { backend: 'cuda', package: 'c', state: 'absent', detail: '' },
+        { backend: 'vulkan', package: 'v', state: 'no-device', detail: 'installed but found no usable device' },
+      ],
+    });
     assert.match(noDevice.message, /no usable GPU: installed but found no usable device/);
-    const chosen = noGpuError({ gpus: [], notes: [], packages: [{ backend: 'cuda', package: 'c', state: 'absent', detail: '' }, { backend: 'vulkan', package: 'v', state: 'ready', detail: '2 device(s)' }] }, 'cuda');
+    const chosen = noGpuError(
+      {
+        gpus: [],
+        notes: [],
+        packages: [
+          { backend: 'cuda', package: 'c', state: 'absent', detail: '' },
+          { backend: 'vulkan', package: 'v', state: 'ready', detail: '2 device(s)' },
+        ],
+      },
+      'cuda',
+    );
     assert.match(chosen.message, /no GPU package is installed: npm install --save-exact @node-llama-cpp\/linux-x64-cuda@/);
   });
 
@@ -122,7 +203,11 @@ describe('GPU packages', () => {
         m.dispose();
         const maps = readFileSync('/proc/self/maps', 'utf8');
         console.log(JSON.stringify({ vulkan: maps.includes('libggml-vulkan'), cuda: maps.includes('libggml-cuda') }));`;
-      const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, GGML_VK_VISIBLE_DEVICES: '0' } });
+      const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+        cwd: ROOT,
+        encoding: 'utf8',
+        env: { ...process.env, GGML_VK_VISIBLE_DEVICES: '0' },
+      });
       assert.equal(r.status, 0, r.stderr);
       assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').at(-1)!), { vulkan: false, cuda: false });
       assert.equal(r.stderr, '');
@@ -135,13 +220,20 @@ describe('GPU packages', () => {
 describe('caps on Vulkan devices', { skip: vulkanSkip() }, () => {
   it('numbers the emulated GPUs 0 and 1 and reads their memory from the backend', () => {
     const { gpus } = listEngineGpus();
-    assert.deepEqual(gpus.map((g) => [g.id, g.name, g.backend]), [[0, 'Vulkan0', 'vulkan'], [1, 'Vulkan1', 'vulkan']]);
+    assert.deepEqual(
+      gpus.map((g) => [g.id, g.name, g.backend]),
+      [
+        [0, 'Vulkan0', 'vulkan'],
+        [1, 'Vulkan1', 'vulkan'],
+      ],
+    );
     assert.ok(gpus.every((g) => g.totalBytes > 0 && g.freeBytes > 0 && g.freeBytes <= g.totalBytes));
   });
 
   it('resolves relative caps against the device and the host, as plan does', async () => {
     const [, g1] = listEngineGpus().gpus;
-    const cap = async (devices: string, maxMemory: string, id: string): Promise<number> => (await resolveRunDevices({ devices, maxMemory }, NO_OVERHEAD)).specs.find((s) => s.id === id)!.cap;
+    const cap = async (devices: string, maxMemory: string, id: string): Promise<number> =>
+      (await resolveRunDevices({ devices, maxMemory }, NO_OVERHEAD)).specs.find((s) => s.id === id)!.cap;
     assert.equal(await cap('gpu:1', '1=50%', '1'), Math.floor(g1!.totalBytes / 2));
     assert.equal(await cap('gpu:1', '1=free-512MiB', '1'), g1!.freeBytes - 512 * 1024 ** 2);
     assert.equal(await cap('gpu:1', '1=total', '1'), g1!.totalBytes);
@@ -153,10 +245,16 @@ describe('caps on Vulkan devices', { skip: vulkanSkip() }, () => {
   });
 
   it('refuses a cap above the device, a GPU that does not exist, and a cap for a device not opened', async () => {
-    await assert.rejects(resolveRunDevices({ devices: 'gpu:1', maxMemory: '1=1TiB' }, NO_OVERHEAD), /--max-memory 1: 1\.00 TiB \(1099511627776 B\) is more than GPU 1 \(Vulkan1\) has: 2\.00 GiB/);
+    await assert.rejects(
+      resolveRunDevices({ devices: 'gpu:1', maxMemory: '1=1TiB' }, NO_OVERHEAD),
+      /--max-memory 1: 1\.00 TiB \(1099511627776 B\) is more than GPU 1 \(Vulkan1\) has: 2\.00 GiB/,
+    );
     await assert.rejects(resolveRunDevices({ devices: 'gpu:2' }, NO_OVERHEAD), /GPU 2 does not exist \(GPUs: 0 Vulkan0, 1 Vulkan1\)/);
     await assert.rejects(resolveRunDevices({ devices: 'gpu:1', maxMemory: '0=1GiB' }, NO_OVERHEAD), /names device 0, which --devices does not open \(1\)/);
-    await assert.rejects(resolveRunDevices({ devices: 'gpu', backend: 'cuda' }, NO_OVERHEAD), /no GPU package is installed: npm install --save-exact @node-llama-cpp\/linux-x64-cuda/);
+    await assert.rejects(
+      resolveRunDevices({ devices: 'gpu', backend: 'cuda' }, NO_OVERHEAD),
+      /no GPU package is installed: npm install --save-exact @node-llama-cpp\/linux-x64-cuda/,
+    );
   });
 
   it('a backend that refuses an allocation the cap allows gives OutOfDeviceMemory with true numbers', () => {
@@ -178,7 +276,10 @@ describe('caps on Vulkan devices', { skip: vulkanSkip() }, () => {
     assert.equal(err.requested, 2 * gpus[0]!.totalBytes);
     assert.equal(err.inUse, 0);
     assert.ok(err.backendRefused);
-    assert.match(err.message, /device 0: weights needs 4\.00 GiB \(4294967296 B\) on top of 0 B already in use or reserved; the cap \(16\.00 GiB\) allows it, but the backend refused the allocation; the device reports 2\.00 GiB free of 2\.00 GiB/);
+    assert.match(
+      err.message,
+      /device 0: weights needs 4\.00 GiB \(4294967296 B\) on top of 0 B already in use or reserved; the cap \(16\.00 GiB\) allows it, but the backend refused the allocation; the device reports 2\.00 GiB free of 2\.00 GiB/,
+    );
     assert.doesNotMatch(err.message, /by -/);
     assert.equal(liveResources.buffers, before);
   });
@@ -201,14 +302,28 @@ describe('caps on Vulkan devices', { skip: vulkanSkip() }, () => {
   });
 
   it('an installed Vulkan package with no usable device says so, naming what it looked for', () => {
-    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', "import { main } from './src/cli/main.ts'; process.exitCode = await main(['devices']);"], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, GGML_VK_VISIBLE_DEVICES: '' } });
+    const r = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', '--input-type=module', '-e', "import { main } from './src/cli/main.ts'; process.exitCode = await main(['devices']);"],
+      { cwd: ROOT, encoding: 'utf8', env: { ...process.env, GGML_VK_VISIBLE_DEVICES: '' } },
+    );
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /GPU backends: cuda not installed, vulkan installed, no usable device/);
     assert.match(r.stdout, /found no usable device .*it looked for the Vulkan loader/);
     const dir = tempDir();
     try {
       writeTinyFamilyCheckpoint(dir, 'llama2');
-      const run = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `import { main } from './src/cli/main.ts'; process.exitCode = await main(['run', ${JSON.stringify(dir)}, '--input-ids', '1', '--devices', 'gpu']);`], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, GGML_VK_VISIBLE_DEVICES: '' } });
+      const run = spawnSync(
+        process.execPath,
+        [
+          '--import',
+          'tsx',
+          '--input-type=module',
+          '-e',
+          `import { main } from './src/cli/main.ts'; process.exitCode = await main(['run', ${JSON.stringify(dir)}, '--input-ids', '1', '--devices', 'gpu']);`,
+        ],
+        { cwd: ROOT, encoding: 'utf8', env: { ...process.env, GGML_VK_VISIBLE_DEVICES: '' } },
+      );
       assert.equal(run.status, 2);
       assert.match(run.stderr, /^vramfit: --devices: no usable GPU: @node-llama-cpp\/linux-x64-vulkan is installed but found no usable device/);
       assert.equal(run.stderr.trim().split('\n').length, 1, run.stderr);
@@ -290,7 +405,12 @@ describe("GPU backends' own scratch memory (memory model)", async () => {
 });
 
 describe('devices, plan and run see the same GPUs', { skip: vulkanSkip() }, () => {
-  const cli = (args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', `import { main } from './src/cli/main.ts'; process.exitCode = await main(${JSON.stringify(args)});`], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, GGML_VK_VISIBLE_DEVICES: '0,0' } });
+  const cli = (args: string[]) =>
+    spawnSync(
+      process.execPath,
+      ['--import', 'tsx', '--input-type=module', '-e', `import { main } from './src/cli/main.ts'; process.exitCode = await main(${JSON.stringify(args)});`],
+      { cwd: ROOT, encoding: 'utf8', env: { ...process.env, GGML_VK_VISIBLE_DEVICES: '0,0' } },
+    );
 
   it('vramfit devices lists the emulated GPUs with their ggml device and the active backend', () => {
     const r = cli(['devices']);
@@ -302,7 +422,7 @@ describe('devices, plan and run see the same GPUs', { skip: vulkanSkip() }, () =
     assert.doesNotMatch(r.stdout, /nvidia-smi was not found, so no GPUs are used/);
   });
 
-  it('vramfit plan places on GPU 1 what vramfit run then puts on GPU 1, with the Vulkan backend\'s overhead', async () => {
+  it("vramfit plan places on GPU 1 what vramfit run then puts on GPU 1, with the Vulkan backend's overhead", async () => {
     const dir = tempDir();
     try {
       writeTinyFamilyCheckpoint(dir, 'llama2');

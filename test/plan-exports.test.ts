@@ -20,15 +20,46 @@ describe('plan exports for llama.cpp', () => {
   it('a GGUF plan with blocks in RAM becomes -ngl, --tensor-split counts and -ot overrides', async () => {
     const ck = writeTinyFamilyCheckpoint(join(root, 'llama2'), 'llama2', { dtype: 'float32', seed: 2 });
     const gguf = writeTinyGguf(ck);
-    const json = await run('plan', gguf, '--gpu-memory', '1GiB,1GiB', '--max-memory', '0=1GiB,1=1GiB,cpu=1GiB', '--format', 'json', '--target', 'llama.cpp', '--overhead', '0', '--ctx', '64');
+    const json = await run(
+      'plan',
+      gguf,
+      '--gpu-memory',
+      '1GiB,1GiB',
+      '--max-memory',
+      '0=1GiB,1=1GiB,cpu=1GiB',
+      '--format',
+      'json',
+      '--target',
+      'llama.cpp',
+      '--overhead',
+      '0',
+      '--ctx',
+      '64',
+    );
     assert.equal(json.code, 0, json.err);
     const whole = JSON.parse(json.out) as { devices: { id: string; modules: string[]; used: number }[] };
     const layers = Number((await import('node:fs')).readFileSync(join(ck.dir, 'config.json'), 'utf8').match(/"num_hidden_layers": (\d+)/)![1]);
-    assert.ok(whole.devices.some((d) => d.id === '1' && d.modules.length > 0), 'both GPUs used when there is room');
+    assert.ok(
+      whole.devices.some((d) => d.id === '1' && d.modules.length > 0),
+      'both GPUs used when there is room',
+    );
 
     // GPU 0 keeps exactly what it held; GPU 1 is too small for a block, so the rest stays in RAM.
     const first = whole.devices.find((d) => d.id === '0')!;
-    const r = await run('plan', gguf, '--gpu-memory', '1GiB,1GiB', '--max-memory', `0=${first.used}B,1=1000B,cpu=1GiB`, '--format', 'llama.cpp', '--overhead', '0', '--ctx', '64');
+    const r = await run(
+      'plan',
+      gguf,
+      '--gpu-memory',
+      '1GiB,1GiB',
+      '--max-memory',
+      `0=${first.used}B,1=1000B,cpu=1GiB`,
+      '--format',
+      'llama.cpp',
+      '--overhead',
+      '0',
+      '--ctx',
+      '64',
+    );
     assert.equal(r.code, 0, r.err);
     assert.match(r.out, /CUDA_VISIBLE_DEVICES=0,1 llama-server -m \S+\.gguf /);
     // Layer il goes to the first GPU whose cumulative count exceeds il; blocks in RAM are moved back by -ot.

@@ -153,7 +153,10 @@ describe('PyTorch .bin: files torch wrote', () => {
   it('reads a zip-format checkpoint: names, dtypes, shapes, strides, offsets and byte ranges as torch.load sees them', () => {
     const { header, bytes } = read(b64(TORCH_ZIP_FIXTURE));
     assert.equal(header.format, 'zip');
-    assert.deepEqual(header.tensors.map((t) => t.name), TORCH_ZIP_EXPECTED.map((e) => e[0]));
+    assert.deepEqual(
+      header.tensors.map((t) => t.name),
+      TORCH_ZIP_EXPECTED.map((e) => e[0]),
+    );
     for (const [name, dtype, shape, strides, offset, values] of TORCH_ZIP_EXPECTED) {
       const t = byName(header, name);
       assert.deepEqual([t.dtype, t.shape, t.strides, t.storageOffset], [dtype, shape, strides, offset], name);
@@ -191,14 +194,22 @@ describe('PyTorch .bin: files torch wrote', () => {
         { name: 'row', storage: base, shape: [4], offset: 4 },
         { name: 'h', storage: half, shape: [2] },
       ],
-      { keys: new Map([[base, '335792400'], [half, '273905712']]) },
+      {
+        keys: new Map([
+          [base, '335792400'],
+          [half, '273905712'],
+        ]),
+      },
     );
     assert.deepEqual(legacy, b64(TORCH_LEGACY_FIXTURE));
   });
 
   it('lists the zip: entries, methods, sizes and 64-byte aligned data offsets', () => {
     const dir = readZipDirectory(bufferByteSource(b64(TORCH_ZIP_FIXTURE), 'm.bin'));
-    assert.deepEqual(dir.entries.map((e) => e.name), ['m/data.pkl', ...arange(7).map((i) => `m/data/${i}`), 'm/version']);
+    assert.deepEqual(
+      dir.entries.map((e) => e.name),
+      ['m/data.pkl', ...arange(7).map((i) => `m/data/${i}`), 'm/version'],
+    );
     for (const e of dir.entries) {
       assert.equal(e.method, 0);
       assert.equal(e.compressedSize, e.uncompressedSize);
@@ -238,7 +249,10 @@ function roundTripTensors(): PtTensor[] {
 }
 
 function checkRoundTrip(header: PytorchBinHeader, bytes: Uint8Array, tensors: PtTensor[]): void {
-  assert.deepEqual(header.tensors.map((t) => t.name), tensors.map((t) => t.name));
+  assert.deepEqual(
+    header.tensors.map((t) => t.name),
+    tensors.map((t) => t.name),
+  );
   for (const t of tensors) {
     const got = byName(header, t.name);
     assert.equal(got.dtype, t.storage.dtype, t.name);
@@ -284,7 +298,11 @@ describe('PyTorch .bin: round trip through the test writer', () => {
   });
 
   it('thousands of tensors: SETITEMS batches, LONG_BINPUT memo slots, a legacy head read in growing chunks', () => {
-    const tensors: PtTensor[] = arange(3000).map((i) => ({ name: `layers.${i}.weight`, storage: { dtype: 'float16', bytes: u16Bytes([i, i + 1]) }, shape: [2] }));
+    const tensors: PtTensor[] = arange(3000).map((i) => ({
+      name: `layers.${i}.weight`,
+      storage: { dtype: 'float16', bytes: u16Bytes([i, i + 1]) },
+      shape: [2],
+    }));
     for (const bytes of [buildPytorchBin(tensors), buildLegacyPytorchBin(tensors)]) {
       const { header } = read(bytes);
       assert.equal(header.tensors.length, 3000);
@@ -327,7 +345,12 @@ function onePickle(o: OneTensor = {}, protocol: 2 | 4 = 2): Uint8Array {
   const [m, f] = o.rebuild ?? ['torch._utils', '_rebuild_tensor_v2'];
   w.global(m, f);
   w.mark();
-  w.mark().str('storage').global(o.storageModule ?? 'torch', o.storageClass ?? 'FloatStorage').str(o.key ?? '0').str('cpu').int(o.numel ?? 4);
+  w.mark()
+    .str('storage')
+    .global(o.storageModule ?? 'torch', o.storageClass ?? 'FloatStorage')
+    .str(o.key ?? '0')
+    .str('cpu')
+    .int(o.numel ?? 4);
   w.byte(0x74).binpersid();
   w.int(o.offset ?? 0);
   for (const dims of [o.shape ?? [2, 2], o.strides ?? [2, 1]]) {
@@ -342,11 +365,7 @@ function onePickle(o: OneTensor = {}, protocol: 2 | 4 = 2): Uint8Array {
 }
 
 function archive(pkl: Uint8Array, storages: Record<string, Uint8Array> = { '0': new Uint8Array(16) }, extra: ZipWriteEntry[] = []): Uint8Array {
-  return buildZip([
-    { name: 'archive/data.pkl', data: pkl },
-    ...Object.entries(storages).map(([k, data]) => ({ name: `archive/data/${k}`, data })),
-    ...extra,
-  ]);
+  return buildZip([{ name: 'archive/data.pkl', data: pkl }, ...Object.entries(storages).map(([k, data]) => ({ name: `archive/data/${k}`, data })), ...extra]);
 }
 
 /** A pickle of raw opcodes (PROTO 2 first). */
@@ -363,8 +382,19 @@ function raw(...ops: (number | Uint8Array | string)[]): Uint8Array {
 
 describe('PyTorch .bin: torch 2.x forms', () => {
   it('_rebuild_tensor_v3 over an UntypedStorage with a torch dtype (float8, bfloat16)', () => {
-    for (const [dtype, el] of [['float8_e4m3fn', 1], ['bfloat16', 2]] as const) {
-      const pkl = onePickle({ rebuild: ['torch._utils', '_rebuild_tensor_v3'], storageClass: 'UntypedStorage', numel: 16, offset: 2, shape: [2, 3], strides: [3, 1], extra: (w) => (w.global('torch', dtype), 0) });
+    for (const [dtype, el] of [
+      ['float8_e4m3fn', 1],
+      ['bfloat16', 2],
+    ] as const) {
+      const pkl = onePickle({
+        rebuild: ['torch._utils', '_rebuild_tensor_v3'],
+        storageClass: 'UntypedStorage',
+        numel: 16,
+        offset: 2,
+        shape: [2, 3],
+        strides: [3, 1],
+        extra: (w) => (w.global('torch', dtype), 0),
+      });
       const storage = Uint8Array.from(arange(16));
       const { header, bytes } = read(archive(pkl, { '0': storage }));
       const t = header.tensors[0]!;
@@ -405,13 +435,37 @@ describe('PyTorch .bin: malformed files are FormatErrors naming the file', () =>
 
   it('compressed entries', () => {
     const pkl = onePickle();
-    refuses(buildZip([{ name: 'archive/data.pkl', data: pkl, deflate: true }, { name: 'archive/data/0', data: new Uint8Array(16) }]), /entry "archive\/data\.pkl" is compressed \(method 8, deflate\)/);
-    refuses(buildZip([{ name: 'archive/data.pkl', data: pkl }, { name: 'archive/data/0', data: new Uint8Array(16), deflate: true }]), /entry "archive\/data\/0" is compressed/);
+    refuses(
+      buildZip([
+        { name: 'archive/data.pkl', data: pkl, deflate: true },
+        { name: 'archive/data/0', data: new Uint8Array(16) },
+      ]),
+      /entry "archive\/data\.pkl" is compressed \(method 8, deflate\)/,
+    );
+    refuses(
+      buildZip([
+        { name: 'archive/data.pkl', data: pkl },
+        { name: 'archive/data/0', data: new Uint8Array(16), deflate: true },
+      ]),
+      /entry "archive\/data\/0" is compressed/,
+    );
   });
 
   it('no data.pkl, or two', () => {
-    refuses(buildZip([{ name: 'archive/data/0', data: new Uint8Array(16) }, { name: 'archive/version', data: Uint8Array.of(0x33) }]), /no <name>\/data\.pkl/);
-    refuses(buildZip([{ name: 'a/data.pkl', data: onePickle() }, { name: 'b/data.pkl', data: onePickle() }]), /2 data\.pkl entries/);
+    refuses(
+      buildZip([
+        { name: 'archive/data/0', data: new Uint8Array(16) },
+        { name: 'archive/version', data: Uint8Array.of(0x33) },
+      ]),
+      /no <name>\/data\.pkl/,
+    );
+    refuses(
+      buildZip([
+        { name: 'a/data.pkl', data: onePickle() },
+        { name: 'b/data.pkl', data: onePickle() },
+      ]),
+      /2 data\.pkl entries/,
+    );
     refuses(buildZip([]), /no <name>\/data\.pkl/);
   });
 
@@ -436,7 +490,14 @@ describe('PyTorch .bin: malformed files are FormatErrors naming the file', () =>
     refuses(archive(onePickle({ storageClass: 'ComplexFloatStorage' })), /storage "0" is a torch\.ComplexFloatStorage: unknown dtype/);
     refuses(archive(onePickle({ storageClass: 'QInt8Storage' })), /unknown dtype/);
     refuses(
-      archive(onePickle({ rebuild: ['torch._utils', '_rebuild_tensor_v3'], storageClass: 'UntypedStorage', numel: 16, extra: (w) => (w.global('torch', 'complex64'), 0) })),
+      archive(
+        onePickle({
+          rebuild: ['torch._utils', '_rebuild_tensor_v3'],
+          storageClass: 'UntypedStorage',
+          numel: 16,
+          extra: (w) => (w.global('torch', 'complex64'), 0),
+        }),
+      ),
       /unknown dtype torch\.complex64/,
     );
     refuses(archive(onePickle({ storageClass: 'NotAStorage' })), /refusing to unpickle GLOBAL torch\.NotAStorage/);
@@ -520,19 +581,52 @@ describe('PyTorch .bin: malformed files are FormatErrors naming the file', () =>
       fn(view(b), b);
       return b;
     };
-    refuses(patch((v) => (v.setUint16(eocd + 8, 0xfffe, true), v.setUint16(eocd + 10, 0xfffe, true))), /claims 65534 entries, more than its \d+-byte central directory can hold/);
-    refuses(patch((v) => v.setUint32(eocd + 16, 0x7ffffff0, true)), /central directory \(offset 2147483632, \d+ bytes\) runs past/);
-    refuses(patch((v) => v.setUint32(eocd + 12, 0xffffffff, true)), /needs a ZIP64 end-of-central-directory record/);
-    refuses(patch((v) => v.setUint16(eocd + 4, 1, true)), /multi-volume/);
-    refuses(patch((v) => v.setUint16(eocd + 20, 5, true)), /no end-of-central-directory record/);
+    refuses(
+      patch((v) => (v.setUint16(eocd + 8, 0xfffe, true), v.setUint16(eocd + 10, 0xfffe, true))),
+      /claims 65534 entries, more than its \d+-byte central directory can hold/,
+    );
+    refuses(
+      patch((v) => v.setUint32(eocd + 16, 0x7ffffff0, true)),
+      /central directory \(offset 2147483632, \d+ bytes\) runs past/,
+    );
+    refuses(
+      patch((v) => v.setUint32(eocd + 12, 0xffffffff, true)),
+      /needs a ZIP64 end-of-central-directory record/,
+    );
+    refuses(
+      patch((v) => v.setUint16(eocd + 4, 1, true)),
+      /multi-volume/,
+    );
+    refuses(
+      patch((v) => v.setUint16(eocd + 20, 5, true)),
+      /no end-of-central-directory record/,
+    );
     const cd = view(base).getUint32(eocd + 16, true);
     // data.pkl's central entry: make its data run past the archive, then into the next entry.
-    refuses(patch((v) => v.setUint32(cd + 20, 0x7ffffff0, true)), /entry "archive\/data\.pkl": its 2147483632 bytes at offset 64 run past/);
-    refuses(patch((v) => v.setUint32(cd + 20, cd - 100, true)), /entries "archive\/data\.pkl" and "archive\/data\/0" overlap/);
-    refuses(patch((v) => v.setUint32(cd + 42, 1, true)), /no local file header at offset 1/);
-    refuses(patch((v) => v.setUint32(cd + 42, 0x7ffffff0, true)), /local header at 2147483632 lies outside/);
-    refuses(patch((v) => v.setUint32(cd, 0x12345678, true)), /central directory entry 0 of 5 is missing or malformed/);
-    refuses(patch((_, b) => (b[cd + 46 + 8] = 0x78)), /local header names a different file/); // central name 'archive/xata.pkl'
+    refuses(
+      patch((v) => v.setUint32(cd + 20, 0x7ffffff0, true)),
+      /entry "archive\/data\.pkl": its 2147483632 bytes at offset 64 run past/,
+    );
+    refuses(
+      patch((v) => v.setUint32(cd + 20, cd - 100, true)),
+      /entries "archive\/data\.pkl" and "archive\/data\/0" overlap/,
+    );
+    refuses(
+      patch((v) => v.setUint32(cd + 42, 1, true)),
+      /no local file header at offset 1/,
+    );
+    refuses(
+      patch((v) => v.setUint32(cd + 42, 0x7ffffff0, true)),
+      /local header at 2147483632 lies outside/,
+    );
+    refuses(
+      patch((v) => v.setUint32(cd, 0x12345678, true)),
+      /central directory entry 0 of 5 is missing or malformed/,
+    );
+    refuses(
+      patch((_, b) => (b[cd + 46 + 8] = 0x78)),
+      /local header names a different file/,
+    ); // central name 'archive/xata.pkl'
     const withZip64 = buildPytorchBin(roundTripTensors().slice(0, 1));
     const loc = withZip64.length - 22 - 20;
     const z = withZip64.slice();
@@ -541,7 +635,10 @@ describe('PyTorch .bin: malformed files are FormatErrors naming the file', () =>
     const z2 = withZip64.slice();
     view(z2).setBigUint64(loc + 8, 0n, true);
     refuses(z2, /no ZIP64 end-of-central-directory record at offset 0/);
-    const dup = buildZip([{ name: 'archive/data.pkl', data: onePickle() }, { name: 'archive/data.pkl', data: onePickle() }]);
+    const dup = buildZip([
+      { name: 'archive/data.pkl', data: onePickle() },
+      { name: 'archive/data.pkl', data: onePickle() },
+    ]);
     refuses(dup, /lists entry "archive\/data\.pkl" twice/);
   });
 

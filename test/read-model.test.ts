@@ -49,7 +49,7 @@ describe('readModel: Hugging Face folders', () => {
     const s = await readModel(dir);
     assert.equal(s.source.kind, 'safetensors-index');
     assert.equal(s.source.shapes, 'headers');
-    assert.equal(s.source.files.length, 5, "index, config and three shards");
+    assert.equal(s.source.files.length, 5, 'index, config and three shards');
     const layers = s.modules.filter((m) => /^model\.layers\.\d+$/.test(m.name)).map((m) => m.name);
     assert.deepEqual(layers, ['model.layers.0', 'model.layers.1', 'model.layers.2', 'model.layers.3']);
     assert.equal(s.modules[0]!.name, 'model');
@@ -159,14 +159,22 @@ describe('readModel: the local Hugging Face cache', () => {
     mkdirSync(join(repo, 'refs'), { recursive: true });
     mkdirSync(join(repo, 'snapshots'), { recursive: true });
     writeFileSync(join(repo, 'refs', 'main'), '../../../outside\n');
-    await rejectsWith(readModel('acme/evil', { env: { HF_HUB_CACHE: cache } }), 'BAD_INPUT', /refs\/main: holds "\.\.\/\.\.\/\.\.\/outside", not a commit hash; refusing to follow it out of the cache/);
+    await rejectsWith(
+      readModel('acme/evil', { env: { HF_HUB_CACHE: cache } }),
+      'BAD_INPUT',
+      /refs\/main: holds "\.\.\/\.\.\/\.\.\/outside", not a commit hash; refusing to follow it out of the cache/,
+    );
     // readModel never takes `..` as a repo id; the resolver refuses it on its own too.
     const { resolveRepoId } = await import('../src/reader/hf-cache.js');
     assert.throws(() => resolveRepoId('acme/evil@..', { HF_HUB_CACHE: cache }), /revision "\.\." is not a branch, tag or commit name/);
   });
 
   it('says clearly when a repo id is not cached, and never downloads', async () => {
-    await rejectsWith(readModel('acme/absent-model', { env: { HF_HUB_CACHE: join(root, 'hub') } }), 'NOT_FOUND', /not in the local Hugging Face cache.*never downloads/);
+    await rejectsWith(
+      readModel('acme/absent-model', { env: { HF_HUB_CACHE: join(root, 'hub') } }),
+      'NOT_FOUND',
+      /not in the local Hugging Face cache.*never downloads/,
+    );
   });
 });
 
@@ -187,7 +195,10 @@ describe('readModel: files and unknown architectures', () => {
     assert.equal(s.family, 'unknown');
     assert.deepEqual(s.blocks, { prefix: 'backbone.blocks', count: 12, class: 'BlocksBlock' });
     assert.deepEqual(s.no_split_module_classes, ['BlocksBlock']);
-    assert.ok(s.warnings.some((w) => w.includes('backbone.blocks.N')), s.warnings.join('; '));
+    assert.ok(
+      s.warnings.some((w) => w.includes('backbone.blocks.N')),
+      s.warnings.join('; '),
+    );
     // Registration order is guessed: embedding before blocks, blocks numerically, head last.
     const order = s.modules.map((m) => m.name).filter((m) => !m.includes('.') || /^backbone\.[a-z]+$|^backbone\.blocks\.\d+$/.test(m));
     assert.equal(order.indexOf('backbone.embedding') < order.indexOf('backbone.blocks'), true);
@@ -224,8 +235,13 @@ describe('readModel: files and unknown architectures', () => {
       { name: 'model.layers.0.post_attention_layernorm.weight', dtype: 'F16', shape: [64] },
     ];
     const linears: [string, number, number][] = [
-      ['self_attn.q_proj', 64, 64], ['self_attn.k_proj', 64, 32], ['self_attn.v_proj', 64, 32], ['self_attn.o_proj', 64, 64],
-      ['mlp.gate_proj', 64, 128], ['mlp.up_proj', 64, 128], ['mlp.down_proj', 128, 64],
+      ['self_attn.q_proj', 64, 64],
+      ['self_attn.k_proj', 64, 32],
+      ['self_attn.v_proj', 64, 32],
+      ['self_attn.o_proj', 64, 64],
+      ['mlp.gate_proj', 64, 128],
+      ['mlp.up_proj', 64, 128],
+      ['mlp.down_proj', 128, 64],
     ];
     for (const [name, inF, outF] of linears) {
       const p = `model.layers.0.${name}`;
@@ -240,7 +256,7 @@ describe('readModel: files and unknown architectures', () => {
     assert.ok(s.tensors.some((t) => t.name === 'model.layers.0.self_attn.q_proj.qweight'));
     assert.ok(!s.tensors.some((t) => t.name === 'model.layers.0.self_attn.q_proj.weight'), 'replaced float weight dropped');
     const stored = tensors.reduce((sum, t) => sum + t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'I32' ? 4 : 2), 0);
-    assert.equal(summarize(s).totalBytes, stored + 8 * 4, "stored tensors plus the rotary buffer");
+    assert.equal(summarize(s).totalBytes, stored + 8 * 4, 'stored tensors plus the rotary buffer');
   });
 });
 
@@ -315,7 +331,11 @@ describe('readModel: PyTorch .bin checkpoints', () => {
     const indexPath = join(dir, 'pytorch_model.bin.index.json');
     const index = JSON.parse(readFileSync(indexPath, 'utf8')) as { weight_map: Record<string, string> };
     writeFileSync(indexPath, JSON.stringify({ weight_map: { ...index.weight_map, 'model.norm.weight': files[0] } }));
-    await rejectsWith(readModel(dir), 'BAD_FORMAT', /pytorch_model-00002-of-00002\.bin: holds model\.norm\.weight, which the index puts in pytorch_model-00001-of-00002\.bin/);
+    await rejectsWith(
+      readModel(dir),
+      'BAD_FORMAT',
+      /pytorch_model-00002-of-00002\.bin: holds model\.norm\.weight, which the index puts in pytorch_model-00001-of-00002\.bin/,
+    );
     writeFileSync(indexPath, JSON.stringify({ weight_map: { ...index.weight_map, 'model.extra.weight': files[1] } }));
     await rejectsWith(readModel(dir), 'BAD_FORMAT', /model\.extra\.weight is listed in weight_map but not in pytorch_model-00002-of-00002\.bin/);
     writeFileSync(indexPath, JSON.stringify(index));
@@ -339,7 +359,10 @@ describe('readModel: PyTorch .bin checkpoints', () => {
     const view = s.tensors.find((t) => t.name === 'b.weight')!;
     assert.equal(view.location?.range, undefined);
     assert.match(view.location?.noRange ?? '', /not contiguous \(shape \[4, 3\], strides \[1, 4\]\)/);
-    assert.ok(s.warnings.some((w) => /^pytorch_model\.bin: b\.weight is not contiguous .* the engine cannot load it$/.test(w)), s.warnings.join('; '));
+    assert.ok(
+      s.warnings.some((w) => /^pytorch_model\.bin: b\.weight is not contiguous .* the engine cannot load it$/.test(w)),
+      s.warnings.join('; '),
+    );
   });
 });
 
@@ -368,10 +391,16 @@ describe('skeleton JSON', () => {
       [{ root_class: 'X', modules: [], tensors: [{ name: 'a.w', shape: [1], dtype: 'float16' }] }, /module a, which is not listed/],
       [{ root_class: 'X', modules: [{ name: 'a', class: 'A' }], tensors: [{ name: 'a.w', shape: [1], dtype: 'float99' }] }, /unknown dtype/],
       [{ root_class: 'X', modules: [{ name: 'a', class: 'A' }], tensors: [{ name: 'a.w', shape: [-1], dtype: 'float16' }] }, /non-negative integers/],
-      [{ root_class: 'X', modules: [{ name: 'a', class: 'A' }], tensors: [{ name: 'a.w', shape: [1], dtype: 'float16' }], tied: [['a.w', 'b.w']] }, /b\.w, which is not in tensors/],
+      [
+        { root_class: 'X', modules: [{ name: 'a', class: 'A' }], tensors: [{ name: 'a.w', shape: [1], dtype: 'float16' }], tied: [['a.w', 'b.w']] },
+        /b\.w, which is not in tensors/,
+      ],
     ];
     for (const [json, pattern] of bad) {
-      assert.throws(() => parseSkeleton(json, 'x.json'), (e: unknown) => e instanceof InputError && pattern.test(e.message) && e.message.startsWith('x.json: '));
+      assert.throws(
+        () => parseSkeleton(json, 'x.json'),
+        (e: unknown) => e instanceof InputError && pattern.test(e.message) && e.message.startsWith('x.json: '),
+      );
     }
   });
 });

@@ -29,7 +29,12 @@ function readmeCommands(): string[] {
       continue;
     }
     if (!inBlock || !line.startsWith('vramfit ')) continue;
-    out.push(line.replace(/\s+#\s.*$/, '').replace(/\s+>\s*\S+$/, '').trim());
+    out.push(
+      line
+        .replace(/\s+#\s.*$/, '')
+        .replace(/\s+>\s*\S+$/, '')
+        .trim(),
+    );
   }
   return out;
 }
@@ -83,12 +88,18 @@ const CASES: Record<string, Case> = {
   'vramfit run ./model --chat --prompt "Hello" --temperature 0.7 --top-p 0.9 --seed 1 --stop "</s>"': { map: { './model': 'hf' } },
   'vramfit run ./model --input-ids 1,2,3 --greedy --json --logits': { map: { './model': 'hf' }, expect: /"prompt_logits"/ },
   'vramfit run ./model --devices virtual:2 --max-memory 0=300MiB,1=500MiB --prompt "…" --show-plan': { map: { './model': 'hf' }, expect: /^device 1\b/m },
-  'vramfit run ./chatglm3-6b --devices virtual:2 --max-memory 0=5GiB,1=10GiB --chat --prompt "你好" --json': { map: { './chatglm3-6b': 'chatglm' }, expect: /"generated_ids"/ },
+  'vramfit run ./chatglm3-6b --devices virtual:2 --max-memory 0=5GiB,1=10GiB --chat --prompt "你好" --json': {
+    map: { './chatglm3-6b': 'chatglm' },
+    expect: /"generated_ids"/,
+  },
   'vramfit devices': { expect: /GPU backends/ },
   'vramfit run ./model --devices gpu --prompt "…"': { map: { './model': 'hf' }, vulkan: 1 },
   // lavapipe's emulated GPUs report 2 GiB each and CI machines have 24 GiB of RAM: the sizes shrink to fit.
   'vramfit run ./model --devices gpu:1,3 --max-memory 1=10GiB,3=50% --prompt "…"': { map: { './model': 'hf', '1=10GiB,3=50%': '1=1GiB,3=50%' }, vulkan: 4 },
-  'vramfit run ./model --devices gpu:0,cpu --max-memory 0=free-2GiB,cpu=32GiB …': { map: { './model': 'hf', '0=free-2GiB,cpu=32GiB': '0=free-1GiB,cpu=8GiB', '…': '--prompt=hi' }, vulkan: 1 },
+  'vramfit run ./model --devices gpu:0,cpu --max-memory 0=free-2GiB,cpu=32GiB …': {
+    map: { './model': 'hf', '0=free-2GiB,cpu=32GiB': '0=free-1GiB,cpu=8GiB', '…': '--prompt=hi' },
+    vulkan: 1,
+  },
   'vramfit run ./model --devices gpu --max-memory 0=6GiB,1=6GiB,cpu=8GiB,disk=100GiB …': {
     map: { './model': 'hf', '0=6GiB,1=6GiB,cpu=8GiB,disk=100GiB': '0=1GiB,1=1GiB,cpu=8GiB,disk=1GiB', '…': '--prompt=hi' },
     vulkan: 2,
@@ -139,7 +150,9 @@ function resolvePlaceholder(word: string, c: Case): string {
 }
 
 async function runCase(command: string, c: Case): Promise<{ code: number; out: string; err: string }> {
-  const argv = shellWords(command).slice(1).map((w) => resolvePlaceholder(w, c));
+  const argv = shellWords(command)
+    .slice(1)
+    .map((w) => resolvePlaceholder(w, c));
   const saved = { PATH: process.env['PATH'], HF_HUB_CACHE: process.env['HF_HUB_CACHE'] };
   process.env['HF_HUB_CACHE'] = P.cache;
   if (c.smi) process.env['PATH'] = `${P.smiDir}:${saved.PATH ?? ''}`;
@@ -161,8 +174,16 @@ describe('README commands', () => {
 
   it('every vramfit command in the README has a case here, and every case is in the README', () => {
     assert.ok(commands.length >= 20, `found only ${commands.length} commands`);
-    assert.deepEqual(commands.filter((c) => !(c in CASES)), [], 'README commands without a case');
-    assert.deepEqual(Object.keys(CASES).filter((c) => !commands.includes(c)), [], 'cases no longer in the README');
+    assert.deepEqual(
+      commands.filter((c) => !(c in CASES)),
+      [],
+      'README commands without a case',
+    );
+    assert.deepEqual(
+      Object.keys(CASES).filter((c) => !commands.includes(c)),
+      [],
+      'cases no longer in the README',
+    );
   });
 
   for (const command of commands) {

@@ -63,17 +63,31 @@ const PROMPT = [5, 17, 42, 9, 60, 3, 77, 31];
 describe('tiny Llama-family checkpoints', () => {
   it('rounds to float16 and bfloat16 to nearest, ties to even, like torch', () => {
     const f16: [number, number][] = [
-      [1, 0x3c00], [-2, 0xc000], [0.5, 0x3800], [65504, 0x7bff],
+      [1, 0x3c00],
+      [-2, 0xc000],
+      [0.5, 0x3800],
+      [65504, 0x7bff],
       [65520, 0x7c00], // halfway between 65504 and 2^16: ties to even, which overflows to +inf
-      [2 ** -24, 0x0001], [2 ** -25, 0x0000], [3 * 2 ** -25, 0x0002], [2 ** -14, 0x0400],
-      [1 + 2 ** -11, 0x3c00], [1 + 3 * 2 ** -11, 0x3c02], [1 + 2 ** -10, 0x3c01],
+      [2 ** -24, 0x0001],
+      [2 ** -25, 0x0000],
+      [3 * 2 ** -25, 0x0002],
+      [2 ** -14, 0x0400],
+      [1 + 2 ** -11, 0x3c00],
+      [1 + 3 * 2 ** -11, 0x3c02],
+      [1 + 2 ** -10, 0x3c01],
     ];
     for (const [v, bits] of f16) assert.equal(float32ToFloat16Bits(v), bits, `float16(${v})`);
     for (const v of [1, -2, 0.5, 65504, 2 ** -24, 2 ** -14, 1 + 2 ** -10]) assert.equal(float16BitsToFloat32(float32ToFloat16Bits(v)), v, `${v} round-trips`);
     assert.equal(float16BitsToFloat32(0x7c00), Infinity);
     assert.equal(float16BitsToFloat32(0x3555), 0.333251953125);
     assert.equal(float16BitsToFloat32(0x0001), 2 ** -24);
-    const bf16: [number, number][] = [[1, 0x3f80], [-2, 0xc000], [1 + 2 ** -8, 0x3f80], [1 + 3 * 2 ** -8, 0x3f82], [1 + 2 ** -7, 0x3f81]];
+    const bf16: [number, number][] = [
+      [1, 0x3f80],
+      [-2, 0xc000],
+      [1 + 2 ** -8, 0x3f80],
+      [1 + 3 * 2 ** -8, 0x3f82],
+      [1 + 2 ** -7, 0x3f81],
+    ];
     for (const [v, bits] of bf16) assert.equal(float32ToBfloat16Bits(v), bits, `bfloat16(${v})`);
     assert.equal(bfloat16BitsToFloat32(0x3f81), 1 + 2 ** -7);
   });
@@ -84,7 +98,7 @@ describe('tiny Llama-family checkpoints', () => {
         const ck = checkpoint(name, dtype);
         const s = await readModel(ck.dir);
         const cfg = TINY_FAMILY_CONFIGS[name];
-        const family = (cfg['model_type'] as string);
+        const family = cfg['model_type'] as string;
         assert.equal(s.family, family);
         assert.deepEqual(s.warnings, []);
         assert.equal(s.source.kind, 'safetensors');
@@ -187,7 +201,10 @@ describe('reference forward: KV cache', () => {
 
   it('float16 and bfloat16 checkpoints of one seed stay close to the float32 model', () => {
     const ref = createReferenceModel(checkpoint('llama3')).forward(PROMPT, 0);
-    for (const [dtype, tol] of [['float16', 0.01], ['bfloat16', 0.08]] as const) {
+    for (const [dtype, tol] of [
+      ['float16', 0.01],
+      ['bfloat16', 0.08],
+    ] as const) {
       const other = createReferenceModel(checkpoint('llama3', dtype)).forward(PROMPT, 0);
       const d = maxAbsDiff(ref, other);
       assert.ok(d > 0 && d < tol, `${dtype}: max |Δlogit| ${d}`);
@@ -369,7 +386,10 @@ describe('reference forward: rotary embedding', () => {
     const kn = Float64Array.from(k);
     for (let h = 0; h < heads; h++) applyRope(kn, h * D, D, cos, sin);
     const dot = (a: Float64Array, b: Float64Array): number => a.reduce((s, v, i) => s + v * b[i]!, 0);
-    assert.ok(Math.abs(dot(neox, kn) - dot(permuteForNormalRope(neox, heads, D, 1), permuteForNormalRope(kn, heads, D, 1))) < 1e-12, 'q·k unchanged by the permutation');
+    assert.ok(
+      Math.abs(dot(neox, kn) - dot(permuteForNormalRope(neox, heads, D, 1), permuteForNormalRope(kn, heads, D, 1))) < 1e-12,
+      'q·k unchanged by the permutation',
+    );
   });
 });
 
@@ -393,7 +413,10 @@ describe('reference forward: family specifics', () => {
     const pos = 5;
     const D = 32;
     const { cos, sin } = ropeCosSin(m.invFreq, pos);
-    for (const [proj, normName, heads, out] of [['q_proj', 'q_norm', 4, 'q'], ['k_proj', 'k_norm', 2, 'k']] as const) {
+    for (const [proj, normName, heads, out] of [
+      ['q_proj', 'q_norm', 4, 'q'],
+      ['k_proj', 'k_norm', 2, 'k'],
+    ] as const) {
       const raw = pick(events, 1, proj, pos);
       assert.equal(raw.length, heads * D);
       const w = ck.tensors[`model.layers.1.self_attn.${normName}.weight`]!;
@@ -487,7 +510,10 @@ describe('reference forward: family specifics', () => {
     assert.ok(maxAbsDiff(new ReferenceLlama(ck.config, stray).forward(PROMPT, 0), logits) === 0, 'stray lm_head.weight ignored');
     // ... and untying with a copy of the embedding is the same model.
     const untied = { ...ck.tensors, 'lm_head.weight': Float32Array.from(E) };
-    assert.ok(maxAbsDiff(new ReferenceLlama({ ...ck.config, tie_word_embeddings: false }, untied).forward(PROMPT, 0), logits) === 0, 'untied copy = tied model');
+    assert.ok(
+      maxAbsDiff(new ReferenceLlama({ ...ck.config, tie_word_embeddings: false }, untied).forward(PROMPT, 0), logits) === 0,
+      'untied copy = tied model',
+    );
     // An untied model without lm_head.weight is an error, not a silent tie.
     assert.throws(() => new ReferenceLlama({ ...ck.config, tie_word_embeddings: false }, ck.tensors), /lm_head\.weight is missing/);
   });
@@ -502,26 +528,70 @@ describe('reference forward: a one-layer, hidden-4 model worked out by hand', ()
 
 function handCase(eps: number): void {
   const config = {
-    architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_size: 4, num_attention_heads: 2, num_key_value_heads: 1,
-    intermediate_size: 2, vocab_size: 3, num_hidden_layers: 1, rms_norm_eps: eps, rope_theta: 10000.0, tie_word_embeddings: false,
+    architectures: ['LlamaForCausalLM'],
+    model_type: 'llama',
+    hidden_size: 4,
+    num_attention_heads: 2,
+    num_key_value_heads: 1,
+    intermediate_size: 2,
+    vocab_size: 3,
+    num_hidden_layers: 1,
+    rms_norm_eps: eps,
+    rope_theta: 10000.0,
+    tie_word_embeddings: false,
   };
   const f = (rows: number[][]): Float32Array => Float32Array.from(rows.flat());
-  const E = [[1, -1, 1, -1], [2, 0, 0, 0], [0, 0, 2, 0]];
+  const E = [
+    [1, -1, 1, -1],
+    [2, 0, 0, 0],
+    [0, 0, 2, 0],
+  ];
   const w1 = [1, 2, 1, 0.5];
   const w3 = [1, 1, 2, 1];
   const tensors = {
     'model.embed_tokens.weight': f(E),
     'model.layers.0.input_layernorm.weight': f([w1]),
-    'model.layers.0.self_attn.q_proj.weight': f([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]), // q = h
-    'model.layers.0.self_attn.k_proj.weight': f([[1, 0, 1, 0], [0, 1, 0, -1]]), // k = [h0 + h2, h1 − h3]
-    'model.layers.0.self_attn.v_proj.weight': f([[1, 0, 0, 0], [0, 0, 0, 1]]), // v = [h0, h3]
-    'model.layers.0.self_attn.o_proj.weight': f([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]),
+    'model.layers.0.self_attn.q_proj.weight': f([
+      [1, 0, 0, 0],
+      [0, 1, 0, 0],
+      [0, 0, 1, 0],
+      [0, 0, 0, 1],
+    ]), // q = h
+    'model.layers.0.self_attn.k_proj.weight': f([
+      [1, 0, 1, 0],
+      [0, 1, 0, -1],
+    ]), // k = [h0 + h2, h1 − h3]
+    'model.layers.0.self_attn.v_proj.weight': f([
+      [1, 0, 0, 0],
+      [0, 0, 0, 1],
+    ]), // v = [h0, h3]
+    'model.layers.0.self_attn.o_proj.weight': f([
+      [1, 0, 0, 0],
+      [0, 1, 0, 0],
+      [0, 0, 1, 0],
+      [0, 0, 0, 1],
+    ]),
     'model.layers.0.post_attention_layernorm.weight': f([[1, 1, 1, 1]]),
-    'model.layers.0.mlp.gate_proj.weight': f([[1, 0, 0, 0], [0, 1, 0, 0]]), // gate = [n0, n1]
-    'model.layers.0.mlp.up_proj.weight': f([[0, 0, 1, 0], [0, 0, 0, 1]]), // up = [n2, n3]
-    'model.layers.0.mlp.down_proj.weight': f([[1, 0], [0, 1], [0, 0], [1, 1]]), // down = [m0, m1, 0, m0 + m1]
+    'model.layers.0.mlp.gate_proj.weight': f([
+      [1, 0, 0, 0],
+      [0, 1, 0, 0],
+    ]), // gate = [n0, n1]
+    'model.layers.0.mlp.up_proj.weight': f([
+      [0, 0, 1, 0],
+      [0, 0, 0, 1],
+    ]), // up = [n2, n3]
+    'model.layers.0.mlp.down_proj.weight': f([
+      [1, 0],
+      [0, 1],
+      [0, 0],
+      [1, 1],
+    ]), // down = [m0, m1, 0, m0 + m1]
     'model.norm.weight': f([w3]),
-    'lm_head.weight': f([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]]), // logits = [n0, n1, n2 + n3]
+    'lm_head.weight': f([
+      [1, 0, 0, 0],
+      [0, 1, 0, 0],
+      [0, 0, 1, 1],
+    ]), // logits = [n0, n1, n2 + n3]
   };
   const silu = (v: number): number => v / (1 + Math.exp(-v));
   const rms = (x: number[]): number => 1 / Math.sqrt((x[0]! ** 2 + x[1]! ** 2 + x[2]! ** 2 + x[3]! ** 2) / 4 + eps);
@@ -543,7 +613,10 @@ function handCase(eps: number): void {
     // Rope at 0 is the identity; one key, so each head outputs v: attention = [2r,0,2r,0].
     const x0 = afterMlp([2 + 2 * r, 0, 2 * r, 0]);
     // Position 1, token 0: h = r·[1,−1,1,−1]·w1 = r·[1,−2,1,−0.5].
-    const q = [[r, -2 * r], [r, -0.5 * r]];
+    const q = [
+      [r, -2 * r],
+      [r, -0.5 * r],
+    ];
     const k1 = [2 * r, -1.5 * r]; // [h0 + h2, h1 − h3]
     const v0 = [2 * r, 0];
     const v1 = [r, -0.5 * r];

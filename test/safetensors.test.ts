@@ -2,12 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { assertFormatError, tempFiles } from './helpers/format-errors.js';
-import {
-  MAX_HEADER_LENGTH,
-  parseSafetensorsHeader,
-  readSafetensorsHeader,
-  SAFETENSORS_DTYPE_CODES,
-} from '../src/reader/formats/safetensors.js';
+import { MAX_HEADER_LENGTH, parseSafetensorsHeader, readSafetensorsHeader, SAFETENSORS_DTYPE_CODES } from '../src/reader/formats/safetensors.js';
 import {
   encodeSafetensorsHeader,
   frameSafetensorsHeader,
@@ -57,7 +52,10 @@ describe('safetensors round trips', () => {
         ['mask', 'bool', [3]],
       ],
     );
-    assert.deepEqual(h.tensors.map((x) => x.range), written.ranges);
+    assert.deepEqual(
+      h.tensors.map((x) => x.range),
+      written.ranges,
+    );
     assert.equal(h.bytesRead, h.headerBytes);
   });
 
@@ -68,8 +66,21 @@ describe('safetensors round trips', () => {
     const h = readSafetensorsHeader(path);
     const names = h.tensors.map((x) => x.dtype);
     assert.deepEqual(names, [
-      'float64', 'float32', 'float16', 'bfloat16', 'int64', 'int32', 'int16', 'int8', 'uint8', 'bool',
-      'float8_e4m3fn', 'float8_e5m2', 'uint16', 'uint32', 'uint64',
+      'float64',
+      'float32',
+      'float16',
+      'bfloat16',
+      'int64',
+      'int32',
+      'int16',
+      'int8',
+      'uint8',
+      'bool',
+      'float8_e4m3fn',
+      'float8_e5m2',
+      'uint16',
+      'uint32',
+      'uint64',
     ]);
     assert.deepEqual(names.map(safetensorsCode), [...SAFETENSORS_DTYPE_CODES]);
   });
@@ -80,25 +91,39 @@ describe('safetensors round trips', () => {
     const header = frameSafetensorsHeader(JSON.stringify(json));
     writeFileSync(path, Buffer.concat([header, new Uint8Array(17)]));
     const h = readSafetensorsHeader(path);
-    assert.deepEqual(h.tensors.map((x) => x.name), ['a', 'b', '0']);
+    assert.deepEqual(
+      h.tensors.map((x) => x.name),
+      ['a', 'b', '0'],
+    );
     assert.deepEqual(h.tensors[0]!.range, [header.length, header.length + 8]);
   });
 
   test('given data and random fill land at the reported ranges', () => {
     const path = tmp();
     const data = Uint8Array.from({ length: 24 }, (_, i) => i + 1);
-    const written = writeSafetensors(path, [
-      { name: 'given', dtype: 'float32', shape: [2, 3], data },
-      { name: 'random', dtype: 'int8', shape: [4096] },
-    ], undefined, { fill: 'random', seed: 7 });
+    const written = writeSafetensors(
+      path,
+      [
+        { name: 'given', dtype: 'float32', shape: [2, 3], data },
+        { name: 'random', dtype: 'int8', shape: [4096] },
+      ],
+      undefined,
+      { fill: 'random', seed: 7 },
+    );
     const file = readFileSync(path);
     const h = readSafetensorsHeader(path);
     const [g, r] = h.tensors;
     assert.deepEqual(new Uint8Array(file.subarray(g!.range[0], g!.range[1])), data);
     const rnd = file.subarray(r!.range[0], r!.range[1]);
     assert.equal(rnd.length, 4096);
-    assert.ok(rnd.some((b) => b !== 0), 'random fill is not all zeros');
-    assert.deepEqual(h.tensors.map((x) => x.range), written.ranges);
+    assert.ok(
+      rnd.some((b) => b !== 0),
+      'random fill is not all zeros',
+    );
+    assert.deepEqual(
+      h.tensors.map((x) => x.range),
+      written.ranges,
+    );
   });
 
   test('zero-element tensors are allowed, including several at one offset', () => {

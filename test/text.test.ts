@@ -65,13 +65,15 @@ const SAMPLE = 'héllo 世界 🙂';
 /** Text across all UTF-8 lengths (fast-check's own 'binary' unit costs seconds of set-up). */
 const anyText = (maxLength: number) =>
   fc.string({
-    unit: fc.oneof(
-      fc.integer({ min: 0x09, max: 0x7e }),
-      fc.integer({ min: 0x80, max: 0x7ff }),
-      fc.integer({ min: 0x800, max: 0xd7ff }),
-      fc.integer({ min: 0xe000, max: 0xffff }),
-      fc.integer({ min: 0x10000, max: 0x10ffff }),
-    ).map((cp) => String.fromCodePoint(cp)),
+    unit: fc
+      .oneof(
+        fc.integer({ min: 0x09, max: 0x7e }),
+        fc.integer({ min: 0x80, max: 0x7ff }),
+        fc.integer({ min: 0x800, max: 0xd7ff }),
+        fc.integer({ min: 0xe000, max: 0xffff }),
+        fc.integer({ min: 0x10000, max: 0x10ffff }),
+      )
+      .map((cp) => String.fromCodePoint(cp)),
     maxLength,
   });
 
@@ -140,9 +142,7 @@ describe('tokenizer: eos and bos ids', () => {
   });
 
   it('takes an explicit null bos_token over the model configs (Qwen has no BOS)', () => {
-    const t = loadTokenizer(
-      modelDir({ 'tokenizer_config.json': { ...TOKENIZER_CONFIG, bos_token: null }, 'generation_config.json': { bos_token_id: 3 } }),
-    );
+    const t = loadTokenizer(modelDir({ 'tokenizer_config.json': { ...TOKENIZER_CONFIG, bos_token: null }, 'generation_config.json': { bos_token_id: 3 } }));
     assert.equal(t.bosTokenId, null);
     assert.equal(t.bosToken, null);
   });
@@ -226,7 +226,10 @@ describe('tokenizer: stream decoder', () => {
   it('keeps the leading space of a token that follows one decoding to nothing (SentencePiece)', () => {
     const sp = loadTokenizer(modelDir({ 'tokenizer.json': byteFallbackTokenizerJson() }));
     const [w, bos, he] = ['▁w', '<s>', '▁he'].map((t) => sp.tokenToId(t)!);
-    for (const ids of [[w!, bos!, he!], [w!, bos!, bos!, he!, bos!, w!]]) {
+    for (const ids of [
+      [w!, bos!, he!],
+      [w!, bos!, bos!, he!, bos!, w!],
+    ]) {
       const full = sp.decode(ids, { skipSpecialTokens: true });
       assert.equal(streamAll(sp, ids, true).join(''), full, `ids ${ids.join(',')}`);
     }
@@ -249,9 +252,16 @@ describe('tokenizer: stream decoder', () => {
 
   it('keeps context so a decoder that strips the first leading space (SentencePiece) keeps inner spaces', () => {
     const vocab = [' Hello', ' world', ' again'];
-    const decode = (ids: readonly number[]) => ids.map((i) => vocab[i]).join('').replace(/^ /, '');
+    const decode = (ids: readonly number[]) =>
+      ids
+        .map((i) => vocab[i])
+        .join('')
+        .replace(/^ /, '');
     const dec = new StreamDecoder(decode);
-    assert.deepEqual([0, 1, 2].map((id) => dec.push(id)), ['Hello', ' world', ' again']);
+    assert.deepEqual(
+      [0, 1, 2].map((id) => dec.push(id)),
+      ['Hello', ' world', ' again'],
+    );
   });
 });
 
@@ -322,7 +332,12 @@ describe('tokenizer: chat template', () => {
 describe('tokenizer: missing and malformed files', () => {
   it('names the folder and the missing tokenizer.json', () => {
     const dir = modelDir({ 'tokenizer.json': null });
-    throwsInput(() => loadTokenizer(dir), new RegExp(`^${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`), /no tokenizer\.json: pass --input-ids or add the tokenizer files/, 'NOT_FOUND');
+    throwsInput(
+      () => loadTokenizer(dir),
+      new RegExp(`^${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`),
+      /no tokenizer\.json: pass --input-ids or add the tokenizer files/,
+      'NOT_FOUND',
+    );
     throwsInput(() => loadTokenizer(join(dir, 'nowhere')), /nowhere$/, /no tokenizer\.json/);
   });
 
@@ -376,7 +391,11 @@ describe('tokenizer: real chat templates render', () => {
     const config = readFileSync(join(realModelsDir, 'mistralai__Mistral-7B-Instruct-v0.3', 'tokenizer_config.json'), 'utf8');
     const tok = loadTokenizer(modelDir({ 'tokenizer_config.json': config }));
     throwsInput(
-      () => tok.applyChatTemplate([{ role: 'user', content: 'a' }, { role: 'user', content: 'b' }]),
+      () =>
+        tok.applyChatTemplate([
+          { role: 'user', content: 'a' },
+          { role: 'user', content: 'b' },
+        ]),
       /tokenizer_config\.json: chat_template/,
       /alternate/,
     );
@@ -397,8 +416,14 @@ describe('sampling', () => {
   });
 
   it('top-k keeps the k largest and any ties with the k-th', () => {
-    assert.deepEqual([...topKFilter(distinct, 3)].map((v) => v > -Infinity), [false, true, false, true, false, true, false, false]);
-    assert.deepEqual([...topKFilter(logits, 1)].map((v) => v > -Infinity), [false, true, false, false, true, false]);
+    assert.deepEqual(
+      [...topKFilter(distinct, 3)].map((v) => v > -Infinity),
+      [false, true, false, true, false, true, false, false],
+    );
+    assert.deepEqual(
+      [...topKFilter(logits, 1)].map((v) => v > -Infinity),
+      [false, true, false, false, true, false],
+    );
     assert.deepEqual(topKFilter(distinct, 100), distinct);
     const big = Float32Array.from({ length: 1000 }, (_, i) => Math.sin(i) * 10);
     const kept = topKFilter(big, 300).filter((v) => v > -Infinity).length;
@@ -449,7 +474,7 @@ describe('sampling', () => {
     }
   });
 
-  it('samples from softmax(top-p(top-k(logits / T))), the warpers composed in transformers\' order', () => {
+  it("samples from softmax(top-p(top-k(logits / T))), the warpers composed in transformers' order", () => {
     const rng = createRng(11);
     for (let trial = 0; trial < 20; trial++) {
       const row = Float32Array.from({ length: 2000 }, () => (rng.nextFloat() - 0.5) * 16);
@@ -655,7 +680,7 @@ describe('stop conditions', () => {
     throwsInput(() => new StopChecker({ stopStrings: [''] }), /^--stop$/);
   });
 
-  it('works on a stream decoder\'s output, with a stop string inside multi-byte text', () => {
+  it("works on a stream decoder's output, with a stop string inside multi-byte text", () => {
     const tok = loadTokenizer(modelDir());
     const ids = tok.encode('héllo 世界 🙂 bye', { addSpecialTokens: false });
     const dec = tok.createStreamDecoder();

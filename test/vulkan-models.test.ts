@@ -116,9 +116,19 @@ describe('every architecture on emulated Vulkan GPUs', { skip }, () => {
         }
       };
       // Caps one byte short of what a device held with room to spare push a part onward to the next device.
-      const placements: { label: string; devices: string; caps: () => Promise<string>; expect: (b: Record<string, number>, m: Record<string, string[]>) => void }[] = [
+      const placements: {
+        label: string;
+        devices: string;
+        caps: () => Promise<string>;
+        expect: (b: Record<string, number>, m: Record<string, string[]>) => void;
+      }[] = [
         { label: '1 GPU', devices: 'gpu:0', caps: async () => '', expect: (b) => assert.ok(b['0']! > 0, 'the blocks are on GPU 0') },
-        { label: '2 GPUs', devices: 'gpu:0,1', caps: async () => '', expect: (b) => assert.ok(b['0']! > 0 && b['1']! > 0, `blocks on both GPUs (${JSON.stringify(b)})`) },
+        {
+          label: '2 GPUs',
+          devices: 'gpu:0,1',
+          caps: async () => '',
+          expect: (b) => assert.ok(b['0']! > 0 && b['1']! > 0, `blocks on both GPUs (${JSON.stringify(b)})`),
+        },
         {
           label: 'GPU + CPU',
           devices: 'gpu:0,cpu',
@@ -132,7 +142,11 @@ describe('every architecture on emulated Vulkan GPUs', { skip }, () => {
             const two = await used('gpu:0,1');
             return `0=${two['0']!.used - 1}B,1=${two['1']!.used - 1}B`;
           },
-          expect: (b, m) => assert.ok(m['0']!.length > 0 && m['1']!.length > 0 && m['cpu']!.length > 0 && b['0']! + b['1']! > 0, `parts on both GPUs and the CPU, blocks on the GPUs (${JSON.stringify(b)})`),
+          expect: (b, m) =>
+            assert.ok(
+              m['0']!.length > 0 && m['1']!.length > 0 && m['cpu']!.length > 0 && b['0']! + b['1']! > 0,
+              `parts on both GPUs and the CPU, blocks on the GPUs (${JSON.stringify(b)})`,
+            ),
         },
       ];
       if (c.disk) {
@@ -158,16 +172,23 @@ describe('every architecture on emulated Vulkan GPUs', { skip }, () => {
             const diff = Math.max(maxAbsDiff(run.prompt, cpu.prompt), maxAbsDiff(run.steps, cpu.steps));
             const report = model.report();
             const vsRef = ref ? maxAbsDiff(run.prompt, ref) : undefined;
-            t.diagnostic(`max |logit difference| vs CPU ${diff.toExponential(2)}${vsRef !== undefined ? `, vs float64 reference ${vsRef.toExponential(2)} (CPU ${cpuError.toExponential(2)})` : ''}; blocks ${JSON.stringify(blocksOn(model, c.block))}; allocator peak / cap: ${report.map((d) => `${d.id} ${d.measured}/${d.cap}`).join(', ')}`);
+            t.diagnostic(
+              `max |logit difference| vs CPU ${diff.toExponential(2)}${vsRef !== undefined ? `, vs float64 reference ${vsRef.toExponential(2)} (CPU ${cpuError.toExponential(2)})` : ''}; blocks ${JSON.stringify(blocksOn(model, c.block))}; allocator peak / cap: ${report.map((d) => `${d.id} ${d.measured}/${d.cap}`).join(', ')}`,
+            );
             assert.deepEqual(run.ids, cpu.ids, 'the same greedy tokens as the CPU');
             if (vsRef !== undefined) {
               // Blocks on the CPU (or run from disk by it) keep the CPU's own rounding.
               const onHost = model.plan.devices.some((d) => (d.id === 'cpu' || d.id === 'disk') && d.modules.length > 0);
               assert.ok(vsRef <= (onHost ? cpuError : 0) + c.tolerance, `prompt logits differ from the float64 reference by ${vsRef}`);
-              assert.ok(maxAbsDiff(run.prompt, cpu.prompt) <= cpuError + c.tolerance, `no further from the CPU (${diff}) than the CPU is from the reference (${cpuError})`);
+              assert.ok(
+                maxAbsDiff(run.prompt, cpu.prompt) <= cpuError + c.tolerance,
+                `no further from the CPU (${diff}) than the CPU is from the reference (${cpuError})`,
+              );
             } else assert.ok(diff <= c.tolerance, `logits differ from the CPU run by ${diff}`);
             assertUnderCapsAsPredicted(report.filter((d) => d.id !== 'disk'));
-            for (const d of report) if (d.id !== 'disk' && d.id !== 'cpu') assert.ok(d.measured + d.overhead <= d.cap, `GPU ${d.id}: allocator ${d.measured} + backend ${d.overhead} within ${d.cap}`);
+            for (const d of report)
+              if (d.id !== 'disk' && d.id !== 'cpu')
+                assert.ok(d.measured + d.overhead <= d.cap, `GPU ${d.id}: allocator ${d.measured} + backend ${d.overhead} within ${d.cap}`);
           } finally {
             model.dispose();
           }
@@ -178,7 +199,10 @@ describe('every architecture on emulated Vulkan GPUs', { skip }, () => {
         const before = { ...liveResources };
         let read = 0;
         // The smallest unit (an embedding, a block) does not fit: no plan, or an allocator refusal.
-        await assert.rejects(loadModel(dir, { ...BASE, devices: 'gpu:0', maxMemory: `0=${Math.floor(overhead + 1024)}B`, onProgress: (n) => (read = n) }), /GPU 0|device 0|does not fit|cannot/);
+        await assert.rejects(
+          loadModel(dir, { ...BASE, devices: 'gpu:0', maxMemory: `0=${Math.floor(overhead + 1024)}B`, onProgress: (n) => (read = n) }),
+          /GPU 0|device 0|does not fit|cannot/,
+        );
         assert.equal(read, 0, 'no weight byte was read');
         assert.deepEqual({ ...liveResources }, before, 'every buffer, backend and allocator freed');
       });
@@ -186,8 +210,8 @@ describe('every architecture on emulated Vulkan GPUs', { skip }, () => {
   }
 });
 
-describe('the seed scenario on two emulated GPUs: ChatGLM2 split X : 2X, each layer\'s KV cache on its own GPU', { skip }, () => {
-  it('the tokens of one device, each GPU under its cap, its layers\' caches on it', async (t) => {
+describe("the seed scenario on two emulated GPUs: ChatGLM2 split X : 2X, each layer's KV cache on its own GPU", { skip }, () => {
+  it("the tokens of one device, each GPU under its cap, its layers' caches on it", async (t) => {
     const dir = tempDir();
     try {
       writeTinyChatglmCheckpoint(dir, 'chatglm2');
@@ -209,7 +233,9 @@ describe('the seed scenario on two emulated GPUs: ChatGLM2 split X : 2X, each la
         assertUnderCapsAsPredicted(report);
         for (const d of report) assert.ok((d.breakdown['kv'] ?? 0) > 0, `GPU ${d.id} holds its own layers' KV cache`);
         assert.ok(report[1]!.bytesIn > 0, 'hidden states crossed to GPU 1');
-        t.diagnostic(`caps ${caps}; blocks ${JSON.stringify(blocks)}; ${report.map((d) => `GPU ${d.id} ${d.name}: allocator peak ${d.measured} B (predicted ${d.predicted} B + ${d.overhead} B backend) of ${d.cap} B, KV ${d.breakdown['kv']} B, device-measured ${d.deviceMeasured ?? 'not reported'}`).join('; ')}`);
+        t.diagnostic(
+          `caps ${caps}; blocks ${JSON.stringify(blocks)}; ${report.map((d) => `GPU ${d.id} ${d.name}: allocator peak ${d.measured} B (predicted ${d.predicted} B + ${d.overhead} B backend) of ${d.cap} B, KV ${d.breakdown['kv']} B, device-measured ${d.deviceMeasured ?? 'not reported'}`).join('; ')}`,
+        );
       } finally {
         model.dispose();
       }

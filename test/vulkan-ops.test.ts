@@ -9,7 +9,20 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { kvAttention } from '../src/engine/architectures/kv.js';
-import { GGML_TYPE, ROPE_MODE, cpuDevice, devices, loadGgml, type Backend, type BufferType, type Device, type Gallocr, type GgmlType, type Ggml, type Tensor } from '../src/engine/ggml/binding.js';
+import {
+  GGML_TYPE,
+  ROPE_MODE,
+  cpuDevice,
+  devices,
+  loadGgml,
+  type Backend,
+  type BufferType,
+  type Device,
+  type Gallocr,
+  type GgmlType,
+  type Ggml,
+  type Tensor,
+} from '../src/engine/ggml/binding.js';
 import { GraphBuilder } from '../src/engine/ggml/graph.js';
 import { prepareVulkan } from '../src/engine/device.js';
 import { vulkanSkip } from './helpers/vulkan.js';
@@ -112,7 +125,13 @@ function matmul(type: GgmlType, label: string, tolerance: number, k: number, m: 
     build: (gb, d) => {
       const w = input(gb, 'w', type, [k, m]);
       const x = input(gb, 'x', F32, [k, n]);
-      return { inputs: [[w, d(k * m)], [x, d(k * n)]], out: gb.output(gb.mulMat(w, x), 'o') };
+      return {
+        inputs: [
+          [w, d(k * m)],
+          [x, d(k * n)],
+        ],
+        out: gb.output(gb.mulMat(w, x), 'o'),
+      };
     },
   };
 }
@@ -143,7 +162,10 @@ function ropeCase(mode: number, label: string, factors: boolean): OpCase {
       const x = input(gb, 'x', F32, [32, 4, 5]);
       const p = input(gb, 'pos', I32, [5]);
       const f = factors ? input(gb, 'freq', F32, [16]) : null;
-      const inputs: [Tensor, Feed][] = [[x, d(640)], [p, positions(5, 3)]];
+      const inputs: [Tensor, Feed][] = [
+        [x, d(640)],
+        [p, positions(5, 3)],
+      ];
       if (f) inputs.push([f, Float32Array.from({ length: 16 }, (_, i) => 1 + i / 4)]);
       return { inputs, out: gb.output(gb.cont(gb.rope(x, p, f, { nDims: 32, mode, nCtxOrig: 4096, base: 10000, freqScale: 1 })), 'o') };
     },
@@ -151,7 +173,12 @@ function ropeCase(mode: number, label: string, factors: boolean): OpCase {
 }
 
 /** One layer's cached attention through kv.ts, as the engine runs it on that backend. */
-function attentionCase(label: string, cacheType: GgmlType, tolerance: number, o: { heads: number; kvHeads: number; n: number; past: number; alibi?: boolean }): OpCase {
+function attentionCase(
+  label: string,
+  cacheType: GgmlType,
+  tolerance: number,
+  o: { heads: number; kvHeads: number; n: number; past: number; alibi?: boolean },
+): OpCase {
   const headDim = 16;
   const rows = 64;
   const nKv = 32;
@@ -171,7 +198,13 @@ function attentionCase(label: string, cacheType: GgmlType, tolerance: number, o:
       const pos = input(gb, 'pos', I32, [o.n]);
       const writes: Tensor[] = [];
       const step = { positions: pos, kvRows, nKv, mask, freqFactors: null, writes, contiguousOperands: gpu };
-      const out = kvAttention(gb, { k, v }, step, q, kNew, vNew, { headDim, heads: o.heads, kvHeads: o.kvHeads, scale: 1 / Math.sqrt(headDim), ...(o.alibi ? { maxBias: 8 } : {}) });
+      const out = kvAttention(gb, { k, v }, step, q, kNew, vNew, {
+        headDim,
+        heads: o.heads,
+        kvHeads: o.kvHeads,
+        scale: 1 / Math.sqrt(headDim),
+        ...(o.alibi ? { maxBias: 8 } : {}),
+      });
       return {
         roots: writes,
         inputs: [
@@ -207,7 +240,13 @@ const CASES: OpCase[] = [
     build: (gb, d) => {
       const a = input(gb, 'a', F32, [16, 24, 2]);
       const b = input(gb, 'b', F32, [16, 5, 4]);
-      return { inputs: [[a, d(768)], [b, d(320)]], out: gb.output(gb.mulMat(a, b), 'o') };
+      return {
+        inputs: [
+          [a, d(768)],
+          [b, d(320)],
+        ],
+        out: gb.output(gb.mulMat(a, b), 'o'),
+      };
     },
   },
   {
@@ -216,7 +255,13 @@ const CASES: OpCase[] = [
     build: (gb, d) => {
       const x = input(gb, 'x', F32, [64, 6]);
       const r = input(gb, 'r', F32, [64]);
-      return { inputs: [[x, d(384)], [r, d(64)]], out: gb.output(gb.mul(gb.add(x, r), r), 'o') };
+      return {
+        inputs: [
+          [x, d(384)],
+          [r, d(64)],
+        ],
+        out: gb.output(gb.mul(gb.add(x, r), r), 'o'),
+      };
     },
   },
   unary('scale', 1e-5, (gb, x) => gb.scale(x, 0.37)),
@@ -236,7 +281,13 @@ const CASES: OpCase[] = [
     build: (gb, d) => {
       const x = input(gb, 's', F32, [32, 4, 3]);
       const m = input(gb, 'm', F32, [32, 4]);
-      return { inputs: [[x, d(384, 6)], [m, causalMask(32, 4, 10)]], out: gb.output(gb.softMax(x, m, 0.25), 'o') };
+      return {
+        inputs: [
+          [x, d(384, 6)],
+          [m, causalMask(32, 4, 10)],
+        ],
+        out: gb.output(gb.softMax(x, m, 0.25), 'o'),
+      };
     },
   },
   {
@@ -245,7 +296,13 @@ const CASES: OpCase[] = [
     build: (gb, d) => {
       const x = input(gb, 's', F32, [32, 4, 8]);
       const m = input(gb, 'm', GGML_TYPE.F16, [32, 4]);
-      return { inputs: [[x, d(1024, 6)], [m, causalMask(32, 4, 10, true)]], out: gb.output(gb.softMax(x, m, 0.25, 8), 'o') };
+      return {
+        inputs: [
+          [x, d(1024, 6)],
+          [m, causalMask(32, 4, 10, true)],
+        ],
+        out: gb.output(gb.softMax(x, m, 0.25, 8), 'o'),
+      };
     },
   },
   ropeCase(ROPE_MODE.NORMAL, 'NORMAL', false),
@@ -257,7 +314,13 @@ const CASES: OpCase[] = [
     build: (gb, d) => {
       const x = input(gb, 'x', F32, [32, 2, 5]);
       const p = input(gb, 'pos', I32, [5]);
-      return { inputs: [[x, d(320)], [p, positions(5)]], out: gb.output(gb.cont(gb.rope(x, p, null, { nDims: 16, mode: ROPE_MODE.NORMAL, nCtxOrig: 4096, base: 10000, freqScale: 1 })), 'o') };
+      return {
+        inputs: [
+          [x, d(320)],
+          [p, positions(5)],
+        ],
+        out: gb.output(gb.cont(gb.rope(x, p, null, { nDims: 16, mode: ROPE_MODE.NORMAL, nCtxOrig: 4096, base: 10000, freqScale: 1 })), 'o'),
+      };
     },
   },
   {
@@ -276,7 +339,14 @@ const CASES: OpCase[] = [
       const x = input(gb, 'x', F32, [64, 3]);
       const half = input(gb, 'h', GGML_TYPE.F16, [64, 3]);
       const back = input(gb, 'b', F32, [64, 3]);
-      return { inputs: [[x, d(192)], [half, new Float32Array(192)], [back, new Float32Array(192)]], out: gb.output(gb.cpy(gb.cpy(x, half), back), 'o') };
+      return {
+        inputs: [
+          [x, d(192)],
+          [half, new Float32Array(192)],
+          [back, new Float32Array(192)],
+        ],
+        out: gb.output(gb.cpy(gb.cpy(x, half), back), 'o'),
+      };
     },
   },
   {
@@ -285,7 +355,13 @@ const CASES: OpCase[] = [
     build: (gb, d) => {
       const t = input(gb, 't', GGML_TYPE.F16, [32, 50]);
       const ids = input(gb, 'ids', I32, [6]);
-      return { inputs: [[t, d(1600)], [ids, Int32Array.from([3, 49, 0, 7, 7, 20])]], out: gb.output(gb.getRows(t, ids), 'o') };
+      return {
+        inputs: [
+          [t, d(1600)],
+          [ids, Int32Array.from([3, 49, 0, 7, 7, 20])],
+        ],
+        out: gb.output(gb.getRows(t, ids), 'o'),
+      };
     },
   },
   {
@@ -297,7 +373,15 @@ const CASES: OpCase[] = [
       const ids = input(gb, 'ids', I32, [3]);
       const done = gb.setRows(cache, rows, ids);
       const back = input(gb, 'b', F32, [32, 16]);
-      return { inputs: [[cache, d(512)], [rows, d(96)], [ids, Int32Array.from([2, 9, 15])], [back, new Float32Array(512)]], out: gb.output(gb.cpy(done, back), 'o') };
+      return {
+        inputs: [
+          [cache, d(512)],
+          [rows, d(96)],
+          [ids, Int32Array.from([2, 9, 15])],
+          [back, new Float32Array(512)],
+        ],
+        out: gb.output(gb.cpy(done, back), 'o'),
+      };
     },
   },
   {
@@ -315,7 +399,13 @@ const CASES: OpCase[] = [
       const logits = input(gb, 'l', F32, [8, 5]);
       const probs = input(gb, 'p', F32, [1, 8, 5]);
       const top = gb.topK(logits, 3);
-      return { inputs: [[logits, d(40)], [probs, d(40)]], out: gb.output(gb.getRowsBatched(probs, top), 'o') };
+      return {
+        inputs: [
+          [logits, d(40)],
+          [probs, d(40)],
+        ],
+        out: gb.output(gb.getRowsBatched(probs, top), 'o'),
+      };
     },
   },
   {
@@ -325,7 +415,14 @@ const CASES: OpCase[] = [
       const experts = input(gb, 'e', F32, [32, 24, 4]);
       const x = input(gb, 'x', F32, [32, 1, 5]);
       const router = input(gb, 'r', F32, [4, 5]);
-      return { inputs: [[experts, d(3072)], [x, d(160)], [router, d(20)]], out: gb.output(gb.mulMatId(experts, x, gb.topK(router, 2)), 'o') };
+      return {
+        inputs: [
+          [experts, d(3072)],
+          [x, d(160)],
+          [router, d(20)],
+        ],
+        out: gb.output(gb.mulMatId(experts, x, gb.topK(router, 2)), 'o'),
+      };
     },
   },
   attentionCase('F32 cache, decode (1 token after 20)', F32, 1e-5, { heads: 4, kvHeads: 4, n: 1, past: 20 }),

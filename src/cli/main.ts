@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 import { readModel } from '../reader/read-model.js';
 import { catalogConfig, catalogNames } from '../reader/catalog/index.js';
 import { formatBytes } from '../planner/units.js';
@@ -47,13 +47,16 @@ function buildProgram(io: Io): Command {
 
   program
     .command('inspect')
-    .description('Read a model\'s structure from its headers alone (no weights are read) and print what planning needs.')
+    .description("Read a model's structure from its headers alone (no weights are read) and print what planning needs.")
     .argument('<model>', 'model folder, .safetensors, .gguf, config.json, skeleton .json, or a repo id in the local Hugging Face cache')
     .option('--tree', 'print the module tree with sizes (runs of identical blocks collapsed)')
     .option('--depth <n>', 'with --tree: deepest level to print', (v) => positiveInt(v, '--depth'))
     .option('--json', 'print the skeleton as JSON (the input `plan` and parity tests take)')
-    .option('--kv-dtype <dtype>', 'dtype of the KV cache for the per-token figures (default: the model\'s 16-bit dtype)')
-    .addHelpText('after', `\nArchitectures with a spec:\n  ${families()}\nOthers are read from safetensors headers, guessing the repeated blocks from tensor names.\n\nCatalog models (real configs, by name; \`vramfit catalog\` gives their sizes):\n  ${catalogNames().join(', ')}`)
+    .option('--kv-dtype <dtype>', "dtype of the KV cache for the per-token figures (default: the model's 16-bit dtype)")
+    .addHelpText(
+      'after',
+      `\nArchitectures with a spec:\n  ${families()}\nOthers are read from safetensors headers, guessing the repeated blocks from tensor names.\n\nCatalog models (real configs, by name; \`vramfit catalog\` gives their sizes):\n  ${catalogNames().join(', ')}`,
+    )
     .action(async (model: string, opts: { tree?: boolean; json?: boolean; kvDtype?: string; depth?: number }) => {
       if (opts.kvDtype !== undefined && !isKnownDType(opts.kvDtype)) throw new InputError('--kv-dtype', `unknown dtype ${JSON.stringify(opts.kvDtype)}`);
       const skeleton = await readModel(model);
@@ -85,9 +88,21 @@ function buildProgram(io: Io): Command {
         io.stdout(`${JSON.stringify(rows, null, 2)}\n`);
         return;
       }
-      const table = [['name', 'architecture', 'parameters', 'dtype', 'size', 'config from'], ...rows.map((r) => [r.name, r.architecture, `${(r.parameters / 1e9).toFixed(2)} B`, r.dtype, formatBytes(r.bytes), r.source])];
+      const table = [
+        ['name', 'architecture', 'parameters', 'dtype', 'size', 'config from'],
+        ...rows.map((r) => [r.name, r.architecture, `${(r.parameters / 1e9).toFixed(2)} B`, r.dtype, formatBytes(r.bytes), r.source]),
+      ];
       const widths = table[0]!.map((_, c) => Math.max(...table.map((r) => r[c]!.length)));
-      io.stdout(`${table.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n')}\n`);
+      io.stdout(
+        `${table
+          .map((r) =>
+            r
+              .map((cell, c) => cell.padEnd(widths[c]!))
+              .join('  ')
+              .trimEnd(),
+          )
+          .join('\n')}\n`,
+      );
     });
 
   addPlanCommand(program, io);
@@ -95,7 +110,9 @@ function buildProgram(io: Io): Command {
 
   program
     .command('devices')
-    .description('List the GPUs (nvidia-smi, respecting CUDA_VISIBLE_DEVICES, joined with the GPUs an installed CUDA/Vulkan package lets ggml open, one id per card), the active GPU backend, CPU RAM and free disk a plan or run can use.')
+    .description(
+      'List the GPUs (nvidia-smi, respecting CUDA_VISIBLE_DEVICES, joined with the GPUs an installed CUDA/Vulkan package lets ggml open, one id per card), the active GPU backend, CPU RAM and free disk a plan or run can use.',
+    )
     .option('--gpus <ids>', 'physical GPUs to use, as CUDA_VISIBLE_DEVICES takes them')
     .option('--gpu-memory <sizes>', 'simulate GPUs with these totals: 24GiB,24GiB')
     .option('--device-spec <spec>', 'simulate known cards: 4xA100-80GB')
@@ -103,7 +120,8 @@ function buildProgram(io: Io): Command {
     .option('--backend <name>', 'for a GPU seen by both installed GPU packages: cuda (the default) or vulkan')
     .option('--json', 'print the inventory as JSON')
     .action(async (opts: { gpus?: string; gpuMemory?: string; deviceSpec?: string; offloadFolder?: string; backend?: string; json?: boolean }) => {
-      if (opts.backend !== undefined && opts.backend !== 'cuda' && opts.backend !== 'vulkan') throw new InputError('--backend', `expected cuda or vulkan, got ${JSON.stringify(opts.backend)}`);
+      if (opts.backend !== undefined && opts.backend !== 'cuda' && opts.backend !== 'vulkan')
+        throw new InputError('--backend', `expected cuda or vulkan, got ${JSON.stringify(opts.backend)}`);
       const simulated = opts.gpuMemory !== undefined || opts.deviceSpec !== undefined;
       if (simulated && opts.gpus !== undefined) throw new InputError('--gpus', 'selects real GPUs; it cannot be combined with --gpu-memory or --device-spec');
       const inv = simulated

@@ -92,8 +92,10 @@ function checkDtype(value: string | undefined, flag: string): string | undefined
 }
 
 export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan: Plan; skeleton: Skeleton; notes: string[] }> {
-  if (!(FORMATS as readonly string[]).includes(flags.format)) throw new InputError('--format', `expected one of ${FORMATS.join(', ')}, got ${JSON.stringify(flags.format)}`);
-  if (flags.compat !== undefined && flags.compat !== 'accelerate') throw new InputError('--compat', `the only compat mode is "accelerate", got ${JSON.stringify(flags.compat)}`);
+  if (!(FORMATS as readonly string[]).includes(flags.format))
+    throw new InputError('--format', `expected one of ${FORMATS.join(', ')}, got ${JSON.stringify(flags.format)}`);
+  if (flags.compat !== undefined && flags.compat !== 'accelerate')
+    throw new InputError('--compat', `the only compat mode is "accelerate", got ${JSON.stringify(flags.compat)}`);
   const skeleton = await readModel(model);
   if (flags.compat === 'accelerate') {
     return { plan: await planAccelerateCompat(skeleton, flags, await inventoryFor(flags)), skeleton, notes: [] };
@@ -126,7 +128,8 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   };
   const plan = flags.ctx === 'auto' ? autoContext(maxCtx, planAt) : planAt(positive(flags.ctx, '--ctx'), true);
   if (flags.ctx !== 'auto' && plan.workload.ctx > maxCtx) plan.warnings.push(`--ctx ${plan.workload.ctx} is longer than the model's ${maxCtx}-token maximum`);
-  if (flags.ctx === 'auto') plan.warnings.unshift(`--ctx auto chose ${plan.workload.ctx} tokens (the longest that keeps the same weights on the GPUs; model maximum ${maxCtx})`);
+  if (flags.ctx === 'auto')
+    plan.warnings.unshift(`--ctx auto chose ${plan.workload.ctx} tokens (the longest that keeps the same weights on the GPUs; model maximum ${maxCtx})`);
   return { plan, skeleton, notes: inv.notes };
 }
 
@@ -160,18 +163,25 @@ export function addPlanCommand(program: Command, io: Io): void {
     .command('plan')
     .description('Plan where every block goes (GPUs, then CPU RAM, then disk) under per-device caps, budgeting KV cache, workspace and overhead.')
     .argument('<model>', 'model folder, .safetensors, .gguf, config.json, skeleton .json, catalog name (llama-2-7b, …) or cached repo id')
-    .option('--max-memory <budgets>', 'per-device caps: 0=5GiB,1=10GB,cpu=30GiB,disk=200GiB; 0=40% (of total); 0=free-2GiB / 0=total-2GiB (leave room); or a JSON dict. GB = 10^9, GiB = 2^30')
+    .option(
+      '--max-memory <budgets>',
+      'per-device caps: 0=5GiB,1=10GB,cpu=30GiB,disk=200GiB; 0=40% (of total); 0=free-2GiB / 0=total-2GiB (leave room); or a JSON dict. GB = 10^9, GiB = 2^30',
+    )
     .option('--gpus <ids>', 'physical GPUs to use, as CUDA_VISIBLE_DEVICES takes them (indices, UUIDs, MIG ids)')
     .option('--gpu-memory <sizes>', 'simulate GPUs with these totals: 24GiB,24GiB or 2x24GiB')
     .option('--device-spec <spec>', 'simulate known cards: 4xA100-80GB, 2xRTX-4090,1xA6000')
     .option('--devices <spec>', 'virtual:N — N independent CPU backends standing in for GPUs (capped like GPUs)')
     .option('--offload-folder <dir>', 'allow disk offload into this folder (its free space is the disk budget)')
-    .addOption(new Option('--strategy <name>', 'fit (default, ours) or, with --compat accelerate, sequential|balanced|balanced_low_0|auto').choices([...STRATEGIES]).default('fit'))
-    .option('--compat <mode>', 'accelerate: reproduce accelerate\'s infer_auto_device_map exactly (weights only, its quirks included)')
+    .addOption(
+      new Option('--strategy <name>', 'fit (default, ours) or, with --compat accelerate, sequential|balanced|balanced_low_0|auto')
+        .choices([...STRATEGIES])
+        .default('fit'),
+    )
+    .option('--compat <mode>', "accelerate: reproduce accelerate's infer_auto_device_map exactly (weights only, its quirks included)")
     .option('--ctx <tokens>', 'context tokens the KV cache must hold, or auto for the longest that fits', '4096')
     .option('--batch <n>', 'sequences generated together', '1')
     .option('--ubatch <n>', 'tokens per forward pass during prefill (sizes activations and logits)', '512')
-    .option('--kv-dtype <dtype>', 'KV cache dtype (default: the model\'s 16-bit dtype)')
+    .option('--kv-dtype <dtype>', "KV cache dtype (default: the model's 16-bit dtype)")
     .option('--dtype <dtype>', 'load floating weights in this dtype (float16, bfloat16, float32)')
     .addOption(new Option('--target <runtime>', 'runtime that will run the plan (its workspace and overhead); implied by --format').choices([...TARGET_NAMES]))
     .option('--overhead <size>', 'runtime overhead per GPU (CUDA context, …): one size or 0=1GiB,1=512MiB (default depends on --target)')
@@ -180,8 +190,8 @@ export function addPlanCommand(program: Command, io: Io): void {
     .option('--no-split <classes>', '[compat] no_split_module_classes, comma-separated')
     .option('--special-dtypes <list>', '[compat] per-tensor dtypes: NAME=float32,…')
     .option('--keep-in-fp32 <modules>', '[compat] keep_in_fp32_modules (with --dtype float16)')
-    .option('--fallback-allocation', '[compat] accelerate\'s fallback_allocation')
-    .option('--offload-buffers', '[compat] accelerate\'s offload_buffers')
+    .option('--fallback-allocation', "[compat] accelerate's fallback_allocation")
+    .option('--offload-buffers', "[compat] accelerate's offload_buffers")
     .option('--reserved-unused <bytes>', '[compat] per-GPU reserved-but-unallocated bytes transformers adds: 0=500000000,…')
     .addHelpText(
       'after',

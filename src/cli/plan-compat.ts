@@ -45,7 +45,12 @@ export function rawMaxMemory(value: string): Record<string, number | string> {
 }
 
 function list(value: string | undefined): string[] | undefined {
-  return value === undefined ? undefined : value.split(',').map((x) => x.trim()).filter(Boolean);
+  return value === undefined
+    ? undefined
+    : value
+        .split(',')
+        .map((x) => x.trim())
+        .filter(Boolean);
 }
 
 function pairs(value: string | undefined, flag: string): Record<string, string> | undefined {
@@ -69,7 +74,10 @@ export async function planAccelerateCompat(s: Skeleton, f: CompatFlags, inv: Inv
   const strategy = f.strategy === 'fit' ? 'auto' : f.strategy;
   const raw = f.fallbackAllocation === true;
   if (raw && strategy !== 'sequential') {
-    throw new InputError('--strategy', '--fallback-allocation is an option of infer_auto_device_map alone (no accelerate entry point passes it): use it with --strategy sequential');
+    throw new InputError(
+      '--strategy',
+      '--fallback-allocation is an option of infer_auto_device_map alone (no accelerate entry point passes it): use it with --strategy sequential',
+    );
   }
   let maxMemory: Record<string, number | string>;
   if (f.maxMemory !== undefined) maxMemory = rawMaxMemory(f.maxMemory);
@@ -107,7 +115,19 @@ export async function planAccelerateCompat(s: Skeleton, f: CompatFlags, inv: Inv
     const weights = result.device_totals[id] ?? 0;
     const kind = /^\d+$/.test(id) ? 'gpu' : id === 'disk' ? 'disk' : 'cpu';
     const gpu = inv.gpus.find((g) => String(g.logicalIndex) === id);
-    const d: DevicePlan = { id, kind, cap, weights, kv: 0, workspace: 0, overhead: 0, used: weights, modules, ranges: describeRanges(modules, s), tiedDuplicates: [] };
+    const d: DevicePlan = {
+      id,
+      kind,
+      cap,
+      weights,
+      kv: 0,
+      workspace: 0,
+      overhead: 0,
+      used: weights,
+      modules,
+      ranges: describeRanges(modules, s),
+      tiedDuplicates: [],
+    };
     if (gpu) Object.assign(d, { name: gpu.name, physical: gpu.physicalIndex, uuid: gpu.uuid, totalBytes: gpu.totalBytes });
     return d;
   });

@@ -56,8 +56,13 @@ function num(value: string | undefined, flag: string): number | undefined {
 }
 
 function parseIds(value: string): number[] {
-  const ids = value.split(',').map((s) => s.trim()).filter(Boolean).map(Number);
-  if (ids.length === 0 || ids.some((n) => !Number.isSafeInteger(n) || n < 0)) throw new InputError('--input-ids', `expected comma-separated token ids, got ${JSON.stringify(value)}`);
+  const ids = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map(Number);
+  if (ids.length === 0 || ids.some((n) => !Number.isSafeInteger(n) || n < 0))
+    throw new InputError('--input-ids', `expected comma-separated token ids, got ${JSON.stringify(value)}`);
   return ids;
 }
 
@@ -98,25 +103,41 @@ export function renderReport(devices: DeviceReport[], r: GenerationResult): stri
     rows.push([d.name === 'CPU' || d.id === 'disk' ? d.id : `${d.id} ${d.name}`, cap, predicted, formatBytes(d.measured) + err, own, formatBytes(d.bytesIn)]);
   }
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
-  const lines = rows.map((row) => row.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd());
+  const lines = rows.map((row) =>
+    row
+      .map((cell, c) => cell.padEnd(widths[c]!))
+      .join('  ')
+      .trimEnd(),
+  );
   const pps = r.promptSeconds > 0 ? r.promptIds.length / r.promptSeconds : 0;
   const gps = r.generateSeconds > 0 ? r.generatedIds.length / r.generateSeconds : 0;
-  lines.push(`prompt: ${r.promptIds.length} tokens at ${pps.toFixed(1)} tokens/s · generation: ${r.generatedIds.length} tokens at ${gps.toFixed(1)} tokens/s · stop: ${typeof r.stop === 'string' ? r.stop : r.stop.kind}`);
+  lines.push(
+    `prompt: ${r.promptIds.length} tokens at ${pps.toFixed(1)} tokens/s · generation: ${r.generatedIds.length} tokens at ${gps.toFixed(1)} tokens/s · stop: ${typeof r.stop === 'string' ? r.stop : r.stop.kind}`,
+  );
   return lines.join('\n');
 }
 
 export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean): Promise<void> {
   if ((f.prompt === undefined) === (f.inputIds === undefined)) throw new InputError('--prompt', 'give exactly one of --prompt or --input-ids');
-  if (f.chat && f.inputIds !== undefined) throw new InputError('--chat', 'wraps --prompt in the chat template; --input-ids are used as given, so give one or the other');
+  if (f.chat && f.inputIds !== undefined)
+    throw new InputError('--chat', 'wraps --prompt in the chat template; --input-ids are used as given, so give one or the other');
   const maxNewTokens = int(f.maxNewTokens, '--max-new-tokens', 0)!;
   const sampling = samplingFrom(f);
   const kv = f.kvDtype;
-  if (kv !== undefined && kv !== 'float16' && kv !== 'float32') throw new InputError('--kv-dtype', `the engine keeps the KV cache in float16 or float32, not ${kv}`);
-  if (f.dtype !== undefined && !['float32', 'float16', 'bfloat16'].includes(f.dtype)) throw new InputError('--dtype', `expected float32, float16 or bfloat16, got ${f.dtype}`);
+  if (kv !== undefined && kv !== 'float16' && kv !== 'float32')
+    throw new InputError('--kv-dtype', `the engine keeps the KV cache in float16 or float32, not ${kv}`);
+  if (f.dtype !== undefined && !['float32', 'float16', 'bfloat16'].includes(f.dtype))
+    throw new InputError('--dtype', `expected float32, float16 or bfloat16, got ${f.dtype}`);
   const ctx = int(f.ctx, '--ctx', 1);
   const ubatch = int(f.ubatch, '--ubatch', 1);
   const threads = int(f.threads, '--threads', 1);
-  const bar = tty && !f.json ? new SingleBar({ format: 'loading [{bar}] {percentage}% {done} / {all}', stream: process.stderr, hideCursor: true, clearOnComplete: true }, Presets.shades_classic) : undefined;
+  const bar =
+    tty && !f.json
+      ? new SingleBar(
+          { format: 'loading [{bar}] {percentage}% {done} / {all}', stream: process.stderr, hideCursor: true, clearOnComplete: true },
+          Presets.shades_classic,
+        )
+      : undefined;
   const progress = bar
     ? (done: number, total: number) => {
         if (!bar.isActive) bar.start(total, 0, { done: formatBytes(0), all: formatBytes(total) });
@@ -220,11 +241,17 @@ export async function runDemo(opts: { devices: string; keep?: boolean }, io: Io)
   try {
     writeDemoCheckpoint(dir);
     const n = Number(/^virtual:(\d+)$/.exec(opts.devices)?.[1] ?? NaN);
-    if (!Number.isSafeInteger(n) || n < 1 || n > 16) throw new InputError('--devices', `expected virtual:N with N from 1 to 16, got ${JSON.stringify(opts.devices)}`);
+    if (!Number.isSafeInteger(n) || n < 1 || n > 16)
+      throw new InputError('--devices', `expected virtual:N with N from 1 to 16, got ${JSON.stringify(opts.devices)}`);
     // Caps that force a real split: each device gets a bit more than its share of the model.
     const caps = Array.from({ length: n }, (_, i) => `${i}=${Math.ceil(40 / n + 8)}MiB`).join(',');
     io.stdout(`demo checkpoint: ${dir} (random weights, Llama architecture, ~28 MB)\ncaps: ${caps}\n\n`);
-    await runModel(dir, { inputIds: '1,2,3,4,5,6,7,8', maxNewTokens: '16', devices: opts.devices, maxMemory: caps, ctx: '256', ubatch: '64', showPlan: true }, { stdout: io.stdout, stderr: io.stdout }, false);
+    await runModel(
+      dir,
+      { inputIds: '1,2,3,4,5,6,7,8', maxNewTokens: '16', devices: opts.devices, maxMemory: caps, ctx: '256', ubatch: '64', showPlan: true },
+      { stdout: io.stdout, stderr: io.stdout },
+      false,
+    );
     if (opts.keep) io.stdout(`kept ${dir}\n`);
   } finally {
     process.off('SIGINT', onSignal);

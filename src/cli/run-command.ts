@@ -8,10 +8,12 @@ export function addRunCommands(program: Command, io: Io): void {
   const tty = Boolean(process.stderr.isTTY);
   program
     .command('run')
-    .description('Load a model (safetensors, PyTorch .bin or GGUF; Llama family, Mixtral, Qwen3-MoE, GPT-2, ChatGLM2/3, Baichuan2) as planned across devices, each under its cap, and generate.')
+    .description(
+      'Load a model (safetensors, PyTorch .bin or GGUF; Llama family, Mixtral, Qwen3-MoE, GPT-2, ChatGLM2/3, Baichuan2) as planned across devices, each under its cap, and generate.',
+    )
     .argument('<model>', 'model folder (config.json + weights), a .safetensors, .bin or .gguf file, or a cached repo id')
-    .option('--prompt <text>', 'text to continue (needs tokenizer.json, or ChatGLM2/3\'s tokenizer.model)')
-    .option('--chat', 'wrap --prompt in the model\'s chat template as a user message')
+    .option('--prompt <text>', "text to continue (needs tokenizer.json, or ChatGLM2/3's tokenizer.model)")
+    .option('--chat', "wrap --prompt in the model's chat template as a user message")
     .option('--input-ids <ids>', 'token ids instead of a prompt: 1,2,3 (works without tokenizer files)')
     .option('--max-new-tokens <n>', 'tokens to generate (0 allowed)', '64')
     .option('--greedy', 'always take the most likely token (the default unless a sampling option is given)')
@@ -22,9 +24,15 @@ export function addRunCommands(program: Command, io: Io): void {
     .option('--stop <text>', 'stop when this text is generated (repeatable)', collect)
     .option('--json', 'print one JSON object: prompt_ids, generated_ids, devices (and logits with --logits)')
     .option('--logits', 'with --json: include prompt_logits and step_logits')
-    .option('--devices <spec>', 'cpu (default); virtual:N (N independent CPU backends, each capped like a GPU); gpu (every GPU of an installed CUDA/Vulkan package); gpu:1,3 (those GPUs, numbered as `vramfit devices` shows them); a GPU form may end in ,cpu to let host RAM take blocks too')
+    .option(
+      '--devices <spec>',
+      'cpu (default); virtual:N (N independent CPU backends, each capped like a GPU); gpu (every GPU of an installed CUDA/Vulkan package); gpu:1,3 (those GPUs, numbered as `vramfit devices` shows them); a GPU form may end in ,cpu to let host RAM take blocks too',
+    )
     .option('--backend <name>', 'for a GPU seen by both installed packages: cuda (the default) or vulkan')
-    .option('--max-memory <budgets>', 'caps per device, as `vramfit plan` takes them: 0=20GiB,1=50%,cpu=free-8GiB,disk=100GiB (relative caps are of the device\'s reported memory; cpu and disk join the plan when named)')
+    .option(
+      '--max-memory <budgets>',
+      "caps per device, as `vramfit plan` takes them: 0=20GiB,1=50%,cpu=free-8GiB,disk=100GiB (relative caps are of the device's reported memory; cpu and disk join the plan when named)",
+    )
     .option('--ctx <tokens>', 'context length to allocate the KV cache for (default: min(model maximum, 4096))')
     .option('--ubatch <n>', 'tokens per forward pass during prefill (default 512)')
     .option('--kv-dtype <dtype>', 'float16 or float32 (default: float32 for float32 models, else float16, as transformers keeps it)')

@@ -37,7 +37,7 @@ export function renderTree(s: Skeleton, maxDepth = Infinity): string {
   const walk = (node: TreeNode, indent: string, depth: number): void => {
     if (depth > maxDepth) return;
     const kids = node.children;
-    for (let i = 0; i < kids.length; ) {
+    for (let i = 0; i < kids.length;) {
       let j = i + 1;
       const sig = signature(kids[i]!);
       while (j < kids.length && /^\d+$/.test(kids[j]!.name) && signature(kids[j]!) === sig) j++;

@@ -21,10 +21,18 @@ export class OutOfDeviceMemory extends VramfitError {
   }
 }
 
-function describe(device: string, requested: number, inUse: number, cap: number, purpose: string, refused?: { free: number | null; total: number | null }): string {
+function describe(
+  device: string,
+  requested: number,
+  inUse: number,
+  cap: number,
+  purpose: string,
+  refused?: { free: number | null; total: number | null },
+): string {
   const need = `${purpose} needs ${formatBytes(requested)} (${requested} B) on top of ${formatBytes(inUse)} already in use or reserved`;
   if (refused) {
-    const memory = refused.free !== null && refused.total !== null ? `; the device reports ${formatBytes(refused.free)} free of ${formatBytes(refused.total)}` : '';
+    const memory =
+      refused.free !== null && refused.total !== null ? `; the device reports ${formatBytes(refused.free)} free of ${formatBytes(refused.total)}` : '';
     return `device ${device}: ${need}; the cap (${formatBytes(cap)}) allows it, but the backend refused the allocation${memory}`;
   }
   return `device ${device}: ${need}, over its ${formatBytes(cap)} (${cap} B) cap by ${formatBytes(requested + inUse - cap)}`;
@@ -177,12 +185,23 @@ export interface EngineDevice {
 
 function openBackend(g: Ggml, dev: Device, label: string): Backend {
   const { result, said } = withCapturedLog(() => g.raw.ggml_backend_dev_init(dev, null) as Backend | null);
-  if (!result) throw new VramfitError('GPU_BACKEND_FAILED', `${label} is present but its backend failed to start${said.length ? `: ${said.join(' ')}` : ''}`, 1);
+  if (!result)
+    throw new VramfitError('GPU_BACKEND_FAILED', `${label} is present but its backend failed to start${said.length ? `: ${said.join(' ')}` : ''}`, 1);
   liveResources.backends++;
   return result;
 }
 
-function deviceOn(g: Ggml, id: string, kind: EngineDevice['kind'], dev: Device, backend: Backend, buft: BufferType, cap: number, watch?: DeviceMemoryWatch, reserve = 0): EngineDevice {
+function deviceOn(
+  g: Ggml,
+  id: string,
+  kind: EngineDevice['kind'],
+  dev: Device,
+  backend: Backend,
+  buft: BufferType,
+  cap: number,
+  watch?: DeviceMemoryWatch,
+  reserve = 0,
+): EngineDevice {
   const memory = watch ? () => deviceMemory(g, dev) : undefined;
   return {
     id,

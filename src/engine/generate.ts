@@ -44,7 +44,14 @@ export async function* generate(model: LoadedModel, promptIds: readonly number[]
   const t0 = performance.now();
   const promptRows = model.forward(promptIds, o.keepLogits === true);
   const t1 = performance.now();
-  const result: GenerationResult = { promptIds: [...promptIds], generatedIds: [], text: '', stop: 'max-new-tokens', promptSeconds: (t1 - t0) / 1000, generateSeconds: 0 };
+  const result: GenerationResult = {
+    promptIds: [...promptIds],
+    generatedIds: [],
+    text: '',
+    stop: 'max-new-tokens',
+    promptSeconds: (t1 - t0) / 1000,
+    generateSeconds: 0,
+  };
   if (o.keepLogits) {
     result.promptLogits = promptRows;
     result.stepLogits = [];

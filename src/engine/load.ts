@@ -139,12 +139,17 @@ function runShape(m: EngineModel, opts: LoadOptions): RunShape {
   if (!Number.isSafeInteger(ctx) || ctx < 1) throw new InputError('--ctx', `expected a positive integer, got ${ctx}`);
   const ubatch = Math.min(opts.ubatch ?? 512, ctx);
   // A position past a learned position table would be an out-of-range row lookup, which aborts ggml.
-  if (h.positionLimit !== undefined && ctx > h.positionLimit) throw new InputError('--ctx', `${ctx} tokens exceed the ${h.positionLimit} positions this model has embeddings for`);
+  if (h.positionLimit !== undefined && ctx > h.positionLimit)
+    throw new InputError('--ctx', `${ctx} tokens exceed the ${h.positionLimit} positions this model has embeddings for`);
   // Past the positions the model was trained for (stretched by linear rope scaling), nothing is
   // meaningful, and a huge cache would only exhaust memory.
   const stretch = 'freqScale' in h && typeof h.freqScale === 'number' && h.freqScale > 0 && h.freqScale < 1 ? 1 / h.freqScale : 1;
   const limit = Math.round(h.maxPositions * stretch);
-  if (ctx > limit) throw new InputError('--ctx', `${ctx} tokens exceed the ${limit}-token context this model was trained for${stretch > 1 ? ` (${h.maxPositions} positions × rope scaling ${stretch})` : ''}`);
+  if (ctx > limit)
+    throw new InputError(
+      '--ctx',
+      `${ctx} tokens exceed the ${limit}-token context this model was trained for${stretch > 1 ? ` (${h.maxPositions} positions × rope scaling ${stretch})` : ''}`,
+    );
   // As transformers does, the cache follows the model: float32 models keep a float32 cache.
   const kvDtype = opts.kvDtype ?? (kvDefaultDtype(m.skeleton) === 'float32' ? 'float32' : 'float16');
   return { ctx, ubatch, kvDtype, kvType: kvDtype === 'float32' ? GGML_TYPE.F32 : GGML_TYPE.F16 };
@@ -169,17 +174,43 @@ function openDevices(run: RunDevices, opts: LoadOptions): EngineDevice[] {
   const cores = availableParallelism();
   const threads = opts.threads ?? Math.max(1, Math.min(8, Math.floor(cores / 2)));
   if (!Number.isSafeInteger(threads) || threads < 1 || threads > 2 * cores) {
-    throw new InputError('--threads', `${threads} threads on ${cores} cores: ggml's threads spin while they wait, so more than the cores only slows every step (at most ${2 * cores})`);
+    throw new InputError(
+      '--threads',
+      `${threads} threads on ${cores} cores: ggml's threads spin while they wait, so more than the cores only slows every step (at most ${2 * cores})`,
+    );
   }
   const hosts = run.specs.filter((s) => s.kind !== 'disk');
   const caps = new Map(hosts.map((s) => [s.id, s.cap]));
-  if (run.kind === 'virtual') return openVirtualDevices(hosts.map((s) => s.id), caps, threads);
-  const gpus = openGpuDevices(hosts.filter((s) => s.kind === 'gpu').map((s) => {
-    const gpu = run.gpus.get(s.id)!;
-    return { id: s.id, backend: gpu.backend, handle: gpu.handle, label: `GPU ${s.id} (${gpu.name}, ${gpu.description})`, cap: s.cap, backendReserve: s.overhead };
-  }));
+  if (run.kind === 'virtual')
+    return openVirtualDevices(
+      hosts.map((s) => s.id),
+      caps,
+      threads,
+    );
+  const gpus = openGpuDevices(
+    hosts
+      .filter((s) => s.kind === 'gpu')
+      .map((s) => {
+        const gpu = run.gpus.get(s.id)!;
+        return {
+          id: s.id,
+          backend: gpu.backend,
+          handle: gpu.handle,
+          label: `GPU ${s.id} (${gpu.name}, ${gpu.description})`,
+          cap: s.cap,
+          backendReserve: s.overhead,
+        };
+      }),
+  );
   try {
-    return [...gpus, ...openVirtualDevices(hosts.filter((s) => s.kind === 'cpu').map((s) => s.id), caps, threads)];
+    return [
+      ...gpus,
+      ...openVirtualDevices(
+        hosts.filter((s) => s.kind === 'cpu').map((s) => s.id),
+        caps,
+        threads,
+      ),
+    ];
   } catch (e) {
     releaseAll(loadGgml(), gpus.map(newDeviceState));
     throw e;
@@ -188,9 +219,18 @@ function openDevices(run: RunDevices, opts: LoadOptions): EngineDevice[] {
 
 function makePlan(m: EngineModel, run: RunDevices, shape: RunShape, measured: MeasuredWorkspace, alignment: number, opts: LoadOptions): Plan {
   const workload = { ctx: shape.ctx, batch: 1, ubatch: shape.ubatch, kvDtype: shape.kvDtype, ...(opts.dtype ? { dtype: opts.dtype } : {}) };
-  if (!opts.layerSplit) return planFit({ skeleton: m.skeleton, devices: run.specs, workload, target: 'vramfit', measuredWorkspace: measured, alignment, remedies: RUN_KNOBS });
+  if (!opts.layerSplit)
+    return planFit({ skeleton: m.skeleton, devices: run.specs, workload, target: 'vramfit', measuredWorkspace: measured, alignment, remedies: RUN_KNOBS });
   const u = m.arch.units(m.h);
-  return manualPlan(m.skeleton, { embed: u.embed, head: u.head, block: (i) => u.block(i), layers: m.h.layers, tied: m.h.tied }, run.specs, opts.layerSplit, workload, measured, alignment);
+  return manualPlan(
+    m.skeleton,
+    { embed: u.embed, head: u.head, block: (i) => u.block(i), layers: m.h.layers, tied: m.h.tied },
+    run.specs,
+    opts.layerSplit,
+    workload,
+    measured,
+    alignment,
+  );
 }
 
 /** Which checkpoint tensors each device loads, and the ggml tensors (no data yet) they become. */
@@ -211,7 +251,8 @@ function describeDeviceWeights(g: Ggml, m: EngineModel, plan: Plan, stages: Stag
   const specFor = (name: string, ne: number[], transform?: ArchTensor['transform'], stack?: string[]): WeightSpec => {
     if (stack) {
       // One ggml tensor from several checkpoint tensors of one shape and dtype (an MoE layer's experts).
-      if (transform || ne.length < 2 || stack.length !== ne.at(-1)) throw new VramfitError('PIPELINE', `${name}: ${stack.length} stacked tensors cannot make [${ne.join(', ')}]${transform ? ' with a transform' : ''}`, 1);
+      if (transform || ne.length < 2 || stack.length !== ne.at(-1))
+        throw new VramfitError('PIPELINE', `${name}: ${stack.length} stacked tensors cannot make [${ne.join(', ')}]${transform ? ' with a transform' : ''}`, 1);
       const parts = stack.map((part) => stored(part, ne.slice(0, -1)));
       if (parts.some((p) => p.dtype !== parts[0]!.dtype)) throw new InputError(model, `the tensors stacked into ${name} do not share one dtype`);
       return { name, ne, type: typeOf(stack[0]!, ne), source: parts[0]!, parts };
@@ -226,7 +267,10 @@ function describeDeviceWeights(g: Ggml, m: EngineModel, plan: Plan, stages: Stag
     // A disk-offloaded tensor is used in place when the kernels can read it as stored.
     const onDiskUnit = [...onDisk].some((unit) => s.name.startsWith(`${unit}.`));
     if (onDiskUnit && s.parts) {
-      throw new InputError('--max-memory', `the plan offloads ${s.name} to disk, but stacked expert tensors are assembled at load time and cannot be used in place from the file; give the devices or cpu room for the MoE blocks`);
+      throw new InputError(
+        '--max-memory',
+        `the plan offloads ${s.name} to disk, but stacked expert tensors are assembled at load time and cannot be used in place from the file; give the devices or cpu room for the MoE blocks`,
+      );
     }
     if (onDiskUnit && !s.transform && s.type === ggmlTypeFor(s.source.dtype)) s.mapped = true;
     else if (onDiskUnit) s.offloadedToRam = true;
@@ -261,7 +305,11 @@ function withDiskTensorsInRam(plan: Plan, states: readonly DeviceState[]): Plan 
   const inRam = host.weights.specs.filter((x) => x.offloadedToRam).reduce((sum, x) => sum + g.nbytes(host.weights!.tensors.get(x.name)!), 0);
   if (inRam === 0) return plan;
   const devices = plan.devices.map((d) =>
-    d === cpuPlan ? { ...d, weights: d.weights + inRam, used: d.used + inRam } : d === disk ? { ...d, weights: host.weights!.mappedBytes, used: host.weights!.mappedBytes } : d,
+    d === cpuPlan
+      ? { ...d, weights: d.weights + inRam, used: d.used + inRam }
+      : d === disk
+        ? { ...d, weights: host.weights!.mappedBytes, used: host.weights!.mappedBytes }
+        : d,
   );
   const warning = `${inRam} bytes of disk-offloaded tensors are converted or transformed at load, so they are held in CPU RAM, not used in place`;
   return { ...plan, devices, warnings: [...plan.warnings, warning] };
@@ -389,4 +437,3 @@ function hyperFor(model: string, skeleton: Skeleton): { arch: EngineArchitecture
   const modelDir = dirname(skeleton.source.files.find((f) => f.endsWith('.safetensors')) ?? configPath);
   return { arch, h: arch.hyper(readConfigFile(configPath), skeleton.family), modelDir };
 }
-

@@ -42,8 +42,6 @@ export interface DeviceReport {
   bytesIn: number;
 }
 
-const STAGE_NODES = 8192;
-
 /** A model loaded as planned: weights and each layer's KV cache on their devices, ready to run. */
 export class LoadedModel {
   private past = 0;
@@ -78,9 +76,29 @@ export class LoadedModel {
   /** Takes ownership of every device state: `dispose` frees them. */
   constructor(
     private readonly g: Ggml,
-    parts: { skeleton: Skeleton; arch: EngineArchitecture; hyper: EngineHyper; plan: Plan; states: DeviceState[]; stages: Stage[]; kv: Map<number, LayerCache>; ctx: number; ubatch: number },
+    parts: {
+      skeleton: Skeleton;
+      arch: EngineArchitecture;
+      hyper: EngineHyper;
+      plan: Plan;
+      states: DeviceState[];
+      stages: Stage[];
+      kv: Map<number, LayerCache>;
+      ctx: number;
+      ubatch: number;
+    },
   ) {
-    ({ skeleton: this.skeleton, arch: this.arch, hyper: this.hyper, plan: this.plan, states: this.states, stages: this.stages, kv: this.kv, ctx: this.ctx, ubatch: this.ubatch } = parts);
+    ({
+      skeleton: this.skeleton,
+      arch: this.arch,
+      hyper: this.hyper,
+      plan: this.plan,
+      states: this.states,
+      stages: this.stages,
+      kv: this.kv,
+      ctx: this.ctx,
+      ubatch: this.ubatch,
+    } = parts);
     this.weights = new Map(this.states.flatMap((s) => (s.weights ? [[s.device.id, s.weights] as const] : [])));
   }
 
@@ -141,7 +159,8 @@ export class LoadedModel {
       throw new InputError('--ctx', `${this.past + tokens.length} tokens do not fit the ${this.ctx}-token context this model was loaded with`);
     }
     for (const id of tokens) {
-      if (!Number.isSafeInteger(id) || id < 0 || id >= this.hyper.vocab) throw new InputError('--input-ids', `token id ${id} is outside the vocabulary (0..${this.hyper.vocab - 1})`);
+      if (!Number.isSafeInteger(id) || id < 0 || id >= this.hyper.vocab)
+        throw new InputError('--input-ids', `token id ${id} is outside the vocabulary (0..${this.hyper.vocab - 1})`);
     }
     const rows: Float32Array[] = [];
     for (let start = 0; start < tokens.length; start += this.ubatch) {
@@ -171,7 +190,8 @@ export class LoadedModel {
         const galloc = state.galloc!;
         // Forget the previous placement first: if allocation fails, no graph's addresses are trusted.
         this.placed.delete(id);
-        if (!this.g.raw.ggml_gallocr_alloc_graph(galloc, built.graph)) throw new VramfitError('GGML', `could not allocate the compute graph on device ${id}`, 1);
+        if (!this.g.raw.ggml_gallocr_alloc_graph(galloc, built.graph))
+          throw new VramfitError('GGML', `could not allocate the compute graph on device ${id}`, 1);
         const size = this.g.raw.ggml_gallocr_get_buffer_size(galloc, 0) as number;
         if (size > state.computeBytes) {
           throw new VramfitError('COMPUTE_GREW', `device ${id}: the compute buffer grew past its reservation (${size} bytes); this is a bug`, 1);
@@ -255,7 +275,17 @@ export class LoadedModel {
     const disk = this.plan.devices.find((x) => x.id === 'disk');
     if (disk) {
       const mapped = [...this.weights.values()].reduce((sum, w) => sum + w.mappedBytes, 0);
-      out.push({ id: 'disk', name: 'disk', cap: disk.cap, predicted: disk.weights, overhead: 0, measured: mapped, deviceMeasured: null, breakdown: { mapped }, bytesIn: 0 });
+      out.push({
+        id: 'disk',
+        name: 'disk',
+        cap: disk.cap,
+        predicted: disk.weights,
+        overhead: 0,
+        measured: mapped,
+        deviceMeasured: null,
+        breakdown: { mapped },
+        bytesIn: 0,
+      });
     }
     return out;
   }

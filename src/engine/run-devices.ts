@@ -47,7 +47,8 @@ export async function resolveRunDevices(opts: RunDeviceOptions, backendOverhead:
     // A virtual device stands in for a GPU with host memory: relative caps are shares of the host's RAM.
     inventory.gpus = ids.map((id) => ({ index: Number(id), totalBytes: host.totalBytes, freeBytes: host.availableBytes }));
   } else {
-    if (opts.backend !== undefined && opts.backend !== 'cuda' && opts.backend !== 'vulkan') throw new InputError('--backend', `expected cuda or vulkan, got ${JSON.stringify(opts.backend)}`);
+    if (opts.backend !== undefined && opts.backend !== 'cuda' && opts.backend !== 'vulkan')
+      throw new InputError('--backend', `expected cuda or vulkan, got ${JSON.stringify(opts.backend)}`);
     const smi = await detectInventory();
     const listing = listEngineGpus(smi.cards ?? [], opts.backend);
     notes.push(...listing.notes);
@@ -57,14 +58,18 @@ export async function resolveRunDevices(opts: RunDeviceOptions, backendOverhead:
     inventory.gpus = [...gpus.values()].map((g) => ({ index: g.id, totalBytes: g.totalBytes, freeBytes: g.freeBytes }));
   }
   for (const k of named) {
-    if (k !== 'cpu' && k !== 'disk' && !ids.includes(k)) throw new InputError('--max-memory', `names device ${k}, which --devices does not open (${ids.join(', ')})`);
+    if (k !== 'cpu' && k !== 'disk' && !ids.includes(k))
+      throw new InputError('--max-memory', `names device ${k}, which --devices does not open (${ids.join(', ')})`);
   }
   const resolved = named.length > 0 ? resolveBudgets(specsIn, inventory) : {};
   const specs: PlanDeviceSpec[] = ids.map((id) => {
     const gpu = gpus.get(id);
     const cap = resolved[id];
     if (gpu && cap !== undefined && cap > gpu.totalBytes) {
-      throw new InputError(`--max-memory ${id}`, `${formatBytes(cap)} (${cap} B) is more than GPU ${id} (${gpu.name}) has: ${formatBytes(gpu.totalBytes)} (${gpu.totalBytes} B)`);
+      throw new InputError(
+        `--max-memory ${id}`,
+        `${formatBytes(cap)} (${cap} B) is more than GPU ${id} (${gpu.name}) has: ${formatBytes(gpu.totalBytes)} (${gpu.totalBytes} B)`,
+      );
     }
     if (!gpu) return { id, kind: 'virtual', cap: cap ?? Number.MAX_SAFE_INTEGER, overhead: 0 };
     // An uncapped GPU may use what it has free now.

@@ -78,8 +78,19 @@ export interface Lookups {
  * logits), so the stage holding the last block hands on that one row, and the final norm and head
  * (a sizeable share of a prefill's work: vocab × hidden per token) run on it alone, as llama.cpp does.
  */
-export function buildStageGraph(g: Ggml, arch: EngineArchitecture, h: EngineHyper, stage: StagePlan, look: Lookups, n: number, nKv: number, lastOnly = false, longLived?: LongLivedTensors): BuiltStage {
-  if (!Number.isSafeInteger(n) || !Number.isSafeInteger(nKv) || n < 1 || nKv < n) throw new VramfitError('PIPELINE', `a graph of ${n} tokens over ${nKv} KV rows`, 1);
+export function buildStageGraph(
+  g: Ggml,
+  arch: EngineArchitecture,
+  h: EngineHyper,
+  stage: StagePlan,
+  look: Lookups,
+  n: number,
+  nKv: number,
+  lastOnly = false,
+  longLived?: LongLivedTensors,
+): BuiltStage {
+  if (!Number.isSafeInteger(n) || !Number.isSafeInteger(nKv) || n < 1 || nKv < n)
+    throw new VramfitError('PIPELINE', `a graph of ${n} tokens over ${nKv} KV rows`, 1);
   const gb = new GraphBuilder(g, STAGE_NODES, longLived);
   try {
     return buildInto(gb, arch, h, stage, look, n, nKv, lastOnly);
@@ -89,7 +100,16 @@ export function buildStageGraph(g: Ggml, arch: EngineArchitecture, h: EngineHype
   }
 }
 
-function buildInto(gb: GraphBuilder, arch: EngineArchitecture, h: EngineHyper, stage: StagePlan, look: Lookups, n: number, nKv: number, lastOnly: boolean): BuiltStage {
+function buildInto(
+  gb: GraphBuilder,
+  arch: EngineArchitecture,
+  h: EngineHyper,
+  stage: StagePlan,
+  look: Lookups,
+  n: number,
+  nKv: number,
+  lastOnly: boolean,
+): BuiltStage {
   const g = gb.g;
   const w = (name: string): Tensor => gb.known(look.weight(name));
   const built: Partial<BuiltStage> = { gb, nKv };
@@ -115,7 +135,15 @@ function buildInto(gb: GraphBuilder, arch: EngineArchitecture, h: EngineHyper, s
     built.maskF16 = maskType === GGML_TYPE.F16;
     built.kvRows = gb.input('kv_rows', GGML_TYPE.I32, [n]);
     if (h.freqFactors) built.freqFactors = gb.input('rope_freqs', GGML_TYPE.F32, [h.freqFactors.length]);
-    const step: StepInputs = { positions: positions!, kvRows: built.kvRows, nKv, mask: built.mask, freqFactors: built.freqFactors ?? null, writes, contiguousOperands: stage.gpu === true };
+    const step: StepInputs = {
+      positions: positions!,
+      kvRows: built.kvRows,
+      nKv,
+      mask: built.mask,
+      freqFactors: built.freqFactors ?? null,
+      writes,
+      contiguousOperands: stage.gpu === true,
+    };
     for (const i of stage.layers) {
       const cache = look.cache(i);
       x = arch.layer(gb, h, w, i, x, { k: gb.known(cache.k), v: gb.known(cache.v) }, step);
@@ -163,4 +191,3 @@ export function stagesFromPlan(plan: Plan, arch: EngineArchitecture, h: EngineHy
   }
   return stages;
 }
-

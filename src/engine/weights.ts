@@ -3,7 +3,18 @@ import { alignUp } from '../planner/placement-units.js';
 import { readAt } from '../util/read-fully.js';
 import { isAbsolute, join } from 'node:path';
 import { VramfitError } from '../util/errors.js';
-import { GGML_TYPE, hostBytes, mapFile, prefaultForWrite, type Buffer_, type Ctx, type GgmlType, type Ggml, type MappedFile, type Tensor } from './ggml/binding.js';
+import {
+  GGML_TYPE,
+  hostBytes,
+  mapFile,
+  prefaultForWrite,
+  type Buffer_,
+  type Ctx,
+  type GgmlType,
+  type Ggml,
+  type MappedFile,
+  type Tensor,
+} from './ggml/binding.js';
 import type { Allocation, EngineDevice } from './device.js';
 import type { SkeletonTensor } from '../reader/skeleton.js';
 import { ggmlTypeId } from '../reader/formats/gguf.js';
@@ -14,7 +25,8 @@ const GGML_OF: Record<string, GgmlType> = { float32: GGML_TYPE.F32, float16: GGM
 /** ggml's type for a stored dtype: the float types, and GGUF's block formats (used as stored). */
 export function ggmlTypeFor(dtype: string): GgmlType {
   const t = GGML_OF[dtype] ?? ggmlTypeId(dtype);
-  if (t === undefined) throw new VramfitError('UNSUPPORTED_DTYPE', `the engine cannot load ${dtype} weights (float32, float16, bfloat16 and GGUF block formats)`, 2);
+  if (t === undefined)
+    throw new VramfitError('UNSUPPORTED_DTYPE', `the engine cannot load ${dtype} weights (float32, float16, bfloat16 and GGUF block formats)`, 2);
   return t as GgmlType;
 }
 
@@ -121,7 +133,8 @@ function placeMapped(g: Ggml, w: DeviceWeights, modelDir: string): void {
       const t = w.tensors.get(s.name)!;
       const [start, end] = s.source.location!.range!;
       if (end - start !== g.nbytes(t)) throw new VramfitError('MMAP', `${s.name}: ${end - start} bytes on disk, ${g.nbytes(t)} needed in place`, 1);
-      if (g.raw.ggml_backend_tensor_alloc(buffer, t, mapped.ptr + BigInt(start)) !== 0) throw new VramfitError('GGML', `could not place ${s.name} in its mapping`, 1);
+      if (g.raw.ggml_backend_tensor_alloc(buffer, t, mapped.ptr + BigInt(start)) !== 0)
+        throw new VramfitError('GGML', `could not place ${s.name} in its mapping`, 1);
     }
   }
 }
@@ -142,7 +155,9 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
   const host = w.allocation !== undefined && (g.raw.ggml_backend_buffer_is_host(w.allocation.buffer) as boolean);
   if (host) prefaultForWrite(g.raw.ggml_backend_buffer_get_base(w.allocation!.buffer) as bigint, w.allocation!.bytes);
   try {
-    const ordered = w.specs.filter((s) => !s.mapped && !s.parts).sort((a, b) => (a.source.location!.file + a.source.location!.range![0]).localeCompare(b.source.location!.file + b.source.location!.range![0]));
+    const ordered = w.specs
+      .filter((s) => !s.mapped && !s.parts)
+      .sort((a, b) => (a.source.location!.file + a.source.location!.range![0]).localeCompare(b.source.location!.file + b.source.location!.range![0]));
     for (const s of ordered) {
       const loc = s.source.location;
       if (!loc?.range) throw new VramfitError('NO_DATA', `${s.name} has no byte range (the engine loads safetensors checkpoints)`, 2);
@@ -166,7 +181,7 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
         // Stored as it will be used (any ggml type, block formats included): copy bytes through.
         if (total > g.nbytes(t)) throw new VramfitError('SIZE', `${s.name}: ${total} bytes stored, ${g.nbytes(t)} expected`, 2);
         const data = host ? (g.raw.ggml_get_data(t) as bigint) : 0n;
-        for (let done = 0; done < total; ) {
+        for (let done = 0; done < total;) {
           const n = Math.min(CHUNK, total - done);
           if (host) readFully(fd, hostBytes(data + BigInt(done), n), n, start + done, file, s.name);
           else {
@@ -181,7 +196,7 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
       const srcElem = from === 'float32' ? 4 : 2;
       const dstElem = to === GGML_TYPE.F32 ? 4 : 2;
       const step = Math.floor(CHUNK / Math.max(srcElem, dstElem) / 4) * 4 * srcElem;
-      for (let done = 0; done < total; ) {
+      for (let done = 0; done < total;) {
         const n = Math.min(step, total - done);
         readFully(fd, chunk, n, start + done, file, s.name);
         const elems = n / srcElem;
@@ -202,7 +217,16 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
  * A stacked tensor is read part by part, each part into its own slice of the stack (part i at
  * i · nbytes / parts), converting dtype on the way as for any other tensor.
  */
-function loadStacked(g: Ggml, modelDir: string, s: WeightSpec, t: Tensor, fds: Map<string, number>, chunk: Uint8Array, converted: Float32Array, onBytes: (n: number) => void): void {
+function loadStacked(
+  g: Ggml,
+  modelDir: string,
+  s: WeightSpec,
+  t: Tensor,
+  fds: Map<string, number>,
+  chunk: Uint8Array,
+  converted: Float32Array,
+  onBytes: (n: number) => void,
+): void {
   const parts = s.parts!;
   const slice = g.nbytes(t) / parts.length;
   parts.forEach((part, i) => {
@@ -217,7 +241,8 @@ function loadStacked(g: Ggml, modelDir: string, s: WeightSpec, t: Tensor, fds: M
     const [start, end] = loc.range;
     const total = end - start;
     const same = sameType(part.dtype, s.type);
-    if (!same && !(part.dtype in GGML_OF)) throw new VramfitError('UNSUPPORTED_DTYPE', `${s.name}: cannot convert ${part.dtype} parts to ggml type ${s.type}`, 2);
+    if (!same && !(part.dtype in GGML_OF))
+      throw new VramfitError('UNSUPPORTED_DTYPE', `${s.name}: cannot convert ${part.dtype} parts to ggml type ${s.type}`, 2);
     const srcElem = part.dtype === 'float32' ? 4 : 2;
     const dstElem = s.type === GGML_TYPE.F32 ? 4 : 2;
     // A part that does not fill its slice exactly would be written past it: ggml aborts on that.
@@ -225,7 +250,7 @@ function loadStacked(g: Ggml, modelDir: string, s: WeightSpec, t: Tensor, fds: M
     if (!Number.isInteger(slice) || fills !== slice) throw new VramfitError('SIZE', `${s.name}: part ${i} holds ${fills} bytes, its slice ${slice}`, 2);
     const base = i * slice;
     const step = same ? CHUNK : Math.floor(CHUNK / Math.max(srcElem, dstElem) / 4) * 4 * srcElem;
-    for (let done = 0; done < total; ) {
+    for (let done = 0; done < total;) {
       const n = Math.min(step, total - done);
       readFully(fd, chunk, n, start + done, file, s.name);
       if (same) g.raw.ggml_backend_tensor_set(t, chunk.subarray(0, n), base + done, n);

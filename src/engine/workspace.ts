@@ -54,7 +54,16 @@ export function representativeLayers(arch: EngineArchitecture, h: EngineHyper): 
  * Measures every combination of roles (embedding, blocks, head) a device can hold, on each buffer type
  * the run uses (a GPU backend may align or pad differently from the CPU), keeping the largest.
  */
-export function measureWorkspace(g: Ggml, arch: EngineArchitecture, h: EngineHyper, typeOf: (name: string, ne: number[]) => GgmlType, ctx: number, ubatch: number, kvType: GgmlType, bufts: readonly { buft: BufferType; gpu: boolean; alignment: number }[]): MeasuredWorkspace {
+export function measureWorkspace(
+  g: Ggml,
+  arch: EngineArchitecture,
+  h: EngineHyper,
+  typeOf: (name: string, ne: number[]) => GgmlType,
+  ctx: number,
+  ubatch: number,
+  kvType: GgmlType,
+  bufts: readonly { buft: BufferType; gpu: boolean; alignment: number }[],
+): MeasuredWorkspace {
   const t = arch.tensors(h);
   const layers = representativeLayers(arch, h);
   const specs = [...t.embed, ...t.norm, ...t.head, ...layers.flatMap((i) => t.layer(i))];

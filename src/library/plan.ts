@@ -40,7 +40,13 @@ export async function plan(model: string, options: PlanOptions = {}): Promise<Pl
 
 /** The plan and the skeleton it was made from (the llama.cpp export needs both). */
 export async function planWithSkeleton(model: string, options: PlanOptions = {}): Promise<{ plan: Plan; skeleton: Skeleton }> {
-  const flags: PlanFlags = { strategy: 'fit', format: 'table', ctx: String(options.ctx ?? 4096), batch: String(options.batch ?? 1), ubatch: String(options.ubatch ?? 512) };
+  const flags: PlanFlags = {
+    strategy: 'fit',
+    format: 'table',
+    ctx: String(options.ctx ?? 4096),
+    batch: String(options.batch ?? 1),
+    ubatch: String(options.ubatch ?? 512),
+  };
   if (options.maxMemory !== undefined) flags.maxMemory = typeof options.maxMemory === 'string' ? options.maxMemory : JSON.stringify(options.maxMemory);
   for (const k of ['gpuMemory', 'deviceSpec', 'gpus', 'devices', 'offloadFolder', 'kvDtype', 'dtype', 'target', 'overhead', 'gpuWeights'] as const) {
     const v = options[k];

@@ -173,7 +173,10 @@ function readSize(text: string, form: 'text' | 'json', options: ParseMaxMemoryOp
   }
   // A bare number is bytes to accelerate but almost always meant GiB or GB here: make the unit explicit.
   if (form === 'text' && /^\d+(\.\d+)?$/.test(text) && Number(text) !== 0) {
-    throw new InputError(where, `'${text}' has no unit: write ${text}GiB or ${text}GB (${text}B if you mean bytes; --compat accelerate reads a bare number as bytes)`);
+    throw new InputError(
+      where,
+      `'${text}' has no unit: write ${text}GiB or ${text}GB (${text}B if you mean bytes; --compat accelerate reads a bare number as bytes)`,
+    );
   }
   return parseByteSize(text, where);
 }
@@ -227,7 +230,10 @@ function resolveOne(spec: BudgetSpec, facts: { total: number; free: number } | u
     bytes = base - spec.bytes;
     if (bytes <= 0) {
       const what = spec.kind === 'free-minus' ? 'free' : 'total';
-      throw new InputError(where, `${typeof device === 'number' ? `GPU ${device}` : device} has ${formatBytes(base)} ${what}; leaving ${formatBytes(spec.bytes)} of it leaves nothing for this process`);
+      throw new InputError(
+        where,
+        `${typeof device === 'number' ? `GPU ${device}` : device} has ${formatBytes(base)} ${what}; leaving ${formatBytes(spec.bytes)} of it leaves nothing for this process`,
+      );
     }
   }
   return bytes;

@@ -30,9 +30,14 @@ export interface DeviceOptions {
  */
 export function devicesForPlan(inv: Inventory, o: DeviceOptions): PlanDeviceSpec[] {
   const virtual = o.virtual ?? 0;
-  const gpuInventory = virtual > 0
-    ? Array.from({ length: virtual }, (_, i) => ({ index: i, totalBytes: Math.floor(inv.cpu.availableBytes / virtual), freeBytes: Math.floor(inv.cpu.availableBytes / virtual) }))
-    : inv.gpus.map((g) => ({ index: g.logicalIndex, totalBytes: g.totalBytes, freeBytes: g.freeBytes }));
+  const gpuInventory =
+    virtual > 0
+      ? Array.from({ length: virtual }, (_, i) => ({
+          index: i,
+          totalBytes: Math.floor(inv.cpu.availableBytes / virtual),
+          freeBytes: Math.floor(inv.cpu.availableBytes / virtual),
+        }))
+      : inv.gpus.map((g) => ({ index: g.logicalIndex, totalBytes: g.totalBytes, freeBytes: g.freeBytes }));
   let caps: Record<string, number>;
   const typed = o.maxMemory === undefined ? {} : typedBudgets(o.maxMemory);
   if (o.maxMemory !== undefined) {
@@ -49,14 +54,21 @@ export function devicesForPlan(inv: Inventory, o: DeviceOptions): PlanDeviceSpec
   const overheads = parseOverhead(o.overhead, virtual > 0 ? 0 : TARGETS[o.target].gpuOverhead);
   const weights = o.gpuWeights === undefined ? undefined : parseWeights(o.gpuWeights);
   const devices: PlanDeviceSpec[] = [];
-  const accelerators = Object.keys(caps).filter((k) => /^\d+$/.test(k)).sort((a, b) => Number(a) - Number(b));
+  const accelerators = Object.keys(caps)
+    .filter((k) => /^\d+$/.test(k))
+    .sort((a, b) => Number(a) - Number(b));
   if (weights && weights.length !== accelerators.length) {
     throw new InputError('--gpu-weights', `gives ${weights.length} weight(s) for ${accelerators.length} GPU(s) (${accelerators.join(', ')})`);
   }
   accelerators.forEach((id, i) => {
     const gpu = inv.gpus.find((g) => String(g.logicalIndex) === id);
     const byBackend = o.overhead === undefined && virtual === 0 && gpu?.backend ? o.backendOverhead?.(gpu.backend) : undefined;
-    const d: PlanDeviceSpec = { id, kind: virtual > 0 ? 'virtual' : 'gpu', cap: caps[id]!, overhead: overheads.get(id) ?? byBackend ?? overheads.get('*') ?? 0 };
+    const d: PlanDeviceSpec = {
+      id,
+      kind: virtual > 0 ? 'virtual' : 'gpu',
+      cap: caps[id]!,
+      overhead: overheads.get(id) ?? byBackend ?? overheads.get('*') ?? 0,
+    };
     if (virtual === 0 && gpu) {
       d.name = gpu.name;
       d.physical = gpu.physicalIndex;

@@ -281,7 +281,10 @@ export function planFit(given: FitInput): Plan {
   if ('failure' in attempt) {
     const knobs = input.remedies ?? PLAN_KNOBS;
     if (knobs === false) throw attempt.failure;
-    const short = attempt.failure.shortfalls.filter((x) => x.short > 0).sort((x, y) => x.short - y.short).map((x) => x.device);
+    const short = attempt.failure.shortfalls
+      .filter((x) => x.short > 0)
+      .sort((x, y) => x.short - y.short)
+      .map((x) => x.device);
     const f = attempt.failure;
     throw new InfeasiblePlanError(f.headline, f.shortfalls, findRemedies(input, short, knobs, fitsWithout));
   }
@@ -329,10 +332,12 @@ function tryFit(input: FitInput, units: PlacementUnit[], c: Costs, attachTies: b
       if (fill.placed < p || fill.ends[0] === 0) continue;
       const hosted = place(input, groups, hc, use);
       if ('failure' in hosted || hosted.ends[0] === 0) continue;
-      const util = Math.max(...use.map((d) => {
-        const used = hosted.placement.usage.get(d.id)?.total ?? 0;
-        return used === 0 ? 0 : used / (d.weight ?? d.cap);
-      }));
+      const util = Math.max(
+        ...use.map((d) => {
+          const used = hosted.placement.usage.get(d.id)?.total ?? 0;
+          return used === 0 ? 0 : used / (d.weight ?? d.cap);
+        }),
+      );
       const stages = use.filter((d) => (hosted.placement.usage.get(d.id)?.total ?? 0) > 0).length;
       if (!best || util < best.util * (1 - 1e-12) || (util <= best.util * (1 + 1e-12) && stages < best.stages)) best = { placed: hosted, util, stages };
     }
@@ -367,7 +372,8 @@ function place(input: FitInput, groups: Group[], c: Costs, accs: PlanDeviceSpec[
   let ends = most.ends;
   if (most.placed > 0 && accs.length > 1) {
     const weight = (d: PlanDeviceSpec): number => d.weight ?? d.cap;
-    const keeps = (r: { placed: number; ends: number[] }): boolean => r.placed >= most.placed && (r.ends[0] ?? 0) >= mustStart && (!keepsPins(most.ends) || keepsPins(r.ends));
+    const keeps = (r: { placed: number; ends: number[] }): boolean =>
+      r.placed >= most.placed && (r.ends[0] ?? 0) >= mustStart && (!keepsPins(most.ends) || keepsPins(r.ends));
     let lo = 0;
     // A zero cap with no --gpu-weights gives 0/0: leave such devices out of the bound.
     let hi = Math.max(0, ...accs.map((d) => d.cap / weight(d)).filter((r) => !Number.isNaN(r)));
@@ -388,7 +394,11 @@ function place(input: FitInput, groups: Group[], c: Costs, accs: PlanDeviceSpec[
   // Pinned modules must land on the first accelerator.
   if (input.pins?.length && accs.length > 0 && !keepsPins(ends)) {
     const short = Math.max(0, deviceNeed(groups.slice(0, (pinnedGroup ?? 0) + 1), accs[0]!, c).total - accs[0]!.cap);
-    return { failure: new InfeasiblePlanError(`pinned modules (${input.pins.join(', ')}) do not fit on the first GPU (${label(accs[0]!)})`, [{ device: accs[0]!.id, label: label(accs[0]!), short }]) };
+    return {
+      failure: new InfeasiblePlanError(`pinned modules (${input.pins.join(', ')}) do not fit on the first GPU (${label(accs[0]!)})`, [
+        { device: accs[0]!.id, label: label(accs[0]!), short },
+      ]),
+    };
   }
 
   // 2. The rest on CPU RAM, then disk. Blocks on disk run on the CPU from the mapped file, so CPU RAM
@@ -416,7 +426,9 @@ function place(input: FitInput, groups: Group[], c: Costs, accs: PlanDeviceSpec[
   const diskWeights = groups.slice(cpuEnd).reduce((sum, g) => sum + g.weights, 0);
   // Hosting costs were counted for the groups past p: a fill that keeps fewer leaves the host short.
   const hostedAsPlanned = !c.hosted || placed >= groups.length - c.hosted.groups.length;
-  const fits = hostedAsPlanned && (placed === groups.length || (hostNeed(cpuEnd).total <= cpuCap && (cpuEnd === groups.length || (disk !== undefined && diskWeights <= disk.cap))));
+  const fits =
+    hostedAsPlanned &&
+    (placed === groups.length || (hostNeed(cpuEnd).total <= cpuCap && (cpuEnd === groups.length || (disk !== undefined && diskWeights <= disk.cap))));
   // Shortfalls are judged against the fullest fill, not the balanced one: that is how close each device came.
   if (!fits) return { failure: diagnose(input, groups, c, most.ends, placed, hostNeed(groups.length).total, cpuCap) };
 
@@ -430,7 +442,9 @@ function place(input: FitInput, groups: Group[], c: Costs, accs: PlanDeviceSpec[
   for (let g = cpuEnd; g < groups.length; g++) assignment[g] = 'disk';
   if (placed < groups.length) {
     const off = groups.slice(placed).reduce((sum, g) => sum + g.weights, 0);
-    warnings.push(`${formatShare(off, groups)} of the weights are offloaded (${cpuEnd - placed} unit(s) to cpu, ${groups.length - cpuEnd} to disk): generation will be slower`);
+    warnings.push(
+      `${formatShare(off, groups)} of the weights are offloaded (${cpuEnd - placed} unit(s) to cpu, ${groups.length - cpuEnd} to disk): generation will be slower`,
+    );
   }
   const unitDevice = new Map<string, string>();
   const duplicates = new Map<string, string[]>();
@@ -456,7 +470,14 @@ function place(input: FitInput, groups: Group[], c: Costs, accs: PlanDeviceSpec[
  * using the fewest non-empty devices (earlier devices fuller on ties); the first run ends at or after
  * `firstEnd`. Undefined when no such placement exists.
  */
-function fewestStages(groups: Group[], accs: PlanDeviceSpec[], c: Costs, placed: number, limit: (d: PlanDeviceSpec) => number, firstEnd: number): number[] | undefined {
+function fewestStages(
+  groups: Group[],
+  accs: PlanDeviceSpec[],
+  c: Costs,
+  placed: number,
+  limit: (d: PlanDeviceSpec) => number,
+  firstEnd: number,
+): number[] | undefined {
   const k = accs.length;
   // best[a][i]: fewest stages holding groups [i, placed) on accelerators a…; end[a][i]: where a's run ends.
   const best = Array.from({ length: k + 1 }, () => new Array<number>(placed + 1).fill(Infinity));
@@ -517,5 +538,8 @@ function diagnose(input: FitInput, groups: Group[], c: Costs, ends: number[], pl
   const disk = input.devices.find((d) => d.kind === 'disk');
   const hostShort = disk ? Math.max(0, hostTotal - leftWeights - cpuCap) : Math.max(0, hostTotal - cpuCap);
   if (hostShort > 0) shortfalls.push({ device: 'cpu', label: 'cpu', short: hostShort, ...(cpu ? {} : { note: 'no cpu budget was given' }) });
-  return new InfeasiblePlanError(`the model does not fit: ${formatBytes(leftWeights)} of weights and ${formatBytes(leftKv)} of KV cache have no room`, shortfalls);
+  return new InfeasiblePlanError(
+    `the model does not fit: ${formatBytes(leftWeights)} of weights and ${formatBytes(leftKv)} of KV cache have no room`,
+    shortfalls,
+  );
 }

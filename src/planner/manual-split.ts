@@ -24,7 +24,15 @@ export interface ManualUnits {
  * A plan for a user's own split, with the same per-device predictions the planner would make, so a
  * device that cannot hold its share is refused by its allocator before anything is loaded.
  */
-export function manualPlan(s: Skeleton, u: ManualUnits, specs: PlanDeviceSpec[], split: number[], workload: Plan['workload'], measured: MeasuredWorkspace, alignment = 1): Plan {
+export function manualPlan(
+  s: Skeleton,
+  u: ManualUnits,
+  specs: PlanDeviceSpec[],
+  split: number[],
+  workload: Plan['workload'],
+  measured: MeasuredWorkspace,
+  alignment = 1,
+): Plan {
   const accelerators = specs.filter((d) => d.kind !== 'cpu');
   if (split.length !== accelerators.length || split.some((n) => !Number.isSafeInteger(n) || n < 0) || split.reduce((a, b) => a + b, 0) !== u.layers) {
     throw new InputError('--split', `expected ${accelerators.length} layer counts adding up to ${u.layers}, got ${split.join(',')}`);
@@ -56,7 +64,20 @@ export function manualPlan(s: Skeleton, u: ManualUnits, specs: PlanDeviceSpec[],
     const layers = modules.filter((m) => blockOf.has(m)).length;
     const roles = { embed: modules.includes(u.embed), block: layers > 0, head: modules.includes(u.head) };
     const workspace = measuredWorkspaceOf(measured, d.kind, roles, layers) ?? 0;
-    return { ...base.devices[0]!, id: d.id, kind: d.kind, cap: d.cap, weights, kv: layers * kvLayer, workspace, overhead: d.overhead, used: weights + layers * kvLayer + workspace + d.overhead, modules, ranges: [] as string[], tiedDuplicates: [] as string[] };
+    return {
+      ...base.devices[0]!,
+      id: d.id,
+      kind: d.kind,
+      cap: d.cap,
+      weights,
+      kv: layers * kvLayer,
+      workspace,
+      overhead: d.overhead,
+      used: weights + layers * kvLayer + workspace + d.overhead,
+      modules,
+      ranges: [] as string[],
+      tiedDuplicates: [] as string[],
+    };
   });
   return { ...base, strategy: 'manual split', devices };
 }
@@ -68,4 +89,3 @@ function unitWeights(s: Skeleton, unit: string, dtype: string | undefined, align
     .filter((t) => (t.name.startsWith(`${unit}.`) || t.name === unit) && !aliases.has(t.name) && !(t.kind === 'buffer' && t.persistent === false))
     .reduce((sum, t) => sum + alignUp(tensorBytes(t.shape, t.shape.length === 1 ? 'float32' : (dtype ?? t.dtype)), alignment), 0);
 }
-

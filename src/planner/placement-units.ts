@@ -42,7 +42,7 @@ export interface LoadedLayout {
 }
 
 export function linearize(s: Skeleton, layout: LoadedLayout = {}): PlacementUnit[] {
-  const { dtype, ggml = false, alignment = 1 } = layout;
+  const { ggml = false, alignment = 1 } = layout;
   const noSplit = new Set(s.no_split_module_classes);
   const children = new Map<string, string[]>([['', []]]);
   const cls = new Map<string, string>();
@@ -109,7 +109,13 @@ export function linearize(s: Skeleton, layout: LoadedLayout = {}): PlacementUnit
       const tensors = collect(m);
       const b = blockIndex(m);
       // A decoder block makes hidden states, never logits, even when it holds a vocab-sized matrix.
-      const unit: PlacementUnit = { name: m, weights: bytesOf(tensors), head: b === undefined && pastBlocks() && isHead(tensors), tensors, transit: largestOwner(tensors) };
+      const unit: PlacementUnit = {
+        name: m,
+        weights: bytesOf(tensors),
+        head: b === undefined && pastBlocks() && isHead(tensors),
+        tensors,
+        transit: largestOwner(tensors),
+      };
       if (b !== undefined) unit.block = b;
       units.push(unit);
       return;

@@ -18,7 +18,12 @@ export interface RemedyKnobs {
 }
 
 /** `vramfit plan`: every KV dtype the memory model prices. */
-export const PLAN_KNOBS: RemedyKnobs = { kvDtypes: ['float32', 'float16', 'bfloat16', 'q8_0', 'q4_0'], dtypes: ['float32', 'float16', 'bfloat16'], ctxAuto: true, offload: true };
+export const PLAN_KNOBS: RemedyKnobs = {
+  kvDtypes: ['float32', 'float16', 'bfloat16', 'q8_0', 'q4_0'],
+  dtypes: ['float32', 'float16', 'bfloat16'],
+  ctxAuto: true,
+  offload: true,
+};
 
 /** A change that makes the plan succeed (it was planned again with it) and how to ask for it. */
 export interface Remedy {
@@ -75,7 +80,10 @@ export function findRemedies(input: FitInput, shortDevices: readonly string[], k
     if (w.ctx > useful) {
       const ctx = largestFitting(useful, w.ctx - 1, (c) => fits({ ...input, workload: { ...w, ctx: c, ubatch: Math.min(w.ubatch, c) } }));
       if (ctx !== undefined) {
-        out.push({ text: `--ctx ${ctx}${knobs.ctxAuto ? ' (or --ctx auto)' : ''}: the longest context that fits`, input: { ...input, workload: { ...w, ctx, ubatch: Math.min(w.ubatch, ctx) } } });
+        out.push({
+          text: `--ctx ${ctx}${knobs.ctxAuto ? ' (or --ctx auto)' : ''}: the longest context that fits`,
+          input: { ...input, workload: { ...w, ctx, ubatch: Math.min(w.ubatch, ctx) } },
+        });
       }
     }
   }
@@ -83,7 +91,8 @@ export function findRemedies(input: FitInput, shortDevices: readonly string[], k
   const minUbatch = Math.min(32, w.ubatch);
   if (w.ubatch > minUbatch) {
     const ubatch = largestFitting(minUbatch, w.ubatch - 1, (u) => fits({ ...input, workload: { ...w, ubatch: u } }));
-    if (ubatch !== undefined) out.push({ text: `--ubatch ${ubatch}: smaller activations, prompts processed in more steps`, input: { ...input, workload: { ...w, ubatch } } });
+    if (ubatch !== undefined)
+      out.push({ text: `--ubatch ${ubatch}: smaller activations, prompts processed in more steps`, input: { ...input, workload: { ...w, ubatch } } });
   }
   // 16-bit weights for a 32-bit checkpoint.
   if (dominantDtype(input.skeleton, w.dtype) === 'float32') {
@@ -95,7 +104,10 @@ export function findRemedies(input: FitInput, shortDevices: readonly string[], k
   const cpu = input.devices.find((d) => d.kind === 'cpu');
   const disk = input.devices.find((d) => d.kind === 'disk');
   if (knobs.offload) {
-    const cpuAt = (cap: number): PlanDeviceSpec[] => (cpu ? replace('cpu', { ...cpu, cap }) : [...input.devices.filter((d) => d.kind !== 'disk'), { id: 'cpu', kind: 'cpu', cap, overhead: 0 }, ...(disk ? [disk] : [])]);
+    const cpuAt = (cap: number): PlanDeviceSpec[] =>
+      cpu
+        ? replace('cpu', { ...cpu, cap })
+        : [...input.devices.filter((d) => d.kind !== 'disk'), { id: 'cpu', kind: 'cpu', cap, overhead: 0 }, ...(disk ? [disk] : [])];
     const need = least(cpu?.cap ?? 0, ceiling, MiB, (cap) => fits(withDevices(cpuAt(cap))));
     if (need !== undefined) {
       const cap = roundCapUp(need);
@@ -106,7 +118,10 @@ export function findRemedies(input: FitInput, shortDevices: readonly string[], k
       const needDisk = least(0, ceiling, MiB, (cap) => fits(withDevices(withDisk.map((d) => (d.kind === 'disk' ? { ...d, cap } : d)))));
       if (needDisk !== undefined) {
         const cap = roundCapUp(needDisk);
-        out.push({ text: `--max-memory …,disk=${cap.text}: offload to disk`, input: withDevices(withDisk.map((d) => (d.kind === 'disk' ? { ...d, cap: cap.bytes } : d))) });
+        out.push({
+          text: `--max-memory …,disk=${cap.text}: offload to disk`,
+          input: withDevices(withDisk.map((d) => (d.kind === 'disk' ? { ...d, cap: cap.bytes } : d))),
+        });
       }
     }
   }
@@ -119,7 +134,10 @@ export function findRemedies(input: FitInput, shortDevices: readonly string[], k
     if (need === undefined) continue;
     const cap = roundCapUp(need);
     if (cap.bytes > top) continue;
-    out.push({ text: `--max-memory ${id}=${cap.text}: ${label(d)} with ${formatBytes(cap.bytes - d.cap)} more`, input: withDevices(replace(id, { ...d, cap: cap.bytes })) });
+    out.push({
+      text: `--max-memory ${id}=${cap.text}: ${label(d)} with ${formatBytes(cap.bytes - d.cap)} more`,
+      input: withDevices(replace(id, { ...d, cap: cap.bytes })),
+    });
   }
   // One more accelerator like the last one.
   const accs = input.devices.filter(isAcc);
@@ -134,7 +152,10 @@ export function findRemedies(input: FitInput, shortDevices: readonly string[], k
     const need = least(0, ceiling, MiB, (cap) => fits(withDevices(more(cap))));
     if (need !== undefined) {
       const cap = roundCapUp(need);
-      out.push({ text: `another ${last.kind === 'virtual' ? 'device' : 'GPU'} with ${formatBytes(cap.bytes)} for this process`, input: withDevices(more(cap.bytes)) });
+      out.push({
+        text: `another ${last.kind === 'virtual' ? 'device' : 'GPU'} with ${formatBytes(cap.bytes)} for this process`,
+        input: withDevices(more(cap.bytes)),
+      });
     }
   }
   return out;

@@ -55,7 +55,12 @@ function decimalTimes(decimal: string, unit: number): bigint {
 
 /** Shortest readable spelling of a whole byte count in decimal units ("625MB"), for messages. */
 function decimalSpelling(bytes: number): string {
-  for (const [name, size] of [['TB', TB], ['GB', GB], ['MB', MB], ['KB', KB]] as const) {
+  for (const [name, size] of [
+    ['TB', TB],
+    ['GB', GB],
+    ['MB', MB],
+    ['KB', KB],
+  ] as const) {
     if (bytes >= size && bytes % size === 0) return `${bytes / size}${name}`;
   }
   return `${bytes}B`;
@@ -77,10 +82,7 @@ export function parseByteSize(value: string | number, where = 'size'): number {
   }
   const m = SIZE_RE.exec(value);
   if (!m) {
-    throw new InputError(
-      where,
-      `'${value}' is not a size: write a non-negative number with an optional unit (${UNIT_LIST}), e.g. 5GiB`,
-    );
+    throw new InputError(where, `'${value}' is not a size: write a non-negative number with an optional unit (${UNIT_LIST}), e.g. 5GiB`);
   }
   const num = m[1] ?? '';
   const unitText = m[2] ?? '';
@@ -137,9 +139,7 @@ export function formatBytes(n: number): string {
 // ---------------------------------------------------------------------------------------------------------------
 
 /** What accelerate's size conversion gives: bytes, or the Python exception it raises. */
-export type AccelerateSizeOutcome =
-  | { ok: true; bytes: number }
-  | { ok: false; pythonType: 'ValueError' | 'OverflowError' | 'AttributeError'; message: string };
+export type AccelerateSizeOutcome = { ok: true; bytes: number } | { ok: false; pythonType: 'ValueError' | 'OverflowError' | 'AttributeError'; message: string };
 
 /**
  * Python's `float(str)`: surrounding whitespace, a sign, digits with single underscores between them, an optional
@@ -185,8 +185,16 @@ export function accelerateSizeOutcome(size: number | string): AccelerateSizeOutc
     memSize = size;
   } else {
     const upper = size.toUpperCase();
-    const binary: ReadonlyArray<readonly [string, number]> = [['GIB', 2 ** 30], ['MIB', 2 ** 20], ['KIB', 2 ** 10]];
-    const decimal: ReadonlyArray<readonly [string, number]> = [['GB', 10 ** 9], ['MB', 10 ** 6], ['KB', 10 ** 3]];
+    const binary: ReadonlyArray<readonly [string, number]> = [
+      ['GIB', 2 ** 30],
+      ['MIB', 2 ** 20],
+      ['KIB', 2 ** 10],
+    ];
+    const decimal: ReadonlyArray<readonly [string, number]> = [
+      ['GB', 10 ** 9],
+      ['MB', 10 ** 6],
+      ['KB', 10 ** 3],
+    ];
     const bin = binary.find(([suffix]) => upper.endsWith(suffix));
     const dec = bin ? undefined : decimal.find(([suffix]) => upper.endsWith(suffix));
     const match = bin ?? dec;
@@ -216,4 +224,3 @@ export function parseAccelerateSize(value: number | string, where = 'max_memory'
   if (!outcome.ok) throw new InputError(where, `${outcome.pythonType}: ${outcome.message}`, 'ACCELERATE_SIZE');
   return outcome.bytes;
 }
-

@@ -4,7 +4,15 @@ import { standardAttention, type ArchitectureSpec } from './architectures/spec.j
 import { KEYS, type ConfigReader } from './config.js';
 import { guessStructure } from './guess-structure.js';
 import { reconcile, storedBytes, type StoredTensor } from './reconcile.js';
-import { SKELETON_FORMAT, SKELETON_VERSION, type AttentionFacts, type QuantizationInfo, type Skeleton, type SkeletonSource, type SkeletonTensor } from './skeleton.js';
+import {
+  SKELETON_FORMAT,
+  SKELETON_VERSION,
+  type AttentionFacts,
+  type QuantizationInfo,
+  type Skeleton,
+  type SkeletonSource,
+  type SkeletonTensor,
+} from './skeleton.js';
 
 /**
  * Turns what was read (a config, stored tensor names with or without shapes) into a skeleton: the
@@ -23,7 +31,9 @@ function chooseDtype(cfg: ConfigReader, spec: ArchitectureSpec, source: Skeleton
     for (const dtype of ['float32', 'bfloat16']) {
       const r = reconcileWith(cfg, spec, dtype, stored, source.indexTotalSize);
       if (r.total() === source.indexTotalSize) {
-        warnings.push(`config.json names no dtype; the index's total_size says ${dtype === 'float32' ? 'float32' : '16-bit (bfloat16 assumed; float16 has the same size)'}`);
+        warnings.push(
+          `config.json names no dtype; the index's total_size says ${dtype === 'float32' ? 'float32' : '16-bit (bfloat16 assumed; float16 has the same size)'}`,
+        );
         return dtype;
       }
     }
@@ -35,7 +45,10 @@ function chooseDtype(cfg: ConfigReader, spec: ArchitectureSpec, source: Skeleton
 
 function reconcileWith(cfg: ConfigReader, spec: ArchitectureSpec, dtype: string, storedRaw: StoredTensor[], total: number | undefined) {
   const layout = spec.build(cfg, dtype);
-  const stored = addBasePrefix(storedRaw, layout.tree.tensors.map((t) => t.name));
+  const stored = addBasePrefix(
+    storedRaw,
+    layout.tree.tensors.map((t) => t.name),
+  );
   const r = reconcile({
     modules: layout.tree.modules,
     tensors: layout.tree.tensors,
@@ -134,7 +147,9 @@ export function buildSkeleton(cfg: ConfigReader | undefined, source: SkeletonSou
 }
 
 function describeQuant(q: QuantizationInfo): string {
-  return [q.method, q.bits !== undefined ? `${q.bits}-bit` : undefined, q.groupSize !== undefined ? `group ${q.groupSize}` : undefined].filter(Boolean).join(', ');
+  return [q.method, q.bits !== undefined ? `${q.bits}-bit` : undefined, q.groupSize !== undefined ? `group ${q.groupSize}` : undefined]
+    .filter(Boolean)
+    .join(', ');
 }
 
 /** Float weights a quantized layout replaced (GPTQ's `weight` → `qweight`, ...). */

@@ -62,14 +62,32 @@ const BY_NAME = new Map(TABLE.map((t) => [t.name, t]));
 
 /** Aliases met in configs and headers: safetensors codes (F16, BF16, ...), `half`, `fp16`, `torch.float16`. */
 const ALIASES: Record<string, string> = {
-  f64: 'float64', double: 'float64', fp64: 'float64',
-  f32: 'float32', float: 'float32', fp32: 'float32',
-  f16: 'float16', half: 'float16', fp16: 'float16',
+  f64: 'float64',
+  double: 'float64',
+  fp64: 'float64',
+  f32: 'float32',
+  float: 'float32',
+  fp32: 'float32',
+  f16: 'float16',
+  half: 'float16',
+  fp16: 'float16',
   bf16: 'bfloat16',
-  f8_e4m3: 'float8_e4m3fn', f8_e4m3fn: 'float8_e4m3fn', float8_e4m3: 'float8_e4m3fn', fp8: 'float8_e4m3fn',
+  f8_e4m3: 'float8_e4m3fn',
+  f8_e4m3fn: 'float8_e4m3fn',
+  float8_e4m3: 'float8_e4m3fn',
+  fp8: 'float8_e4m3fn',
   f8_e5m2: 'float8_e5m2',
-  i64: 'int64', long: 'int64', i32: 'int32', int: 'int32', i16: 'int16', short: 'int16', i8: 'int8',
-  u64: 'uint64', u32: 'uint32', u16: 'uint16', u8: 'uint8',
+  i64: 'int64',
+  long: 'int64',
+  i32: 'int32',
+  int: 'int32',
+  i16: 'int16',
+  short: 'int16',
+  i8: 'int8',
+  u64: 'uint64',
+  u32: 'uint32',
+  u16: 'uint16',
+  u8: 'uint8',
 };
 
 /** Resolves a dtype name or alias; undefined when unknown. */

@@ -96,7 +96,8 @@ function ggufFacts(path: string, header: ReturnType<typeof readGgufHeader>): Ggu
   if (eps !== undefined) config['rms_norm_eps'] = eps;
   const theta = num(meta, `${arch}.rope.freq_base`);
   if (theta !== undefined) config['rope_theta'] = theta;
-  const linear = num(meta, `${arch}.rope.scale_linear`) ?? (meta[`${arch}.rope.scaling.type`] === 'linear' ? num(meta, `${arch}.rope.scaling.factor`) : undefined);
+  const linear =
+    num(meta, `${arch}.rope.scale_linear`) ?? (meta[`${arch}.rope.scaling.type`] === 'linear' ? num(meta, `${arch}.rope.scaling.factor`) : undefined);
   if (linear !== undefined && linear !== 1) config['rope_scaling'] = { rope_type: 'linear', factor: linear };
   const facts: GgufModelFacts = { config: new ConfigReader(config, `${path} (GGUF metadata)`), permutedQK: arch === 'llama' };
   const freqs = header.tensors.find((t) => t.name === 'rope_freqs.weight');

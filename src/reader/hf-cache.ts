@@ -37,7 +37,8 @@ export function resolveRepoId(spec: string, env: NodeJS.ProcessEnv = process.env
   const ref = join(repoDir, 'refs', revision);
   if (existsSync(ref)) {
     commit = readFileSync(ref, 'utf8').trim();
-    if (!safe(commit)) throw new InputError(ref, `holds ${JSON.stringify(commit.slice(0, 80))}, not a commit hash; refusing to follow it out of the cache`, 'BAD_INPUT');
+    if (!safe(commit))
+      throw new InputError(ref, `holds ${JSON.stringify(commit.slice(0, 80))}, not a commit hash; refusing to follow it out of the cache`, 'BAD_INPUT');
   }
   const snapshot = join(repoDir, 'snapshots', commit);
   if (!existsSync(snapshot) || !statSync(snapshot).isDirectory()) {

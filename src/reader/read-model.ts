@@ -29,7 +29,11 @@ export async function readModel(model: string, opts: ReadModelOptions = {}): Pro
   if (!existsSync(path)) {
     const entry = catalogConfig(model);
     if (entry) {
-      return fromConfig(entry.cfg, { kind: 'config', path: `catalog:${model.toLowerCase()}`, repoId: entry.source, shapes: 'synthesized', files: [], bytesRead: 0 }, []);
+      return fromConfig(
+        entry.cfg,
+        { kind: 'config', path: `catalog:${model.toLowerCase()}`, repoId: entry.source, shapes: 'synthesized', files: [], bytesRead: 0 },
+        [],
+      );
     }
     if (!looksLikeRepoId(model)) {
       const near = catalogSuggestions(model);
@@ -47,7 +51,8 @@ export async function readModel(model: string, opts: ReadModelOptions = {}): Pro
   if (name.endsWith('.gguf')) return readGgufModel(path, model);
   if (name.endsWith('.bin') || name.endsWith('.pt') || name.endsWith('.pth')) return readSingleBin(path, model);
   if (name.endsWith('.index.json')) return readModelFolder(dirname(path), model);
-  if (name === 'config.json') return fromConfig(readConfigFile(path), { kind: 'config', path: model, shapes: 'synthesized', files: [path], bytesRead: statSync(path).size }, []);
+  if (name === 'config.json')
+    return fromConfig(readConfigFile(path), { kind: 'config', path: model, shapes: 'synthesized', files: [path], bytesRead: statSync(path).size }, []);
   if (name.endsWith('.json')) return readSkeletonJson(path);
   throw new InputError(model, 'not a model: expected a folder, .safetensors, .bin, .gguf, config.json or a skeleton .json', 'BAD_INPUT');
 }
@@ -64,13 +69,25 @@ async function readModelFolder(dir: string, shown: string): Promise<Skeleton> {
   if (existsSync(stIndex)) return fromIndex(dir, shown, readWeightIndex(stIndex), cfg, configBytes, 'safetensors');
   if (existsSync(single)) {
     const header = await readSafetensorsHeader(single);
-    const source: SkeletonSource = { kind: 'safetensors', path: shown, shapes: 'headers', files: cfg ? [single, configPath] : [single], bytesRead: header.bytesRead + configBytes };
+    const source: SkeletonSource = {
+      kind: 'safetensors',
+      path: shown,
+      shapes: 'headers',
+      files: cfg ? [single, configPath] : [single],
+      bytesRead: header.bytesRead + configBytes,
+    };
     return buildSkeleton(cfg, source, storedFromHeader(header.tensors, 'model.safetensors'));
   }
   if (existsSync(binIndex)) return fromIndex(dir, shown, readWeightIndex(binIndex), cfg, configBytes, 'bin');
   if (existsSync(singleBin)) {
     const header = readPytorchBinHeader(singleBin);
-    const source: SkeletonSource = { kind: 'bin', path: shown, shapes: 'headers', files: cfg ? [singleBin, configPath] : [singleBin], bytesRead: header.bytesRead + configBytes };
+    const source: SkeletonSource = {
+      kind: 'bin',
+      path: shown,
+      shapes: 'headers',
+      files: cfg ? [singleBin, configPath] : [singleBin],
+      bytesRead: header.bytesRead + configBytes,
+    };
     return buildSkeleton(cfg, source, storedFromHeader(header.tensors, 'pytorch_model.bin'), binWarnings(header.tensors, 'pytorch_model.bin'));
   }
   if (cfg) return fromConfig(cfg, { kind: 'config', path: shown, shapes: 'synthesized', files: [configPath], bytesRead: configBytes }, []);
@@ -96,7 +113,11 @@ async function fromIndex(
   if (index.totalSize !== undefined) source.indexTotalSize = index.totalSize;
   if (present.length > 0 && present.length < index.shards.length) {
     const missing = index.shards.find((s) => !present.includes(s))!;
-    throw new InputError(index.file, `shard ${missing} is listed in weight_map but missing from ${dir} (${index.shards.length - present.length} of ${index.shards.length} missing)`, 'MISSING_SHARD');
+    throw new InputError(
+      index.file,
+      `shard ${missing} is listed in weight_map but missing from ${dir} (${index.shards.length - present.length} of ${index.shards.length} missing)`,
+      'MISSING_SHARD',
+    );
   }
   if (present.length === index.shards.length) {
     const stored: StoredTensor[] = [];
@@ -110,7 +131,11 @@ async function fromIndex(
       for (const t of header.tensors) {
         const expected = index.weightMap.get(t.name);
         if (expected !== shard) {
-          throw new InputError(file, expected === undefined ? `holds ${t.name}, which the index does not list` : `holds ${t.name}, which the index puts in ${expected}`, 'BAD_FORMAT');
+          throw new InputError(
+            file,
+            expected === undefined ? `holds ${t.name}, which the index does not list` : `holds ${t.name}, which the index puts in ${expected}`,
+            'BAD_FORMAT',
+          );
         }
       }
       stored.push(...storedFromHeader(header.tensors, shard));
@@ -121,7 +146,11 @@ async function fromIndex(
     source.shapes = 'headers';
     return buildSkeleton(cfg, source, stored, warnings);
   }
-  return buildSkeleton(cfg, source, [...index.weightMap.keys()].map((name) => ({ name })));
+  return buildSkeleton(
+    cfg,
+    source,
+    [...index.weightMap.keys()].map((name) => ({ name })),
+  );
 }
 
 async function readSingleSafetensors(path: string, shown: string): Promise<Skeleton> {
@@ -153,7 +182,10 @@ async function readSingleBin(path: string, shown: string): Promise<Skeleton> {
 }
 
 /** A tensor with no byte range keeps the reason, so whoever needs its data can say why it cannot. */
-function storedFromHeader(tensors: readonly { name: string; dtype: string; shape: number[]; range?: [number, number]; noRange?: string }[], file: string): StoredTensor[] {
+function storedFromHeader(
+  tensors: readonly { name: string; dtype: string; shape: number[]; range?: [number, number]; noRange?: string }[],
+  file: string,
+): StoredTensor[] {
   return tensors.map((t) => {
     const location: TensorLocation = t.range ? { file, range: t.range } : { file };
     if (!t.range && t.noRange) location.noRange = t.noRange;
@@ -167,10 +199,11 @@ function binWarnings(tensors: readonly Pick<PytorchBinTensor, 'name' | 'range' |
   if (views.length === 0) return [];
   const first = views[0]!;
   const more = views.length > 1 ? ` and ${views.length - 1} more` : '';
-  return [`${file}: ${first.name}${more} ${views.length > 1 ? 'are' : 'is'} ${first.noRange ?? 'without a byte range'}; sizes are exact but the engine cannot load ${views.length > 1 ? 'them' : 'it'}`];
+  return [
+    `${file}: ${first.name}${more} ${views.length > 1 ? 'are' : 'is'} ${first.noRange ?? 'without a byte range'}; sizes are exact but the engine cannot load ${views.length > 1 ? 'them' : 'it'}`,
+  ];
 }
 
 function fromConfig(cfg: ConfigReader, source: SkeletonSource, warnings: string[]): Skeleton {
   return buildSkeleton(cfg, source, undefined, warnings);
 }
-

@@ -106,7 +106,10 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
     result.warnings.push(`${names.length} stored tensor(s) are not loaded: ${why} (${names[0]}${names.length > 1 ? ', …' : ''})`);
   }
   if (result.unexpected.length > 0) {
-    const names = result.unexpected.slice(0, 3).map((u) => u.name).join(', ');
+    const names = result.unexpected
+      .slice(0, 3)
+      .map((u) => u.name)
+      .join(', ');
     result.warnings.push(
       `${result.unexpected.length} stored tensor(s) the architecture does not define (${names}${result.unexpected.length > 3 ? ', …' : ''})`,
     );

@@ -18,7 +18,10 @@ export function tensorMemory(s: Pick<Skeleton, 'tensors' | 'tied'>): Map<string,
 }
 
 /** Bytes below every module ('' is the whole model), tied tensors once. */
-export function moduleSizes(s: Pick<Skeleton, 'tensors' | 'tied'> & Partial<Pick<Skeleton, 'modules'>>, mem: Map<string, number> = tensorMemory(s)): Map<string, number> {
+export function moduleSizes(
+  s: Pick<Skeleton, 'tensors' | 'tied'> & Partial<Pick<Skeleton, 'modules'>>,
+  mem: Map<string, number> = tensorMemory(s),
+): Map<string, number> {
   if (s.modules) return moduleSizesByTree(s.modules, mem);
   const sizes = new Map<string, number>([['', 0]]);
   let total = 0;

@@ -63,15 +63,7 @@ export interface BlockFacts {
   class: string;
 }
 
-export type SourceKind =
-  | 'safetensors'
-  | 'safetensors-index'
-  | 'bin'
-  | 'bin-index'
-  | 'gguf'
-  | 'config'
-  | 'skeleton'
-  | 'oracle-case';
+export type SourceKind = 'safetensors' | 'safetensors-index' | 'bin' | 'bin-index' | 'gguf' | 'config' | 'skeleton' | 'oracle-case';
 
 /** Where the numbers came from, so `inspect` can say so. */
 export interface SkeletonSource {

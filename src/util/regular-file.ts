@@ -13,6 +13,14 @@ export function assertRegularFile(path: string): void {
     throw new InputError(path, `cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, 'NOT_FOUND');
   }
   if (s.isFile()) return;
-  const kind = s.isDirectory() ? 'a folder' : s.isFIFO() ? 'a named pipe' : s.isSocket() ? 'a socket' : s.isCharacterDevice() || s.isBlockDevice() ? 'a device' : 'not a regular file';
+  const kind = s.isDirectory()
+    ? 'a folder'
+    : s.isFIFO()
+      ? 'a named pipe'
+      : s.isSocket()
+        ? 'a socket'
+        : s.isCharacterDevice() || s.isBlockDevice()
+          ? 'a device'
+          : 'not a regular file';
   throw new InputError(path, `is ${kind}, not a file`, 'NOT_A_FILE');
 }

@@ -32,7 +32,16 @@ const STORAGE_CLASS: Record<PtDtype, string> = {
   bool: 'BoolStorage',
 };
 export const PT_ELEMENT_SIZE: Record<PtDtype, number> = {
-  float64: 8, float32: 4, float16: 2, bfloat16: 2, int64: 8, int32: 4, int16: 2, int8: 1, uint8: 1, bool: 1,
+  float64: 8,
+  float32: 4,
+  float16: 2,
+  bfloat16: 2,
+  int64: 8,
+  int32: 4,
+  int16: 2,
+  int8: 1,
+  uint8: 1,
+  bool: 1,
 };
 
 /** A storage: raw little-endian element bytes. Tensors sharing one object share the storage. */
@@ -525,7 +534,11 @@ export function buildLegacyPytorchBin(tensors: readonly PtTensor[], opts: Pickle
     w.emptyDict();
     w.put();
     w.mark();
-    for (const [k, v] of [['short', 2], ['int', 4], ['long', 4]] as const) {
+    for (const [k, v] of [
+      ['short', 2],
+      ['int', 4],
+      ['long', 4],
+    ] as const) {
       w.str(k);
       w.put();
       w.int(v);

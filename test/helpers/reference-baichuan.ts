@@ -94,7 +94,12 @@ export function baichuanInterleave(n: number): number[] {
   };
   if (Number.isInteger(Math.log2(n))) return powerOf2(n);
   const closest = 2 ** Math.floor(Math.log2(n));
-  return [...powerOf2(closest), ...baichuanInterleave(2 * closest).filter((_, i) => i % 2 === 0).slice(0, n - closest)];
+  return [
+    ...powerOf2(closest),
+    ...baichuanInterleave(2 * closest)
+      .filter((_, i) => i % 2 === 0)
+      .slice(0, n - closest),
+  ];
 }
 
 /** ggml's ALiBi slopes (ggml_compute_forward_soft_max_f32 with max_bias), in float32 steps as ggml computes them. */

@@ -196,7 +196,8 @@ export class ReferenceChatglm {
     const proj = c.numHeads * D;
     const qkvRows = proj + 2 * c.numGroups * D;
     const F = c.ffnHiddenSize;
-    const norm = (name: string): Norm => (c.rmsnorm ? { weight: get(`${name}.weight`, H) } : { weight: get(`${name}.weight`, H), bias: get(`${name}.bias`, H) });
+    const norm = (name: string): Norm =>
+      c.rmsnorm ? { weight: get(`${name}.weight`, H) } : { weight: get(`${name}.weight`, H), bias: get(`${name}.bias`, H) };
     this.embed = get('transformer.embedding.word_embeddings.weight', c.vocabSize * H);
     this.head = get('transformer.output_layer.weight', c.vocabSize * H);
     if (c.postLayerNorm) this.finalNorm = norm('transformer.encoder.final_layernorm');

@@ -61,7 +61,8 @@ function num(raw: Record<string, unknown>, keys: string[], fallback?: number): n
 /** GPT2Config's defaults and attribute map (hidden_size → n_embd, max_position_embeddings → n_positions, …). */
 export function parseGpt2Config(raw: Record<string, unknown>): Gpt2ReferenceConfig {
   const act = raw['activation_function'] ?? 'gelu_new';
-  if (typeof act !== 'string' || !TANH_GELUS.includes(act)) throw new Error(`activation_function ${JSON.stringify(act)} is not modelled (${TANH_GELUS.join(', ')} are)`);
+  if (typeof act !== 'string' || !TANH_GELUS.includes(act))
+    throw new Error(`activation_function ${JSON.stringify(act)} is not modelled (${TANH_GELUS.join(', ')} are)`);
   if (flag(raw, 'add_cross_attention', false)) throw new Error('add_cross_attention is not modelled');
   const hidden = num(raw, ['n_embd', 'hidden_size'], 768);
   const heads = num(raw, ['n_head', 'num_attention_heads'], 12);
@@ -184,7 +185,8 @@ export class ReferenceGpt2 {
    */
   forward(tokens: readonly number[], startPos: number = this.cacheLength): Float64Array[] {
     const c = this.config;
-    if (!Number.isInteger(startPos) || startPos < 0 || startPos > this.cacheLength) throw new Error(`startPos ${startPos} must be between 0 and ${this.cacheLength}`);
+    if (!Number.isInteger(startPos) || startPos < 0 || startPos > this.cacheLength)
+      throw new Error(`startPos ${startPos} must be between 0 and ${this.cacheLength}`);
     if (startPos + tokens.length > c.positions) throw new Error(`position ${startPos + tokens.length - 1} is past the ${c.positions} position embeddings`);
     for (let l = 0; l < c.layers; l++) {
       this.keys[l]!.length = startPos;
@@ -252,7 +254,11 @@ export class ReferenceGpt2 {
 }
 
 /** Greedy decoding as transformers' generate(do_sample=False) without EOS: prompt from position 0, then one token at a time. */
-export function referenceGreedyGpt2(model: ReferenceGpt2, prompt: readonly number[], maxNewTokens: number): { ids: number[]; prompt: Float64Array[]; steps: Float64Array[]; margins: number[] } {
+export function referenceGreedyGpt2(
+  model: ReferenceGpt2,
+  prompt: readonly number[],
+  maxNewTokens: number,
+): { ids: number[]; prompt: Float64Array[]; steps: Float64Array[]; margins: number[] } {
   const promptLogits = model.forward(prompt, 0);
   const ids: number[] = [];
   const steps: Float64Array[] = [];

@@ -275,19 +275,7 @@ export function permuteForNormalRope(w: ArrayLike<number>, nHeads: number, headD
 // The model.
 
 export type TraceName =
-  | 'embed'
-  | 'attn_norm'
-  | 'q_proj'
-  | 'k_proj'
-  | 'v_proj'
-  | 'q'
-  | 'k'
-  | 'attn'
-  | 'attn_out'
-  | 'ffn_norm'
-  | 'ffn_out'
-  | 'layer_out'
-  | 'final_norm';
+  'embed' | 'attn_norm' | 'q_proj' | 'k_proj' | 'v_proj' | 'q' | 'k' | 'attn' | 'attn_out' | 'ffn_norm' | 'ffn_out' | 'layer_out' | 'final_norm';
 
 /**
  * Intermediate values, for debugging an engine layer by layer. `q`/`k` are after q_norm/k_norm and rope
@@ -439,7 +427,6 @@ export class ReferenceLlama {
     const D = c.headDim;
     const nRep = c.numHeads / c.numKvHeads;
     const scale = 1 / Math.sqrt(D);
-    const n = tokens.length;
     const emit = (layer: number, name: TraceName, i: number, values: Float64Array): void => {
       if (trace) trace({ layer, name, pos: startPos + i, values: Float64Array.from(values) });
     };

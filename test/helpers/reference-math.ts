@@ -91,7 +91,16 @@ export function layerNorm(x: ArrayLike<number>, weight: ArrayLike<number>, bias:
  * One head's causal attention step over a KV cache, after the caller filled scores[0 ..= pos] and found their max:
  * scores become softmax weights in place, and attn[outOffset + d] += Σ_j p_j · V[j][vOffset + d] for d < D.
  */
-export function softmaxAttend(scores: Float64Array, pos: number, max: number, V: readonly Float64Array[], vOffset: number, attn: Float64Array, outOffset: number, D: number): void {
+export function softmaxAttend(
+  scores: Float64Array,
+  pos: number,
+  max: number,
+  V: readonly Float64Array[],
+  vOffset: number,
+  attn: Float64Array,
+  outOffset: number,
+  D: number,
+): void {
   let sum = 0;
   for (let j = 0; j <= pos; j++) {
     scores[j] = Math.exp(scores[j]! - max);

@@ -87,7 +87,11 @@ export interface TinyBaichuanCheckpoint {
 }
 
 /** Writes `dir/config.json` and `dir/model.safetensors` for one tiny Baichuan and returns what was stored. */
-export function writeTinyBaichuanCheckpoint(dir: string, name: TinyBaichuanName, opts: { dtype?: TinyStorageDtype; seed?: number } = {}): TinyBaichuanCheckpoint {
+export function writeTinyBaichuanCheckpoint(
+  dir: string,
+  name: TinyBaichuanName,
+  opts: { dtype?: TinyStorageDtype; seed?: number } = {},
+): TinyBaichuanCheckpoint {
   const base = TINY_BAICHUAN_CONFIGS[name];
   if (!base) throw new Error(`unknown tiny Baichuan ${JSON.stringify(name)}; known: ${TINY_BAICHUAN_NAMES.join(', ')}`);
   const dtype = opts.dtype ?? 'float32';

@@ -119,7 +119,6 @@ export function hashName(s: string): number {
   return h;
 }
 
-
 /** The stored tensors of a written checkpoint: values exactly as stored (widened to float32), shapes, file order. */
 export interface SeededTensors {
   tensors: Record<string, Float32Array>;

@@ -18,7 +18,11 @@ const LAYER: Record<string, string> = {
   'mlp.up_proj': 'ffn_up',
   'mlp.down_proj': 'ffn_down',
 };
-const GLOBAL: Record<string, string> = { 'model.embed_tokens.weight': 'token_embd.weight', 'model.norm.weight': 'output_norm.weight', 'lm_head.weight': 'output.weight' };
+const GLOBAL: Record<string, string> = {
+  'model.embed_tokens.weight': 'token_embd.weight',
+  'model.norm.weight': 'output_norm.weight',
+  'lm_head.weight': 'output.weight',
+};
 
 /**
  * Writes the checkpoint as llama.cpp's converter would: llama.cpp names, Llama-architecture q/k rows
@@ -42,7 +46,8 @@ export function writeTinyGguf(ck: TinyFamilyCheckpoint, matrixDtype: 'float32' |
     const dtype = shape.length === 2 ? matrixDtype : 'float32';
     tensors.push({ name: gguf, shape, dtype, data: encodeTensor(values, dtype) });
   }
-  if (h.freqFactors) tensors.push({ name: 'rope_freqs.weight', shape: [h.freqFactors.length], dtype: 'float32', data: new Uint8Array(h.freqFactors.buffer.slice(0)) });
+  if (h.freqFactors)
+    tensors.push({ name: 'rope_freqs.weight', shape: [h.freqFactors.length], dtype: 'float32', data: new Uint8Array(h.freqFactors.buffer.slice(0)) });
   const metadata = {
     'general.architecture': arch,
     [`${arch}.block_count`]: gv.u32(h.layers),

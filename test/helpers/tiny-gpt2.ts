@@ -52,7 +52,15 @@ export const TINY_GPT2_CONFIGS: Readonly<Record<TinyGpt2Name, Readonly<Record<st
     reorder_and_upcast_attn: true,
     tie_word_embeddings: false,
   },
-  'gpt2-unscaled': { ...SHARED, n_layer: 2, vocab_size: 72, n_inner: 128, activation_function: 'gelu_fast', layer_norm_epsilon: 1e-5, scale_attn_weights: false },
+  'gpt2-unscaled': {
+    ...SHARED,
+    n_layer: 2,
+    vocab_size: 72,
+    n_inner: 128,
+    activation_function: 'gelu_fast',
+    layer_norm_epsilon: 1e-5,
+    scale_attn_weights: false,
+  },
 };
 
 export const TINY_GPT2_NAMES = Object.keys(TINY_GPT2_CONFIGS) as TinyGpt2Name[];

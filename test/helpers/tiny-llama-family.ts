@@ -13,10 +13,18 @@
 import { hashName, writeSeededCheckpoint, type TinyStorageDtype } from './tiny-checkpoint.js';
 
 // The dtype helpers moved to tiny-checkpoint.ts; the tests and the other tiny models still import them from here.
-export { bfloat16BitsToFloat32, decodeTensor, encodeTensor, float16BitsToFloat32, float32ToBfloat16Bits, float32ToFloat16Bits, roundToDtype, type TinyStorageDtype } from './tiny-checkpoint.js';
+export {
+  bfloat16BitsToFloat32,
+  decodeTensor,
+  encodeTensor,
+  float16BitsToFloat32,
+  float32ToBfloat16Bits,
+  float32ToFloat16Bits,
+  roundToDtype,
+  type TinyStorageDtype,
+} from './tiny-checkpoint.js';
 
 export type TinyFamilyName = 'llama2' | 'llama3' | 'llama-linear' | 'mistral' | 'qwen2' | 'qwen3' | 'llama3-tied';
-
 
 const SHARED = {
   hidden_act: 'silu',

@@ -126,7 +126,11 @@ const isRouter = (name: string): boolean => /\.(block_sparse_moe|mlp)\.gate\.wei
  * Writes `dir/config.json` and the weights: `model.safetensors`, or with `shards` > 1 that many files and a
  * `model.safetensors.index.json` (tensors split in file order, so a layer's experts can straddle two files).
  */
-export function writeTinyMoeCheckpoint(dir: string, name: TinyMoeName, opts: { dtype?: TinyStorageDtype; seed?: number; shards?: number } = {}): TinyMoeCheckpoint {
+export function writeTinyMoeCheckpoint(
+  dir: string,
+  name: TinyMoeName,
+  opts: { dtype?: TinyStorageDtype; seed?: number; shards?: number } = {},
+): TinyMoeCheckpoint {
   const base = TINY_MOE_CONFIGS[name];
   if (!base) throw new Error(`unknown tiny MoE model ${JSON.stringify(name)}; known: ${TINY_MOE_NAMES.join(', ')}`);
   const dtype = opts.dtype ?? 'float32';

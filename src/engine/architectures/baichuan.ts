@@ -119,7 +119,13 @@ function decoderLayer(gb: GraphBuilder, h: BaichuanHyper, w: WeightLookup, i: nu
   }
 
   // This batch's K and V into the layer's cache, then attention over everything cached.
-  const merged = kvAttention(gb, cache, step, q, k, v, { headDim: D, heads: h.heads, kvHeads: h.heads, scale: 1 / Math.sqrt(D), maxBias: h.rope ? 0 : BAICHUAN_ALIBI_MAX_BIAS });
+  const merged = kvAttention(gb, cache, step, q, k, v, {
+    headDim: D,
+    heads: h.heads,
+    kvHeads: h.heads,
+    scale: 1 / Math.sqrt(D),
+    maxBias: h.rope ? 0 : BAICHUAN_ALIBI_MAX_BIAS,
+  });
   x = gb.add(x, gb.mulMat(w(`${p}.self_attn.o_proj.weight`), merged));
 
   // MLP block: down(silu(gate(x)) * up(x)).

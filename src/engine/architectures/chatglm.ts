@@ -81,7 +81,11 @@ export function chatglmHyper(cfg: ConfigReader, family: string): ChatglmHyper {
     throw new InputError(cfg.file, 'this is a ChatGLM-6B (first generation) config; the engine runs ChatGLM2 and later only', 'UNSUPPORTED_ARCHITECTURE');
   }
   if ((cfg.optInt('quantization_bit') ?? 0) !== 0) {
-    throw new InputError(cfg.file, 'quantization_bit checkpoints (QuantizedLinear int4/int8 weights) are not supported by the engine', 'UNSUPPORTED_ARCHITECTURE');
+    throw new InputError(
+      cfg.file,
+      'quantization_bit checkpoints (QuantizedLinear int4/int8 weights) are not supported by the engine',
+      'UNSUPPORTED_ARCHITECTURE',
+    );
   }
   if (cfg.optInt('pre_seq_len') !== undefined) {
     throw new InputError(cfg.file, 'P-tuning prefixes (pre_seq_len) are not supported by the engine', 'UNSUPPORTED_ARCHITECTURE');
@@ -130,7 +134,12 @@ export function chatglmHyper(cfg: ConfigReader, family: string): ChatglmHyper {
 const qkvRows = (h: ChatglmHyper): number => h.heads * h.headDim + 2 * h.kvDim;
 
 function normTensors(h: ChatglmHyper, name: string): ArchTensor[] {
-  return h.rmsNorm ? [{ name: `${name}.weight`, ne: [h.hidden] }] : [{ name: `${name}.weight`, ne: [h.hidden] }, { name: `${name}.bias`, ne: [h.hidden] }];
+  return h.rmsNorm
+    ? [{ name: `${name}.weight`, ne: [h.hidden] }]
+    : [
+        { name: `${name}.weight`, ne: [h.hidden] },
+        { name: `${name}.bias`, ne: [h.hidden] },
+      ];
 }
 
 /** One GLMBlock's checkpoint tensors with their ggml shapes (innermost first). */

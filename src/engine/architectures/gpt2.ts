@@ -41,10 +41,16 @@ export function gpt2Hyper(cfg: ConfigReader, family: string): Gpt2Hyper {
   const heads = cfg.int(KEYS.heads);
   if (heads < 1 || hidden % heads !== 0) throw new InputError(cfg.file, `n_embd ${hidden} is not a multiple of n_head ${heads}`, 'BAD_CONFIG');
   const act = cfg.optString('activation_function') ?? 'gelu_new';
-  if (!TANH_GELU.has(act)) throw new InputError(cfg.file, `activation_function ${act} is not supported by the engine yet (${[...TANH_GELU].join(', ')} are)`, 'UNSUPPORTED_ARCHITECTURE');
+  if (!TANH_GELU.has(act))
+    throw new InputError(
+      cfg.file,
+      `activation_function ${act} is not supported by the engine yet (${[...TANH_GELU].join(', ')} are)`,
+      'UNSUPPORTED_ARCHITECTURE',
+    );
   // Cross-attention layers only act on encoder states, which a causal LM run never has; their
   // weights would still be planned for, so such checkpoints are refused rather than mis-planned.
-  if (cfg.bool('add_cross_attention', false)) throw new InputError(cfg.file, 'GPT-2 with add_cross_attention is not supported by the engine', 'UNSUPPORTED_ARCHITECTURE');
+  if (cfg.bool('add_cross_attention', false))
+    throw new InputError(cfg.file, 'GPT-2 with add_cross_attention is not supported by the engine', 'UNSUPPORTED_ARCHITECTURE');
   // GPT2Config maps max_position_embeddings to n_positions: wpe has exactly that many rows.
   const positions = cfg.optInt(['n_positions', 'max_position_embeddings'], 1024);
   return {

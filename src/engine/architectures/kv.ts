@@ -55,9 +55,11 @@ export function kvAttention(gb: GraphBuilder, cache: LayerCache, step: StepInput
   if (o.heads % o.kvHeads !== 0) throw new ShapeError('kv', `${o.heads} query heads do not divide into ${o.kvHeads} K/V heads`);
   const kvDim = o.headDim * o.kvHeads;
   const K = gb.shape(cache.k);
-  if (K[0] !== kvDim || gb.shape(cache.v)[0] !== kvDim || gb.shape(cache.v)[1] !== K[1]) throw new ShapeError('kv', `the cache [${K.join(', ')}] does not hold rows of ${kvDim}`);
+  if (K[0] !== kvDim || gb.shape(cache.v)[0] !== kvDim || gb.shape(cache.v)[1] !== K[1])
+    throw new ShapeError('kv', `the cache [${K.join(', ')}] does not hold rows of ${kvDim}`);
   const nKv = step.nKv;
-  if (!Number.isSafeInteger(nKv) || nKv < n || nKv > K[1]) throw new ShapeError('kv', `a KV length of ${nKv} does not fit ${n} tokens in a cache of ${K[1]} rows`);
+  if (!Number.isSafeInteger(nKv) || nKv < n || nKv > K[1])
+    throw new ShapeError('kv', `a KV length of ${nKv} does not fit ${n} tokens in a cache of ${K[1]} rows`);
 
   step.writes.push(gb.setRows(cache.k, asRows(gb, k, kvDim, n), step.kvRows));
   step.writes.push(gb.setRows(cache.v, asRows(gb, v, kvDim, n), step.kvRows));

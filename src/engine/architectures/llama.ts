@@ -40,7 +40,8 @@ export function isLlamaFamily(family: string): boolean {
 
 export function llamaHyper(raw: ConfigReader, family: string): LlamaHyper {
   const spec = ARCHITECTURES.find((a) => a.family === family);
-  if (!FAMILIES.includes(family) || !spec?.llamaStyle) throw new InputError(raw.file, `the engine runs the Llama family (${FAMILIES.join(', ')}), not ${family}`, 'UNSUPPORTED_ARCHITECTURE');
+  if (!FAMILIES.includes(family) || !spec?.llamaStyle)
+    throw new InputError(raw.file, `the engine runs the Llama family (${FAMILIES.join(', ')}), not ${family}`, 'UNSUPPORTED_ARCHITECTURE');
   // One reading of config.json for the reader and the engine: the family's own defaults (Qwen3's
   // head_dim 128), biases and ties, exactly as the skeleton was built.
   const { cfg, options: o } = spec.llamaStyle(raw);
@@ -67,7 +68,8 @@ export function llamaHyper(raw: ConfigReader, family: string): LlamaHyper {
     kvDim: 0,
   };
   h.kvDim = h.kvHeads * h.headDim;
-  if (h.heads % h.kvHeads !== 0) throw new InputError(cfg.file, `num_attention_heads ${h.heads} is not a multiple of num_key_value_heads ${h.kvHeads}`, 'BAD_CONFIG');
+  if (h.heads % h.kvHeads !== 0)
+    throw new InputError(cfg.file, `num_attention_heads ${h.heads} is not a multiple of num_key_value_heads ${h.kvHeads}`, 'BAD_CONFIG');
   if (h.headDim % 2 !== 0) throw new InputError(cfg.file, `head dim ${h.headDim} must be even for rotary embeddings`, 'BAD_CONFIG');
   applyRopeScaling(cfg, h);
   return h;
@@ -129,7 +131,11 @@ export function layerTensors(h: LlamaHyper, i: number): { name: string; ne: numb
     { name: `${p}.mlp.down_proj.weight`, ne: [h.ffn, h.hidden] },
   ];
   if (h.qkvBias) {
-    out.push({ name: `${p}.self_attn.q_proj.bias`, ne: [q] }, { name: `${p}.self_attn.k_proj.bias`, ne: [kv] }, { name: `${p}.self_attn.v_proj.bias`, ne: [kv] });
+    out.push(
+      { name: `${p}.self_attn.q_proj.bias`, ne: [q] },
+      { name: `${p}.self_attn.k_proj.bias`, ne: [kv] },
+      { name: `${p}.self_attn.v_proj.bias`, ne: [kv] },
+    );
   }
   if (h.oBias) out.push({ name: `${p}.self_attn.o_proj.bias`, ne: [h.hidden] });
   if (h.qkNorm) out.push({ name: `${p}.self_attn.q_norm.weight`, ne: [h.headDim] }, { name: `${p}.self_attn.k_norm.weight`, ne: [h.headDim] });
@@ -140,7 +146,11 @@ export const EMBED = 'model.embed_tokens.weight';
 export const FINAL_NORM = 'model.norm.weight';
 export const HEAD = 'lm_head.weight';
 
-export function globalTensors(h: LlamaHyper): { embed: { name: string; ne: number[] }; norm: { name: string; ne: number[] }; head?: { name: string; ne: number[] } } {
+export function globalTensors(h: LlamaHyper): {
+  embed: { name: string; ne: number[] };
+  norm: { name: string; ne: number[] };
+  head?: { name: string; ne: number[] };
+} {
   const g: ReturnType<typeof globalTensors> = {
     embed: { name: EMBED, ne: [h.hidden, h.vocab] },
     norm: { name: FINAL_NORM, ne: [h.hidden] },

@@ -31,9 +31,38 @@ export type Ptr = Handle<'void*'>;
 
 /** ggml_type values (ggml.h); re-check when the pinned package changes. */
 export const GGML_TYPE = {
-  F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q5_0: 6, Q5_1: 7, Q8_0: 8, Q8_1: 9, Q2_K: 10, Q3_K: 11, Q4_K: 12, Q5_K: 13,
-  Q6_K: 14, Q8_K: 15, IQ2_XXS: 16, IQ2_XS: 17, IQ3_XXS: 18, IQ1_S: 19, IQ4_NL: 20, IQ3_S: 21, IQ2_S: 22, IQ4_XS: 23,
-  I8: 24, I16: 25, I32: 26, I64: 27, F64: 28, IQ1_M: 29, BF16: 30, TQ1_0: 34, TQ2_0: 35, MXFP4: 39,
+  F32: 0,
+  F16: 1,
+  Q4_0: 2,
+  Q4_1: 3,
+  Q5_0: 6,
+  Q5_1: 7,
+  Q8_0: 8,
+  Q8_1: 9,
+  Q2_K: 10,
+  Q3_K: 11,
+  Q4_K: 12,
+  Q5_K: 13,
+  Q6_K: 14,
+  Q8_K: 15,
+  IQ2_XXS: 16,
+  IQ2_XS: 17,
+  IQ3_XXS: 18,
+  IQ1_S: 19,
+  IQ4_NL: 20,
+  IQ3_S: 21,
+  IQ2_S: 22,
+  IQ4_XS: 23,
+  I8: 24,
+  I16: 25,
+  I32: 26,
+  I64: 27,
+  F64: 28,
+  IQ1_M: 29,
+  BF16: 30,
+  TQ1_0: 34,
+  TQ2_0: 35,
+  MXFP4: 39,
 } as const;
 export type GgmlType = (typeof GGML_TYPE)[keyof typeof GGML_TYPE];
 
@@ -155,7 +184,8 @@ const BASE = {
   ggml_backend_reg_dev_get: 'void *ggml_backend_reg_dev_get(void *reg, size_t index)',
   ggml_backend_dev_get_props: 'void ggml_backend_dev_get_props(void *dev, _Out_ uint8_t *props)',
   ggml_backend_supports_op: 'bool ggml_backend_supports_op(void *backend, void *op)',
-  ggml_quantize_chunk: 'size_t ggml_quantize_chunk(int type, const float *src, _Out_ uint8_t *dst, int64_t start, int64_t nrows, int64_t n_per_row, const float *imatrix)',
+  ggml_quantize_chunk:
+    'size_t ggml_quantize_chunk(int type, const float *src, _Out_ uint8_t *dst, int64_t start, int64_t nrows, int64_t n_per_row, const float *imatrix)',
 } as const;
 
 const REGISTRY = {
@@ -267,10 +297,13 @@ export function loadGgml(): Ggml {
     graphOverhead: (size) => raw.ggml_graph_overhead_custom(size, false) as number,
     newTensor: (ctx, type, ne) => {
       const t =
-        ne.length === 1 ? raw.ggml_new_tensor_1d(ctx, type, ne[0])
-        : ne.length === 2 ? raw.ggml_new_tensor_2d(ctx, type, ne[0], ne[1])
-        : ne.length === 3 ? raw.ggml_new_tensor_3d(ctx, type, ne[0], ne[1], ne[2])
-        : raw.ggml_new_tensor_4d(ctx, type, ne[0], ne[1], ne[2], ne[3]);
+        ne.length === 1
+          ? raw.ggml_new_tensor_1d(ctx, type, ne[0])
+          : ne.length === 2
+            ? raw.ggml_new_tensor_2d(ctx, type, ne[0], ne[1])
+            : ne.length === 3
+              ? raw.ggml_new_tensor_3d(ctx, type, ne[0], ne[1], ne[2])
+              : raw.ggml_new_tensor_4d(ctx, type, ne[0], ne[1], ne[2], ne[3]);
       if (!t) throw new VramfitError('GGML', 'ggml context is out of tensor slots', 1);
       return t as Tensor;
     },
@@ -284,8 +317,8 @@ export function loadGgml(): Ggml {
     blockSize: (type) => blockSizes.get(type) ?? blockSizes.set(type, Number(raw.ggml_blck_size(type))).get(type)!,
     // ggml_row_size: type_size · ne / blck_size, in integers.
     rowSize: (type, ne) => Math.floor((g.typeSize(type) * ne) / g.blockSize(type)),
-    ne: (t) => (Array.from(koffi.decode(t, T_OFF.ne, 'int64_t', 4) as ArrayLike<number | bigint>, Number) as [number, number, number, number]),
-    nb: (t) => (Array.from(koffi.decode(t, T_OFF.nb, 'uint64_t', 4) as ArrayLike<number | bigint>, Number) as [number, number, number, number]),
+    ne: (t) => Array.from(koffi.decode(t, T_OFF.ne, 'int64_t', 4) as ArrayLike<number | bigint>, Number) as [number, number, number, number],
+    nb: (t) => Array.from(koffi.decode(t, T_OFF.nb, 'uint64_t', 4) as ArrayLike<number | bigint>, Number) as [number, number, number, number],
     type: (t) => koffi.decode(t, T_OFF.type, 'int') as GgmlType,
     setThreads: () => undefined,
     lastAbortMessage: () => lastAbort,
@@ -309,7 +342,6 @@ export function loadGgml(): Ggml {
   loaded = g;
   return g;
 }
-
 
 /** What became of one optional GPU package when vramfit tried to use it. */
 export interface GpuPackageStatus {
@@ -366,7 +398,13 @@ export function loadGpuBackends(g: Ggml): GpuPackageStatus[] {
     }
     const count = g.raw.ggml_backend_reg_dev_count(reg) as number;
     if (count === 0) {
-      return { backend, package: wanted, state: 'no-device', detail: `${pkg} is installed but found no usable device${said.length ? ` (${said.join(' ')})` : ''}; it looked for ${looksFor}`, reg };
+      return {
+        backend,
+        package: wanted,
+        state: 'no-device',
+        detail: `${pkg} is installed but found no usable device${said.length ? ` (${said.join(' ')})` : ''}; it looked for ${looksFor}`,
+        reg,
+      };
     }
     return { backend, package: wanted, state: 'ready', detail: `${count} device(s)`, reg };
   });
@@ -385,7 +423,8 @@ function checkTensorLayout(g: Ggml): void {
       g.nb(t).join() === '4,28,140,420' &&
       koffi.decode(t, T_OFF.name, 'char', 9) === 'abi_probe' &&
       g.nbytes(t) === 420;
-    if (!ok) throw new EngineUnavailableError('struct ggml_tensor does not have the layout this vramfit was built for (check the pinned @node-llama-cpp version)');
+    if (!ok)
+      throw new EngineUnavailableError('struct ggml_tensor does not have the layout this vramfit was built for (check the pinned @node-llama-cpp version)');
   } finally {
     g.free(ctx);
   }

@@ -185,7 +185,14 @@ export class GraphBuilder {
     if (maxBias > 0 && !mask) throw new ShapeError('soft_max', 'ALiBi (max_bias > 0) needs a mask holding the position offsets');
     if (mask) {
       const M = this.info(mask);
-      if ((M.type !== GGML_TYPE.F32 && M.type !== GGML_TYPE.F16) || !M.contiguous || M.ne[0] !== A.ne[0] || M.ne[1] < A.ne[1] || A.ne[2] % M.ne[2] !== 0 || A.ne[3] % M.ne[3] !== 0) {
+      if (
+        (M.type !== GGML_TYPE.F32 && M.type !== GGML_TYPE.F16) ||
+        !M.contiguous ||
+        M.ne[0] !== A.ne[0] ||
+        M.ne[1] < A.ne[1] ||
+        A.ne[2] % M.ne[2] !== 0 ||
+        A.ne[3] % M.ne[3] !== 0
+      ) {
         throw new ShapeError('soft_max', `mask [${M.ne.join(', ')}] does not fit scores [${A.ne.join(', ')}]`);
       }
     }
@@ -205,7 +212,11 @@ export class GraphBuilder {
     const M = this.info(mask);
     if (Q.type !== GGML_TYPE.F32) throw new ShapeError('flash_attn_ext', 'q must be F32');
     if (K.type !== GGML_TYPE.F16 || V.type !== GGML_TYPE.F16) throw new ShapeError('flash_attn_ext', 'k and v must be F16');
-    for (const [t, m] of [[q, Q], [k, K], [v, V]] as const) {
+    for (const [t, m] of [
+      [q, Q],
+      [k, K],
+      [v, V],
+    ] as const) {
       if (!m.contiguous && this.g.nb(t)[0] !== this.g.typeSize(m.type)) throw new ShapeError('flash_attn_ext', 'q, k and v rows must be contiguous');
     }
     if (K.ne[0] !== Q.ne[0] || V.ne[1] !== K.ne[1] || V.ne[2] !== K.ne[2] || Q.ne[2] % K.ne[2] !== 0 || Q.ne[3] !== K.ne[3] || Q.ne[3] !== V.ne[3]) {
@@ -225,7 +236,8 @@ export class GraphBuilder {
   rope(a: Tensor, pos: Tensor, freqFactors: Tensor | null, o: { nDims: number; mode: number; nCtxOrig: number; base: number; freqScale: number }): Tensor {
     const A = this.info(a).ne;
     const P = this.info(pos);
-    if (P.type !== GGML_TYPE.I32 || P.ne[0] !== A[2] || P.ne[1] !== 1) throw new ShapeError('rope', `positions [${P.ne.join(', ')}] do not match ${A[2]} tokens`);
+    if (P.type !== GGML_TYPE.I32 || P.ne[0] !== A[2] || P.ne[1] !== 1)
+      throw new ShapeError('rope', `positions [${P.ne.join(', ')}] do not match ${A[2]} tokens`);
     if (o.mode !== ROPE_MODE.NEOX && o.mode !== ROPE_MODE.NORMAL) throw new ShapeError('rope', `unsupported mode ${o.mode}`);
     if (o.nDims > A[0] || o.nDims % 2 !== 0) throw new ShapeError('rope', `n_dims ${o.nDims} does not fit head size ${A[0]}`);
     if (freqFactors) {
@@ -239,7 +251,8 @@ export class GraphBuilder {
   reshape(a: Tensor, ne: readonly number[]): Tensor {
     const A = this.info(a);
     const n = A.ne.reduce((x, y) => x * y, 1);
-    if (!A.contiguous || ne.length < 1 || ne.length > 3 || ne.reduce((x, y) => x * y, 1) !== n) throw new ShapeError('reshape', `[${A.ne.join(', ')}] to [${ne.join(', ')}]`);
+    if (!A.contiguous || ne.length < 1 || ne.length > 3 || ne.reduce((x, y) => x * y, 1) !== n)
+      throw new ShapeError('reshape', `[${A.ne.join(', ')}] to [${ne.join(', ')}]`);
     // A 1-D shape is [n, 1] to ggml: trailing dimensions of 1 are the same tensor.
     const t = ne.length <= 2 ? this.g.raw.ggml_reshape_2d(this.ctx, a, ne[0], ne[1] ?? 1) : this.g.raw.ggml_reshape_3d(this.ctx, a, ne[0], ne[1], ne[2]);
     return this.made(t as Tensor, ne, A.type);
@@ -253,9 +266,11 @@ export class GraphBuilder {
     const last = offset + rowBytes + (ne.length > 1 ? (ne[1]! - 1) * nb[0]! : 0) + (ne.length > 2 ? (ne[2]! - 1) * nb[1]! : 0);
     if (offset < 0 || last > total) throw new ShapeError('view', `view [${ne.join(', ')}] at ${offset} exceeds ${total} bytes`);
     const t =
-      ne.length === 1 ? this.g.raw.ggml_view_1d(this.ctx, a, ne[0], offset)
-      : ne.length === 2 ? this.g.raw.ggml_view_2d(this.ctx, a, ne[0], ne[1], nb[0], offset)
-      : this.g.raw.ggml_view_3d(this.ctx, a, ne[0], ne[1], ne[2], nb[0], nb[1], offset);
+      ne.length === 1
+        ? this.g.raw.ggml_view_1d(this.ctx, a, ne[0], offset)
+        : ne.length === 2
+          ? this.g.raw.ggml_view_2d(this.ctx, a, ne[0], ne[1], nb[0], offset)
+          : this.g.raw.ggml_view_3d(this.ctx, a, ne[0], ne[1], ne[2], nb[0], nb[1], offset);
     const contiguous = ne.length === 1 || (nb[0] === rowBytes && (ne.length < 3 || nb[1] === rowBytes * ne[1]!));
     return this.made(t as Tensor, ne, A.type, contiguous);
   }
@@ -302,13 +317,17 @@ export class GraphBuilder {
     const C = this.info(ids);
     if (A.type !== GGML_TYPE.F32 && A.type !== GGML_TYPE.F16) throw new ShapeError('set_rows', 'destination must be F32 or F16');
     if (B.type !== GGML_TYPE.F32 && B.type !== GGML_TYPE.F16) throw new ShapeError('set_rows', 'source must be F32 or F16');
-    if ((C.type !== GGML_TYPE.I32 && C.type !== GGML_TYPE.I64) || C.ne[1] !== 1 || C.ne[2] !== 1 || C.ne[3] !== 1) throw new ShapeError('set_rows', 'row ids must be a 1-D I32 or I64 tensor');
+    if ((C.type !== GGML_TYPE.I32 && C.type !== GGML_TYPE.I64) || C.ne[1] !== 1 || C.ne[2] !== 1 || C.ne[3] !== 1)
+      throw new ShapeError('set_rows', 'row ids must be a 1-D I32 or I64 tensor');
     if (A.ne[0] !== B.ne[0] || A.ne[2] !== B.ne[2] || A.ne[3] !== B.ne[3] || B.ne[1] !== C.ne[0]) {
       throw new ShapeError('set_rows', `cannot write [${B.ne.join(', ')}] into [${A.ne.join(', ')}] at ${C.ne[0]} rows`);
     }
     if (C.ne[0] > A.ne[1]) throw new ShapeError('set_rows', `${C.ne[0]} rows do not fit the ${A.ne[1]} of the destination`);
     // ggml asserts that both have contiguous rows (nb[0] = the type's size).
-    for (const [t, m] of [[dst, A], [src, B]] as const) {
+    for (const [t, m] of [
+      [dst, A],
+      [src, B],
+    ] as const) {
       if (!m.contiguous && this.g.nb(t)[0] !== this.g.typeSize(m.type)) throw new ShapeError('set_rows', 'rows must be contiguous');
     }
     return this.made(this.g.raw.ggml_set_rows(this.ctx, dst, src, ids) as Tensor, A.ne, A.type, A.contiguous);
@@ -361,7 +380,8 @@ export class GraphBuilder {
   getRowsBatched(a: Tensor, ids: Tensor): Tensor {
     const A = this.info(a);
     const I = this.info(ids);
-    if (A.type !== GGML_TYPE.F32 || !A.contiguous || A.ne[3] !== 1) throw new ShapeError('get_rows', `table must be a contiguous 3-D F32 tensor, got [${A.ne.join(', ')}]`);
+    if (A.type !== GGML_TYPE.F32 || !A.contiguous || A.ne[3] !== 1)
+      throw new ShapeError('get_rows', `table must be a contiguous 3-D F32 tensor, got [${A.ne.join(', ')}]`);
     if (I.type !== GGML_TYPE.I32 || I.ne[2] !== 1 || I.ne[3] !== 1 || I.ne[1] !== A.ne[2]) {
       throw new ShapeError('get_rows', `ids [${I.ne.join(', ')}] must be I32 [k, ${A.ne[2]}]`);
     }
@@ -380,8 +400,10 @@ export class GraphBuilder {
     const B = this.info(b);
     const I = this.info(ids);
     if (!A.contiguous || A.ne[3] !== 1) throw new ShapeError('mul_mat_id', `matrices must be one contiguous 3-D tensor, got [${A.ne.join(', ')}]`);
-    if (B.type !== GGML_TYPE.F32 || !B.contiguous || B.ne[3] !== 1) throw new ShapeError('mul_mat_id', `input must be a contiguous 3-D F32 tensor, got [${B.ne.join(', ')}]`);
-    if (I.type !== GGML_TYPE.I32 || I.ne[2] !== 1 || I.ne[3] !== 1) throw new ShapeError('mul_mat_id', `ids must be a 2-D I32 tensor, got [${I.ne.join(', ')}]`);
+    if (B.type !== GGML_TYPE.F32 || !B.contiguous || B.ne[3] !== 1)
+      throw new ShapeError('mul_mat_id', `input must be a contiguous 3-D F32 tensor, got [${B.ne.join(', ')}]`);
+    if (I.type !== GGML_TYPE.I32 || I.ne[2] !== 1 || I.ne[3] !== 1)
+      throw new ShapeError('mul_mat_id', `ids must be a 2-D I32 tensor, got [${I.ne.join(', ')}]`);
     if (A.ne[0] !== B.ne[0] || I.ne[1] !== B.ne[2] || I.ne[0] % B.ne[1] !== 0) {
       throw new ShapeError('mul_mat_id', `cannot multiply [${A.ne.join(', ')}] by [${B.ne.join(', ')}] with ids [${I.ne.join(', ')}]`);
     }

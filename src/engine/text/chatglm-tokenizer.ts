@@ -111,7 +111,7 @@ export function loadChatglmTokenizer(modelDir: string): ChatglmTokenizer {
   };
 
   const encode = (text: string, options: EncodeOptions = {}): number[] =>
-    options.addSpecialTokens ?? true ? [...prefix, ...encodeText(text)] : encodeText(text);
+    (options.addSpecialTokens ?? true) ? [...prefix, ...encodeText(text)] : encodeText(text);
 
   const decode = (ids: readonly number[], options: DecodeOptions = {}): string => {
     // Ids past the vocabulary (the embedding is padded to 65024 rows) decode to nothing.
@@ -139,7 +139,9 @@ export function loadChatglmTokenizer(modelDir: string): ChatglmTokenizer {
   // build_single_message hands text to SentencePiece directly, so role tokens in a message stay text even with
   // encode_special_tokens.
   const chat = version === 'chatglm3' ? chatglm3Chat(where, (text) => sp.encode(text), special, prefix) : chatglm2Chat(where, encode);
-  const eosTokenIds = [...new Set([...(sp.eosId >= 0 ? [sp.eosId] : []), ...(version === 'chatglm3' ? [special('<|user|>'), special('<|observation|>')] : []), ...generationEos])];
+  const eosTokenIds = [
+    ...new Set([...(sp.eosId >= 0 ? [sp.eosId] : []), ...(version === 'chatglm3' ? [special('<|user|>'), special('<|observation|>')] : []), ...generationEos]),
+  ];
 
   return {
     modelDir,
@@ -178,7 +180,10 @@ function chatglm2Chat(where: string, encode: (text: string, options?: EncodeOpti
     messages.forEach((m, i) => {
       const expected = i % 2 === 0 ? 'user' : 'assistant';
       if (m.role !== expected) {
-        throw new InputError(where, `message ${i + 1} has role "${m.role}"; ChatGLM2's format alternates user and assistant turns, starting with the user, and has no system role`);
+        throw new InputError(
+          where,
+          `message ${i + 1} has role "${m.role}"; ChatGLM2's format alternates user and assistant turns, starting with the user, and has no system role`,
+        );
       }
       const round = Math.floor(i / 2) + 1;
       if (m.role === 'user') {

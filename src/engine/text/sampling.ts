@@ -69,10 +69,7 @@ export function topPFilter(logits: Float32Array, p: number): Float32Array {
  * The distribution transformers samples from: softmax of the logits after temperature, top-k and top-p, in that
  * order. Removed tokens get probability 0. All logits -Infinity/NaN gives all zeros.
  */
-export function samplingDistribution(
-  logits: Float32Array,
-  options: { temperature?: number; topK?: number; topP?: number } = {},
-): Float64Array {
+export function samplingDistribution(logits: Float32Array, options: { temperature?: number; topK?: number; topP?: number } = {}): Float64Array {
   const { temperature = 1, topK, topP = 1 } = options;
   const n = logits.length;
   const scores = temperature === 1 ? logits : applyTemperature(logits, temperature);

@@ -532,7 +532,7 @@ export class SentencePieceBpe {
     // Symbols: one per character, or per user-defined piece (longest match), which never merges.
     const piece: string[] = [];
     const frozen: boolean[] = [];
-    for (let i = 0; i < normalized.length; ) {
+    for (let i = 0; i < normalized.length;) {
       let len = 0;
       let freeze = false;
       for (const u of this.userDefined.get(normalized[i]!) ?? []) {
@@ -542,7 +542,7 @@ export class SentencePieceBpe {
           break;
         }
       }
-      if (len === 0) len = (normalized.codePointAt(i)! > 0xffff ? 2 : 1);
+      if (len === 0) len = normalized.codePointAt(i)! > 0xffff ? 2 : 1;
       piece.push(normalized.slice(i, i + len));
       frozen.push(freeze);
       i += len;

@@ -16,9 +16,7 @@ export interface StopOptions {
   stopStrings?: readonly string[];
 }
 
-export type StopReason =
-  | { kind: 'eos'; tokenId: number }
-  | { kind: 'stop-string'; stopString: string };
+export type StopReason = { kind: 'eos'; tokenId: number } | { kind: 'stop-string'; stopString: string };
 
 export interface StopStep {
   /** Text that is now safe to show (possibly ''). */

@@ -89,9 +89,8 @@ export function loadTokenizer(modelDir: string): TextTokenizer {
 
   const eosTokenIds = resolveEosIds(generationConfig, tokenField('eos_token'), modelConfig, idOf);
   const bosTokenId = resolveBosId(tokenField('bos_token'), generationConfig, modelConfig, idOf);
-  const bosToken = tokenField('bos_token') ?? (bosTokenId === null ? null : tok.id_to_token(bosTokenId) ?? null);
-  const eosToken =
-    tokenField('eos_token') ?? (eosTokenIds[0] === undefined ? null : tok.id_to_token(eosTokenIds[0]) ?? null);
+  const bosToken = tokenField('bos_token') ?? (bosTokenId === null ? null : (tok.id_to_token(bosTokenId) ?? null));
+  const eosToken = tokenField('eos_token') ?? (eosTokenIds[0] === undefined ? null : (tok.id_to_token(eosTokenIds[0]) ?? null));
 
   const decode = (ids: readonly number[], options: DecodeOptions = {}): string => {
     // Models pad their embedding past the tokenizer's vocabulary (Qwen: 151936 rows, ~151670 tokens), so a sampled
@@ -101,8 +100,7 @@ export function loadTokenizer(modelDir: string): TextTokenizer {
     if (known.length === 0) return '';
     return tok.decode(known, { skip_special_tokens: options.skipSpecialTokens ?? false });
   };
-  const encode = (text: string, options: EncodeOptions = {}): number[] =>
-    tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
+  const encode = (text: string, options: EncodeOptions = {}): number[] => tok.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
 
   const cleanUp = libConfig.clean_up_tokenization_spaces === true;
   let chat: ChatTemplate | undefined;
@@ -124,8 +122,7 @@ export function loadTokenizer(modelDir: string): TextTokenizer {
     eosToken,
     encode,
     decode,
-    createStreamDecoder: (options: DecodeOptions = {}) =>
-      new StreamDecoder((ids) => decode(ids, options), { cleanUpTokenizationSpaces: cleanUp }),
+    createStreamDecoder: (options: DecodeOptions = {}) => new StreamDecoder((ids) => decode(ids, options), { cleanUpTokenizationSpaces: cleanUp }),
     applyChatTemplate: (messages, options = {}) => chatTemplate().render(messages, options),
     // transformers tokenizes a rendered chat with add_special_tokens=False: templates write bos_token themselves,
     // and adding it again would give the model a doubled BOS it never saw in training.
@@ -210,11 +207,7 @@ interface ChatTemplate {
 /** Thrown by the template's raise_exception(); told apart from interpreter failures, which are template bugs. */
 class TemplateRaised extends Error {}
 
-function loadChatTemplate(
-  modelDir: string,
-  tokenizerConfig: Json | undefined,
-  specialTokens: Record<string, string | null>,
-): ChatTemplate {
+function loadChatTemplate(modelDir: string, tokenizerConfig: Json | undefined, specialTokens: Record<string, string | null>): ChatTemplate {
   const { source, where } = findChatTemplate(modelDir, tokenizerConfig);
   let template: Template;
   try {

@@ -8,19 +8,7 @@
 import { AcceleratePlannerError, TORCH_DISK_DEVICE_MESSAGE } from './errors.js';
 import { type AccelerateDevice, type Budgets, type UserDeviceKey, getMaxMemory } from './max-memory.js';
 import { type AccelerateModel, classNameOf } from './model.js';
-import {
-  type PyNum,
-  PY_ZERO,
-  pyAdd,
-  pyFloat,
-  pyFloorDiv,
-  pyInt,
-  pyMax,
-  pyMin,
-  pySub,
-  pySum,
-  pyTrunc,
-} from './pynum.js';
+import { type PyNum, PY_ZERO, pyAdd, pyFloat, pyFloorDiv, pyInt, pyMax, pyMin, pySub, pySum, pyTrunc } from './pynum.js';
 import { type DtypeOptions, type ModuleSizes, computeModuleSizes } from './sizes.js';
 
 /**
@@ -28,12 +16,7 @@ import { type DtypeOptions, type ModuleSizes, computeModuleSizes } from './sizes
  * n = GPUs with a budget > 0 (n − 1 for low_zero); per GPU = total // n + int(1.25 × max(first no-split block,
  * mean leaf module)); every GPU but the last gets min(per GPU, its budget).
  */
-export function getBalancedMemory(
-  model: AccelerateModel,
-  user: Map<UserDeviceKey, number | string>,
-  opts: DtypeOptions,
-  lowZeroAsked: boolean,
-): Budgets {
+export function getBalancedMemory(model: AccelerateModel, user: Map<UserDeviceKey, number | string>, opts: DtypeOptions, lowZeroAsked: boolean): Budgets {
   const maxMemory = getMaxMemory(user);
   checkTorchDevices(maxMemory);
   const numDevices = [...maxMemory].filter(([d, mem]) => typeof d === 'number' && mem.value > 0).length;
@@ -133,11 +116,7 @@ function moduleLeaves(names: readonly string[]): string[] {
  * transformers' `_get_device_map` step after balancing: each GPU budget grows by the memory torch has reserved but
  * not allocated (`unused_reserved`), then every device is clipped back to what the user gave.
  */
-export function addUnusedReserved(
-  inferred: Budgets,
-  userConverted: ReadonlyMap<UserDeviceKey, PyNum>,
-  unusedReserved: ReadonlyMap<number, number>,
-): Budgets {
+export function addUnusedReserved(inferred: Budgets, userConverted: ReadonlyMap<UserDeviceKey, PyNum>, unusedReserved: ReadonlyMap<number, number>): Budgets {
   const out: Budgets = new Map(inferred);
   for (const [device, budget] of inferred) {
     let b = budget;

@@ -15,9 +15,7 @@ export function cleanDeviceMap(map: Map<string, AccelerateDevice>, moduleName = 
   // Recurse into the next name level below this module (deletions above never touch other subtrees).
   const depth = moduleName === '' ? 1 : moduleName.split('.').length + 1;
   const children = new Set(
-    [...map.keys()]
-      .filter((k) => k.startsWith(prefix) && k.length > moduleName.length)
-      .map((k) => k.split('.').slice(0, depth).join('.')),
+    [...map.keys()].filter((k) => k.startsWith(prefix) && k.length > moduleName.length).map((k) => k.split('.').slice(0, depth).join('.')),
   );
   for (const child of children) cleanDeviceMap(map, child);
   return map;

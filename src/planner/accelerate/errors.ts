@@ -1,20 +1,10 @@
 import { InputError } from '../../util/errors.js';
 
 /** The Python exception types accelerate (or torch under it) raises on planning inputs. */
-export type PythonErrorType =
-  | 'ValueError'
-  | 'KeyError'
-  | 'RuntimeError'
-  | 'IndexError'
-  | 'AttributeError'
-  | 'OverflowError';
+export type PythonErrorType = 'ValueError' | 'KeyError' | 'RuntimeError' | 'IndexError' | 'AttributeError' | 'OverflowError';
 
 /** The accelerate / transformers function the exception escapes from. */
-export type AccelerateStage =
-  | 'get_max_memory'
-  | 'get_balanced_memory'
-  | 'infer_auto_device_map'
-  | 'fallback_allocate';
+export type AccelerateStage = 'get_max_memory' | 'get_balanced_memory' | 'infer_auto_device_map' | 'fallback_allocate';
 
 /**
  * accelerate raised here: compat mode fails exactly where accelerate fails, with the same type and `str(e)`.

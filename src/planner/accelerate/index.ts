@@ -6,14 +6,7 @@
 import { InputError } from '../../util/errors.js';
 import { addUnusedReserved, getBalancedMemory } from './balance.js';
 import { inferAutoDeviceMap } from './infer.js';
-import {
-  type AccelerateDevice,
-  type Budgets,
-  budgetsToRecord,
-  convertSizes,
-  getMaxMemory,
-  userMaxMemory,
-} from './max-memory.js';
+import { type AccelerateDevice, type Budgets, budgetsToRecord, convertSizes, getMaxMemory, userMaxMemory } from './max-memory.js';
 import type { AccelerateInfoLog, AccelerateWarning } from './messages.js';
 import { type AccelerateModel, type AccelerateModelInput, type AcceleratePlanInput, buildAccelerateModel } from './model.js';
 import { type DtypeOptions, checkDtypeOptions, computeModuleSizes, effectiveSpecialDtypes } from './sizes.js';
@@ -68,10 +61,7 @@ export function planAccelerate(input: AcceleratePlanInput): AcceleratePlan {
     budgets = getMaxMemory(user);
   } else {
     // transformers' _get_device_map: balance (or just convert), add back unused reserved memory, clip to the user's.
-    balanced =
-      input.mode === 'sequential'
-        ? undefined
-        : getBalancedMemory(model, user, dtypeOpts, input.mode === 'balanced_low_0');
+    balanced = input.mode === 'sequential' ? undefined : getBalancedMemory(model, user, dtypeOpts, input.mode === 'balanced_low_0');
     const inferred = balanced ?? getMaxMemory(user);
     budgets = addUnusedReserved(inferred, convertSizes(user), unusedReservedOf(input));
   }

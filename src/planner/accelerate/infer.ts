@@ -11,15 +11,7 @@ import type { AccelerateDevice, Budgets } from './max-memory.js';
 import { type AccelerateInfoLog, type AccelerateWarning, devicesLeftEmptyLog, offloadedBuffersWarning, pyListRepr } from './messages.js';
 import type { AccelerateModel } from './model.js';
 import { type PyNum, PY_ZERO, pyAdd, pyMax, pyStr, pySub } from './pynum.js';
-import {
-  type MaxLayer,
-  type QueueItem,
-  initialQueue,
-  isUnsplittable,
-  maxLayer,
-  maxLayerOfModules,
-  splitPieces,
-} from './queue.js';
+import { type MaxLayer, type QueueItem, initialQueue, isUnsplittable, maxLayer, maxLayerOfModules, splitPieces } from './queue.js';
 import { type DtypeOptions, type ModuleSizes, computeModuleSizes, moduleBufferSize } from './sizes.js';
 import { findTiedParameters, sizeWithTies, tiesOutside } from './ties.js';
 import { fallbackAllocate } from './fallback.js';
@@ -141,10 +133,7 @@ export function inferAutoDeviceMap(model: AccelerateModel, maxMemory: Budgets, o
 
     // Does not fit: split it if it can be split, else move on.
     if (deviceUsed.value + moduleSize.value >= maxSize.value) {
-      print(
-        `Not enough space on ${device} to put ${name} (space available ${pyStr(pySub(maxSize, deviceUsed))}, ` +
-          `module size ${pyStr(moduleSize)}).`,
-      );
+      print(`Not enough space on ${device} to put ${name} (space available ${pyStr(pySub(maxSize, deviceUsed))}, ` + `module size ${pyStr(moduleSize)}).`);
       if (isUnsplittable(item, model) || item.kind !== 'module') {
         print('This module cannot be split, going to the next device.');
       } else {
@@ -157,10 +146,7 @@ export function inferAutoDeviceMap(model: AccelerateModel, maxMemory: Budgets, o
 
     // Opt-in fallback: an empty device takes the first queued entry that fits.
     if (deviceUsed.value === 0 && opts.fallbackAllocation && device !== 'disk') {
-      const limit = pySub(
-        pySub(maxMemory.get(device) as PyNum, pyMax(reserveLayer.size, withTies.size)),
-        deviceUsed,
-      );
+      const limit = pySub(pySub(maxMemory.get(device) as PyNum, pyMax(reserveLayer.size, withTies.size)), deviceUsed);
       const found = fallbackAllocate(queue, sizes, limit, model, tiedParameters);
       if (found) {
         queue = [found.item, item, ...found.remaining];

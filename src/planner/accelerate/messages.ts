@@ -48,7 +48,6 @@ export function devicesLeftEmptyLog(entries: ReadonlyArray<readonly [AccelerateD
 
 /** Python's repr of a list of strings (or of lists of strings), for the verbose trace. */
 export function pyListRepr(xs: ReadonlyArray<string | readonly string[]>): string {
-  const one = (x: string | readonly string[]): string =>
-    typeof x === 'string' ? `'${x.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'` : pyListRepr(x);
+  const one = (x: string | readonly string[]): string => (typeof x === 'string' ? `'${x.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'` : pyListRepr(x));
   return `[${xs.map(one).join(', ')}]`;
 }

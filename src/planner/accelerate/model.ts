@@ -136,10 +136,7 @@ export function* preOrder(node: ModuleNode): Generator<ModuleNode> {
  * appears once, under its first name in traversal order. Names are relative to `module` (accelerate calls this on
  * submodules too). Each pass keeps its own memo, as PyTorch's does.
  */
-export function* namedTensors(
-  module: ModuleNode,
-  which: 'all' | 'buffers' = 'all',
-): Generator<{ relativeName: string; tensor: TensorNode }> {
+export function* namedTensors(module: ModuleNode, which: 'all' | 'buffers' = 'all'): Generator<{ relativeName: string; tensor: TensorNode }> {
   const strip = module.name === '' ? 0 : module.name.length + 1;
   const kinds: Array<'params' | 'buffers'> = which === 'all' ? ['params', 'buffers'] : ['buffers'];
   for (const kind of kinds) {

@@ -37,12 +37,10 @@ export function pyFloorDiv(a: PyNum, b: PyNum): PyNum {
   }
   const vx = a.value;
   const wx = b.value;
-  let mod = vx % wx;
+  // CPython's float_floor_div: the remainder's sign decides one step down (the adjusted mod itself is not needed).
+  const mod = vx % wx;
   let div = (vx - mod) / wx;
-  if (mod !== 0 && wx < 0 !== mod < 0) {
-    mod += wx;
-    div -= 1;
-  }
+  if (mod !== 0 && wx < 0 !== mod < 0) div -= 1;
   let floordiv: number;
   if (div !== 0) {
     floordiv = Math.floor(div);

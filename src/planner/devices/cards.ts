@@ -91,7 +91,10 @@ export function closestCards(name: string): string[] {
   });
   scored.sort((a, b) => a.score - b.score);
   const limit = Math.max(2, Math.floor(key.length / 2));
-  return scored.filter((s) => s.score <= limit).slice(0, 3).map((s) => s.name);
+  return scored
+    .filter((s) => s.score <= limit)
+    .slice(0, 3)
+    .map((s) => s.name);
 }
 
 /** A known card by any of its spellings, or an InputError (at `where`) naming the closest ones. */
@@ -99,9 +102,7 @@ export function findCard(name: string, where = '--device-spec'): Card {
   const found = INDEX.get(normalize(name));
   if (found) return found;
   const near = closestCards(name);
-  const hint = near.length
-    ? `closest known: ${near.join(', ')}`
-    : `known cards: ${KNOWN_CARDS.map((c) => c.name).join(', ')}`;
+  const hint = near.length ? `closest known: ${near.join(', ')}` : `known cards: ${KNOWN_CARDS.map((c) => c.name).join(', ')}`;
   throw new InputError(where, `unknown card "${name.trim()}"; ${hint} (or give sizes with --gpu-memory)`);
 }
 

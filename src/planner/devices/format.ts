@@ -40,16 +40,20 @@ const SOURCE: Record<Inventory['source'], string> = {
   'nvidia-smi': 'from nvidia-smi',
   simulated: 'simulated',
   none: 'none detected',
-  ggml: 'from ggml\'s GPU backends',
+  ggml: "from ggml's GPU backends",
 };
 
-const PACKAGE_STATE: Record<string, string> = { ready: 'active', absent: 'not installed', 'no-device': 'installed, no usable device', failed: 'failed to load', mismatch: 'wrong release' };
+const PACKAGE_STATE: Record<string, string> = {
+  ready: 'active',
+  absent: 'not installed',
+  'no-device': 'installed, no usable device',
+  failed: 'failed to load',
+  mismatch: 'wrong release',
+};
 
 function gpuTable(gpus: readonly LogicalGpu[], simulated: boolean): string[] {
   // Simulated GPUs have no physical counterpart, so the remapping column would only repeat cuda.
-  const header = simulated
-    ? ['id', 'name', 'total', 'used', 'free', 'processes']
-    : ['id', 'nvidia-smi', 'name', 'total', 'used', 'free', 'processes'];
+  const header = simulated ? ['id', 'name', 'total', 'used', 'free', 'processes'] : ['id', 'nvidia-smi', 'name', 'total', 'used', 'free', 'processes'];
   const engine = (g: LogicalGpu): string => (g.backend ? ` [${g.ggmlName} via ${g.backend}${g.integrated ? ', integrated' : ''}]` : '');
   const rows = gpus.map((g) => {
     const cells = [

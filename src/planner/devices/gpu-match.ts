@@ -39,7 +39,12 @@ export interface NumberedGpu extends GgmlGpu {
 export function samePciBus(a: string | null, b: string | null): boolean {
   const norm = (s: string | null): string | null => {
     const m = s === null ? null : /^([0-9a-f]+):([0-9a-f]+):([0-9a-f]+)\.([0-9a-f]+)$/i.exec(s.trim());
-    return m ? m.slice(1).map((x) => parseInt(x, 16)).join(':') : null;
+    return m
+      ? m
+          .slice(1)
+          .map((x) => parseInt(x, 16))
+          .join(':')
+      : null;
   };
   const x = norm(a);
   return x !== null && x === norm(b);

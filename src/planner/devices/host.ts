@@ -76,7 +76,7 @@ export async function readCpuMemory(): Promise<CpuReading> {
   if (cg && cg.limit < totalBytes) {
     totalBytes = cg.limit;
     availableBytes = Math.min(availableBytes, Math.max(0, cg.limit - cg.used));
-    notes.push('CPU RAM is limited by this container (cgroup), not the machine\'s total');
+    notes.push("CPU RAM is limited by this container (cgroup), not the machine's total");
   }
   return { cpu: { totalBytes, availableBytes }, notes };
 }

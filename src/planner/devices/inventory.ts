@@ -173,10 +173,10 @@ export async function simulatedInventory(opts: SimulateOptions): Promise<Invento
   let cards: { name: string; totalBytes: number }[] = [];
   if (opts.deviceSpec !== undefined) {
     cards = parseDeviceSpec(opts.deviceSpec);
-    notes.push('GPUs are simulated from --device-spec (empty cards); CPU RAM and disk are this machine\'s');
+    notes.push("GPUs are simulated from --device-spec (empty cards); CPU RAM and disk are this machine's");
   } else if (opts.gpuMemory !== undefined) {
     cards = parseGpuMemoryList(opts.gpuMemory).map((totalBytes) => ({ name: `simulated ${formatBytes(totalBytes)}`, totalBytes }));
-    notes.push('GPUs are simulated from --gpu-memory (empty cards); CPU RAM and disk are this machine\'s');
+    notes.push("GPUs are simulated from --gpu-memory (empty cards); CPU RAM and disk are this machine's");
   } else {
     notes.push('no GPUs were given to simulate');
   }

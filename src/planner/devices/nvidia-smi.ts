@@ -9,10 +9,7 @@ export const GPU_QUERY_ARGS: readonly string[] = [
   '--query-gpu=index,uuid,name,memory.total,memory.used,memory.free,pci.bus_id',
   '--format=csv,noheader,nounits',
 ];
-export const PROCESS_QUERY_ARGS: readonly string[] = [
-  '--query-compute-apps=gpu_uuid,pid,process_name,used_memory',
-  '--format=csv,noheader,nounits',
-];
+export const PROCESS_QUERY_ARGS: readonly string[] = ['--query-compute-apps=gpu_uuid,pid,process_name,used_memory', '--format=csv,noheader,nounits'];
 export const LIST_ARGS: readonly string[] = ['-L'];
 
 const MIB = 1024 * 1024;
@@ -173,16 +170,10 @@ export function parseGpuList(text: string): ListedGpu[] {
 }
 
 /** Attach processes (by GPU UUID) and MIG instances (by GPU UUID) to the queried GPUs. */
-export function mergeNvidiaSmi(
-  gpus: readonly GpuInfo[],
-  processes: readonly ProcessRow[],
-  listed: readonly ListedGpu[],
-): GpuInfo[] {
+export function mergeNvidiaSmi(gpus: readonly GpuInfo[], processes: readonly ProcessRow[], listed: readonly ListedGpu[]): GpuInfo[] {
   return gpus.map((g) => ({
     ...g,
-    processes: processes
-      .filter((p) => p.gpuUuid === g.uuid)
-      .map(({ pid, name, usedBytes }) => ({ pid, name, usedBytes })),
+    processes: processes.filter((p) => p.gpuUuid === g.uuid).map(({ pid, name, usedBytes }) => ({ pid, name, usedBytes })),
     mig: listed.find((l) => l.uuid === g.uuid)?.mig ?? [],
   }));
 }

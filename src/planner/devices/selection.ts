@@ -10,9 +10,7 @@
  */
 import { InputError } from '../../util/errors.js';
 
-export type DeviceSelection =
-  | { kind: 'virtual'; count: number }
-  | { kind: 'gpu'; gpus: 'all' | number[]; cpu: boolean };
+export type DeviceSelection = { kind: 'virtual'; count: number } | { kind: 'gpu'; gpus: 'all' | number[]; cpu: boolean };
 
 const WHERE = '--devices';
 const USAGE = 'expected cpu, virtual:N (1–64), gpu, gpu:ID[,ID…] or either GPU form followed by ,cpu';

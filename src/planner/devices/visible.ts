@@ -78,16 +78,12 @@ function finish(picks: readonly Pick[], notes: string[]): Visibility {
     let p = p0;
     const first = p.gpu.mig?.[0];
     if (!p.mig && first) {
-      notes.push(
-        `GPU ${p.gpu.index} is in MIG mode: CUDA sees its MIG instance ${first.profile} (${first.uuid}), not the whole card`,
-      );
+      notes.push(`GPU ${p.gpu.index} is in MIG mode: CUDA sees its MIG instance ${first.profile} (${first.uuid}), not the whole card`);
       p = { gpu: p.gpu, mig: first };
     }
     if (p.mig) {
       if (migTaken) {
-        notes.push(
-          `${describe(p)} is left out: a CUDA process enumerates only one MIG instance (${describe(migTaken)} is used)`,
-        );
+        notes.push(`${describe(p)} is left out: a CUDA process enumerates only one MIG instance (${describe(migTaken)} is used)`);
         continue;
       }
       migTaken = p;
@@ -113,7 +109,11 @@ function hideAll(notes: string[], why: string): Visibility {
 /** Apply CUDA_VISIBLE_DEVICES (`value`, undefined when unset) to the physical GPUs. */
 export function applyCudaVisibleDevices(physical: readonly GpuIdentity[], value: string | undefined): Visibility {
   const notes: string[] = [];
-  if (value === undefined) return finish(physical.map((gpu) => ({ gpu, mig: null })), notes);
+  if (value === undefined)
+    return finish(
+      physical.map((gpu) => ({ gpu, mig: null })),
+      notes,
+    );
   if (value === '') {
     notes.push('CUDA_VISIBLE_DEVICES is set but empty, so CUDA sees no GPUs');
     return { gpus: [], notes };
@@ -151,12 +151,7 @@ function byOrdinal(physical: readonly GpuIdentity[], entries: readonly string[],
   return finish(picks, notes);
 }
 
-function byUuid(
-  physical: readonly GpuIdentity[],
-  entries: readonly string[],
-  form: 'GPU-' | 'MIG-',
-  notes: string[],
-): Visibility {
+function byUuid(physical: readonly GpuIdentity[], entries: readonly string[], form: 'GPU-' | 'MIG-', notes: string[]): Visibility {
   const candidates: string[] = [];
   for (const entry of entries) {
     if (candidates.includes(entry)) return hideAll(notes, `entry "${entry}" is repeated`);

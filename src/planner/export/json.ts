@@ -10,10 +10,12 @@ function snakeKeys(value: unknown, parentKey = ''): unknown {
   if (Array.isArray(value)) return value.map((v) => snakeKeys(v));
   if (value === null || typeof value !== 'object') return value;
   const keep = NAME_KEYED.has(parentKey);
-  return Object.fromEntries(Object.entries(value as Record<string, unknown>).map(([k, v]) => {
-    const key = keep ? k : snake(k);
-    return [key, keep ? v : snakeKeys(v, key)];
-  }));
+  return Object.fromEntries(
+    Object.entries(value as Record<string, unknown>).map(([k, v]) => {
+      const key = keep ? k : snake(k);
+      return [key, keep ? v : snakeKeys(v, key)];
+    }),
+  );
 }
 
 /** The plan as versioned JSON in snake_case; an unlimited cap (Infinity) is written as null. */

@@ -3,7 +3,17 @@ import type { Skeleton } from '../../reader/skeleton.js';
 import type { Plan } from '../plan.js';
 import { shellWord } from './shell.js';
 
-const GGML_KV_TYPES: Record<string, string> = { float16: 'f16', float32: 'f32', bfloat16: 'bf16', q8_0: 'q8_0', q4_0: 'q4_0', q4_1: 'q4_1', q5_0: 'q5_0', q5_1: 'q5_1', iq4_nl: 'iq4_nl' };
+const GGML_KV_TYPES: Record<string, string> = {
+  float16: 'f16',
+  float32: 'f32',
+  bfloat16: 'bf16',
+  q8_0: 'q8_0',
+  q4_0: 'q4_0',
+  q4_1: 'q4_1',
+  q5_0: 'q5_0',
+  q5_1: 'q5_1',
+  iq4_nl: 'iq4_nl',
+};
 
 /**
  * llama.cpp flags that realise the plan. All layers are offloaded (-ngl) and split by layer counts
@@ -12,14 +22,20 @@ const GGML_KV_TYPES: Record<string, string> = { float16: 'f16', float32: 'f32', 
  */
 export function renderLlamaCpp(p: Plan, s: Skeleton, modelPath: string): string {
   if (s.source.kind !== 'gguf') {
-    throw new InputError('--format', 'llama.cpp flags need a GGUF model (llama.cpp cannot load safetensors directly); convert it with convert_hf_to_gguf.py and plan the .gguf');
+    throw new InputError(
+      '--format',
+      'llama.cpp flags need a GGUF model (llama.cpp cannot load safetensors directly); convert it with convert_hf_to_gguf.py and plan the .gguf',
+    );
   }
   const b = s.blocks;
-  if (!b) throw new InputError('--format', 'llama.cpp flags need the model\'s repeated blocks, which this skeleton does not name');
+  if (!b) throw new InputError('--format', "llama.cpp flags need the model's repeated blocks, which this skeleton does not name");
   const gpus = p.devices.filter((d) => d.kind === 'gpu' || d.kind === 'virtual');
-  const blockOf = (m: string): number | undefined => (m.startsWith(`${b.prefix}.`) && /^\d+$/.test(m.slice(b.prefix.length + 1)) ? Number(m.slice(b.prefix.length + 1)) : undefined);
+  const blockOf = (m: string): number | undefined =>
+    m.startsWith(`${b.prefix}.`) && /^\d+$/.test(m.slice(b.prefix.length + 1)) ? Number(m.slice(b.prefix.length + 1)) : undefined;
   const counts = gpus.map((d) => d.modules.filter((m) => blockOf(m) !== undefined).length);
-  const hostBlocks = p.devices.filter((d) => d.kind === 'cpu' || d.kind === 'disk').flatMap((d) => d.modules.map(blockOf).filter((i): i is number => i !== undefined));
+  const hostBlocks = p.devices
+    .filter((d) => d.kind === 'cpu' || d.kind === 'disk')
+    .flatMap((d) => d.modules.map(blockOf).filter((i): i is number => i !== undefined));
   const headOnHost = p.devices.some((d) => (d.kind === 'cpu' || d.kind === 'disk') && d.modules.some((m) => /(^|\.)lm_head$|(^|\.)output$/.test(m)));
   const args: string[] = ['-m', shellWord(modelPath)];
   const env: string[] = [];

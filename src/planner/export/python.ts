@@ -22,7 +22,7 @@ function pyLiteral(v: unknown, indent = 0): string {
 function kvComments(p: Plan): string {
   const cuda = (id: string): string => (p.devices.find((d) => d.id === id)?.kind === 'gpu' ? `cuda:${id}` : label({ id, kind: 'cpu' }));
   const layers = (ranges: readonly string[]): string[] => ranges.filter((r) => /\s\d+(–\d+)?$/.test(r));
-  const lines = ['# Where each KV cache lives (transformers creates a layer\'s cache on the device that computes it):'];
+  const lines = ["# Where each KV cache lives (transformers creates a layer's cache on the device that computes it):"];
   for (const d of p.devices) {
     if (d.kv <= 0) continue;
     const own = layers(d.ranges);
@@ -41,10 +41,13 @@ export function renderPython(p: Plan, modelPath = p.model.repo_id ?? p.model.sou
   // transformers uses max_memory only to infer a map; beside an explicit device_map it is ignored.
   const { device_map } = accelerateArgs(p);
   const gpus = p.devices.filter((d) => d.kind === 'gpu');
-  const physical = gpus.map((d) => d.uuid && d.uuid.startsWith('GPU-') && d.physical === undefined ? d.uuid : String(d.physical ?? d.id));
+  const physical = gpus.map((d) => (d.uuid && d.uuid.startsWith('GPU-') && d.physical === undefined ? d.uuid : String(d.physical ?? d.id)));
   const fractions = gpus
     .filter((d) => d.totalBytes !== undefined && d.totalBytes > 0)
-    .map((d) => `torch.cuda.set_per_process_memory_fraction(${Math.min(1, d.cap / d.totalBytes!).toFixed(4)}, device=${d.id})  # ${d.cap} of ${d.totalBytes} bytes`);
+    .map(
+      (d) =>
+        `torch.cuda.set_per_process_memory_fraction(${Math.min(1, d.cap / d.totalBytes!).toFixed(4)}, device=${d.id})  # ${d.cap} of ${d.totalBytes} bytes`,
+    );
   const disk = p.devices.some((d) => d.kind === 'disk' && d.weights > 0);
   const dtype = p.workload.dtype ?? 'auto';
   const torchDtype = dtype === 'auto' ? '"auto"' : `torch.${dtype}`;

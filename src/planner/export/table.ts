@@ -22,15 +22,14 @@ function bar(d: DevicePlan): string {
 
 function row(d: DevicePlan): string[] {
   const name = `${label(d)}${d.physical !== undefined && String(d.physical) !== d.id ? ` (physical ${d.physical})` : ''}${d.name ? ` ${d.name}` : ''}`;
-  const cap = (Number.isFinite(d.cap) ? formatBytes(d.cap) : 'unlimited') + (d.capTyped !== undefined && !SAME_UNITS.test(d.capTyped) ? ` (--max-memory ${d.id}=${d.capTyped})` : '');
+  const cap =
+    (Number.isFinite(d.cap) ? formatBytes(d.cap) : 'unlimited') +
+    (d.capTyped !== undefined && !SAME_UNITS.test(d.capTyped) ? ` (--max-memory ${d.id}=${d.capTyped})` : '');
   const lines = [`${name}`];
   if (d.kind === 'disk') {
     lines.push(`  weights ${formatBytes(d.weights)} (used in place from the files)   cap ${cap}`);
   } else {
-    lines.push(
-      `  ${bar(d)} ${formatBytes(d.used)} of ${cap}` +
-        (Number.isFinite(d.cap) ? `, ${formatBytes(d.cap - d.used)} free` : ''),
-    );
+    lines.push(`  ${bar(d)} ${formatBytes(d.used)} of ${cap}` + (Number.isFinite(d.cap) ? `, ${formatBytes(d.cap - d.used)} free` : ''));
     lines.push(
       `  weights ${formatBytes(d.weights)} · KV ${formatBytes(d.kv)} · workspace ${formatBytes(d.workspace)} · overhead ${formatBytes(d.overhead)}` +
         (d.hosts ? ` · offloaded weights in transit ${formatBytes(d.hosts.transit)}` : ''),
@@ -38,7 +37,9 @@ function row(d: DevicePlan): string[] {
   }
   lines.push(`  holds: ${d.ranges.length ? d.ranges.join(', ') : '(nothing)'}`);
   if (d.hosts) {
-    lines.push(`  runs offloaded ${d.hosts.ranges.join(', ')} (accelerate's main device): KV of offloaded layers ${formatBytes(d.hosts.kv)} on ${label(d)} (in its KV), its largest module's weights copied in for each forward`);
+    lines.push(
+      `  runs offloaded ${d.hosts.ranges.join(', ')} (accelerate's main device): KV of offloaded layers ${formatBytes(d.hosts.kv)} on ${label(d)} (in its KV), its largest module's weights copied in for each forward`,
+    );
   }
   return lines;
 }
@@ -51,7 +52,12 @@ function verdict(p: Plan): string {
   const onAcc = acc.reduce((s, d) => s + d.weights, 0);
   const tightest = acc.filter((d) => d.used > 0 && Number.isFinite(d.cap) && d.cap > 0).sort((a, b) => b.used / b.cap - a.used / a.cap)[0];
   const kind = acc[0]?.kind === 'virtual' ? 'devices' : 'GPUs';
-  const where = acc.length === 0 ? 'weights on the host' : onAcc === weights ? `weights all on ${kind}` : `${formatBytes(onAcc)} of ${formatBytes(weights)} weights on ${kind}, rest offloaded`;
+  const where =
+    acc.length === 0
+      ? 'weights on the host'
+      : onAcc === weights
+        ? `weights all on ${kind}`
+        : `${formatBytes(onAcc)} of ${formatBytes(weights)} weights on ${kind}, rest offloaded`;
   return `fits: every cap holds; ${where}${tightest ? `; fullest ${label(tightest)} at ${((100 * tightest.used) / tightest.cap).toFixed(1)} %` : ''}`;
 }
 

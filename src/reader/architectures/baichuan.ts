@@ -14,7 +14,8 @@ export function baichuanUsesRope(cfg: ConfigReader): boolean {
   const declared = cfg.optString('position_embedding');
   if (declared === undefined) return cfg.int(KEYS.hidden, 'hidden size') === 4096;
   const v = declared.toUpperCase();
-  if (v !== 'ROPE' && v !== 'ALIBI') throw new InputError(cfg.file, `position_embedding must be "ROPE" or "ALIBI", got ${JSON.stringify(declared)}`, 'BAD_CONFIG');
+  if (v !== 'ROPE' && v !== 'ALIBI')
+    throw new InputError(cfg.file, `position_embedding must be "ROPE" or "ALIBI", got ${JSON.stringify(declared)}`, 'BAD_CONFIG');
   return v === 'ROPE';
 }
 
@@ -42,7 +43,11 @@ export function buildBaichuan(cfg: ConfigReader, dtype: string): ModelLayout {
   if (cfg.architectures()[0] === 'BaiChuanForCausalLM') {
     // Reached through model_type "baichuan": the first Baichuan-7B, whose remote code (Model,
     // BaiChuanForCausalLM, persistent rotary tables) this spec does not describe.
-    throw new InputError(cfg.file, 'BaiChuanForCausalLM (the first Baichuan-7B) is not modelled; vramfit knows BaichuanForCausalLM (Baichuan 2, Baichuan 13B)', 'UNSUPPORTED_ARCHITECTURE');
+    throw new InputError(
+      cfg.file,
+      'BaiChuanForCausalLM (the first Baichuan-7B) is not modelled; vramfit knows BaichuanForCausalLM (Baichuan 2, Baichuan 13B)',
+      'UNSUPPORTED_ARCHITECTURE',
+    );
   }
   const v = variant(cfg);
   const hidden = v.hidden;

@@ -1,7 +1,7 @@
 import { KEYS, type ConfigReader } from '../config.js';
 import { ModuleTree, type ModuleScope } from '../module-builder.js';
 import type { AttentionFacts } from '../skeleton.js';
-import type { ArchitectureSpec, LegacyTensor, ModelLayout } from './spec.js';
+import type { ArchitectureSpec, ModelLayout } from './spec.js';
 
 interface DeepseekDims {
   layers: number;

@@ -66,11 +66,7 @@ export function buildFalcon(cfg: ConfigReader, dtype: string): ModelLayout {
   const numKv = cfg.optInt(['num_kv_heads', 'n_head_kv'], c.heads);
   // FalconDecoderLayer turns an unset num_ln_in_parallel_attn into 2 for the new architecture.
   const lnInParallel = cfg.optInt(['num_ln_in_parallel_attn']) ?? (newArch ? 2 : undefined);
-  const qkvOut = newArch
-    ? (2 * numKv + c.heads) * c.headDim
-    : multiQuery
-      ? c.hidden + 2 * c.headDim
-      : 3 * c.hidden;
+  const qkvOut = newArch ? (2 * numKv + c.heads) * c.headDim : multiQuery ? c.hidden + 2 * c.headDim : 3 * c.hidden;
   const d: FalconDims = {
     ...c,
     // The new architecture's cache is written after K/V are broadcast to every query head in

@@ -111,9 +111,7 @@ export function buildLlamaStyle(cfg: ConfigReader, dtype: string, o: LlamaStyleO
       if (moe && !moe.isDense?.(i)) {
         layer.child(moe.attr, moe.blockClass, (b) => {
           b.linear('gate', d.hidden, moe.numExperts, false);
-          b.list('experts', moe.numExperts, moe.expertClass, (e) =>
-            mlpBody(e, d.hidden, moe.expertIntermediate, false, moe.names, act),
-          );
+          b.list('experts', moe.numExperts, moe.expertClass, (e) => mlpBody(e, d.hidden, moe.expertIntermediate, false, moe.names, act));
         });
       } else {
         denseMlp(layer, p, d.hidden, d.intermediate, o.mlpBias, act);

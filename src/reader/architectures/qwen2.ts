@@ -29,7 +29,15 @@ export const qwen2: ArchitectureSpec = {
   llamaStyle(cfg) {
     return {
       cfg,
-      options: { prefix: 'Qwen2', qkvBias: true, oBias: false, qkNorm: false, mlpBias: false, tieDefault: false, slidingWindow: qwenSlidingWindow(cfg, cfg.int('num_hidden_layers')) },
+      options: {
+        prefix: 'Qwen2',
+        qkvBias: true,
+        oBias: false,
+        qkNorm: false,
+        mlpBias: false,
+        tieDefault: false,
+        slidingWindow: qwenSlidingWindow(cfg, cfg.int('num_hidden_layers')),
+      },
     };
   },
   build(cfg, dtype) {

@@ -18,7 +18,15 @@ export const qwen3: ArchitectureSpec = {
     const bias = cfg.bool('attention_bias', false);
     return {
       cfg,
-      options: { prefix: 'Qwen3', qkvBias: bias, oBias: bias, qkNorm: true, mlpBias: false, tieDefault: false, slidingWindow: qwenSlidingWindow(cfg, cfg.int('num_hidden_layers')) },
+      options: {
+        prefix: 'Qwen3',
+        qkvBias: bias,
+        oBias: bias,
+        qkNorm: true,
+        mlpBias: false,
+        tieDefault: false,
+        slidingWindow: qwenSlidingWindow(cfg, cfg.int('num_hidden_layers')),
+      },
     };
   },
   build(cfg, dtype) {

@@ -17,7 +17,11 @@ export function catalogSuggestions(name: string, max = 3): string[] {
   const want = name.toLowerCase();
   const scored = catalogNames().map((n) => ({ n, d: editDistance(want, n) }));
   const limit = Math.max(2, Math.floor(want.length / 4));
-  return scored.filter((x) => x.d <= limit).sort((a, b) => a.d - b.d || a.n.localeCompare(b.n)).slice(0, max).map((x) => x.n);
+  return scored
+    .filter((x) => x.d <= limit)
+    .sort((a, b) => a.d - b.d || a.n.localeCompare(b.n))
+    .slice(0, max)
+    .map((x) => x.n);
 }
 
 /** Levenshtein distance (insertions, deletions, substitutions), one row at a time. */

@@ -105,33 +105,79 @@ class Sink {
     }
     return this.view;
   }
-  u8(v: number): void { this.room(1).setUint8(this.length, v); this.length += 1; }
-  i8(v: number): void { this.room(1).setInt8(this.length, v); this.length += 1; }
-  u16(v: number): void { this.room(2).setUint16(this.length, v, true); this.length += 2; }
-  i16(v: number): void { this.room(2).setInt16(this.length, v, true); this.length += 2; }
-  u32(v: number): void { this.room(4).setUint32(this.length, v, true); this.length += 4; }
-  i32(v: number): void { this.room(4).setInt32(this.length, v, true); this.length += 4; }
-  f32(v: number): void { this.room(4).setFloat32(this.length, v, true); this.length += 4; }
-  f64(v: number): void { this.room(8).setFloat64(this.length, v, true); this.length += 8; }
-  u64(v: number | bigint): void { this.room(8).setBigUint64(this.length, BigInt(v), true); this.length += 8; }
-  i64(v: number | bigint): void { this.room(8).setBigInt64(this.length, BigInt(v), true); this.length += 8; }
-  bytes(b: Uint8Array): void { this.room(b.length); this.buf.set(b, this.length); this.length += b.length; }
-  string(s: string): void { const b = enc.encode(s); this.u64(b.length); this.bytes(b); }
-  pad(alignment: number): void { while (this.length % alignment !== 0) this.u8(0); }
-  result(): Uint8Array { return this.buf.slice(0, this.length); }
+  u8(v: number): void {
+    this.room(1).setUint8(this.length, v);
+    this.length += 1;
+  }
+  i8(v: number): void {
+    this.room(1).setInt8(this.length, v);
+    this.length += 1;
+  }
+  u16(v: number): void {
+    this.room(2).setUint16(this.length, v, true);
+    this.length += 2;
+  }
+  i16(v: number): void {
+    this.room(2).setInt16(this.length, v, true);
+    this.length += 2;
+  }
+  u32(v: number): void {
+    this.room(4).setUint32(this.length, v, true);
+    this.length += 4;
+  }
+  i32(v: number): void {
+    this.room(4).setInt32(this.length, v, true);
+    this.length += 4;
+  }
+  f32(v: number): void {
+    this.room(4).setFloat32(this.length, v, true);
+    this.length += 4;
+  }
+  f64(v: number): void {
+    this.room(8).setFloat64(this.length, v, true);
+    this.length += 8;
+  }
+  u64(v: number | bigint): void {
+    this.room(8).setBigUint64(this.length, BigInt(v), true);
+    this.length += 8;
+  }
+  i64(v: number | bigint): void {
+    this.room(8).setBigInt64(this.length, BigInt(v), true);
+    this.length += 8;
+  }
+  bytes(b: Uint8Array): void {
+    this.room(b.length);
+    this.buf.set(b, this.length);
+    this.length += b.length;
+  }
+  string(s: string): void {
+    const b = enc.encode(s);
+    this.u64(b.length);
+    this.bytes(b);
+  }
+  pad(alignment: number): void {
+    while (this.length % alignment !== 0) this.u8(0);
+  }
+  result(): Uint8Array {
+    return this.buf.slice(0, this.length);
+  }
 }
 
 function inferType(v: GgufWriteValue): GgufValueType | 'raw' {
   if (Array.isArray(v)) return 'array';
   switch (typeof v) {
-    case 'string': return 'string';
-    case 'boolean': return 'bool';
-    case 'bigint': return v < 0n ? 'i64' : 'u64';
+    case 'string':
+      return 'string';
+    case 'boolean':
+      return 'bool';
+    case 'bigint':
+      return v < 0n ? 'i64' : 'u64';
     case 'number':
       if (!Number.isInteger(v)) return 'f32';
       if (v >= 0) return v <= 0xffffffff ? 'u32' : 'u64';
       return v >= -0x80000000 ? 'i32' : 'i64';
-    default: return v.type;
+    default:
+      return v.type;
   }
 }
 
@@ -157,18 +203,30 @@ function unwrap(v: GgufWriteValue): unknown {
 function writePayload(sink: Sink, type: GgufValueType, v: GgufWriteValue): void {
   const raw = unwrap(v);
   switch (type) {
-    case 'u8': return sink.u8(Number(raw));
-    case 'i8': return sink.i8(Number(raw));
-    case 'u16': return sink.u16(Number(raw));
-    case 'i16': return sink.i16(Number(raw));
-    case 'u32': return sink.u32(Number(raw));
-    case 'i32': return sink.i32(Number(raw));
-    case 'f32': return sink.f32(Number(raw));
-    case 'f64': return sink.f64(Number(raw));
-    case 'u64': return sink.u64(raw as number | bigint);
-    case 'i64': return sink.i64(raw as number | bigint);
-    case 'bool': return sink.u8(raw ? 1 : 0);
-    case 'string': return sink.string(String(raw));
+    case 'u8':
+      return sink.u8(Number(raw));
+    case 'i8':
+      return sink.i8(Number(raw));
+    case 'u16':
+      return sink.u16(Number(raw));
+    case 'i16':
+      return sink.i16(Number(raw));
+    case 'u32':
+      return sink.u32(Number(raw));
+    case 'i32':
+      return sink.i32(Number(raw));
+    case 'f32':
+      return sink.f32(Number(raw));
+    case 'f64':
+      return sink.f64(Number(raw));
+    case 'u64':
+      return sink.u64(raw as number | bigint);
+    case 'i64':
+      return sink.i64(raw as number | bigint);
+    case 'bool':
+      return sink.u8(raw ? 1 : 0);
+    case 'string':
+      return sink.string(String(raw));
     case 'array': {
       const items = (Array.isArray(v) ? v : raw) as GgufWriteValue[];
       const itemType = !Array.isArray(v) && typeof v === 'object' && v.type === 'array' ? v.itemType : inferItemType(items);

@@ -37,11 +37,38 @@ export type GgufValue = number | bigint | string | boolean | GgufValue[];
 
 /** ggml type id → vramfit dtype name (ggml.h `enum ggml_type`; 4, 5, 31-33, 36-38 were removed from ggml). */
 export const GGML_TYPES: Readonly<Record<number, string>> = {
-  0: 'float32', 1: 'float16', 2: 'q4_0', 3: 'q4_1', 6: 'q5_0', 7: 'q5_1', 8: 'q8_0', 9: 'q8_1',
-  10: 'q2_k', 11: 'q3_k', 12: 'q4_k', 13: 'q5_k', 14: 'q6_k', 15: 'q8_k',
-  16: 'iq2_xxs', 17: 'iq2_xs', 18: 'iq3_xxs', 19: 'iq1_s', 20: 'iq4_nl', 21: 'iq3_s', 22: 'iq2_s', 23: 'iq4_xs',
-  24: 'int8', 25: 'int16', 26: 'int32', 27: 'int64', 28: 'float64', 29: 'iq1_m', 30: 'bfloat16',
-  34: 'tq1_0', 35: 'tq2_0', 39: 'mxfp4',
+  0: 'float32',
+  1: 'float16',
+  2: 'q4_0',
+  3: 'q4_1',
+  6: 'q5_0',
+  7: 'q5_1',
+  8: 'q8_0',
+  9: 'q8_1',
+  10: 'q2_k',
+  11: 'q3_k',
+  12: 'q4_k',
+  13: 'q5_k',
+  14: 'q6_k',
+  15: 'q8_k',
+  16: 'iq2_xxs',
+  17: 'iq2_xs',
+  18: 'iq3_xxs',
+  19: 'iq1_s',
+  20: 'iq4_nl',
+  21: 'iq3_s',
+  22: 'iq2_s',
+  23: 'iq4_xs',
+  24: 'int8',
+  25: 'int16',
+  26: 'int32',
+  27: 'int64',
+  28: 'float64',
+  29: 'iq1_m',
+  30: 'bfloat16',
+  34: 'tq1_0',
+  35: 'tq2_0',
+  39: 'mxfp4',
 };
 
 const GGML_IDS = new Map(Object.entries(GGML_TYPES).map(([id, name]) => [name, Number(id)]));
@@ -269,13 +296,20 @@ interface ValueContext {
 function readValue(cur: Cursor, type: number, ctx: ValueContext, depth: number): GgufValue {
   const what = ctx.what;
   switch (type) {
-    case 0: return cur.u8(what);
-    case 1: return cur.i8(what);
-    case 2: return cur.u16(what);
-    case 3: return cur.i16(what);
-    case 4: return cur.u32(what);
-    case 5: return cur.i32(what);
-    case 6: return cur.f32(what);
+    case 0:
+      return cur.u8(what);
+    case 1:
+      return cur.i8(what);
+    case 2:
+      return cur.u16(what);
+    case 3:
+      return cur.i16(what);
+    case 4:
+      return cur.u32(what);
+    case 5:
+      return cur.i32(what);
+    case 6:
+      return cur.f32(what);
     case 7: {
       const at = cur.pos;
       const b = cur.u8(what);
@@ -283,7 +317,8 @@ function readValue(cur: Cursor, type: number, ctx: ValueContext, depth: number):
       if (b > 1) throw new FormatError(ctx.file, `metadata ${ctx.q}: bool at offset ${at} holds ${b}, not 0 or 1`);
       return b === 1;
     }
-    case 8: return cur.string(what);
+    case 8:
+      return cur.string(what);
     case 9: {
       if (depth >= MAX_ARRAY_DEPTH) throw new FormatError(ctx.file, `metadata ${ctx.q}: arrays nested deeper than ${MAX_ARRAY_DEPTH}`);
       const at = cur.pos;
@@ -295,9 +330,12 @@ function readValue(cur: Cursor, type: number, ctx: ValueContext, depth: number):
       for (let i = 0; i < n; i++) out.push(readValue(cur, itemType, ctx, depth + 1));
       return out;
     }
-    case 10: return int64Value(cur.u64(what));
-    case 11: return int64Value(cur.i64(what));
-    case 12: return cur.f64(what);
+    case 10:
+      return int64Value(cur.u64(what));
+    case 11:
+      return int64Value(cur.i64(what));
+    case 12:
+      return cur.f64(what);
     default:
       // Unreachable from parseGguf, which checks top-level and array item types first.
       throw new FormatError(ctx.file, `metadata ${ctx.q}: unknown value type ${type}`);
@@ -366,7 +404,7 @@ export function parseGguf(source: ChunkSource, file: string, options: GgufParseO
   if (magic !== GGUF_MAGIC) throw new FormatError(file, 'bad magic: not a GGUF file');
   const version = cur.u32('version');
   if (version !== 2 && version !== 3) {
-    const swapped = ((version & 0xff) << 24 | (version & 0xff00) << 8 | (version >>> 8) & 0xff00 | version >>> 24) >>> 0;
+    const swapped = (((version & 0xff) << 24) | ((version & 0xff00) << 8) | ((version >>> 8) & 0xff00) | (version >>> 24)) >>> 0;
     const hint = swapped === 2 || swapped === 3 ? ' (a big-endian file; only little-endian GGUF is supported)' : ' (only versions 2 and 3 are)';
     throw new FormatError(file, `unsupported GGUF version ${version}${hint}`);
   }

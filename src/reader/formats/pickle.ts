@@ -14,12 +14,31 @@ import { FormatError } from '../../util/errors.js';
 // ---------------------------------------------------------------------------------------------------------
 // Values
 
-export interface PGlobal { t: 'global'; module: string; name: string }
-export interface PTuple { t: 'tuple'; items: PValue[] }
-export interface PList { t: 'list'; items: PValue[] }
-export interface PDict { t: 'dict'; map: Map<PValue, PValue> }
-export interface PFloat { t: 'float'; v: number }
-export interface PBytes { t: 'bytes'; v: Uint8Array }
+export interface PGlobal {
+  t: 'global';
+  module: string;
+  name: string;
+}
+export interface PTuple {
+  t: 'tuple';
+  items: PValue[];
+}
+export interface PList {
+  t: 'list';
+  items: PValue[];
+}
+export interface PDict {
+  t: 'dict';
+  map: Map<PValue, PValue>;
+}
+export interface PFloat {
+  t: 'float';
+  v: number;
+}
+export interface PBytes {
+  t: 'bytes';
+  v: Uint8Array;
+}
 
 /** A storage named by a persistent id: ('storage', torch.<X>Storage, key, location, numel[, view]). */
 export interface PStorage {
@@ -99,10 +118,40 @@ const STORAGE_TYPES: Record<string, string | undefined> = {
 
 /** `torch.<dtype>` objects, as `_rebuild_tensor_v3` names them; the unknown ones are refused when used. */
 const TORCH_DTYPES = new Set([
-  'float64', 'double', 'float32', 'float', 'float16', 'half', 'bfloat16', 'int64', 'long', 'int32', 'int', 'int16', 'short',
-  'int8', 'uint8', 'bool', 'uint16', 'uint32', 'uint64', 'float8_e4m3fn', 'float8_e5m2',
-  'complex32', 'complex64', 'complex128', 'cfloat', 'cdouble', 'float8_e4m3fnuz', 'float8_e5m2fnuz', 'float8_e8m0fnu',
-  'qint8', 'quint8', 'qint32', 'quint4x2', 'quint2x4',
+  'float64',
+  'double',
+  'float32',
+  'float',
+  'float16',
+  'half',
+  'bfloat16',
+  'int64',
+  'long',
+  'int32',
+  'int',
+  'int16',
+  'short',
+  'int8',
+  'uint8',
+  'bool',
+  'uint16',
+  'uint32',
+  'uint64',
+  'float8_e4m3fn',
+  'float8_e5m2',
+  'complex32',
+  'complex64',
+  'complex128',
+  'cfloat',
+  'cdouble',
+  'float8_e4m3fnuz',
+  'float8_e5m2fnuz',
+  'float8_e8m0fnu',
+  'qint8',
+  'quint8',
+  'qint32',
+  'quint4x2',
+  'quint2x4',
 ]);
 
 const CALLABLES = new Set([
@@ -233,7 +282,8 @@ export function unpickle(bytes: Uint8Array, file: string, opts: UnpickleOptions 
     need(8, 'a length');
     const v = view.getBigUint64(pos, true);
     pos += 8;
-    if (v > BigInt(bytes.length - pos)) throw new TruncatedPickle(file, `pickle is truncated: ${what} of ${v} bytes at byte ${pos} runs past the ${bytes.length - pos} remaining`);
+    if (v > BigInt(bytes.length - pos))
+      throw new TruncatedPickle(file, `pickle is truncated: ${what} of ${v} bytes at byte ${pos} runs past the ${bytes.length - pos} remaining`);
     return Number(v);
   };
   const take = (n: number, what: string): Uint8Array => {
@@ -548,7 +598,8 @@ function intTuple(v: PValue | undefined, what: string, fail: (r: string) => neve
 }
 
 function dtypeOfGlobal(v: PValue | undefined, fail: (r: string) => never): string {
-  if (v === undefined || !isGlobal(v) || v.module !== 'torch' || !TORCH_DTYPES.has(v.name)) return fail(`dtype is ${v === undefined ? 'missing' : describe(v)}`);
+  if (v === undefined || !isGlobal(v) || v.module !== 'torch' || !TORCH_DTYPES.has(v.name))
+    return fail(`dtype is ${v === undefined ? 'missing' : describe(v)}`);
   const info = lookupDType(v.name);
   if (!info || info.kind === 'quantized') return fail(`unknown dtype torch.${v.name}`);
   return info.name;
@@ -563,7 +614,10 @@ function reduce(fn: PValue, args: PValue, file: string, at: number): PValue {
   if (!isTuple(args)) return fail(`REDUCE at byte ${at} with arguments ${describe(args)}, not a tuple`);
   const full = `${fn.module}.${fn.name}`;
   const a = args.items;
-  const where = (what: string): ((r: string) => never) => (r: string) => fail(`${what} at byte ${at}: ${r}`);
+  const where =
+    (what: string): ((r: string) => never) =>
+    (r: string) =>
+      fail(`${what} at byte ${at}: ${r}`);
   switch (full) {
     case 'collections.OrderedDict':
       if (a.length !== 0) return fail(`OrderedDict at byte ${at} is given arguments`);
@@ -593,7 +647,8 @@ function reduce(fn: PValue, args: PValue, file: string, at: number): PValue {
       if (a.length !== 4 || !isGlobal(inner!) || !isGlobal(type!)) return fail(`_rebuild_from_type_v2 at byte ${at} has malformed arguments`);
       if (!TENSOR_TYPES.has(`${type.module}.${type.name}`)) return fail(`_rebuild_from_type_v2 at byte ${at} names class ${describe(type)}, not a tensor`);
       // Only the plain tensor rebuilds: no nesting, so no recursion an input could deepen.
-      if (inner.module !== 'torch._utils' || (inner.name !== '_rebuild_tensor_v2' && inner.name !== '_rebuild_tensor_v3')) return fail(`_rebuild_from_type_v2 at byte ${at} calls ${describe(inner)}`);
+      if (inner.module !== 'torch._utils' || (inner.name !== '_rebuild_tensor_v2' && inner.name !== '_rebuild_tensor_v3'))
+        return fail(`_rebuild_from_type_v2 at byte ${at} calls ${describe(inner)}`);
       const out = reduce(inner, innerArgs!, file, at);
       if (!isTensor(out)) return fail(`_rebuild_from_type_v2 at byte ${at} does not build a tensor`);
       return out;

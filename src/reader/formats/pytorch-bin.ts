@@ -60,7 +60,10 @@ function locate(sd: StateDict, data: Map<string, StorageData>, file: string): Py
   for (const s of sd.storages.values()) {
     const d = data.get(s.key)!;
     if (d.available < s.bytes) {
-      throw new FormatError(file, `storage ${show(s.key)} holds ${d.available} bytes but the pickle declares ${s.numel} ${s.dtype} elements (${s.bytes} bytes)`);
+      throw new FormatError(
+        file,
+        `storage ${show(s.key)} holds ${d.available} bytes but the pickle declares ${s.numel} ${s.dtype} elements (${s.bytes} bytes)`,
+      );
     }
   }
   return sd.tensors.map((t) => {
@@ -110,7 +113,14 @@ function readZip(src: ByteSource): PytorchBinHeader {
   let bytesRead = dir.bytesRead;
   const pickles = dir.entries.filter((e) => /^[^/]+\/data\.pkl$/.test(e.name));
   if (pickles.length === 0) throw new FormatError(file, 'zip archive has no <name>/data.pkl: not a torch.save checkpoint');
-  if (pickles.length > 1) throw new FormatError(file, `zip archive has ${pickles.length} data.pkl entries (${pickles.slice(0, 3).map((e) => show(e.name)).join(', ')}): ambiguous`);
+  if (pickles.length > 1)
+    throw new FormatError(
+      file,
+      `zip archive has ${pickles.length} data.pkl entries (${pickles
+        .slice(0, 3)
+        .map((e) => show(e.name))
+        .join(', ')}): ambiguous`,
+    );
   const prefix = pickles[0]!.name.slice(0, -'data.pkl'.length);
 
   const order = dir.byName.get(`${prefix}byteorder`);
@@ -139,7 +149,6 @@ function readZip(src: ByteSource): PytorchBinHeader {
 
 /** Reads the head of a legacy file, growing it until every pickle fits. */
 function readLegacy(src: ByteSource): PytorchBinHeader {
-  const file = src.name;
   const limit = Math.min(src.size, MAX_PICKLE_BYTES);
   let head = src.read(0, Math.min(limit, LEGACY_FIRST_CHUNK));
   for (;;) {
@@ -159,9 +168,11 @@ function readLegacy(src: ByteSource): PytorchBinHeader {
 function parseLegacy(src: ByteSource, head: Uint8Array): PytorchBinHeader {
   const file = src.name;
   const magic = unpickle(head, file);
-  if (magic.value !== LEGACY_MAGIC) throw new FormatError(file, 'not a PyTorch checkpoint: a pickle, but without torch.save\'s magic number (a plain pickle is not read)');
+  if (magic.value !== LEGACY_MAGIC)
+    throw new FormatError(file, "not a PyTorch checkpoint: a pickle, but without torch.save's magic number (a plain pickle is not read)");
   const protocol = unpickle(head, file, { start: magic.end });
-  if (protocol.value !== LEGACY_PROTOCOL) throw new FormatError(file, `legacy checkpoint of protocol version ${String(protocol.value)}; only ${LEGACY_PROTOCOL} is read`);
+  if (protocol.value !== LEGACY_PROTOCOL)
+    throw new FormatError(file, `legacy checkpoint of protocol version ${String(protocol.value)}; only ${LEGACY_PROTOCOL} is read`);
   const sysInfo = unpickle(head, file, { start: protocol.end });
   const info = sysInfo.value;
   if (info === null || typeof info !== 'object' || info.t !== 'dict' || info.map.get('little_endian') !== true) {
@@ -187,7 +198,8 @@ function parseLegacy(src: ByteSource, head: Uint8Array): PytorchBinHeader {
     const numel = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigInt64(0, true);
     if (numel !== BigInt(s.numel)) throw new FormatError(file, `storage ${show(key)} at byte ${pos} has ${numel} elements, the pickle says ${s.numel}`);
     const start = pos + 8;
-    if (start + s.bytes > src.size) throw new FormatError(file, `storage ${show(key)} (${s.bytes} bytes at ${start}) runs past the end of the ${src.size}-byte file`);
+    if (start + s.bytes > src.size)
+      throw new FormatError(file, `storage ${show(key)} (${s.bytes} bytes at ${start}) runs past the end of the ${src.size}-byte file`);
     data.set(key, { start, available: s.bytes });
     pos = start + s.bytes;
   }

@@ -32,10 +32,21 @@ export interface SafetensorsWriteResult {
 }
 
 const DTYPE_TO_CODE: Record<string, string> = {
-  float64: 'F64', float32: 'F32', float16: 'F16', bfloat16: 'BF16',
-  int64: 'I64', int32: 'I32', int16: 'I16', int8: 'I8',
-  uint64: 'U64', uint32: 'U32', uint16: 'U16', uint8: 'U8', bool: 'BOOL',
-  float8_e4m3fn: 'F8_E4M3', float8_e5m2: 'F8_E5M2',
+  float64: 'F64',
+  float32: 'F32',
+  float16: 'F16',
+  bfloat16: 'BF16',
+  int64: 'I64',
+  int32: 'I32',
+  int16: 'I16',
+  int8: 'I8',
+  uint64: 'U64',
+  uint32: 'U32',
+  uint16: 'U16',
+  uint8: 'U8',
+  bool: 'BOOL',
+  float8_e4m3fn: 'F8_E4M3',
+  float8_e5m2: 'F8_E5M2',
 };
 
 /** The safetensors code for a dtype; throws for block-quantized types the format cannot hold. */
@@ -97,9 +108,11 @@ export function encodeSafetensorsHeader(
 export function fillRandom(buf: Uint8Array, state: { s: number }): void {
   let s = state.s >>> 0 || 0x9e3779b9;
   const next = (): number => {
-    s ^= s << 13; s >>>= 0;
+    s ^= s << 13;
+    s >>>= 0;
     s ^= s >>> 17;
-    s ^= s << 5; s >>>= 0;
+    s ^= s << 5;
+    s >>>= 0;
     return s;
   };
   // Word writes are ~4x faster; they need a 4-byte-aligned view, which fresh buffers always have.
@@ -168,5 +181,10 @@ export function writeSparseSafetensors(
   tensors: readonly Pick<SafetensorsWriteTensor, 'name' | 'dtype' | 'shape'>[],
   metadata?: Record<string, string>,
 ): SafetensorsWriteResult {
-  return writeSafetensors(path, tensors.map(({ name, dtype, shape }) => ({ name, dtype, shape })), metadata, { fill: 'zero' });
+  return writeSafetensors(
+    path,
+    tensors.map(({ name, dtype, shape }) => ({ name, dtype, shape })),
+    metadata,
+    { fill: 'zero' },
+  );
 }

@@ -38,7 +38,21 @@ export const MAX_HEADER_LENGTH = 100 * 1024 * 1024;
  * format, so `f16` is not accepted even though lookupDType would resolve it.
  */
 export const SAFETENSORS_DTYPE_CODES: readonly string[] = [
-  'F64', 'F32', 'F16', 'BF16', 'I64', 'I32', 'I16', 'I8', 'U8', 'BOOL', 'F8_E4M3', 'F8_E5M2', 'U16', 'U32', 'U64',
+  'F64',
+  'F32',
+  'F16',
+  'BF16',
+  'I64',
+  'I32',
+  'I16',
+  'I8',
+  'U8',
+  'BOOL',
+  'F8_E4M3',
+  'F8_E5M2',
+  'U16',
+  'U32',
+  'U64',
 ];
 const CODE_TO_DTYPE = new Map(SAFETENSORS_DTYPE_CODES.map((c) => [c, lookupDType(c)!.name]));
 
@@ -59,8 +73,7 @@ function headerLength(bytes: Uint8Array, file: string, fileSize: number): number
   return len;
 }
 
-const isPlainObject = (v: unknown): v is Record<string, unknown> =>
-  typeof v === 'object' && v !== null && !Array.isArray(v);
+const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** A short, one-line rendering of an untrusted value for messages (names and values can be megabytes). */
 function show(v: unknown): string {

@@ -211,7 +211,7 @@ const utf8 = new TextDecoder('utf-8');
 
 /** Sizes and offset from the ZIP64 extended information extra field, for the fields saturated at 0xffffffff. */
 function zip64Fields(extra: Uint8Array, need: { usize: boolean; csize: boolean; offset: boolean }, file: string, name: string) {
-  for (let p = 0; p + 4 <= extra.length; ) {
+  for (let p = 0; p + 4 <= extra.length;) {
     const id = u16(extra, p);
     const len = u16(extra, p + 2);
     const body = p + 4;
@@ -273,7 +273,12 @@ export function readZipDirectory(src: ByteSource): ZipDirectory {
     const nameBytes = cd.subarray(p + CENTRAL_SIZE, p + CENTRAL_SIZE + nameLen);
     const name = utf8.decode(nameBytes);
     if (usize === 0xffffffff || csize === 0xffffffff || offset === 0xffffffff) {
-      const z = zip64Fields(cd.subarray(p + CENTRAL_SIZE + nameLen, p + CENTRAL_SIZE + nameLen + extraLen), { usize: usize === 0xffffffff, csize: csize === 0xffffffff, offset: offset === 0xffffffff }, file, name);
+      const z = zip64Fields(
+        cd.subarray(p + CENTRAL_SIZE + nameLen, p + CENTRAL_SIZE + nameLen + extraLen),
+        { usize: usize === 0xffffffff, csize: csize === 0xffffffff, offset: offset === 0xffffffff },
+        file,
+        name,
+      );
       usize = z.usize ?? usize;
       csize = z.csize ?? csize;
       offset = z.offset ?? offset;
@@ -302,7 +307,8 @@ export function readZipDirectory(src: ByteSource): ZipDirectory {
     if (localNameLen !== nameBytes.length || !nameBytes.every((b, k) => head[LOCAL_SIZE + k] === b)) {
       throw new FormatError(file, `entry ${quoted(entry.name)}: local header names a different file than the central directory`);
     }
-    if (u16(head, 8) !== entry.method) throw new FormatError(file, `entry ${quoted(entry.name)}: local header and central directory disagree on the compression method`);
+    if (u16(head, 8) !== entry.method)
+      throw new FormatError(file, `entry ${quoted(entry.name)}: local header and central directory disagree on the compression method`);
     entry.dataOffset = entry.localHeaderOffset + LOCAL_SIZE + localNameLen + localExtraLen;
     if (entry.dataOffset + entry.compressedSize > tail.cdOffset) {
       throw new FormatError(file, `entry ${quoted(entry.name)}: its ${entry.compressedSize} bytes at offset ${entry.dataOffset} run past the archive's data`);
@@ -324,7 +330,10 @@ export function readZipDirectory(src: ByteSource): ZipDirectory {
 export function storedRange(dir: ZipDirectory, entry: ZipEntry): [number, number] {
   if (entry.flags & 0x1) throw new FormatError(dir.file, `entry ${quoted(entry.name)} is encrypted`);
   if (entry.method !== 0) {
-    throw new FormatError(dir.file, `entry ${quoted(entry.name)} is compressed (method ${entry.method}${entry.method === 8 ? ', deflate' : ''}): only stored entries are read`);
+    throw new FormatError(
+      dir.file,
+      `entry ${quoted(entry.name)} is compressed (method ${entry.method}${entry.method === 8 ? ', deflate' : ''}): only stored entries are read`,
+    );
   }
   if (entry.compressedSize !== entry.uncompressedSize) {
     throw new FormatError(dir.file, `entry ${quoted(entry.name)} is stored but its sizes differ (${entry.compressedSize} vs ${entry.uncompressedSize})`);
