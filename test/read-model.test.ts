@@ -374,7 +374,13 @@ describe('skeleton JSON', () => {
     const file = join(dir, 'skeleton.json');
     writeFileSync(file, JSON.stringify(s));
     const back = await readModel(file);
-    assert.deepEqual({ ...back, source: { ...back.source, bytesRead: 0 } }, { ...s, source: { ...s.source, bytesRead: 0 } });
+    // the one addition: where the claims came from (run checks files and ranges against it)
+    assert.equal(back.source.skeletonFile, file);
+    const { skeletonFile: _read, ...source } = back.source;
+    assert.deepEqual({ ...back, source: { ...source, bytesRead: 0 } }, { ...s, source: { ...s.source, bytesRead: 0 } });
+    // a skeletonFile written into the JSON is not believed
+    writeFileSync(file, JSON.stringify({ ...s, source: { ...s.source, skeletonFile: '/elsewhere/x.json' } }));
+    assert.equal((await readModel(file)).source.skeletonFile, file);
   });
 
   it('reads the input object of an accelerate oracle case', async () => {

@@ -22,6 +22,7 @@ import { manualPlan } from '../planner/manual-split.js';
 import type { GpuBackend } from '../planner/devices/gpu-match.js';
 import type { Plan } from '../planner/plan.js';
 import { FormatError, InputError, VramfitError } from '../util/errors.js';
+import { checkWeightDtype, checkWeightRange, dataFile, loadedSourceNames, trustedRoot } from './check-weights.js';
 import { engineArchitecture } from './architectures/index.js';
 import type { ArchTensor, EngineArchitecture, EngineHyper, LayerCache } from './architectures/types.js';
 import { liveResources, openGpuDevices, openVirtualDevices, type EngineDevice } from './device.js';
@@ -120,11 +121,22 @@ async function readForEngine(model: string, opts: LoadOptions): Promise<EngineMo
   if (skeleton.source.shapes !== 'headers' || !skeleton.tensors.every((t) => t.location?.range || !needsData(t))) {
     throw new InputError(model, 'the engine needs weights it can read (safetensors, PyTorch .bin or GGUF with byte ranges); this model has none here');
   }
-  const { arch, h, modelDir } = hyperFor(model, skeleton);
+  const root = trustedRoot(skeleton);
+  const { arch, h, modelDir } = hyperFor(model, skeleton, root);
   const archTensors = arch.tensors(h);
   // A tied head reads the embedding matrix.
   const headAlias = h.tied ? new Map(archTensors.head.map((t, i) => [t.name, archTensors.embed[i]?.name ?? t.name])) : new Map<string, string>();
   const tensorOf = new Map(skeleton.tensors.map((t) => [t.name, t]));
+  // Nothing reaches ggml before each tensor it will load is known to be loadable and where it says.
+  const sizes = new Map<string, number>();
+  for (const name of loadedSourceNames(archTensors, h.layers, (n) => headAlias.get(n) ?? n)) {
+    const t = tensorOf.get(name);
+    if (!t) throw new InputError(model, `the checkpoint has no ${name}`);
+    const file = t.location ? dataFile(t.location.file, modelDir, root) : model;
+    checkWeightDtype(t, file);
+    checkWeightRange(t, file, sizes);
+    if (root !== undefined && t.location) t.location.file = file;
+  }
   const typeOf = (name: string, ne: number[]): GgmlType => {
     const source = tensorOf.get(headAlias.get(name) ?? name);
     if (!source) throw new InputError(model, `the checkpoint has no ${name}`);
@@ -409,10 +421,10 @@ function readWeights(g: Ggml, m: EngineModel, states: DeviceState[], onProgress:
 }
 
 /** The model's hyper-parameters, from config.json, or from GGUF metadata (with llama.cpp's rope layout). */
-function hyperFor(model: string, skeleton: Skeleton): { arch: EngineArchitecture; h: EngineHyper; modelDir: string } {
+function hyperFor(model: string, skeleton: Skeleton, root: string | undefined): { arch: EngineArchitecture; h: EngineHyper; modelDir: string } {
   const arch = engineArchitecture(skeleton.family, model);
   if (skeleton.source.kind === 'gguf') {
-    const file = skeleton.source.files[0]!;
+    const file = root === undefined ? skeleton.source.files[0]! : dataFile(skeleton.source.files[0]!, root, root);
     const facts = readGgufFacts(file);
     if (!facts) throw new InputError(model, 'the engine runs GGUF files of the Llama family (llama, mistral, qwen2, qwen3)', 'UNSUPPORTED_ARCHITECTURE');
     const h = arch.hyper(facts.config, skeleton.family);
@@ -432,8 +444,10 @@ function hyperFor(model: string, skeleton: Skeleton): { arch: EngineArchitecture
     }
     return { arch, h, modelDir: dirname(file) };
   }
-  const configPath = skeleton.source.files.find((f) => f.endsWith('config.json'));
-  if (!configPath) throw new InputError(model, 'no config.json beside the weights');
-  const modelDir = dirname(skeleton.source.files.find((f) => f.endsWith('.safetensors')) ?? configPath);
+  const named = skeleton.source.files.find((f) => f.endsWith('config.json'));
+  if (!named) throw new InputError(model, 'no config.json beside the weights');
+  // A skeleton JSON's files are read from its own folder only.
+  const configPath = root === undefined ? named : dataFile(named, root, root);
+  const modelDir = root ?? dirname(skeleton.source.files.find((f) => f.endsWith('.safetensors')) ?? configPath);
   return { arch, h: arch.hyper(readConfigFile(configPath), skeleton.family), modelDir };
 }

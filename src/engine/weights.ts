@@ -19,8 +19,10 @@ import type { Allocation, EngineDevice } from './device.js';
 import type { SkeletonTensor } from '../reader/skeleton.js';
 import { ggmlTypeId } from '../reader/formats/gguf.js';
 
-/** The ggml type each stored dtype loads as (matrices keep theirs; 1-D tensors become F32). */
-const GGML_OF: Record<string, GgmlType> = { float32: GGML_TYPE.F32, float16: GGML_TYPE.F16, bfloat16: GGML_TYPE.BF16 };
+/** The ggml type each stored dtype loads as (matrices keep theirs; 1-D tensors become F32; float64 narrows to F32). */
+const GGML_OF: Record<string, GgmlType> = { float32: GGML_TYPE.F32, float16: GGML_TYPE.F16, bfloat16: GGML_TYPE.BF16, float64: GGML_TYPE.F32 };
+/** Bytes per element of the floating dtypes the loader converts between. */
+const ELEMENT: Record<string, number> = { float64: 8, float32: 4, float16: 2, bfloat16: 2 };
 
 /** ggml's type for a stored dtype: the float types, and GGUF's block formats (used as stored). */
 export function ggmlTypeFor(dtype: string): GgmlType {
@@ -193,7 +195,7 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
         }
         continue;
       }
-      const srcElem = from === 'float32' ? 4 : 2;
+      const srcElem = ELEMENT[from] ?? 2;
       const dstElem = to === GGML_TYPE.F32 ? 4 : 2;
       const step = Math.floor(CHUNK / Math.max(srcElem, dstElem) / 4) * 4 * srcElem;
       for (let done = 0; done < total;) {
@@ -243,7 +245,7 @@ function loadStacked(
     const same = sameType(part.dtype, s.type);
     if (!same && !(part.dtype in GGML_OF))
       throw new VramfitError('UNSUPPORTED_DTYPE', `${s.name}: cannot convert ${part.dtype} parts to ggml type ${s.type}`, 2);
-    const srcElem = part.dtype === 'float32' ? 4 : 2;
+    const srcElem = ELEMENT[part.dtype] ?? 2;
     const dstElem = s.type === GGML_TYPE.F32 ? 4 : 2;
     // A part that does not fill its slice exactly would be written past it: ggml aborts on that.
     const fills = same ? total : (total / srcElem) * dstElem;
@@ -273,7 +275,7 @@ function loadTransformed(g: Ggml, fd: number, file: string, s: WeightSpec, t: Te
   if (!(s.source.dtype in GGML_OF) || s.ne.length !== 2) throw new VramfitError('TRANSFORM', `${s.name}: ${s.transform} needs a 2-D float tensor`, 2);
   const raw = new Uint8Array(total);
   readFully(fd, raw, total, start, file, s.name);
-  const elems = total / (s.source.dtype === 'float32' ? 4 : 2);
+  const elems = total / (ELEMENT[s.source.dtype] ?? 2);
   const f32 = new Float32Array(elems);
   convert(g, raw, s.source.dtype, GGML_TYPE.F32, elems, f32);
   // Stored row-major as the checkpoint's [rows, cols]; ggml's ne is [cols', rows'] of the result.
@@ -296,18 +298,23 @@ function loadTransformed(g: Ggml, fd: number, file: string, s: WeightSpec, t: Te
 }
 
 function sameType(from: string, to: GgmlType): boolean {
-  return (GGML_OF[from] ?? ggmlTypeId(from)) === to;
+  // float64 loads as F32 but its bytes are not F32's: it always goes through the conversion.
+  return from !== 'float64' && (GGML_OF[from] ?? ggmlTypeId(from)) === to;
 }
 
 function readFully(fd: number, into: Uint8Array, n: number, position: number, file: string, tensor: string): void {
   if (readAt(fd, into, n, position) < n) throw new VramfitError('TRUNCATED', `${file}: ended inside ${tensor}`, 2);
 }
 
-/** Converts `elems` values between float32/float16/bfloat16 through float32. */
+/** Converts `elems` values from float64/float32/float16/bfloat16 to the load type through float32. */
 function convert(g: Ggml, src: Uint8Array, from: string, to: GgmlType, elems: number, f32: Float32Array): Uint8Array {
   const tmp = f32.subarray(0, elems);
   if (from === 'float32') tmp.set(new Float32Array(src.buffer, src.byteOffset, elems));
-  else if (from === 'bfloat16') {
+  else if (from === 'float64') {
+    // A Float64Array view needs 8-byte alignment; the read chunk may not give it.
+    const f64 = src.byteOffset % 8 === 0 ? new Float64Array(src.buffer, src.byteOffset, elems) : new Float64Array(src.slice(0, elems * 8).buffer);
+    for (let i = 0; i < elems; i++) tmp[i] = f64[i]!;
+  } else if (from === 'bfloat16') {
     const u16 = new Uint16Array(src.buffer, src.byteOffset, elems);
     const u32 = new Uint32Array(tmp.buffer, tmp.byteOffset, elems);
     for (let i = 0; i < elems; i++) u32[i] = u16[i]! << 16;

@@ -129,7 +129,9 @@ export function linearize(s: Skeleton, layout: LoadedLayout = {}): PlacementUnit
 
 /** A tensor's bytes as the runtime holds it (before alignment). */
 export function loadedTensorBytes(t: { shape: readonly number[]; dtype: string; kind?: string }, layout: LoadedLayout): number {
-  if (layout.ggml && t.shape.length === 1 && isFloatDType(t.dtype)) return tensorBytes(t.shape, 'float32');
+  // ggml has no F64: a float64 matrix is narrowed to F32 unless --dtype says otherwise.
+  if (layout.ggml && isFloatDType(t.dtype) && (t.shape.length === 1 || (t.dtype === 'float64' && layout.dtype === undefined)))
+    return tensorBytes(t.shape, 'float32');
   return loadedBytes(t.shape, t.dtype, t.kind === 'param' ? layout.dtype : undefined);
 }
 

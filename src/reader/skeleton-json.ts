@@ -80,6 +80,8 @@ export function parseSkeleton(json: unknown, path: string, bytesRead = 0): Skele
     const src = obj['source'] as unknown as Skeleton['source'];
     skeleton.source = { ...src, bytesRead };
   }
+  // Set last: a `skeletonFile` inside the JSON is not believed.
+  skeleton.source.skeletonFile = path;
   for (const key of ['model_type', 'config_dtype'] as const) {
     if (typeof obj[key] === 'string') skeleton[key] = obj[key] as string;
   }

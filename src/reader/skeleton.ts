@@ -72,6 +72,8 @@ export interface SkeletonSource {
   path: string;
   /** The Hugging Face repository the model is published as, when known (catalog models, the HF cache). */
   repoId?: string;
+  /** The skeleton JSON this was read from: its file paths and ranges are claims, checked before use. */
+  skeletonFile?: string;
   /** Shapes and dtypes: read from headers, or synthesized from the architecture spec and config. */
   shapes: 'headers' | 'synthesized';
   files: string[];

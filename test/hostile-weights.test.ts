@@ -1,0 +1,169 @@
+/**
+ * Weights ggml must never see as they are: integer or boolean tensors where floats are expected (ggml
+ * asserts and the process dies), float64 (narrowed to F32 instead), and skeleton JSONs whose file
+ * paths and byte ranges are claims: only files in the JSON's own folder, and ranges that are exactly
+ * each tensor's size inside its file.
+ */
+import assert from 'node:assert/strict';
+import { copyFileSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { main } from '../src/cli/main.js';
+import { loadModel } from '../src/engine/load.js';
+import { readSafetensorsHeader } from '../src/reader/formats/safetensors.js';
+import { writeSafetensors } from '../src/reader/formats/safetensors-writer.js';
+import { greedy } from './helpers/engine-harness.js';
+import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
+import { cleanup, tempDir } from './helpers/tiny-models.js';
+
+const root = tempDir('vramfit-hostile-');
+after(() => cleanup(root));
+const base = writeTinyFamilyCheckpoint(join(root, 'base'), 'llama2', { seed: 4 });
+
+async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
+  return { code, out, err };
+}
+
+/** A copy of the base checkpoint with one tensor re-stored by `change`. */
+function withTensor(name: string, change: (values: Float32Array) => { dtype: string; data: Uint8Array }): string {
+  const dir = join(root, `${name.replace(/\W/g, '_')}-${Math.random().toString(36).slice(2, 8)}`);
+  mkdirSync(dir);
+  copyFileSync(join(base.dir, 'config.json'), join(dir, 'config.json'));
+  const file = join(base.dir, 'model.safetensors');
+  const bytes = readFileSync(file);
+  const tensors = readSafetensorsHeader(file).tensors.map((t) => {
+    const data = new Uint8Array(bytes.subarray(t.range[0], t.range[1]));
+    if (t.name !== name) return { name: t.name, dtype: t.dtype, shape: t.shape, data };
+    return { name: t.name, shape: t.shape, ...change(new Float32Array(data.slice().buffer)) };
+  });
+  writeSafetensors(join(dir, 'model.safetensors'), tensors, { format: 'pt' });
+  return dir;
+}
+
+const RUN = ['--input-ids', '1,2,3', '--max-new-tokens', '3', '--json', '--threads', '1'];
+
+describe('hostile weights: checked before any native call', () => {
+  for (const [dtype, make] of [
+    ['int32', (v: Float32Array) => new Uint8Array(Int32Array.from(v, (x) => Math.round(x * 100)).buffer)],
+    ['int8', (v: Float32Array) => new Uint8Array(Int8Array.from(v, () => 1).buffer)],
+    ['bool', (v: Float32Array) => new Uint8Array(v.length).fill(1)],
+  ] as const) {
+    it(`an ${dtype} matrix is refused with the tensor and file named, exit 2`, async () => {
+      const dir = withTensor('model.layers.0.self_attn.q_proj.weight', (v) => ({ dtype, data: make(v) }));
+      const r = await cli(['run', dir, ...RUN]);
+      assert.equal(r.code, 2, r.err);
+      assert.match(
+        r.err,
+        new RegExp(`^vramfit: .*model\\.safetensors: model\\.layers\\.0\\.self_attn\\.q_proj\\.weight is stored as ${dtype} \\(not floating\\)`),
+      );
+      assert.equal(r.err.trim().split('\n').length, 1);
+    });
+  }
+
+  it("float64 weights (a matrix and a norm) are narrowed to F32 and give the float32 model's tokens", async () => {
+    const f64 = (v: Float32Array) => ({ dtype: 'float64', data: new Uint8Array(Float64Array.from(v).buffer) });
+    const matrix = withTensor('model.layers.1.mlp.up_proj.weight', f64);
+    const both = withTensor('model.norm.weight', f64);
+    const runs = [];
+    for (const dir of [base.dir, matrix, both]) {
+      const m = await loadModel(dir, { devices: 'virtual:1', ctx: 32, threads: 1 });
+      try {
+        runs.push(await greedy(m, [1, 2, 3], 3));
+        // the plan sizes a float64 matrix as the F32 it becomes
+        const r = m.report()[0]!;
+        assert.ok(Math.abs(r.measured - r.predicted) <= 0.02 * r.predicted, `measured ${r.measured}, predicted ${r.predicted}`);
+      } finally {
+        m.dispose();
+      }
+    }
+    assert.deepEqual(runs[1]!.ids, runs[0]!.ids);
+    assert.deepEqual(runs[2]!.ids, runs[0]!.ids);
+  });
+});
+
+describe('hostile skeleton JSONs given to run', () => {
+  /** A skeleton JSON of the base checkpoint, edited, written into `folder`. */
+  async function skeletonIn(
+    folder: string,
+    edit: (j: { tensors: { name: string; location: { file: string; range: [number, number] } }[]; source: { files: string[] } }) => void,
+  ): Promise<string> {
+    const r = await cli(['inspect', base.dir, '--json']);
+    assert.equal(r.code, 0, r.err);
+    const j = JSON.parse(r.out);
+    edit(j);
+    mkdirSync(folder, { recursive: true });
+    const path = join(folder, 'skeleton.json');
+    writeFileSync(path, JSON.stringify(j));
+    return path;
+  }
+
+  it('a skeleton JSON in the model folder runs', async () => {
+    const path = await skeletonIn(base.dir, () => {});
+    const r = await cli(['run', path, ...RUN]);
+    assert.equal(r.code, 0, r.err);
+  });
+
+  it("a file outside the JSON's folder (an absolute path, a ../ path, a symlink out) is refused before it is read", async () => {
+    const outside = join(root, 'elsewhere');
+    mkdirSync(outside, { recursive: true });
+    copyFileSync(join(base.dir, 'model.safetensors'), join(outside, 'model.safetensors'));
+    const cases: [string, (j: Parameters<Parameters<typeof skeletonIn>[1]>[0]) => void][] = [
+      ['absolute', (j) => (j.tensors[0]!.location.file = join(outside, 'model.safetensors'))],
+      ['etc', (j) => (j.tensors[0]!.location.file = '/etc/passwd')],
+      ['dotdot', (j) => (j.tensors[0]!.location.file = '../elsewhere/model.safetensors')],
+    ];
+    for (const [name, edit] of cases) {
+      const folder = join(root, `json-${name}`);
+      mkdirSync(folder, { recursive: true });
+      for (const f of ['config.json', 'model.safetensors']) copyFileSync(join(base.dir, f), join(folder, f));
+      const path = await skeletonIn(folder, (j) => {
+        j.source.files = j.source.files.map((f) => join(folder, f.split('/').pop()!));
+        edit(j);
+      });
+      const r = await cli(['run', path, ...RUN]);
+      assert.equal(r.code, 2, `${name}: ${r.err}`);
+      assert.match(r.err, /is outside the skeleton JSON's folder|does not exist/, name);
+    }
+    // a link inside the folder that points out of it
+    const linked = join(root, 'json-link');
+    mkdirSync(linked, { recursive: true });
+    copyFileSync(join(base.dir, 'config.json'), join(linked, 'config.json'));
+    symlinkSync(join(outside, 'model.safetensors'), join(linked, 'model.safetensors'));
+    const path = await skeletonIn(linked, (j) => (j.source.files = j.source.files.map((f) => join(linked, f.split('/').pop()!))));
+    const r = await cli(['run', path, ...RUN]);
+    assert.equal(r.code, 2, r.err);
+    assert.match(r.err, /is outside the skeleton JSON's folder/);
+  });
+
+  it("a byte range that is not exactly the tensor's size, or runs past the file, is refused", async () => {
+    for (const [name, edit, reason] of [
+      [
+        'short',
+        (j: { tensors: { location: { range: [number, number] } }[] }) => (j.tensors[0]!.location.range[1] -= 2),
+        /spans bytes .* but float32 \[128,64\] takes 32768/,
+      ],
+      [
+        'past-end',
+        (j: { tensors: { location: { range: [number, number] } }[] }) => {
+          const t = j.tensors.at(-1)!;
+          t.location.range = [t.location.range[0] + 4096, t.location.range[1] + 4096];
+        },
+        /ends at byte \d+, past the file's \d+ bytes/,
+      ],
+    ] as const) {
+      const folder = join(root, `range-${name}`);
+      mkdirSync(folder, { recursive: true });
+      for (const f of ['config.json', 'model.safetensors']) copyFileSync(join(base.dir, f), join(folder, f));
+      const path = await skeletonIn(folder, (j) => {
+        j.source.files = j.source.files.map((f) => join(folder, f.split('/').pop()!));
+        edit(j as never);
+      });
+      const r = await cli(['run', path, ...RUN]);
+      assert.equal(r.code, 2, `${name}: ${r.err}`);
+      assert.match(r.err, reason, name);
+    }
+  });
+});
