@@ -320,6 +320,29 @@ describe('tokenizer: chat template', () => {
     assert.equal(t.applyChatTemplate(messages), `123 ${new Date().getFullYear()}`);
   });
 
+  it('stops a template that loops too long or builds too much text, naming the template file', () => {
+    for (const [what, template, reason] of [
+      ['a huge range', '{% for i in range(1000000000) %}x{% endfor %}', /range\(\) of 1000000000 items/],
+      ['nested loops', '{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}', /more than 1,000,000 steps/],
+      [
+        'a doubling string',
+        "{% set ns = namespace(s='xxxxxxxx') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",
+        /MiB of text|Invalid string length/,
+      ],
+    ] as const) {
+      const t = loadTokenizer(modelDir({ 'tokenizer_config.json': { ...TOKENIZER_CONFIG, chat_template: template } }));
+      assert.throws(
+        () => t.applyChatTemplate(messages),
+        (e: unknown) =>
+          e instanceof InputError && /tokenizer_config\.json/.test(e.where) && /the chat template was stopped/.test(e.reason) && reason.test(e.reason),
+        what,
+      );
+    }
+    // a real conversation stays far inside the budgets
+    const many = Array.from({ length: 200 }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: `message ${i} `.repeat(50) }));
+    assert.ok(loadTokenizer(modelDir()).applyChatTemplate(many as never).length > 100_000);
+  });
+
   it('falls back to chat_template.jinja', () => {
     const { chat_template: _c, ...noTemplate } = TOKENIZER_CONFIG;
     const t = loadTokenizer(modelDir({ 'tokenizer_config.json': noTemplate, 'chat_template.jinja': '[{{ messages[1].content }}]' }));

@@ -230,6 +230,8 @@ function loadChatTemplate(modelDir: string, tokenizerConfig: Json | undefined, s
         });
       } catch (e) {
         if (e instanceof TemplateRaised) throw new InputError(where, `the chat template rejected the messages: ${e.message}`);
+        if (e instanceof TemplateOverBudget) throw new InputError(where, `the chat template was stopped: ${e.message}`, 'BAD_CONFIG');
+        if (e instanceof RangeError) throw new InputError(where, `the chat template was stopped: ${e.message}`, 'BAD_CONFIG');
         throw new InputError(where, `cannot render the chat template (${(e as Error).message})`, 'BAD_CONFIG');
       }
     },
@@ -257,13 +259,59 @@ function renderTemplate(template: Template, items: Json): string {
     strftime_now: (format: string) => strftime(new Date(), String(format)),
   };
   for (const [key, value] of Object.entries({ ...globals, ...items })) env.set(key, value);
-  const result = new Interpreter(env).run(template.parsed);
+  const result = new BudgetedInterpreter(env).run(template.parsed);
   return String(result.value);
+}
+
+/**
+ * A chat template is code from the model's folder: one that loops 10⁹ times or builds a gigantic
+ * string would hang or kill the process. Rendering a real conversation takes thousands of steps and
+ * kilobytes; these budgets are far above that and far below harm.
+ */
+export const TEMPLATE_BUDGET = { steps: 1_000_000, chars: 32 * 1024 * 1024, rangeLength: 1_000_000 };
+
+class TemplateOverBudget extends Error {}
+
+/** The part of jinja's Interpreter used here (its .d.ts re-exports do not resolve under NodeNext). */
+interface JinjaInterpreter {
+  run(program: unknown): { value: unknown };
+  evaluate(statement: unknown, environment: Environment): { value: unknown };
+  /** Runs a body: called once per loop iteration even when the body is empty. */
+  evaluateBlock(statements: unknown[], environment: Environment): { value: unknown };
+}
+const InterpreterBase = Interpreter as unknown as new (env: Environment) => JinjaInterpreter;
+
+/** The jinja interpreter, counting every node it evaluates and every character of string it produces. */
+class BudgetedInterpreter extends InterpreterBase {
+  private steps = 0;
+  private chars = 0;
+
+  private step(): void {
+    if (++this.steps > TEMPLATE_BUDGET.steps)
+      throw new TemplateOverBudget(`it ran more than ${TEMPLATE_BUDGET.steps.toLocaleString('en-US')} steps (a conversation takes thousands)`);
+  }
+
+  override evaluateBlock(statements: unknown[], environment: Environment): { value: unknown } {
+    this.step();
+    return super.evaluateBlock(statements, environment);
+  }
+
+  override evaluate(statement: unknown, environment: Environment): { value: unknown } {
+    this.step();
+    const value = super.evaluate(statement, environment);
+    if (typeof value.value === 'string') {
+      this.chars += value.value.length;
+      if (this.chars > TEMPLATE_BUDGET.chars) throw new TemplateOverBudget(`it built more than ${TEMPLATE_BUDGET.chars / 1024 / 1024} MiB of text`);
+    }
+    return value;
+  }
 }
 
 function pythonRange(start: number, stop?: number, step = 1): number[] {
   if (stop === undefined || stop === null) [start, stop] = [0, start];
   if (step === 0) throw new Error('range() step must not be zero');
+  const length = Math.max(0, Math.ceil((stop - start) / step));
+  if (!(length <= TEMPLATE_BUDGET.rangeLength)) throw new TemplateOverBudget(`range() of ${length} items`);
   const out: number[] = [];
   for (let i = start; step > 0 ? i < stop : i > stop; i += step) out.push(i);
   return out;
