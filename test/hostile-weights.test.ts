@@ -1,5 +1,6 @@
 /**
- * Weights ggml must never see as they are: integer or boolean tensors where floats are expected (ggml
+ * Hyper-parameters ggml asserts on (a negative epsilon aborts the process) or computes NaN from, and
+ * GGUF keys of the wrong type, are refused at read time. Weights ggml must never see as they are: integer or boolean tensors where floats are expected (ggml
  * asserts and the process dies), float64 (narrowed to F32 instead), and skeleton JSONs whose file
  * paths and byte ranges are claims: only files in the JSON's own folder, and ranges that are exactly
  * each tensor's size inside its file.
@@ -11,8 +12,10 @@ import { after, describe, it } from 'node:test';
 import { main } from '../src/cli/main.js';
 import { loadModel } from '../src/engine/load.js';
 import { readSafetensorsHeader } from '../src/reader/formats/safetensors.js';
+import { gv, type GgufWriteValue } from '../src/reader/formats/gguf-writer.js';
 import { writeSafetensors } from '../src/reader/formats/safetensors-writer.js';
 import { greedy } from './helpers/engine-harness.js';
+import { writeTinyGguf } from './helpers/tiny-gguf.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
 
@@ -164,6 +167,52 @@ describe('hostile skeleton JSONs given to run', () => {
       const r = await cli(['run', path, ...RUN]);
       assert.equal(r.code, 2, `${name}: ${r.err}`);
       assert.match(r.err, reason, name);
+    }
+  });
+});
+
+describe('hostile hyper-parameters: refused before ggml could assert on them', () => {
+  const ggufCases: [string, Record<string, GgufWriteValue>, RegExp][] = [
+    ['10^9 blocks', { '{arch}.block_count': gv.u32(1e9) }, /num_hidden_layers must be between 1 and 10,000, got 1,000,000,000/],
+    ['no heads', { '{arch}.attention.head_count': gv.u32(0) }, /num_attention_heads must be between 1/],
+    ['no KV heads', { '{arch}.attention.head_count_kv': gv.u32(0) }, /num_key_value_heads must be between 1/],
+    [
+      'epsilon as a string',
+      { '{arch}.attention.layer_norm_rms_epsilon': gv.string('1e-5') },
+      /GGUF key llama\.attention\.layer_norm_rms_epsilon holds a string \("1e-5"\), expected a number/,
+    ],
+    [
+      'a negative epsilon (ggml asserts eps >= 0)',
+      { '{arch}.attention.layer_norm_rms_epsilon': gv.f32(-1) },
+      /rms_norm_eps must be at least 0 and below 1, got -1/,
+    ],
+    ['a rope base of 0', { '{arch}.rope.freq_base': gv.f32(0) }, /rope_theta must be above 0, got 0/],
+    ['a NaN rope base', { '{arch}.rope.freq_base': gv.f32(NaN) }, /rope_theta must be a number/],
+    ['no positions', { '{arch}.context_length': gv.u32(0) }, /max_position_embeddings must be between 1/],
+  ];
+  ggufCases.forEach(([what, overrides, reason], i) => {
+    it(`GGUF with ${what}: exit 2 naming the file`, async () => {
+      const path = writeTinyGguf(base, 'float32', overrides, `hostile-${i}.gguf`);
+      const r = await cli(['run', path, ...RUN]);
+      assert.equal(r.code, 2, r.err);
+      assert.ok(r.err.startsWith(`vramfit: ${path}`), r.err);
+      assert.match(r.err, reason);
+    });
+  });
+
+  it('config.json with a negative epsilon or a zero rope base: exit 2 naming config.json', async () => {
+    for (const [key, value, reason] of [
+      ['rms_norm_eps', -1e-6, /rms_norm_eps must be at least 0/],
+      ['rope_theta', 0, /rope_theta must be above 0/],
+    ] as const) {
+      const dir = join(root, `config-${key}`);
+      mkdirSync(dir, { recursive: true });
+      copyFileSync(join(base.dir, 'model.safetensors'), join(dir, 'model.safetensors'));
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...base.config, [key]: value }));
+      const r = await cli(['run', dir, ...RUN]);
+      assert.equal(r.code, 2, r.err);
+      assert.match(r.err, /config\.json: /);
+      assert.match(r.err, reason);
     }
   });
 });

@@ -63,6 +63,8 @@ export class ConfigReader {
     if (typeof found[1] !== 'number' || !Number.isFinite(found[1])) {
       throw new InputError(this.file, `${found[0]} must be a number, got ${JSON.stringify(found[1])}`, 'BAD_CONFIG');
     }
+    const bound = NUMBER_BOUNDS.get(found[0]);
+    if (bound && !bound.ok(found[1])) throw new InputError(this.file, `${found[0]} must be ${bound.says}, got ${found[1]}`, 'BAD_CONFIG');
     return found[1];
   }
 
@@ -135,6 +137,17 @@ export const KEYS = {
  * The largest value each shape key can physically mean (at least 1): far past any real model, yet small
  * enough that a hostile config cannot make the reader build 10⁹ modules or the engine a 0-head attention.
  */
+/**
+ * Values ggml asserts on or computes nonsense from: a norm's epsilon below 0 aborts the process; a
+ * rope base of 0 or below makes every rotation NaN.
+ */
+const EPSILON = { ok: (v: number) => v >= 0 && v < 1, says: 'at least 0 and below 1' };
+const POSITIVE = { ok: (v: number) => v > 0, says: 'above 0' };
+const NUMBER_BOUNDS = new Map<string, { ok: (v: number) => boolean; says: string }>([
+  ...['rms_norm_eps', 'layer_norm_eps', 'layer_norm_epsilon', 'layernorm_epsilon'].map((k) => [k, EPSILON] as const),
+  ...['rope_theta', 'rope_ratio', 'rotary_emb_base'].map((k) => [k, POSITIVE] as const),
+]);
+
 const SHAPE_BOUNDS = new Map<string, number>([
   ...KEYS.layers.map((k) => [k, 10_000] as const),
   ...KEYS.hidden.map((k) => [k, 1 << 20] as const),
@@ -143,4 +156,6 @@ const SHAPE_BOUNDS = new Map<string, number>([
   ...KEYS.vocab.map((k) => [k, 1 << 24] as const),
   ...KEYS.intermediate.map((k) => [k, 1 << 22] as const),
   ['head_dim', 1 << 16],
+  // A model with no positions has nothing to run; 2^24 is far past any trained context.
+  ...KEYS.maxPositions.map((k) => [k, 1 << 24] as const),
 ]);

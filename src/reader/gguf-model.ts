@@ -1,3 +1,4 @@
+import { FormatError } from '../util/errors.js';
 import { ConfigReader } from './config.js';
 import { readGgufHeader } from './formats/gguf.js';
 import type { StoredTensor } from './reconcile.js';
@@ -54,11 +55,16 @@ export function hfNameForGguf(name: string): string | undefined {
 
 type Meta = Record<string, unknown>;
 
-function num(meta: Meta, key: string): number | undefined {
+/** A numeric metadata value; a key present with another type is refused rather than ignored. */
+function num(meta: Meta, key: string, file: string): number | undefined {
   const v = meta[key];
+  if (v === undefined) return undefined;
   if (typeof v === 'number') return v;
   if (typeof v === 'bigint') return Number(v);
-  return undefined;
+  throw new FormatError(
+    file,
+    `GGUF key ${key} holds ${Array.isArray(v) ? 'an array' : `a ${typeof v} (${JSON.stringify(v).slice(0, 40)})`}, expected a number`,
+  );
 }
 
 /** What the engine needs beyond the skeleton to run a GGUF model. */
@@ -80,24 +86,25 @@ function ggufFacts(path: string, header: ReturnType<typeof readGgufHeader>): Ggu
   const config: Meta = {
     architectures: [family.hfArchitecture],
     model_type: family.modelType,
-    hidden_size: num(meta, `${arch}.embedding_length`),
-    num_hidden_layers: num(meta, `${arch}.block_count`),
-    num_attention_heads: num(meta, `${arch}.attention.head_count`),
-    num_key_value_heads: num(meta, `${arch}.attention.head_count_kv`) ?? num(meta, `${arch}.attention.head_count`),
-    intermediate_size: num(meta, `${arch}.feed_forward_length`),
-    max_position_embeddings: num(meta, `${arch}.context_length`),
-    vocab_size: embd?.shape[0] ?? num(meta, `${arch}.vocab_size`),
+    hidden_size: num(meta, `${arch}.embedding_length`, path),
+    num_hidden_layers: num(meta, `${arch}.block_count`, path),
+    num_attention_heads: num(meta, `${arch}.attention.head_count`, path),
+    num_key_value_heads: num(meta, `${arch}.attention.head_count_kv`, path) ?? num(meta, `${arch}.attention.head_count`, path),
+    intermediate_size: num(meta, `${arch}.feed_forward_length`, path),
+    max_position_embeddings: num(meta, `${arch}.context_length`, path),
+    vocab_size: embd?.shape[0] ?? num(meta, `${arch}.vocab_size`, path),
     tie_word_embeddings: !header.tensors.some((t) => t.name === 'output.weight'),
     torch_dtype: floatTypes[0]?.dtype ?? 'float16',
   };
-  const headDim = num(meta, `${arch}.attention.key_length`);
+  const headDim = num(meta, `${arch}.attention.key_length`, path);
   if (headDim !== undefined) config['head_dim'] = headDim;
-  const eps = num(meta, `${arch}.attention.layer_norm_rms_epsilon`);
+  const eps = num(meta, `${arch}.attention.layer_norm_rms_epsilon`, path);
   if (eps !== undefined) config['rms_norm_eps'] = eps;
-  const theta = num(meta, `${arch}.rope.freq_base`);
+  const theta = num(meta, `${arch}.rope.freq_base`, path);
   if (theta !== undefined) config['rope_theta'] = theta;
   const linear =
-    num(meta, `${arch}.rope.scale_linear`) ?? (meta[`${arch}.rope.scaling.type`] === 'linear' ? num(meta, `${arch}.rope.scaling.factor`) : undefined);
+    num(meta, `${arch}.rope.scale_linear`, path) ??
+    (meta[`${arch}.rope.scaling.type`] === 'linear' ? num(meta, `${arch}.rope.scaling.factor`, path) : undefined);
   if (linear !== undefined && linear !== 1) config['rope_scaling'] = { rope_type: 'linear', factor: linear };
   const facts: GgufModelFacts = { config: new ConfigReader(config, `${path} (GGUF metadata)`), permutedQK: arch === 'llama' };
   const freqs = header.tensors.find((t) => t.name === 'rope_freqs.weight');

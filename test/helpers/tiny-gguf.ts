@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { gv, writeGguf, type GgufWriteTensor } from '../../src/reader/formats/gguf-writer.js';
+import { gv, writeGguf, type GgufWriteTensor, type GgufWriteValue } from '../../src/reader/formats/gguf-writer.js';
 import { llamaHyper } from '../../src/engine/architectures/llama.js';
 import { ConfigReader } from '../../src/reader/config.js';
 import { permuteForNormalRope } from './reference-llama.js';
@@ -29,7 +29,12 @@ const GLOBAL: Record<string, string> = {
  * permuted for NORMAL rope (Qwen ones not), vectors in F32, matrices in `matrixDtype`, rope_freqs for
  * Llama 3 scaling. Returns the file path.
  */
-export function writeTinyGguf(ck: TinyFamilyCheckpoint, matrixDtype: 'float32' | 'float16' = 'float32'): string {
+export function writeTinyGguf(
+  ck: TinyFamilyCheckpoint,
+  matrixDtype: 'float32' | 'float16' = 'float32',
+  overrides: Record<string, GgufWriteValue> = {},
+  name = `model-${matrixDtype}.gguf`,
+): string {
   const c = ck.config as Record<string, number | string | unknown>;
   const arch = c['model_type'] === 'qwen2' || c['model_type'] === 'qwen3' ? String(c['model_type']) : 'llama';
   const h = llamaHyper(new ConfigReader(ck.config, 'config.json'), String(c['model_type']));
@@ -60,8 +65,10 @@ export function writeTinyGguf(ck: TinyFamilyCheckpoint, matrixDtype: 'float32' |
     [`${arch}.attention.layer_norm_rms_epsilon`]: gv.f32(h.eps),
     [`${arch}.rope.freq_base`]: gv.f32(h.ropeTheta),
     ...(h.freqScale !== 1 ? { [`${arch}.rope.scaling.type`]: gv.string('linear'), [`${arch}.rope.scaling.factor`]: gv.f32(1 / h.freqScale) } : {}),
+    // Hostile-input tests replace keys (`{arch}` stands for the architecture).
+    ...Object.fromEntries(Object.entries(overrides).map(([k, v]) => [k.replace('{arch}', arch), v])),
   };
-  const path = join(ck.dir, `model-${matrixDtype}.gguf`);
+  const path = join(ck.dir, name);
   writeGguf(path, { metadata, tensors });
   return path;
 }
