@@ -216,3 +216,34 @@ describe('hostile hyper-parameters: refused before ggml could assert on them', (
     }
   });
 });
+
+describe('non-finite weights: generation stops naming the layer', () => {
+  it("a NaN in one layer's matrix stops the run with that tensor and layer named, on one device and split", async () => {
+    const dir = withTensor('model.layers.1.mlp.up_proj.weight', (v) => {
+      const x = v.slice();
+      x[7] = NaN;
+      return { dtype: 'float32', data: new Uint8Array(x.buffer) };
+    });
+    for (const devices of ['virtual:1', 'virtual:2']) {
+      const r = await cli(['run', dir, ...RUN, '--devices', devices]);
+      assert.equal(r.code, 2, `${devices}: ${r.err}`);
+      assert.match(
+        r.err,
+        /non-finite (hidden state|logits) from layers? [\d–]+ on device \d: weight model\.layers\.1\.mlp\.up_proj\.weight \(layer 1\) holds NaN/,
+        devices,
+      );
+      assert.equal(r.err.trim().split('\n').length, 1);
+    }
+  });
+
+  it('an Inf in the final norm is found on the device holding the head', async () => {
+    const dir = withTensor('model.norm.weight', (v) => {
+      const x = v.slice();
+      x[0] = Infinity;
+      return { dtype: 'float32', data: new Uint8Array(x.buffer) };
+    });
+    const r = await cli(['run', dir, ...RUN]);
+    assert.equal(r.code, 2, r.err);
+    assert.match(r.err, /non-finite logits from .* weight model\.norm\.weight holds Inf/);
+  });
+});

@@ -9,7 +9,7 @@ import { paddedKvLength } from './architectures/kv.js';
 import type { EngineArchitecture, EngineHyper, LayerCache } from './architectures/types.js';
 import type { EngineDevice } from './device.js';
 import { releaseAll, type DeviceState } from './device-state.js';
-import type { Ggml, Tensor } from './ggml/binding.js';
+import { GGML_TYPE, type Ggml, type Tensor } from './ggml/binding.js';
 import type { LongLivedTensors } from './ggml/graph.js';
 import { buildStageGraph, deviceLookups, liveInputs, type BuiltStage, type Stage } from './stages.js';
 import type { DeviceWeights } from './weights.js';
@@ -212,13 +212,48 @@ export class LoadedModel {
       if (stage.head) {
         const out = new Float32Array(this.hyper.vocab * (lastOnly ? 1 : n));
         this.g.raw.ggml_backend_tensor_get(built.output, out, 0, out.byteLength);
+        if (!allFinite(out)) throw this.nonFinite(stage, 'logits');
         result = out;
+      } else if (!this.lastRowFinite(built.output)) {
+        throw this.nonFinite(stage, 'hidden state');
       }
       carried = built.output;
     }
     this.past += n;
     if (!result) throw new VramfitError('PIPELINE', 'no stage produced logits', 1);
     return result;
+  }
+
+  /**
+   * A NaN or Inf anywhere reaches the last token's row (attention mixes every row into it), so that
+   * row of each stage's output is the cheap check: one hidden vector read back per stage and step.
+   */
+  private lastRowFinite(output: Tensor): boolean {
+    const bytes = this.g.nbytes(output);
+    const row = new Float32Array(Math.min(this.hyper.hidden, bytes / 4));
+    this.g.raw.ggml_backend_tensor_get(output, row, bytes - row.byteLength, row.byteLength);
+    return allFinite(row);
+  }
+
+  /** Names the stage whose output went non-finite and, where its weights hold NaN or Inf, the first such tensor. */
+  private nonFinite(stage: Stage, what: string): InputError {
+    const t = this.arch.tensors(this.hyper);
+    const names = [
+      ...(stage.embed ? t.embed : []),
+      ...stage.layers.flatMap((i) => t.layer(i).map((x) => ({ ...x, layer: i }))),
+      ...(stage.head || stage.norm ? [...t.norm, ...t.head] : []),
+    ];
+    const where = `${stage.layers.length ? `layer${stage.layers.length > 1 ? 's' : ''} ${rangeText(stage.layers)}` : stage.head ? 'the head' : 'the embedding'} on device ${stage.device.id}`;
+    for (const spec of names) {
+      const tensor = this.weights.get(stage.device.id)?.tensors.get(spec.name);
+      if (!tensor) continue;
+      const bad = firstNonFinite(this.g, tensor);
+      if (bad !== undefined) {
+        const layer = 'layer' in spec ? ` (layer ${spec.layer as number})` : '';
+        return new InputError(this.skeleton.source.path, `non-finite ${what} from ${where}: weight ${spec.name}${layer} holds ${bad}`, 'NON_FINITE');
+      }
+    }
+    return new InputError(this.skeleton.source.path, `non-finite ${what} from ${where}, whose weights are finite (activations overflowed?)`, 'NON_FINITE');
   }
 
   private setInputs(b: BuiltStage, tokens: number[]): void {
@@ -301,4 +336,35 @@ export class LoadedModel {
     this.dropGraphs();
     releaseAll(this.g, this.states);
   }
+}
+
+function allFinite(values: Float32Array): boolean {
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i]!)) return false;
+  return true;
+}
+
+/** "3" or "2–5" for a run of layer indices. */
+function rangeText(layers: readonly number[]): string {
+  return layers.length === 1 ? String(layers[0]) : `${layers[0]}–${layers[layers.length - 1]}`;
+}
+
+/** 'NaN' or 'Inf' when a float weight (F32, F16, BF16) holds one; undefined otherwise or for block formats. */
+function firstNonFinite(g: Ggml, t: Tensor): string | undefined {
+  const type = g.type(t);
+  const bytes = g.nbytes(t);
+  const raw = new Uint8Array(bytes);
+  g.raw.ggml_backend_tensor_get(t, raw, 0, bytes);
+  let values: Float32Array;
+  if (type === GGML_TYPE.F32) values = new Float32Array(raw.buffer);
+  else if (type === GGML_TYPE.F16) {
+    values = new Float32Array(bytes / 2);
+    g.raw.ggml_fp16_to_fp32_row(raw, values, values.length);
+  } else if (type === GGML_TYPE.BF16) {
+    const u16 = new Uint16Array(raw.buffer);
+    values = new Float32Array(u16.length);
+    const u32 = new Uint32Array(values.buffer);
+    for (let i = 0; i < u16.length; i++) u32[i] = u16[i]! << 16;
+  } else return undefined;
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i]!)) return Number.isNaN(values[i]!) ? 'NaN' : 'Inf';
+  return undefined;
 }
