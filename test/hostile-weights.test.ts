@@ -247,3 +247,27 @@ describe('non-finite weights: generation stops naming the layer', () => {
     assert.match(r.err, /non-finite logits from .* weight model\.norm\.weight holds Inf/);
   });
 });
+
+describe('hostile sizes: algorithms over modules are linear', () => {
+  // A quadratic step over 100,000 module lists takes hours; linear ones take seconds. The timeout
+  // only turns a hang into a failure; speeds are measured by the benchmarks.
+  it('a skeleton JSON with 100,000 module lists is inspected and planned', { timeout: 120_000 }, async () => {
+    const modules: { name: string; class: string }[] = [];
+    const tensors: { name: string; shape: number[]; dtype: string }[] = [];
+    for (let i = 0; i < 100_000; i++) {
+      modules.push({ name: `l${i}`, class: 'ModuleList' }, { name: `l${i}.0`, class: 'Linear' }, { name: `l${i}.1`, class: 'Linear' });
+      tensors.push({ name: `l${i}.0.weight`, shape: [4, 4], dtype: 'float16' });
+    }
+    const path = join(root, 'lists.json');
+    writeFileSync(path, JSON.stringify({ root_class: 'X', modules, tensors }));
+    const inspect = await cli(['inspect', path]);
+    assert.equal(inspect.code, 0, inspect.err);
+    const plan = await cli(['plan', path, '--gpu-memory', '24GiB,24GiB', '--max-memory', '0=1MiB,1=1GiB', '--format', 'json']);
+    assert.equal(plan.code, 0, plan.err);
+    const p = JSON.parse(plan.out) as { devices: { id: string; modules: string[] }[] };
+    assert.equal(
+      p.devices.reduce((n, d) => n + d.modules.length, 0),
+      200_000,
+    );
+  });
+});

@@ -5,6 +5,7 @@
  * device's weights, KV cache and worst-case compute buffer are checked against its cap before a byte
  * of weights is read; an over-cap device fails with OutOfDeviceMemory and nothing stays allocated.
  */
+import { appendTo } from '../util/append.js';
 import { closeSync, openSync } from 'node:fs';
 import { readBytes } from '../util/read-fully.js';
 import { alignUp } from '../planner/placement-units.js';
@@ -286,7 +287,7 @@ function describeDeviceWeights(g: Ggml, m: EngineModel, plan: Plan, stages: Stag
     }
     if (onDiskUnit && !s.transform && s.type === ggmlTypeFor(s.source.dtype)) s.mapped = true;
     else if (onDiskUnit) s.offloadedToRam = true;
-    perDevice.set(d.id, [...(perDevice.get(d.id) ?? []), s]);
+    appendTo(perDevice, d.id, s);
   };
   const addOnce = (d: EngineDevice, t: ArchTensor): void => {
     if (!perDevice.get(d.id)?.some((s) => s.name === t.name)) add(d, specFor(t.name, t.ne, t.transform, t.stack));

@@ -1,3 +1,4 @@
+import { appendTo } from '../util/append.js';
 import { closeSync, fstatSync, openSync } from 'node:fs';
 import { alignUp } from '../planner/placement-units.js';
 import { readAt } from '../util/read-fully.js';
@@ -115,7 +116,7 @@ export function placeWeights(g: Ggml, device: EngineDevice, w: DeviceWeights, mo
 
 function placeMapped(g: Ggml, w: DeviceWeights, modelDir: string): void {
   const byFile = new Map<string, WeightSpec[]>();
-  for (const s of w.specs) if (s.mapped) byFile.set(s.source.location!.file, [...(byFile.get(s.source.location!.file) ?? []), s]);
+  for (const s of w.specs) if (s.mapped) appendTo(byFile, s.source.location!.file, s);
   for (const [rel, specs] of byFile) {
     const file = isAbsolute(rel) ? rel : join(modelDir, rel);
     const fd = openSync(file, 'r');

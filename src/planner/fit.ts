@@ -1,3 +1,4 @@
+import { appendTo } from '../util/append.js';
 import type { Skeleton } from '../reader/skeleton.js';
 import { InputError } from '../util/errors.js';
 import { alignedKvBytesPerLayer, blockWorkspace, dominantDtype, headWorkspace, passWorkspace, TARGETS } from './memory-model.js';
@@ -78,6 +79,8 @@ interface Group {
   hasHead: boolean;
   /** Largest module (with direct tensors) inside: accelerate's offload hooks copy one at a time. */
   transit: number;
+  /** Decoder blocks inside. */
+  blocks: number;
   /** Tensor names counted on this device although their memory is owned elsewhere. */
   duplicates: string[];
 }
@@ -143,7 +146,15 @@ function hostedOn(c: Costs, device: string, groups: readonly Group[]): Costs {
 function workspaceFor(c: Costs, groups: readonly Group[], kind?: PlanDeviceSpec['kind']): number {
   if (groups.length === 0) return 0;
   const r: Roles = { embed: groups.some((g) => g.hasEmbed), block: groups.some((g) => g.hasBlock), head: groups.some((g) => g.hasHead) };
-  const blocks = groups.reduce((n, g) => n + g.units.filter((u) => u.block !== undefined).length, 0);
+  return workspaceOfRoles(
+    c,
+    r,
+    groups.reduce((n, g) => n + g.blocks, 0),
+    kind,
+  );
+}
+
+function workspaceOfRoles(c: Costs, r: Roles, blocks: number, kind?: PlanDeviceSpec['kind']): number {
   const measured = c.measured ? measuredWorkspaceOf(c.measured, kind, r, blocks) : undefined;
   if (measured !== undefined) return measured;
   if (!r.block && !r.head) return c.passWs;
@@ -184,7 +195,7 @@ function makeGroups(units: PlacementUnit[], s: Skeleton, pins: readonly string[]
   units.forEach((u, i) => {
     const o = owner.get(i);
     const target = o === undefined ? undefined : groupOf.get(o);
-    const g = target ?? { units: [], weights: 0, kv: 0, hasEmbed: false, hasBlock: false, hasHead: false, transit: 0, duplicates: [] };
+    const g = target ?? { units: [], weights: 0, kv: 0, hasEmbed: false, hasBlock: false, hasHead: false, transit: 0, blocks: 0, duplicates: [] };
     if (!target) groups.push(g);
     groupOf.set(i, g);
     g.units.push(u);
@@ -193,6 +204,7 @@ function makeGroups(units: PlacementUnit[], s: Skeleton, pins: readonly string[]
     if (u.block !== undefined) {
       g.kv += c.kvPerBlock;
       g.hasBlock = true;
+      g.blocks++;
     }
     if (u.head) g.hasHead = true;
     if (i === 0) g.hasEmbed = true;
@@ -246,18 +258,88 @@ function deviceNeed(groups: readonly Group[], d: PlanDeviceSpec, c: Costs): Need
 }
 
 /**
+ * The need of any contiguous run of groups in O(1), from prefix sums: the searches over placements
+ * stay linear (or n log n) in the number of groups, however many modules a model lists.
+ */
+class Runs {
+  private readonly weights: Float64Array;
+  private readonly kv: Float64Array;
+  private readonly embed: Int32Array;
+  private readonly block: Int32Array;
+  private readonly head: Int32Array;
+  private readonly blocks: Int32Array;
+  private readonly hosted?: { device: string; kv: number; transit: number; roles: Roles; blocks: number };
+
+  constructor(
+    readonly groups: readonly Group[],
+    private readonly c: Costs,
+  ) {
+    const n = groups.length;
+    [this.weights, this.kv] = [new Float64Array(n + 1), new Float64Array(n + 1)];
+    [this.embed, this.block, this.head, this.blocks] = [new Int32Array(n + 1), new Int32Array(n + 1), new Int32Array(n + 1), new Int32Array(n + 1)];
+    groups.forEach((g, i) => {
+      this.weights[i + 1] = this.weights[i]! + g.weights;
+      this.kv[i + 1] = this.kv[i]! + g.kv;
+      this.embed[i + 1] = this.embed[i]! + (g.hasEmbed ? 1 : 0);
+      this.block[i + 1] = this.block[i]! + (g.hasBlock ? 1 : 0);
+      this.head[i + 1] = this.head[i]! + (g.hasHead ? 1 : 0);
+      this.blocks[i + 1] = this.blocks[i]! + g.blocks;
+    });
+    const h = c.hosted?.groups;
+    if (c.hosted && h && h.length > 0) {
+      this.hosted = {
+        device: c.hosted.device,
+        kv: h.reduce((s, g) => s + g.kv, 0),
+        transit: Math.max(0, ...h.map((g) => g.transit)),
+        roles: { embed: h.some((g) => g.hasEmbed), block: h.some((g) => g.hasBlock), head: h.some((g) => g.hasHead) },
+        blocks: h.reduce((s, g) => s + g.blocks, 0),
+      };
+    }
+  }
+
+  /** Total need of groups [i, j) on `d`: what deviceNeed(groups.slice(i, j), d, c).total gives. */
+  need(i: number, j: number, d: PlanDeviceSpec): number {
+    if (j <= i) return 0;
+    let kv = this.kv[j]! - this.kv[i]!;
+    let blocks = this.blocks[j]! - this.blocks[i]!;
+    const r: Roles = { embed: this.embed[j]! > this.embed[i]!, block: this.block[j]! > this.block[i]!, head: this.head[j]! > this.head[i]! };
+    let transit = 0;
+    const h = this.hosted;
+    if (h && h.device === d.id) {
+      kv += h.kv;
+      blocks += h.blocks;
+      transit = h.transit;
+      r.embed ||= h.roles.embed;
+      r.block ||= h.roles.block;
+      r.head ||= h.roles.head;
+    }
+    return this.weights[j]! - this.weights[i]! + kv + workspaceOfRoles(this.c, r, blocks, d.kind) + d.overhead + transit;
+  }
+
+  /** The furthest end j ≥ i (at most `to`) with [i, j) within `room` on `d`. */
+  extend(i: number, d: PlanDeviceSpec, room: number, to = this.groups.length): number {
+    let j = i;
+    while (j < to && this.need(i, j + 1, d) <= room) j++;
+    return j;
+  }
+}
+
+/**
  * Fills accelerators in order, each up to min(cap, limit(device)); returns how many groups were placed
  * and where each accelerator's run ends.
  */
-function fillAccelerators(groups: Group[], accs: PlanDeviceSpec[], c: Costs, limit: (d: PlanDeviceSpec) => number): { placed: number; ends: number[] } {
+function fillAccelerators(
+  groups: Group[],
+  accs: PlanDeviceSpec[],
+  c: Costs,
+  limit: (d: PlanDeviceSpec) => number,
+  runs = new Runs(groups, c),
+): { placed: number; ends: number[] } {
   let next = 0;
   const ends: number[] = [];
   for (const d of accs) {
-    const room = Math.min(d.cap, limit(d));
-    let end = next;
-    while (end < groups.length && deviceNeed(groups.slice(next, end + 1), d, c).total <= room) end++;
-    ends.push(end);
-    next = end;
+    next = runs.extend(next, d, Math.min(d.cap, limit(d)));
+    ends.push(next);
   }
   return { placed: next, ends };
 }
@@ -364,7 +446,8 @@ function place(input: FitInput, groups: Group[], c: Costs, accs: PlanDeviceSpec[
 
   // 1. As many groups as possible on the accelerators, then the most even utilisation that keeps them
   //    (and keeps the pinned group on the first accelerator when the greedy fill could put it there).
-  const most = fillAccelerators(groups, accs, c, () => Infinity);
+  const runs = new Runs(groups, c);
+  const most = fillAccelerators(groups, accs, c, () => Infinity, runs);
   const pinnedGroup = pinnedGroupIndex(groups, input.pins ?? []);
   const keepsPins = (e: number[]): boolean => pinnedGroup === undefined || pinnedGroup < (e[0] ?? 0);
   // The device hosting offloaded groups must hold some of its own, or accelerate would pick another.
@@ -379,14 +462,14 @@ function place(input: FitInput, groups: Group[], c: Costs, accs: PlanDeviceSpec[
     let hi = Math.max(0, ...accs.map((d) => d.cap / weight(d)).filter((r) => !Number.isNaN(r)));
     for (let i = 0; i < 64 && hi - lo > 1e-9 * hi; i++) {
       const mid = (lo + hi) / 2;
-      if (keeps(fillAccelerators(groups, accs, c, (d) => mid * weight(d)))) hi = mid;
+      if (keeps(fillAccelerators(groups, accs, c, (d) => mid * weight(d), runs))) hi = mid;
       else lo = mid;
     }
-    const balanced = fillAccelerators(groups, accs, c, (d) => hi * weight(d));
+    const balanced = fillAccelerators(groups, accs, c, (d) => hi * weight(d), runs);
     if (keeps(balanced)) {
       // At that balance, the fewest stages (hand-offs): greedy filling may start a stage on a device it could skip.
       const firstEnd = Math.max(mustStart, keepsPins(most.ends) && pinnedGroup !== undefined ? pinnedGroup + 1 : 0);
-      ends = fewestStages(groups, accs, c, most.placed, (d) => hi * weight(d), firstEnd) ?? balanced.ends;
+      ends = fewestStages(groups, accs, c, most.placed, (d) => hi * weight(d), firstEnd, runs) ?? balanced.ends;
     }
   }
   const placed = most.placed;
@@ -450,10 +533,10 @@ function place(input: FitInput, groups: Group[], c: Costs, accs: PlanDeviceSpec[
   const duplicates = new Map<string, string[]>();
   groups.forEach((g, i) => {
     for (const u of g.units) unitDevice.set(u.name, assignment[i]!);
-    if (g.duplicates.length) duplicates.set(assignment[i]!, [...(duplicates.get(assignment[i]!) ?? []), ...g.duplicates]);
+    if (g.duplicates.length) appendTo(duplicates, assignment[i]!, ...g.duplicates);
   });
   const perDevice = new Map<string, Group[]>();
-  groups.forEach((g, i) => perDevice.set(assignment[i]!, [...(perDevice.get(assignment[i]!) ?? []), g]));
+  groups.forEach((g, i) => appendTo(perDevice, assignment[i]!, g));
   // What the main device really hosts: the groups left off the GPUs (at most those planned for).
   const final = c.hosted ? hostedOn(c, c.hosted.device, groups.slice(placed)) : c;
   const usage = new Map<string, Need>();
@@ -477,25 +560,38 @@ function fewestStages(
   placed: number,
   limit: (d: PlanDeviceSpec) => number,
   firstEnd: number,
+  runs = new Runs(groups, c),
 ): number[] | undefined {
   const k = accs.length;
   // best[a][i]: fewest stages holding groups [i, placed) on accelerators a…; end[a][i]: where a's run ends.
-  const best = Array.from({ length: k + 1 }, () => new Array<number>(placed + 1).fill(Infinity));
-  const end = Array.from({ length: k }, () => new Array<number>(placed + 1).fill(-1));
+  // From i a device may end anywhere in (i, ext(i)]: the best such end is a range minimum over the
+  // next device's row (the rightmost on ties: earlier devices fuller), found in O(1) by a sparse table.
+  const best = Array.from({ length: k + 1 }, () => new Float64Array(placed + 1).fill(Infinity));
+  const end = Array.from({ length: k }, () => new Int32Array(placed + 1).fill(-1));
   best[k]![placed] = 0;
   for (let a = k - 1; a >= 0; a--) {
     const d = accs[a]!;
     const room = Math.min(d.cap, limit(d));
+    const next = best[a + 1]!;
+    const table = new RightmostMin(next);
+    let reach = 0;
     for (let i = a === 0 ? 0 : placed; i >= 0; i--) {
-      for (let j = i; j <= placed; j++) {
-        if (j > i && deviceNeed(groups.slice(i, j), d, c).total > room) break;
-        if (a === 0 && j < firstEnd) continue;
-        const stages = best[a + 1]![j]! + (j > i ? 1 : 0);
-        if (stages <= best[a]![i]!) {
-          best[a]![i] = stages;
-          end[a]![i] = j;
-        }
+      // ext(i) never grows as i falls: the pointer only moves left, re-extended from its last place.
+      if (i === (a === 0 ? 0 : placed)) reach = runs.extend(i, d, room, placed);
+      else {
+        reach = Math.max(reach, i);
+        while (reach > i && runs.need(i, reach, d) > room) reach--;
       }
+      let stages = Infinity;
+      let at = -1;
+      if (!(a === 0 && i < firstEnd)) [stages, at] = [next[i]!, i];
+      const lo = Math.max(i + 1, a === 0 ? firstEnd : 0);
+      if (lo <= reach) {
+        const j = table.query(lo, reach);
+        if (next[j]! + 1 <= stages) [stages, at] = [next[j]! + 1, j];
+      }
+      best[a]![i] = stages;
+      end[a]![i] = at;
     }
   }
   if (!Number.isFinite(best[0]![0]!)) return undefined;
@@ -506,6 +602,32 @@ function fewestStages(
     ends.push(i);
   }
   return ends;
+}
+
+/** Range minimum queries over a fixed array, answering the rightmost index of the minimum, in O(1) after O(n log n). */
+class RightmostMin {
+  private readonly levels: Int32Array[];
+
+  constructor(private readonly values: Float64Array) {
+    const n = values.length;
+    const better = (x: number, y: number): number => (values[y]! <= values[x]! ? y : x);
+    this.levels = [Int32Array.from({ length: n }, (_, i) => i)];
+    for (let w = 1; 2 * w <= n; w *= 2) {
+      const prev = this.levels[this.levels.length - 1]!;
+      const cur = new Int32Array(n - 2 * w + 1);
+      for (let i = 0; i < cur.length; i++) cur[i] = better(prev[i]!, prev[i + w]!);
+      this.levels.push(cur);
+    }
+  }
+
+  /** Index of the minimum of values[lo..hi] (inclusive), the rightmost among equals. */
+  query(lo: number, hi: number): number {
+    const level = 31 - Math.clz32(hi - lo + 1);
+    const row = this.levels[level]!;
+    const x = row[lo]!;
+    const y = row[hi - (1 << level) + 1]!;
+    return this.values[y]! <= this.values[x]! ? y : x;
+  }
 }
 
 /** Index of the group holding the pinned modules (pinned units ride with the first of them). */

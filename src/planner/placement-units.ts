@@ -101,7 +101,8 @@ export function linearize(s: Skeleton, layout: LoadedLayout = {}): PlacementUnit
     });
 
   const units: PlacementUnit[] = [];
-  const pastBlocks = (): boolean => units.some((u) => u.block !== undefined);
+  let seenBlock = false;
+  const pastBlocks = (): boolean => seenBlock;
   const visit = (m: string): void => {
     const kids = children.get(m) ?? [];
     const atomic = m !== '' && (kids.length === 0 || noSplit.has(cls.get(m) ?? '') || blockIndex(m) !== undefined);
@@ -116,7 +117,10 @@ export function linearize(s: Skeleton, layout: LoadedLayout = {}): PlacementUnit
         tensors,
         transit: largestOwner(tensors),
       };
-      if (b !== undefined) unit.block = b;
+      if (b !== undefined) {
+        unit.block = b;
+        seenBlock = true;
+      }
       units.push(unit);
       return;
     }

@@ -1,3 +1,4 @@
+import { appendTo } from '../util/append.js';
 import type { Skeleton } from '../reader/skeleton.js';
 import type { PlacementUnit } from './placement-units.js';
 import { PLAN_FORMAT, PLAN_VERSION, type DevicePlan, type Plan, type PlanDeviceSpec, type Target, type Workload } from './plan.js';
@@ -107,34 +108,50 @@ export function countHandoffs(units: readonly PlacementUnit[], where: Map<string
 
 /**
  * accelerate-style compact map: a module whose every unit shares one device appears as one key;
- * a model on one device is `{"": device}`.
+ * a model on one device is `{"": device}`. Linear in modules and units (each unit marks its ancestors).
  */
 export function compactDeviceMap(s: Skeleton, units: readonly PlacementUnit[], where: Map<string, string>): [string, string][] {
-  const under = (m: string): PlacementUnit[] => units.filter((u) => m === '' || u.name === m || u.name.startsWith(`${m}.`));
+  const parentOf = (name: string): string => {
+    const cut = name.lastIndexOf('.');
+    return cut < 0 ? '' : name.slice(0, cut);
+  };
+  // For every module (and the root ''): the devices of the units at or under it, and how many units.
+  const devicesUnder = new Map<string, Set<string>>();
+  const modules = new Set(s.modules.map((m) => m.name));
+  for (const u of units) {
+    const d = where.get(u.name)!;
+    for (let m: string | undefined = u.name; m !== undefined; m = m === '' ? undefined : parentOf(m)) {
+      let set = devicesUnder.get(m);
+      if (!set) devicesUnder.set(m, (set = new Set()));
+      // An ancestor that already has this device passed it all the way up when it got it.
+      if (set.has(d)) break;
+      set.add(d);
+    }
+  }
   const single = (m: string): string | undefined => {
-    const ds = new Set(under(m).map((u) => where.get(u.name)));
-    return ds.size === 1 ? [...ds][0] : undefined;
+    const ds = devicesUnder.get(m);
+    return ds && ds.size === 1 ? [...ds][0] : undefined;
   };
   const whole = single('');
   if (whole !== undefined) return [['', whole]];
   const children = new Map<string, string[]>();
   for (const m of s.modules) {
-    const cut = m.name.lastIndexOf('.');
-    const parent = cut < 0 ? '' : m.name.slice(0, cut);
-    children.set(parent, [...(children.get(parent) ?? []), m.name]);
+    const parent = parentOf(m.name);
+    appendTo(children, parent, m.name);
+  }
+  // Tensors owned directly by a container (the root included) are units of their own.
+  const directUnits = new Map<string, PlacementUnit[]>();
+  for (const u of units) {
+    if (children.has(u.name) || modules.has(u.name)) continue;
+    const parent = parentOf(u.name);
+    appendTo(directUnits, parent, u);
   }
   const unitNames = new Set(units.map((u) => u.name));
   const out: [string, string][] = [];
   const walk = (m: string): void => {
-    // Tensors owned directly by a container (the root included) are units of their own.
-    for (const u of units) {
-      const cut = u.name.lastIndexOf('.');
-      if ((cut < 0 ? '' : u.name.slice(0, cut)) === m && !children.has(u.name) && !s.modules.some((x) => x.name === u.name)) {
-        out.push([u.name, where.get(u.name)!]);
-      }
-    }
+    for (const u of directUnits.get(m) ?? []) out.push([u.name, where.get(u.name)!]);
     for (const c of children.get(m) ?? []) {
-      if (under(c).length === 0) continue;
+      if (!devicesUnder.has(c)) continue;
       const d = single(c);
       if (d !== undefined || unitNames.has(c)) out.push([c, d ?? where.get(c)!]);
       else walk(c);

@@ -94,12 +94,25 @@ export function parseSkeleton(json: unknown, path: string, bytesRead = 0): Skele
 
 /** The repeated blocks of a skeleton that does not say: the largest ModuleList of same-class children. */
 export function inferBlocks(s: Pick<Skeleton, 'modules'>): BlockFacts | undefined {
+  // Direct children grouped by parent in one pass: linear in the modules, however many lists there are.
+  const children = new Map<string, { count: number; class: string | undefined; uniform: boolean }>();
+  for (const m of s.modules) {
+    const cut = m.name.lastIndexOf('.');
+    if (cut < 0) continue;
+    const parent = m.name.slice(0, cut);
+    const c = children.get(parent);
+    if (!c) children.set(parent, { count: 1, class: m.class, uniform: true });
+    else {
+      c.count++;
+      if (c.class !== m.class) c.uniform = false;
+    }
+  }
   let best: BlockFacts | undefined;
   for (const list of s.modules) {
     if (list.class !== 'ModuleList') continue;
-    const children = s.modules.filter((m) => m.name.startsWith(`${list.name}.`) && !m.name.slice(list.name.length + 1).includes('.'));
-    if (children.length < 2 || !children.every((c) => c.class === children[0]!.class)) continue;
-    if (!best || children.length > best.count) best = { prefix: list.name, count: children.length, class: children[0]!.class };
+    const c = children.get(list.name);
+    if (!c || c.count < 2 || !c.uniform) continue;
+    if (!best || c.count > best.count) best = { prefix: list.name, count: c.count, class: c.class! };
   }
   return best;
 }
