@@ -375,9 +375,20 @@ describe('tokenizer: missing and malformed files', () => {
     throwsInput(() => loadTokenizer(modelDir({ 'generation_config.json': '[1]' })), /generation_config\.json$/, /JSON object/);
   });
 
-  it('names tokenizer.json when the library cannot build it', () => {
-    const bad = { ...tokenizerJson(), model: { type: 'NoSuchModel' } };
-    throwsInput(() => loadTokenizer(modelDir({ 'tokenizer.json': bad })), /tokenizer\.json$/, /cannot build the tokenizer/, 'BAD_CONFIG');
+  it('names tokenizer.json and the key when the model type, vocabulary, merges or added tokens are malformed', () => {
+    const good = tokenizerJson() as { model: Record<string, unknown> };
+    const cases: [string, Record<string, unknown>, RegExp][] = [
+      ['an unknown model type', { ...good, model: { type: 'NoSuchModel' } }, /model\.type: "NoSuchModel" is not one of BPE/],
+      ['a vocabulary that is a string', { ...good, model: { ...good.model, vocab: 'abc' } }, /model\.vocab: must be an object of token → id/],
+      ['an id that is not a number', { ...good, model: { ...good.model, vocab: { a: 'x' } } }, /token "a" has id "x"/],
+      ['two tokens with one id', { ...good, model: { ...good.model, vocab: { a: 0, b: 0 } } }, /id 0 is given to more than one token/],
+      ['a merge of unknown tokens', { ...good, model: { ...good.model, merges: ['zz qq'] } }, /model\.merges\[0\]: "zz" is not in the vocabulary/],
+      ['added tokens that are not a list', { ...good, added_tokens: 'x' }, /added_tokens: must be a list/],
+    ];
+    for (const [what, json, reason] of cases) {
+      throwsInput(() => loadTokenizer(modelDir({ 'tokenizer.json': json })), /tokenizer\.json$/, reason, 'BAD_CONFIG');
+      void what;
+    }
   });
 });
 

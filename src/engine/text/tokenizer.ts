@@ -7,6 +7,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Environment, Interpreter, Template } from '@huggingface/jinja';
+import { checkTokenizerJson } from './tokenizer-json.js';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { InputError } from '../../util/errors.js';
 import { readJsonObjectFile } from '../../util/json-file.js';
@@ -74,6 +75,7 @@ export function loadTokenizer(modelDir: string): TextTokenizer {
     key in cfg ? tokenContent(cfg[key]) : key in specialTokensMap ? tokenContent(specialTokensMap[key]) : undefined;
 
   const libConfig = libraryConfig(cfg, tokenField);
+  checkTokenizerJson(tokenizerJson, tokenizerPath);
   let tok: Tokenizer;
   try {
     // added_tokens is optional in the format but the library iterates it unguarded.
