@@ -38,6 +38,9 @@ export interface GpuPeak {
   kv: number;
   workspace: number;
   overhead: number;
+  /** accelerate's main device: the offloaded layers' KV (part of kv) and the largest offloaded module in transit. */
+  hostedKv: number;
+  transit: number;
   peak: number;
 }
 
@@ -96,18 +99,26 @@ export function acceleratePeaks(s: Skeleton, plan: Plan, inv: Inventory): GpuPea
   const headWs = a ? headWorkspace(a, workload, profile, dtype) : 0;
   const units = linearize(s, workload.dtype ? { dtype: workload.dtype } : {});
   const where = unitDevices(units, plan.deviceMap);
+  // dispatch_model runs what is mapped to cpu/disk on its main device, the lowest GPU index in the map:
+  // their KV cache and activations live there, and one module's weights at a time are copied in.
+  const offloaded = units.filter((u) => where.get(u.name)?.some((x) => x === 'cpu' || x === 'disk'));
+  const gpusUsed = plan.devices.filter((d) => d.kind === 'gpu' && (d.weights > 0 || units.some((u) => where.get(u.name)?.includes(d.id))));
+  const main = offloaded.length > 0 ? gpusUsed.sort((x, y) => Number(x.id) - Number(y.id))[0]?.id : undefined;
   const peaks: GpuPeak[] = [];
   for (const d of plan.devices) {
     if (d.kind !== 'gpu') continue;
     const mine = units.filter((u) => where.get(u.name)?.includes(d.id));
     if (d.weights === 0 && mine.length === 0) continue;
-    const blocks = mine.filter((u) => u.block !== undefined).length;
+    const run = d.id === main ? [...mine, ...offloaded] : mine;
+    const blocks = run.filter((u) => u.block !== undefined).length;
+    const hostedKv = d.id === main ? offloaded.filter((u) => u.block !== undefined).length * kvPerBlock : 0;
     const kv = blocks * kvPerBlock;
-    const workspace = (blocks > 0 ? blockWs : 0) + (mine.some((u) => u.head) ? headWs : 0);
+    const workspace = (blocks > 0 ? blockWs : 0) + (run.some((u) => u.head) ? headWs : 0);
+    const transit = d.id === main ? Math.max(0, ...offloaded.map((u) => u.transit)) : 0;
     const overhead = profile.gpuOverhead;
     const gpu = inv.gpus.find((g) => String(g.logicalIndex) === d.id);
     const cap = gpu?.freeBytes ?? d.cap;
-    peaks.push({ id: d.id, cap, weights: d.weights, kv, workspace, overhead, peak: d.weights + kv + workspace + overhead });
+    peaks.push({ id: d.id, cap, weights: d.weights, kv, workspace, overhead, hostedKv, transit, peak: d.weights + kv + workspace + overhead + transit });
   }
   return peaks;
 }
@@ -172,7 +183,7 @@ export async function runCompare(): Promise<CompareResult> {
         const tightest = peaks.reduce<GpuPeak | undefined>((best, p) => (!best || p.peak / p.cap > best.peak / best.cap ? p : best), undefined);
         if (tightest) row.tightest = tightest;
         row.oom = peaks.some((p) => p.peak > p.cap);
-        row.oomWithoutWorkspace = peaks.some((p) => p.weights + p.kv + p.overhead > p.cap);
+        row.oomWithoutWorkspace = peaks.some((p) => p.weights + p.kv + p.overhead + p.transit > p.cap);
       } catch (e) {
         row.accError = message(e);
       }
@@ -195,7 +206,7 @@ export function renderCompare(r: CompareResult): string {
       ? x.accGpu === undefined
         ? '—'
         : 'no GPU used'
-      : `GPU ${t.id}: ${g(t.peak)} / ${g(t.cap)} (${((100 * t.peak) / t.cap).toFixed(0)} %; w ${g(t.weights)} + kv ${g(t.kv)} + ws ${g(t.workspace)} + oh ${g(t.overhead)})${x.oom ? ' **OOM**' : ''}`;
+      : `GPU ${t.id}: ${g(t.peak)} / ${g(t.cap)} (${((100 * t.peak) / t.cap).toFixed(0)} %; w ${g(t.weights)} + kv ${g(t.kv)}${t.hostedKv ? ` (of which offloaded layers' ${g(t.hostedKv)})` : ''} + ws ${g(t.workspace)} + oh ${g(t.overhead)}${t.transit ? ` + in transit ${g(t.transit)}` : ''})${x.oom ? ' **OOM**' : ''}`;
     const ge = x.fitGpu === undefined || x.accGpu === undefined ? '—' : x.fitGpu >= x.accGpu ? 'yes' : 'no';
     return [x.model, x.setup, fit, acc, peak, ge];
   });
@@ -212,7 +223,7 @@ export function renderCompare(r: CompareResult): string {
     markdownTable(header, body),
     '',
     `† fit found no plan within GPUs + 256 GiB CPU (this set-up allows no disk); the number is with an unlimited disk (--offload-folder). accelerate always spills to disk.`,
-    `peak = accelerate's weights on that GPU + KV cache of its decoder blocks at ${CTX} tokens + compute workspace + ${TARGETS[TARGET].gpuOverhead / 2 ** 20} MiB overhead, as planFit counts them; cap = the GPU's memory.`,
+    `peak = accelerate's weights on that GPU + KV cache of its decoder blocks at ${CTX} tokens (on the main device also of the cpu/disk-mapped ones, which dispatch_model runs there, and their largest module in transit) + compute workspace + ${TARGETS[TARGET].gpuOverhead / 2 ** 20} MiB overhead, as planFit counts them; cap = the GPU's memory.`,
     `summary: fit ≥ accelerate in ${ge} of ${both.length} rows; accelerate's plan would overflow a GPU in ${oom} of ${r.rows.length} rows` +
       ` (${oomNoWs} even without the workspace term; fit puts fewer weight bytes on GPUs in ${less} rows, ${oomWhereLess} of which are rows where accelerate would overflow)` +
       (overCap ? `; ‼ fit exceeded a cap in ${overCap} rows` : ''),

@@ -201,6 +201,10 @@ together, on both devices otherwise), the KV cache of its layers (--ctx × --bat
 compute workspace (activations, attention scores, and logits on the device with the head, for --ubatch
 tokens) and the runtime overhead. It keeps no-split blocks whole and stages contiguous, fills GPUs, then
 CPU RAM, then disk, and prefers the most bytes on GPUs, then balanced utilisation, then fewer hand-offs.
+Under --target transformers (implied by --format accelerate|python) modules mapped to cpu or disk run on
+the first GPU, as accelerate's dispatch_model does: their KV cache, activations and largest module in
+transit are counted there. An infeasible plan lists each short device and changes that would fit,
+each checked by planning again.
 Without --max-memory it uses every visible GPU's free memory and the available RAM; with it, only the
 devices named. A lower-case b (5gb) is refused as ambiguous: accelerate reads it as bits.`,
     )
