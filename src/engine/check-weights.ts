@@ -11,9 +11,7 @@ import { ggmlTypeId } from '../reader/formats/gguf.js';
 import type { Skeleton, SkeletonTensor } from '../reader/skeleton.js';
 import { FormatError, InputError } from '../util/errors.js';
 import type { ArchTensor } from './architectures/types.js';
-
-/** Floating dtypes the engine loads (float64 is narrowed to F32 on the way in). */
-export const LOADABLE_FLOATS = ['float32', 'float16', 'bfloat16', 'float64'] as const;
+import { isLoadableFloat } from './weights.js';
 
 /** The folder a skeleton JSON's files must lie in, or undefined for a checkpoint read from its headers. */
 export function trustedRoot(s: Skeleton): string | undefined {
@@ -43,7 +41,7 @@ export function dataFile(file: string, modelDir: string, root: string | undefine
 /** Refuses a tensor ggml could not load as the role it plays: integers, booleans, float8, a 1-D block format. */
 export function checkWeightDtype(t: SkeletonTensor, file: string): void {
   const info = lookupDType(t.dtype);
-  if ((LOADABLE_FLOATS as readonly string[]).includes(t.dtype)) return;
+  if (isLoadableFloat(t.dtype)) return;
   if (info?.kind === 'quantized' && t.shape.length >= 2 && ggmlTypeId(t.dtype) !== undefined) return;
   const what = info?.kind === 'int' || info?.kind === 'bool' ? `${t.dtype} (not floating)` : t.dtype;
   throw new InputError(

@@ -12,7 +12,14 @@ import { releaseAll, type DeviceState } from './device-state.js';
 import { GGML_TYPE, type Ggml, type Tensor } from './ggml/binding.js';
 import type { LongLivedTensors } from './ggml/graph.js';
 import { buildStageGraph, deviceLookups, liveInputs, type BuiltStage, type Stage } from './stages.js';
-import type { DeviceWeights } from './weights.js';
+import { convert, type DeviceWeights } from './weights.js';
+
+/** The loader's name for each float ggml type a weight can hold. */
+const FLOAT_NAMES = new Map<number, string>([
+  [GGML_TYPE.F32, 'float32'],
+  [GGML_TYPE.F16, 'float16'],
+  [GGML_TYPE.BF16, 'bfloat16'],
+]);
 
 /**
  * Built graphs kept per stage, most recently used last: decode alternates between few shapes (one
@@ -350,21 +357,14 @@ function rangeText(layers: readonly number[]): string {
 
 /** 'NaN' or 'Inf' when a float weight (F32, F16, BF16) holds one; undefined otherwise or for block formats. */
 function firstNonFinite(g: Ggml, t: Tensor): string | undefined {
-  const type = g.type(t);
+  const stored = FLOAT_NAMES.get(g.type(t));
+  if (stored === undefined) return undefined;
   const bytes = g.nbytes(t);
   const raw = new Uint8Array(bytes);
   g.raw.ggml_backend_tensor_get(t, raw, 0, bytes);
-  let values: Float32Array;
-  if (type === GGML_TYPE.F32) values = new Float32Array(raw.buffer);
-  else if (type === GGML_TYPE.F16) {
-    values = new Float32Array(bytes / 2);
-    g.raw.ggml_fp16_to_fp32_row(raw, values, values.length);
-  } else if (type === GGML_TYPE.BF16) {
-    const u16 = new Uint16Array(raw.buffer);
-    values = new Float32Array(u16.length);
-    const u32 = new Uint32Array(values.buffer);
-    for (let i = 0; i < u16.length; i++) u32[i] = u16[i]! << 16;
-  } else return undefined;
+  const elems = bytes / (stored === 'float32' ? 4 : 2);
+  const values = new Float32Array(elems);
+  convert(g, raw, stored, GGML_TYPE.F32, elems, values);
   for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i]!)) return Number.isNaN(values[i]!) ? 'NaN' : 'Inf';
   return undefined;
 }

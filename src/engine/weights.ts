@@ -22,8 +22,12 @@ import { ggmlTypeId } from '../reader/formats/gguf.js';
 
 /** The ggml type each stored dtype loads as (matrices keep theirs; 1-D tensors become F32; float64 narrows to F32). */
 const GGML_OF: Record<string, GgmlType> = { float32: GGML_TYPE.F32, float16: GGML_TYPE.F16, bfloat16: GGML_TYPE.BF16, float64: GGML_TYPE.F32 };
-/** Bytes per element of the floating dtypes the loader converts between. */
+/** Bytes per element of the floating dtypes the loader converts between: the floats the engine loads. */
 const ELEMENT: Record<string, number> = { float64: 8, float32: 4, float16: 2, bfloat16: 2 };
+
+export function isLoadableFloat(dtype: string): boolean {
+  return dtype in ELEMENT;
+}
 
 /** ggml's type for a stored dtype: the float types, and GGUF's block formats (used as stored). */
 export function ggmlTypeFor(dtype: string): GgmlType {
@@ -308,7 +312,7 @@ function readFully(fd: number, into: Uint8Array, n: number, position: number, fi
 }
 
 /** Converts `elems` values from float64/float32/float16/bfloat16 to the load type through float32. */
-function convert(g: Ggml, src: Uint8Array, from: string, to: GgmlType, elems: number, f32: Float32Array): Uint8Array {
+export function convert(g: Ggml, src: Uint8Array, from: string, to: GgmlType, elems: number, f32: Float32Array): Uint8Array {
   const tmp = f32.subarray(0, elems);
   if (from === 'float32') tmp.set(new Float32Array(src.buffer, src.byteOffset, elems));
   else if (from === 'float64') {

@@ -246,15 +246,7 @@ const NOTHING: Need = { weights: 0, kv: 0, workspace: 0, overhead: 0, hostedKv: 
 
 /** Memory a device needs to hold `groups`: their weights and KV, the workspace their roles need, overhead. */
 function deviceNeed(groups: readonly Group[], d: PlanDeviceSpec, c: Costs): Need {
-  if (groups.length === 0) return NOTHING;
-  const hosted = c.hosted && c.hosted.device === d.id ? c.hosted.groups : [];
-  const weights = groups.reduce((s, g) => s + g.weights, 0);
-  const hostedKv = hosted.reduce((s, g) => s + g.kv, 0);
-  const kv = groups.reduce((s, g) => s + g.kv, 0) + hostedKv;
-  const transit = Math.max(0, ...hosted.map((g) => g.transit));
-  const workspace = workspaceFor(c, hosted.length ? [...groups, ...hosted] : groups, d.kind);
-  const overhead = d.overhead;
-  return { weights, kv, workspace, overhead, hostedKv, transit, hosting: hosted.length > 0, total: weights + kv + workspace + overhead + transit };
+  return new Runs(groups, c).breakdown(0, groups.length, d);
 }
 
 /**
@@ -297,23 +289,30 @@ class Runs {
     }
   }
 
-  /** Total need of groups [i, j) on `d`: what deviceNeed(groups.slice(i, j), d, c).total gives. */
+  /** Total need of groups [i, j) on `d`. */
   need(i: number, j: number, d: PlanDeviceSpec): number {
-    if (j <= i) return 0;
+    return this.breakdown(i, j, d).total;
+  }
+
+  /** What groups [i, j) need on `d`, part by part; on the hosting device, the offloaded groups too. */
+  breakdown(i: number, j: number, d: PlanDeviceSpec): Need {
+    if (j <= i) return NOTHING;
+    const weights = this.weights[j]! - this.weights[i]!;
     let kv = this.kv[j]! - this.kv[i]!;
     let blocks = this.blocks[j]! - this.blocks[i]!;
     const r: Roles = { embed: this.embed[j]! > this.embed[i]!, block: this.block[j]! > this.block[i]!, head: this.head[j]! > this.head[i]! };
-    let transit = 0;
-    const h = this.hosted;
-    if (h && h.device === d.id) {
+    const h = this.hosted?.device === d.id ? this.hosted : undefined;
+    if (h) {
       kv += h.kv;
       blocks += h.blocks;
-      transit = h.transit;
       r.embed ||= h.roles.embed;
       r.block ||= h.roles.block;
       r.head ||= h.roles.head;
     }
-    return this.weights[j]! - this.weights[i]! + kv + workspaceOfRoles(this.c, r, blocks, d.kind) + d.overhead + transit;
+    const workspace = workspaceOfRoles(this.c, r, blocks, d.kind);
+    const transit = h?.transit ?? 0;
+    const total = weights + kv + workspace + d.overhead + transit;
+    return { weights, kv, workspace, overhead: d.overhead, hostedKv: h?.kv ?? 0, transit, hosting: h !== undefined, total };
   }
 
   /** The furthest end j ≥ i (at most `to`) with [i, j) within `room` on `d`. */

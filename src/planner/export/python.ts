@@ -1,4 +1,3 @@
-import { label } from '../plan-builder.js';
 import type { Plan } from '../plan.js';
 import { formatBytes } from '../units.js';
 import { accelerateArgs } from './accelerate.js';
@@ -20,7 +19,8 @@ function pyLiteral(v: unknown, indent = 0): string {
 
 /** Where each layer's KV cache lives: transformers creates it on the device that computes the layer. */
 function kvComments(p: Plan): string {
-  const cuda = (id: string): string => (p.devices.find((d) => d.id === id)?.kind === 'gpu' ? `cuda:${id}` : label({ id, kind: 'cpu' }));
+  // Logical GPU ids are torch's device indices; cpu keeps its name.
+  const cuda = (id: string): string => (p.devices.find((d) => d.id === id)?.kind === 'gpu' ? `cuda:${id}` : id);
   const layers = (ranges: readonly string[]): string[] => ranges.filter((r) => /\s\d+(–\d+)?$/.test(r));
   const lines = ["# Where each KV cache lives (transformers creates a layer's cache on the device that computes it):"];
   for (const d of p.devices) {
