@@ -83,11 +83,6 @@ function samplingFrom(f: RunFlags): SamplerOptions {
   return s;
 }
 
-function modelDirOf(model: LoadedModel): string {
-  const f = model.skeleton.source.files.find((x) => x.endsWith('config.json')) ?? model.skeleton.source.files[0];
-  return f ? dirname(f) : '.';
-}
-
 /**
  * The per-device report: the allocator's figure is what vramfit's own buffers held; the device's own
  * figure (GPUs whose backend reports its use) counts everything the backend holds there, and is what
@@ -161,11 +156,11 @@ export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean)
     let tokenizer: TextTokenizer | undefined;
     let promptIds: number[];
     if (f.prompt !== undefined) {
-      tokenizer = loadTokenizer(modelDirOf(loaded));
+      tokenizer = loadTokenizer(loaded.modelDir);
       promptIds = f.chat ? tokenizer.encodeChat([{ role: 'user', content: f.prompt }], { addGenerationPrompt: true }) : tokenizer.encode(f.prompt);
     } else {
       promptIds = parseIds(f.inputIds!);
-      const dir = modelDirOf(loaded);
+      const dir = loaded.modelDir;
       if (existsSync(join(dir, 'tokenizer.json')) || isChatglmTokenizerDir(dir)) tokenizer = loadTokenizer(dir);
     }
     if (promptIds.length === 0) throw new InputError('--prompt', 'the prompt encodes to no tokens');

@@ -17,7 +17,7 @@ import { readModel } from '../reader/read-model.js';
 import { kvDefaultDtype } from '../reader/summary.js';
 import type { Skeleton } from '../reader/skeleton.js';
 import type { RemedyKnobs } from '../planner/remedies.js';
-import { planFit, type MeasuredWorkspace } from '../planner/fit.js';
+import { InfeasiblePlanError, planFit, type MeasuredWorkspace } from '../planner/fit.js';
 import { cudaScratchBytes, TARGETS, vulkanScratchBytes, type BackendScratchShape } from '../planner/memory-model.js';
 import { manualPlan } from '../planner/manual-split.js';
 import type { GpuBackend } from '../planner/devices/gpu-match.js';
@@ -48,8 +48,14 @@ export interface LoadOptions {
   backend?: GpuBackend;
   /** Caps per device, as `vramfit plan --max-memory` takes them. */
   maxMemory?: string;
+  /** Tokens each sequence may hold in the KV cache. */
   ctx?: number;
   ubatch?: number;
+  /**
+   * Sequences served at once (the planner's batch): the KV cache holds `parallel` × `ctx` tokens.
+   * Default 1; 'auto' takes the most (up to AUTO_PARALLEL_MAX) whose plan fits the caps.
+   */
+  parallel?: number | 'auto';
   kvDtype?: 'float32' | 'float16';
   /** Load matrices in this dtype instead of the checkpoint's. */
   dtype?: 'float32' | 'float16' | 'bfloat16';
@@ -78,21 +84,27 @@ interface EngineModel {
 interface RunShape {
   ctx: number;
   ubatch: number;
+  slots: number;
+  /** Rows of each layer's unified KV cache: ctx per slot. */
+  kvRows: number;
   kvDtype: 'float32' | 'float16';
   kvType: GgmlType;
 }
 
+/** The most slots `parallel: 'auto'` tries. */
+export const AUTO_PARALLEL_MAX = 64;
+
 export async function loadModel(model: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   const g = loadGgml();
   const m = await readForEngine(model, opts);
+  if (opts.parallel === 'auto') opts = { ...opts, parallel: await mostSlots(g, m, opts) };
   const shape = runShape(m, opts);
-  const scratch = scratchShape(m, shape);
-  const run = await resolveRunDevices(opts, { vulkan: vulkanScratchBytes(scratch), cuda: TARGETS.vramfit.gpuOverhead + cudaScratchBytes(scratch) });
+  const run = await resolveRunDevices(opts, overheads(m, shape));
   const states = openDevices(run, opts).map(newDeviceState);
   try {
     const devices = states.map((s) => s.device);
     const bufts = [...new Map(devices.map((d) => [`${d.buft}:${d.kind === 'gpu'}`, { buft: d.buft, gpu: d.kind === 'gpu', alignment: d.alignment }])).values()];
-    const measured = measureWorkspace(g, m.arch, m.h, m.typeOf, shape.ctx, shape.ubatch, shape.kvType, bufts);
+    const measured = measureWorkspace(g, m.arch, m.h, m.typeOf, shape.kvRows, shape.ubatch, shape.kvType, bufts);
     // ggml places each tensor on an aligned address: the plan pads as the buffers will.
     const alignment = Math.max(1, ...devices.map((d) => d.alignment));
     let plan = makePlan(m, run, shape, measured, alignment, opts);
@@ -104,10 +116,70 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
     const kv = allocateWeightsAndCaches(g, m, stages, states, shape);
     reserveCompute(g, m, stages, states, kv, shape);
     readWeights(g, m, states, opts.onProgress);
-    return new LoadedModel(g, { skeleton: m.skeleton, arch: m.arch, hyper: m.h, plan, states, stages, kv, ctx: shape.ctx, ubatch: shape.ubatch });
+    return new LoadedModel(g, {
+      skeleton: m.skeleton,
+      arch: m.arch,
+      hyper: m.h,
+      plan,
+      states,
+      stages,
+      kv,
+      ctx: shape.ctx,
+      ubatch: shape.ubatch,
+      slots: shape.slots,
+    });
   } catch (e) {
     releaseAll(g, states);
     throw e;
+  }
+}
+
+/** Backend overheads a run's GPUs leave room for, for this shape. */
+function overheads(m: EngineModel, shape: RunShape): Record<GpuBackend, number> {
+  const scratch = scratchShape(m, shape);
+  return { vulkan: vulkanScratchBytes(scratch), cuda: TARGETS.vramfit.gpuOverhead + cudaScratchBytes(scratch) };
+}
+
+/**
+ * The most slots whose plan fits every cap (KV cache of all slots, workspace measured for their
+ * attention, backend scratch), found by doubling then bisection: more slots never need less memory.
+ * Devices are opened only to learn their buffer types, and closed again.
+ */
+async function mostSlots(g: Ggml, m: EngineModel, opts: LoadOptions): Promise<number> {
+  const probeOpts = { ...opts, parallel: 1 };
+  const states = openDevices(await resolveRunDevices(opts, overheads(m, runShape(m, probeOpts))), opts).map(newDeviceState);
+  try {
+    const devices = states.map((s) => s.device);
+    const bufts = [...new Map(devices.map((d) => [`${d.buft}:${d.kind === 'gpu'}`, { buft: d.buft, gpu: d.kind === 'gpu', alignment: d.alignment }])).values()];
+    const alignment = Math.max(1, ...devices.map((d) => d.alignment));
+    const fits = async (n: number, explain: boolean): Promise<boolean> => {
+      const shape = runShape(m, { ...opts, parallel: n });
+      const run = await resolveRunDevices(opts, overheads(m, shape));
+      const measured = measureWorkspace(g, m.arch, m.h, m.typeOf, shape.kvRows, shape.ubatch, shape.kvType, bufts);
+      try {
+        makePlan(m, run, shape, measured, alignment, opts, explain);
+        return true;
+      } catch (e) {
+        if (e instanceof InfeasiblePlanError && !explain) return false;
+        throw e;
+      }
+    };
+    // One slot must fit; if not, its error (with remedies) is the answer.
+    await fits(1, true);
+    let good = 1;
+    let bad = AUTO_PARALLEL_MAX + 1;
+    while (good * 2 < bad) {
+      if (await fits(good * 2, false)) good *= 2;
+      else bad = good * 2;
+    }
+    while (bad - good > 1) {
+      const mid = Math.floor((good + bad) / 2);
+      if (await fits(mid, false)) good = mid;
+      else bad = mid;
+    }
+    return good;
+  } finally {
+    releaseAll(g, states);
   }
 }
 
@@ -150,7 +222,10 @@ function runShape(m: EngineModel, opts: LoadOptions): RunShape {
   const h = m.h;
   const ctx = opts.ctx ?? Math.min(h.maxPositions, 4096);
   if (!Number.isSafeInteger(ctx) || ctx < 1) throw new InputError('--ctx', `expected a positive integer, got ${ctx}`);
-  const ubatch = Math.min(opts.ubatch ?? 512, ctx);
+  const slots = opts.parallel === 'auto' ? 1 : (opts.parallel ?? 1);
+  if (!Number.isSafeInteger(slots) || slots < 1 || slots > 256) throw new InputError('--parallel', `expected an integer from 1 to 256, got ${slots}`);
+  // A step of a full batch carries one token of every sequence.
+  const ubatch = Math.max(Math.min(opts.ubatch ?? 512, ctx), Math.min(slots, 512));
   // A position past a learned position table would be an out-of-range row lookup, which aborts ggml.
   if (h.positionLimit !== undefined && ctx > h.positionLimit)
     throw new InputError('--ctx', `${ctx} tokens exceed the ${h.positionLimit} positions this model has embeddings for`);
@@ -165,7 +240,7 @@ function runShape(m: EngineModel, opts: LoadOptions): RunShape {
     );
   // As transformers does, the cache follows the model: float32 models keep a float32 cache.
   const kvDtype = opts.kvDtype ?? (kvDefaultDtype(m.skeleton) === 'float32' ? 'float32' : 'float16');
-  return { ctx, ubatch, kvDtype, kvType: kvDtype === 'float32' ? GGML_TYPE.F32 : GGML_TYPE.F16 };
+  return { ctx, ubatch, slots, kvRows: ctx * slots, kvDtype, kvType: kvDtype === 'float32' ? GGML_TYPE.F32 : GGML_TYPE.F16 };
 }
 
 /** The shapes that size a GPU backend's own scratch buffers (memory-model.ts), over the whole model. */
@@ -178,7 +253,14 @@ function scratchShape(m: EngineModel, shape: RunShape): BackendScratchShape {
       const stored = type === GGML_TYPE.F32 ? 'f32' : type === GGML_TYPE.F16 || type === GGML_TYPE.BF16 ? 'f16' : 'quantized';
       return { k: x.ne[0]!, m: x.ne[1]!, stored } as const;
     });
-  return { ubatch: shape.ubatch, ctx: shape.ctx, kvDim: m.h.kvDim, queryDim: m.h.hidden, matrices, kvBytesPerElement: shape.kvType === GGML_TYPE.F32 ? 4 : 2 };
+  return {
+    ubatch: shape.ubatch,
+    ctx: shape.kvRows,
+    kvDim: m.h.kvDim,
+    queryDim: m.h.hidden,
+    matrices,
+    kvBytesPerElement: shape.kvType === GGML_TYPE.F32 ? 4 : 2,
+  };
 }
 
 function openDevices(run: RunDevices, opts: LoadOptions): EngineDevice[] {
@@ -230,10 +312,18 @@ function openDevices(run: RunDevices, opts: LoadOptions): EngineDevice[] {
   }
 }
 
-function makePlan(m: EngineModel, run: RunDevices, shape: RunShape, measured: MeasuredWorkspace, alignment: number, opts: LoadOptions): Plan {
-  const workload = { ctx: shape.ctx, batch: 1, ubatch: shape.ubatch, kvDtype: shape.kvDtype, ...(opts.dtype ? { dtype: opts.dtype } : {}) };
+function makePlan(m: EngineModel, run: RunDevices, shape: RunShape, measured: MeasuredWorkspace, alignment: number, opts: LoadOptions, explain = true): Plan {
+  const workload = { ctx: shape.ctx, batch: shape.slots, ubatch: shape.ubatch, kvDtype: shape.kvDtype, ...(opts.dtype ? { dtype: opts.dtype } : {}) };
   if (!opts.layerSplit)
-    return planFit({ skeleton: m.skeleton, devices: run.specs, workload, target: 'vramfit', measuredWorkspace: measured, alignment, remedies: RUN_KNOBS });
+    return planFit({
+      skeleton: m.skeleton,
+      devices: run.specs,
+      workload,
+      target: 'vramfit',
+      measuredWorkspace: measured,
+      alignment,
+      remedies: explain ? RUN_KNOBS : false,
+    });
   const u = m.arch.units(m.h);
   return manualPlan(
     m.skeleton,
@@ -331,7 +421,7 @@ function withDiskTensorsInRam(plan: Plan, states: readonly DeviceState[]): Plan 
 /** Bytes of one device's KV cache: K and V of each of its layers at the full context. */
 function kvBytes(g: Ggml, stages: Stage[], d: EngineDevice, shape: RunShape, h: EngineHyper): number {
   const layers = stages.filter((s) => s.device === d).reduce((sum, s) => sum + s.layers.length, 0);
-  return layers * 2 * pad(g.rowSize(shape.kvType, h.kvDim) * shape.ctx, d.alignment);
+  return layers * 2 * pad(g.rowSize(shape.kvType, h.kvDim) * shape.kvRows, d.alignment);
 }
 
 /**
@@ -358,12 +448,12 @@ function allocateWeightsAndCaches(g: Ggml, m: EngineModel, stages: Stage[], stat
     const layers = stages.filter((st) => st.device === d).flatMap((st) => st.layers);
     if (layers.length === 0) continue;
     s.kvCtx = g.init(g.tensorOverhead() * (layers.length * 2 + 4), true);
-    const per = pad(g.rowSize(shape.kvType, m.h.kvDim) * shape.ctx, d.alignment);
+    const per = pad(g.rowSize(shape.kvType, m.h.kvDim) * shape.kvRows, d.alignment);
     s.kv = d.allocator.allocate(per * 2 * layers.length, 'kv');
     const base = g.raw.ggml_backend_buffer_get_base(s.kv.buffer) as bigint;
     layers.forEach((i, j) => {
-      const k = g.newTensor(s.kvCtx!, shape.kvType, [m.h.kvDim, shape.ctx]);
-      const v = g.newTensor(s.kvCtx!, shape.kvType, [m.h.kvDim, shape.ctx]);
+      const k = g.newTensor(s.kvCtx!, shape.kvType, [m.h.kvDim, shape.kvRows]);
+      const v = g.newTensor(s.kvCtx!, shape.kvType, [m.h.kvDim, shape.kvRows]);
       g.raw.ggml_backend_tensor_alloc(s.kv!.buffer, k, base + BigInt(per * 2 * j));
       g.raw.ggml_backend_tensor_alloc(s.kv!.buffer, v, base + BigInt(per * (2 * j + 1)));
       kv.set(i, { k, v });
@@ -386,7 +476,7 @@ function reserveCompute(g: Ggml, m: EngineModel, stages: Stage[], states: Device
     if (mine.length === 0) continue;
     let most = 0;
     for (const st of mine) {
-      const b = buildStageGraph(g, m.arch, m.h, st, deviceLookups(st, weights, kv), shape.ubatch, shape.ctx);
+      const b = buildStageGraph(g, m.arch, m.h, st, deviceLookups(st, weights, kv), shape.ubatch, shape.kvRows);
       try {
         most = Math.max(most, measureGraph(g, d.buft, b.graph));
       } finally {
@@ -399,7 +489,7 @@ function reserveCompute(g: Ggml, m: EngineModel, stages: Stage[], states: Device
     s.galloc = g.raw.ggml_gallocr_new(d.buft) as Gallocr;
     liveResources.graphAllocators++;
     for (const st of mine) {
-      const b = buildStageGraph(g, m.arch, m.h, st, deviceLookups(st, weights, kv), shape.ubatch, shape.ctx);
+      const b = buildStageGraph(g, m.arch, m.h, st, deviceLookups(st, weights, kv), shape.ubatch, shape.kvRows);
       const ok = g.raw.ggml_gallocr_reserve(s.galloc, b.graph) as boolean;
       b.gb.free();
       if (!ok) throw new VramfitError('GGML', `could not reserve the compute buffer on device ${d.id}`, 1);

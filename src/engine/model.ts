@@ -2,6 +2,7 @@
  * A loaded model as a decode context: stages run in order, each on its device, with the hidden state
  * handed across and each layer's KV cache written in place. Loading is load.ts.
  */
+import { dirname } from 'node:path';
 import type { Skeleton } from '../reader/skeleton.js';
 import type { Plan } from '../planner/plan.js';
 import { InputError, VramfitError } from '../util/errors.js';
@@ -49,15 +50,31 @@ export interface DeviceReport {
   bytesIn: number;
 }
 
-/** A model loaded as planned: weights and each layer's KV cache on their devices, ready to run. */
+/** One sequence's tokens in a batched forward pass. */
+export interface BatchEntry {
+  /** The slot (0 … slots − 1) whose KV cache rows the tokens append to. */
+  slot: number;
+  tokens: readonly number[];
+  /** Logits for every token ('all') or only the last ('last'). */
+  logits: 'all' | 'last';
+}
+
+/**
+ * A model loaded as planned: weights and each layer's KV cache on their devices, ready to run.
+ *
+ * The cache holds `slots` sequences of up to `ctx` tokens each in one unified cache per layer (slot s
+ * owns rows s·ctx … s·ctx + ctx − 1), as llama.cpp's unified KV cache does: a batch mixes tokens of
+ * several sequences in one forward pass, every weight read once for all of them, and the mask keeps
+ * each token to its own sequence's rows.
+ */
 export class LoadedModel {
-  private past = 0;
+  private readonly past: Int32Array;
   private readonly bytesIn = new Map<string, number>();
   private disposed = false;
   /** Shapes of this model's weights and KV cache, read from ggml once for all the graphs of its steps. */
   private readonly longLived: LongLivedTensors = new Map();
   /**
-   * Each stage's built graphs by shape key (tokens, padded KV length, last-only): a step of a shape
+   * Each stage's built graphs by shape key (tokens, padded KV length, output rows): a step of a shape
    * seen before only sets inputs and computes. The graph does not depend on the cache's fill (the
    * rows written and the mask are inputs), which is what makes it reusable.
    */
@@ -73,9 +90,11 @@ export class LoadedModel {
   readonly arch: EngineArchitecture;
   readonly hyper: EngineHyper;
   readonly plan: Plan;
-  /** Tokens the KV cache holds at most, and tokens per forward pass. */
+  /** Tokens each sequence's KV cache holds at most, and tokens per forward pass. */
   readonly ctx: number;
   readonly ubatch: number;
+  /** Sequences the KV cache holds at once. */
+  readonly slots: number;
   private readonly states: DeviceState[];
   private readonly stages: Stage[];
   private readonly kv: Map<number, LayerCache>;
@@ -93,6 +112,7 @@ export class LoadedModel {
       kv: Map<number, LayerCache>;
       ctx: number;
       ubatch: number;
+      slots?: number;
     },
   ) {
     ({
@@ -106,6 +126,8 @@ export class LoadedModel {
       ctx: this.ctx,
       ubatch: this.ubatch,
     } = parts);
+    this.slots = parts.slots ?? 1;
+    this.past = new Int32Array(this.slots);
     this.weights = new Map(this.states.flatMap((s) => (s.weights ? [[s.device.id, s.weights] as const] : [])));
   }
 
@@ -115,14 +137,41 @@ export class LoadedModel {
     return this.states.map((s) => s.device);
   }
 
-  /** Tokens in the KV cache. */
-  get position(): number {
-    return this.past;
+  /** The folder whose tokenizer files belong to this model: config.json's, else the first weight file's. */
+  get modelDir(): string {
+    const files = this.skeleton.source.files;
+    const f = files.find((x) => x.endsWith('config.json')) ?? files[0];
+    return f ? dirname(f) : '.';
   }
 
+  /** Tokens in slot 0's KV cache (the single-sequence API's). */
+  get position(): number {
+    return this.past[0]!;
+  }
+
+  /** Tokens in a slot's KV cache. */
+  positionOf(slot: number): number {
+    this.checkSlot(slot);
+    return this.past[slot]!;
+  }
+
+  /** Empties every slot and frees the cached graphs. */
   reset(): void {
-    this.past = 0;
+    this.past.fill(0);
     this.dropGraphs();
+  }
+
+  /** Empties one slot: its rows are masked out until written again, so nothing needs clearing. */
+  resetSlot(slot: number): void {
+    this.checkSlot(slot);
+    this.past[slot] = 0;
+  }
+
+  /** Graphs built and kept (each a ggml context of host memory): bounded, so a long-running server does not grow. */
+  get cachedGraphs(): number {
+    let n = 0;
+    for (const byKey of this.graphs.values()) n += byKey.size;
+    return n;
   }
 
   /** Frees every cached graph's context. */
@@ -133,10 +182,10 @@ export class LoadedModel {
   }
 
   /** The stage's graph for this shape, from the cache or built (evicting the least recently used). */
-  private stageGraph(stage: Stage, n: number, nKv: number, lastOnly: boolean): BuiltStage {
+  private stageGraph(stage: Stage, n: number, nKv: number, outputs: number): BuiltStage {
     let byKey = this.graphs.get(stage);
     if (!byKey) this.graphs.set(stage, (byKey = new Map()));
-    const key = `${n}:${nKv}:${lastOnly ? 1 : 0}`;
+    const key = `${n}:${nKv}:${outputs}`;
     const hit = byKey.get(key);
     if (hit) {
       // Most recently used last.
@@ -150,47 +199,100 @@ export class LoadedModel {
       if (this.placed.get(stage.device.id) === old) this.placed.delete(stage.device.id);
       old.gb.free();
     }
-    const built = buildStageGraph(this.g, this.arch, this.hyper, stage, deviceLookups(stage, this.weights, this.kv), n, nKv, lastOnly, this.longLived);
+    const built = buildStageGraph(this.g, this.arch, this.hyper, stage, deviceLookups(stage, this.weights, this.kv), n, nKv, outputs, this.longLived);
     byKey.set(key, built);
     return built;
   }
 
   /**
-   * Runs `tokens` through the pipeline in micro-batches of at most `ubatch`, appending to the KV
+   * Runs `tokens` through the pipeline in micro-batches of at most `ubatch`, appending to slot 0's KV
    * cache. Returns one logits row per token when `allLogits`, else only the last token's.
    */
   forward(tokens: readonly number[], allLogits = false): Float32Array[] {
     this.ensureOpen();
     if (tokens.length === 0) return [];
-    if (this.past + tokens.length > this.ctx) {
-      throw new InputError('--ctx', `${this.past + tokens.length} tokens do not fit the ${this.ctx}-token context this model was loaded with`);
-    }
-    for (const id of tokens) {
-      if (!Number.isSafeInteger(id) || id < 0 || id >= this.hyper.vocab)
-        throw new InputError('--input-ids', `token id ${id} is outside the vocabulary (0..${this.hyper.vocab - 1})`);
-    }
+    this.checkTokens(0, tokens);
     const rows: Float32Array[] = [];
     for (let start = 0; start < tokens.length; start += this.ubatch) {
       const chunk = tokens.slice(start, start + this.ubatch);
       const last = start + this.ubatch >= tokens.length;
       // Without allLogits only each micro-batch's last token goes through the final norm and head.
-      const logits = this.step(chunk, !allLogits);
-      const n = chunk.length;
-      const v = this.hyper.vocab;
-      if (allLogits) for (let i = 0; i < n; i++) rows.push(logits.slice(i * v, (i + 1) * v));
-      else if (last) rows.push(logits.slice(logits.length - v));
+      const [out] = this.forwardBatch([{ slot: 0, tokens: chunk, logits: allLogits ? 'all' : 'last' }]);
+      if (allLogits || last) rows.push(...out!);
     }
     return rows;
   }
 
-  private step(tokens: number[], lastOnly = false): Float32Array {
-    const n = tokens.length;
-    // Rows this batch writes and attends over; a graph depends only on (n, nKv, lastOnly).
-    const nKv = paddedKvLength(this.past + n, this.ctx);
+  /**
+   * One forward pass over tokens of several sequences (at most `ubatch` in all, each slot at most
+   * once), appending each entry's tokens to its slot's cache. Returns, per entry, its logits rows.
+   */
+  forwardBatch(entries: readonly BatchEntry[]): Float32Array[][] {
+    this.ensureOpen();
+    const n = entries.reduce((sum, e) => sum + e.tokens.length, 0);
+    if (n === 0 || entries.some((e) => e.tokens.length === 0)) throw new VramfitError('PIPELINE', 'a batch entry without tokens', 1);
+    if (n > this.ubatch) throw new VramfitError('PIPELINE', `${n} tokens in one forward pass exceed the micro-batch of ${this.ubatch}`, 1);
+    const seen = new Set<number>();
+    for (const e of entries) {
+      if (seen.has(e.slot)) throw new VramfitError('PIPELINE', `slot ${e.slot} appears twice in one batch`, 1);
+      seen.add(e.slot);
+      this.checkTokens(e.slot, e.tokens);
+    }
+    // The batch's layout: token order, each token's slot and position, and the rows kept past the blocks.
+    const ids = new Int32Array(n);
+    const slotOf = new Int32Array(n);
+    const pos = new Int32Array(n);
+    const keep: number[] = [];
+    let t = 0;
+    let maxRow = 0;
+    for (const e of entries) {
+      for (let j = 0; j < e.tokens.length; j++, t++) {
+        ids[t] = e.tokens[j]!;
+        slotOf[t] = e.slot;
+        pos[t] = this.past[e.slot]! + j;
+        maxRow = Math.max(maxRow, e.slot * this.ctx + pos[t]!);
+        if (e.logits === 'all' || j === e.tokens.length - 1) keep.push(t);
+      }
+    }
+    // Rows this batch writes and attends over; a graph depends only on (n, nKv, outputs).
+    const nKv = paddedKvLength(maxRow + 1, this.ctx * this.slots);
+    const logits = this.step({ ids, slotOf, pos, keep, nKv });
+    for (const e of entries) this.past[e.slot] = this.past[e.slot]! + e.tokens.length;
+    const v = this.hyper.vocab;
+    const out: Float32Array[][] = [];
+    let r = 0;
+    for (const e of entries) {
+      const count = e.logits === 'all' ? e.tokens.length : 1;
+      const rows: Float32Array[] = [];
+      for (let i = 0; i < count; i++, r++) rows.push(logits.slice(r * v, (r + 1) * v));
+      out.push(rows);
+    }
+    return out;
+  }
+
+  private checkSlot(slot: number): void {
+    if (!Number.isSafeInteger(slot) || slot < 0 || slot >= this.slots)
+      throw new VramfitError('PIPELINE', `slot ${slot} is not one of the ${this.slots} slots`, 1);
+  }
+
+  private checkTokens(slot: number, tokens: readonly number[]): void {
+    this.checkSlot(slot);
+    if (this.past[slot]! + tokens.length > this.ctx) {
+      throw new InputError('--ctx', `${this.past[slot]! + tokens.length} tokens do not fit the ${this.ctx}-token context this model was loaded with`);
+    }
+    for (const id of tokens) {
+      if (!Number.isSafeInteger(id) || id < 0 || id >= this.hyper.vocab)
+        throw new InputError('--input-ids', `token id ${id} is outside the vocabulary (0..${this.hyper.vocab - 1})`);
+    }
+  }
+
+  private step(b: StepLayout): Float32Array {
+    const n = b.ids.length;
+    const outputs = b.keep.length;
     let carried: Tensor | undefined;
     let result: Float32Array | undefined;
     for (const stage of this.stages) {
-      const built = this.stageGraph(stage, n, nKv, lastOnly);
+      const built = this.stageGraph(stage, n, b.nKv, outputs);
       const id = stage.device.id;
       if (this.placed.get(id) !== built) {
         const state = this.stateOf(stage.device);
@@ -208,7 +310,7 @@ export class LoadedModel {
         built.live ??= liveInputs(this.g, built);
         this.placed.set(id, built);
       }
-      this.setInputs(built, tokens);
+      this.setInputs(built, b);
       if (carried && built.hidden) {
         this.g.raw.ggml_backend_tensor_copy(carried, built.hidden);
         this.bytesIn.set(id, (this.bytesIn.get(id) ?? 0) + this.g.nbytes(built.hidden));
@@ -217,7 +319,7 @@ export class LoadedModel {
       if (status !== 0) throw new VramfitError('GGML', `graph compute failed on device ${id} (status ${status})`, 1);
       stage.device.watch?.sample();
       if (stage.head) {
-        const out = new Float32Array(this.hyper.vocab * (lastOnly ? 1 : n));
+        const out = new Float32Array(this.hyper.vocab * outputs);
         this.g.raw.ggml_backend_tensor_get(built.output, out, 0, out.byteLength);
         if (!allFinite(out)) throw this.nonFinite(stage, 'logits');
         result = out;
@@ -226,7 +328,6 @@ export class LoadedModel {
       }
       carried = built.output;
     }
-    this.past += n;
     if (!result) throw new VramfitError('PIPELINE', 'no stage produced logits', 1);
     return result;
   }
@@ -263,27 +364,33 @@ export class LoadedModel {
     return new InputError(this.skeleton.source.path, `non-finite ${what} from ${where}, whose weights are finite (activations overflowed?)`, 'NON_FINITE');
   }
 
-  private setInputs(b: BuiltStage, tokens: number[]): void {
+  private setInputs(b: BuiltStage, layout: StepLayout): void {
     const g = this.g;
     const live = b.live!;
-    const n = tokens.length;
-    if (live.tokens) g.raw.ggml_backend_tensor_set(b.tokens!, Int32Array.from(tokens), 0, n * 4);
-    if (live.positions || live.kvRows) {
-      // The batch's positions are also the cache rows its K and V go to.
-      const pos = Int32Array.from(tokens, (_, i) => this.past + i);
-      if (pos[n - 1]! >= this.ctx) throw new VramfitError('PIPELINE', `cache row ${pos[n - 1]} is past the ${this.ctx}-row KV cache`, 1);
-      if (live.positions) g.raw.ggml_backend_tensor_set(b.positions!, pos, 0, pos.byteLength);
-      if (live.kvRows) g.raw.ggml_backend_tensor_set(b.kvRows!, pos, 0, pos.byteLength);
+    const n = layout.ids.length;
+    if (live.tokens) g.raw.ggml_backend_tensor_set(b.tokens!, layout.ids, 0, layout.ids.byteLength);
+    if (live.positions) g.raw.ggml_backend_tensor_set(b.positions!, layout.pos, 0, layout.pos.byteLength);
+    const rowOf = (t: number): number => layout.slotOf[t]! * this.ctx + layout.pos[t]!;
+    if (live.kvRows) {
+      // Each token's K and V go to its own slot's row for its position.
+      const rows = Int32Array.from(layout.pos, (_, t) => rowOf(t));
+      g.raw.ggml_backend_tensor_set(b.kvRows!, rows, 0, rows.byteLength);
+    }
+    if (live.outRows && b.outRows) {
+      const keep = Int32Array.from(layout.keep);
+      g.raw.ggml_backend_tensor_set(b.outRows, keep, 0, keep.byteLength);
     }
     if (live.mask) {
       const nKv = b.nKv;
-      if (this.past + n > nKv) throw new VramfitError('PIPELINE', `${this.past + n} cached tokens do not fit the graph's KV length ${nKv}`, 1);
-      // -inf past each token's own position: later tokens of the batch and the padding rows.
+      // -inf outside each token's own slot and past its own position: later tokens of its sequence,
+      // other sequences, and the padding rows.
       const mask = new Float32Array(nKv * n).fill(-Infinity);
-      for (let i = 0; i < n; i++) {
-        const row = mask.subarray(i * nKv, i * nKv + this.past + i + 1);
+      for (let t = 0; t < n; t++) {
+        const first = layout.slotOf[t]! * this.ctx;
+        if (rowOf(t) >= nKv) throw new VramfitError('PIPELINE', `cache row ${rowOf(t)} is past the graph's KV length ${nKv}`, 1);
+        const row = mask.subarray(t * nKv + first, t * nKv + rowOf(t) + 1);
         // ALiBi models read the key–query offset from the mask (llama.cpp: -|pos_k - pos_q|).
-        if (this.hyper.alibi) for (let j = 0; j < row.length; j++) row[j] = j - (this.past + i);
+        if (this.hyper.alibi) for (let j = 0; j < row.length; j++) row[j] = j - layout.pos[t]!;
         else row.fill(0);
       }
       if (b.maskF16) {
@@ -343,6 +450,15 @@ export class LoadedModel {
     this.dropGraphs();
     releaseAll(this.g, this.states);
   }
+}
+
+/** Where each token of a forward pass goes: its id, slot and position, the rows kept past the blocks, and the padded KV length. */
+interface StepLayout {
+  ids: Int32Array;
+  slotOf: Int32Array;
+  pos: Int32Array;
+  keep: number[];
+  nKv: number;
 }
 
 function allFinite(values: Float32Array): boolean {

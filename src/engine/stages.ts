@@ -39,16 +39,27 @@ export interface BuiltStage {
   /** The mask is F16 (flash attention's), filled from float32 values. */
   maskF16?: boolean;
   freqFactors?: Tensor;
+  /** I32 [m]: the rows of the batch that go on past the last block (absent when every row does). */
+  outRows?: Tensor;
+  /** Rows past the last block: m of the batch's n. */
+  outputs: number;
   /** Which inputs got memory, once the graph has been allocated. */
   live?: Partial<Record<InputName, boolean>>;
 }
 
-export type InputName = 'tokens' | 'positions' | 'kvRows' | 'mask' | 'freqFactors';
+export type InputName = 'tokens' | 'positions' | 'kvRows' | 'mask' | 'freqFactors' | 'outRows';
 
 /** The inputs of an allocated graph that have memory, narrowed so setInputs can write them. */
 export function liveInputs(g: Ggml, b: BuiltStage): Partial<Record<InputName, boolean>> {
   const live = (t: Tensor | undefined): boolean => t !== undefined && g.isAllocated(t);
-  return { tokens: live(b.tokens), positions: live(b.positions), kvRows: live(b.kvRows), mask: live(b.mask), freqFactors: live(b.freqFactors) };
+  return {
+    tokens: live(b.tokens),
+    positions: live(b.positions),
+    kvRows: live(b.kvRows),
+    mask: live(b.mask),
+    freqFactors: live(b.freqFactors),
+    outRows: live(b.outRows),
+  };
 }
 
 /**
@@ -74,9 +85,10 @@ export interface Lookups {
 }
 
 /**
- * `lastOnly`: only the batch's last token is needed past the blocks (prompt prefill without all
- * logits), so the stage holding the last block hands on that one row, and the final norm and head
- * (a sizeable share of a prefill's work: vocab × hidden per token) run on it alone, as llama.cpp does.
+ * `outputs` (m ≤ n): how many of the batch's rows are needed past the blocks. Prefill wants only its
+ * last token's logits, and a batch of several sequences only each one's last row, so the stage holding
+ * the last block picks those m rows (an input, `outRows`) and the final norm and head (a sizeable share
+ * of a prefill's work: vocab × hidden per token) run on them alone, as llama.cpp's output ids do.
  */
 export function buildStageGraph(
   g: Ggml,
@@ -86,14 +98,15 @@ export function buildStageGraph(
   look: Lookups,
   n: number,
   nKv: number,
-  lastOnly = false,
+  outputs = n,
   longLived?: LongLivedTensors,
 ): BuiltStage {
   if (!Number.isSafeInteger(n) || !Number.isSafeInteger(nKv) || n < 1 || nKv < n)
     throw new VramfitError('PIPELINE', `a graph of ${n} tokens over ${nKv} KV rows`, 1);
+  if (!Number.isSafeInteger(outputs) || outputs < 1 || outputs > n) throw new VramfitError('PIPELINE', `${outputs} output rows of a ${n}-token batch`, 1);
   const gb = new GraphBuilder(g, STAGE_NODES, longLived);
   try {
-    return buildInto(gb, arch, h, stage, look, n, nKv, lastOnly);
+    return buildInto(gb, arch, h, stage, look, n, nKv, outputs);
   } catch (e) {
     gb.free();
     throw e;
@@ -108,11 +121,10 @@ function buildInto(
   look: Lookups,
   n: number,
   nKv: number,
-  lastOnly: boolean,
+  outputs: number,
 ): BuiltStage {
-  const g = gb.g;
   const w = (name: string): Tensor => gb.known(look.weight(name));
-  const built: Partial<BuiltStage> = { gb, nKv };
+  const built: Partial<BuiltStage> = { gb, nKv, outputs };
   // Positions feed rope in the blocks and learned position embeddings in the embedding.
   const positions = stage.embed || stage.layers.length > 0 ? gb.input('positions', GGML_TYPE.I32, [n]) : undefined;
   if (positions) built.positions = positions;
@@ -121,8 +133,8 @@ function buildInto(
     built.tokens = gb.input('tokens', GGML_TYPE.I32, [n]);
     x = arch.embed(gb, h, w, built.tokens, positions!);
   } else {
-    // Stages without blocks come after the last one: with lastOnly they receive one row.
-    built.hidden = gb.input('hidden_in', GGML_TYPE.F32, [h.hidden, lastOnly && stage.layers.length === 0 ? 1 : n]);
+    // Stages without blocks come after the last one: they receive the selected rows only.
+    built.hidden = gb.input('hidden_in', GGML_TYPE.F32, [h.hidden, stage.layers.length === 0 ? outputs : n]);
     x = built.hidden;
   }
   const writes: Tensor[] = [];
@@ -148,9 +160,9 @@ function buildInto(
       const cache = look.cache(i);
       x = arch.layer(gb, h, w, i, x, { k: gb.known(cache.k), v: gb.known(cache.v) }, step);
     }
-    if (lastOnly && n > 1 && stage.layers.includes(h.layers - 1)) {
-      const row = g.rowSize(GGML_TYPE.F32, h.hidden);
-      x = gb.cont(gb.view(x, [h.hidden, 1], [row], (n - 1) * row));
+    if (outputs < n && stage.layers.includes(h.layers - 1)) {
+      built.outRows = gb.input('out_rows', GGML_TYPE.I32, [outputs]);
+      x = gb.getRows(x, built.outRows);
     }
   }
   if (stage.norm) x = arch.finalNorm(gb, h, w, x);
