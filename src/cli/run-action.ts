@@ -1,11 +1,11 @@
 /** What `vramfit run` and `vramfit demo` do; loaded only when one of them runs (it pulls in the engine). */
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import cliProgress from 'cli-progress';
 import { writeDemoCheckpoint } from '../engine/demo-checkpoint.js';
 import { generate, type GenerationResult } from '../engine/generate.js';
-import { type DeviceReport, type LoadedModel } from '../engine/model.js';
+import { type DeviceReport } from '../engine/model.js';
 import { loadModel } from '../engine/load.js';
 import type { SamplerOptions } from '../engine/text/sampling.js';
 import { isChatglmTokenizerDir } from '../engine/text/chatglm-tokenizer.js';
