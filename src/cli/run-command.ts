@@ -1,12 +1,33 @@
 import type { Command } from 'commander';
 import type { Io } from './main.js';
 import type { RunFlags } from './run-action.js';
+import type { ServeFlags } from './serve-action.js';
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
+/** The flags that say how a model is loaded: devices, caps, context and dtypes (run and serve alike). */
+function addLoadFlags(c: Command): Command {
+  return c
+    .option(
+      '--devices <spec>',
+      'cpu (default); virtual:N (N independent CPU backends, each capped like a GPU); gpu (every GPU of an installed CUDA/Vulkan package); gpu:1,3 (those GPUs, numbered as `vramfit devices` shows them); a GPU form may end in ,cpu to let host RAM take blocks too',
+    )
+    .option('--backend <name>', 'for a GPU seen by both installed packages: cuda (the default) or vulkan')
+    .option(
+      '--max-memory <budgets>',
+      "caps per device, as `vramfit plan` takes them: 0=20GiB,1=50%,cpu=free-8GiB,disk=100GiB (relative caps are of the device's reported memory; cpu and disk join the plan when named)",
+    )
+    .option('--ctx <tokens>', 'context length to allocate the KV cache for (default: min(model maximum, 4096))')
+    .option('--ubatch <n>', 'tokens per forward pass during prefill (default 512)')
+    .option('--kv-dtype <dtype>', 'float16 or float32 (default: float32 for float32 models, else float16, as transformers keeps it)')
+    .option('--dtype <dtype>', 'load matrices as float32, float16 or bfloat16 (default: as stored)')
+    .option('--threads <n>', 'CPU threads per device')
+    .option('--show-plan', 'print the plan (to stderr) before generating or serving');
+}
+
 export function addRunCommands(program: Command, io: Io): void {
   const tty = Boolean(process.stderr.isTTY);
-  program
+  const run = program
     .command('run')
     .description(
       'Load a model (safetensors, PyTorch .bin or GGUF; Llama family, Mixtral, Qwen3-MoE, GPT-2, ChatGLM2/3, Baichuan2) as planned across devices, each under its cap, and generate.',
@@ -23,24 +44,36 @@ export function addRunCommands(program: Command, io: Io): void {
     .option('--seed <n>', 'seed for sampling')
     .option('--stop <text>', 'stop when this text is generated (repeatable)', collect)
     .option('--json', 'print one JSON object: prompt_ids, generated_ids, devices (and logits with --logits)')
-    .option('--logits', 'with --json: include prompt_logits and step_logits')
-    .option(
-      '--devices <spec>',
-      'cpu (default); virtual:N (N independent CPU backends, each capped like a GPU); gpu (every GPU of an installed CUDA/Vulkan package); gpu:1,3 (those GPUs, numbered as `vramfit devices` shows them); a GPU form may end in ,cpu to let host RAM take blocks too',
-    )
-    .option('--backend <name>', 'for a GPU seen by both installed packages: cuda (the default) or vulkan')
-    .option(
-      '--max-memory <budgets>',
-      "caps per device, as `vramfit plan` takes them: 0=20GiB,1=50%,cpu=free-8GiB,disk=100GiB (relative caps are of the device's reported memory; cpu and disk join the plan when named)",
-    )
-    .option('--ctx <tokens>', 'context length to allocate the KV cache for (default: min(model maximum, 4096))')
-    .option('--ubatch <n>', 'tokens per forward pass during prefill (default 512)')
-    .option('--kv-dtype <dtype>', 'float16 or float32 (default: float32 for float32 models, else float16, as transformers keeps it)')
-    .option('--dtype <dtype>', 'load matrices as float32, float16 or bfloat16 (default: as stored)')
-    .option('--threads <n>', 'CPU threads per device')
-    .option('--show-plan', 'print the plan before generating')
+    .option('--logits', 'with --json: include prompt_logits and step_logits');
+  addLoadFlags(run)
     .addHelpText('after', '\nText streams to stdout; the per-device report (cap, predicted and measured peak, bytes moved in) and tokens/s go to stderr.')
     .action(async (model: string, flags: RunFlags) => (await import('./run-action.js')).runModel(model, flags, io, tty));
+
+  const serve = program
+    .command('serve')
+    .description(
+      'Serve a model over HTTP with the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models) and the Ollama API (/api/chat, /api/generate, /api/tags, /api/ps), loaded as planned for --parallel sequences at once, each device under its cap.',
+    )
+    .argument('<model>', 'model folder (config.json + weights + tokenizer files), a .safetensors, .bin or .gguf file, or a cached repo id')
+    .option('--host <address>', 'address to listen on (default 127.0.0.1: this machine only)', '127.0.0.1')
+    .option('--port <n>', 'port to listen on (0: any free port)', '8080')
+    .option(
+      '--parallel <n>',
+      "sequences served at once: the KV cache holds n × --ctx tokens, planned inside the caps; 'auto' takes the most that fit (at most 64)",
+      '1',
+    )
+    .option('--api-key <key>', 'require Authorization: Bearer KEY on every route but /health (default: $VRAMFIT_API_KEY)')
+    .option('--name <name>', "the model's name for clients (default: its file or folder name)")
+    .option('--queue <n>', 'requests waiting for a slot at most; past it, 429 with Retry-After', '64');
+  addLoadFlags(serve).addHelpText(
+    'after',
+    `
+--ctx is per sequence (default: min(model maximum, 4096)). Every decode step computes one token of every
+running sequence in one forward pass; prompts are read in --ubatch chunks between them. The engine runs in
+a worker thread, so /health (503 while loading) and /metrics (Prometheus) answer while it computes.
+SIGINT/SIGTERM: stop accepting, let running sequences finish (10 s), cancel the rest, free every buffer.`,
+  );
+  serve.action(async (model: string, flags: ServeFlags) => (await import('./serve-action.js')).serveModel(model, flags, io));
 
   program
     .command('demo')
