@@ -43,6 +43,8 @@ export class ServerMetrics {
   private readonly requests = new Map<string, number>();
   promptTokens = 0;
   completionTokens = 0;
+  /** Sequences ended because their client went away. */
+  cancelled = 0;
   readonly timeToFirstToken = new Histogram();
   readonly interTokenLatency = new Histogram();
 
@@ -69,6 +71,7 @@ export class ServerMetrics {
     };
     scalar('vramfit_prompt_tokens_total', 'counter', 'Prompt tokens read.', this.promptTokens);
     scalar('vramfit_completion_tokens_total', 'counter', 'Tokens generated.', this.completionTokens);
+    scalar('vramfit_cancelled_total', 'counter', 'Sequences cancelled because their client disconnected.', this.cancelled);
     scalar('vramfit_queue_depth', 'gauge', 'Requests waiting for a slot.', live.queueDepth);
     scalar('vramfit_slots_busy', 'gauge', 'Slots running a sequence.', live.busySlots);
     scalar('vramfit_slots_total', 'gauge', 'Sequences the KV cache holds at once (--parallel).', live.slots);

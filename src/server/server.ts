@@ -286,6 +286,7 @@ export async function startServer(o: ServeOptions): Promise<RunningServer> {
       res.on('close', () => {
         if (!ended) {
           ended = true;
+          metrics.cancelled++;
           served.host.cancel(seq);
           resolve();
         }
