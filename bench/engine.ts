@@ -175,7 +175,7 @@ function summarize(runs: GenTiming[], prompt: number, decode: number): GenSummar
 // ---------------------------------------------------------------------------------------------
 // Checkpoints: safetensors through writeDemoCheckpoint, GGUF from the very same tensor bytes.
 
-function paramCount(cfg: Record<string, unknown>): number {
+export function paramCount(cfg: Record<string, unknown>): number {
   const h = cfg['hidden_size'] as number;
   const f = cfg['intermediate_size'] as number;
   const l = cfg['num_hidden_layers'] as number;

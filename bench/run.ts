@@ -1,5 +1,5 @@
 /**
- * `npm run bench`: the reader, planner, fit-vs-accelerate and engine benchmarks, one compact report.
+ * `npm run bench`: the reader, planner, fit-vs-accelerate, engine, server and GPU benchmarks, one compact report.
  * Every timing is a ratio against a baseline measured in the same run; nothing here passes or fails
  * on a threshold. `--brief` leaves out the per-row comparison table (its summary line stays);
  * `--no-peer` skips the llama.cpp comparison (which installs node-llama-cpp into bench/.peer on demand).
@@ -10,6 +10,7 @@ import { renderGpuBench, runGpuBench } from './gpu.js';
 import { ms, ratio } from './common.js';
 import { renderPlannerBench, runPlannerBench } from './planner.js';
 import { renderReaderBench, runReaderBench } from './reader.js';
+import { renderServeBench, runServeBench } from './serve.js';
 
 const brief = process.argv.includes('--brief');
 const started = performance.now();
@@ -48,6 +49,11 @@ const engine = await runEngineBench({ peer: !process.argv.includes('--no-peer') 
 console.log(renderEngineBench(engine));
 console.log(done(), '\n');
 
+done = section('serve');
+const serve = await runServeBench();
+console.log(renderServeBench(serve));
+console.log(done(), '\n');
+
 done = section('gpu');
 const gpu = await runGpuBench();
 console.log(renderGpuBench(gpu));
@@ -75,4 +81,9 @@ if (cpuRun && oneGpu)
   console.log(
     `GPU decode / CPU decode            ${ratio(oneGpu.decodeTokS, cpuRun.decodeTokS)}${gpu.emulated ? ' (emulated GPUs: lavapipe)' : ''}${twoGpus ? `; 2 GPUs / 1 GPU ${ratio(twoGpus.decodeTokS, oneGpu.decodeTokS)}` : ''}`,
   );
+const d32 = serve.decodeTokS.float32;
+const d16 = serve.decodeTokS.float16;
+console.log(
+  `serve, 8 streams / 1 stream        F32 ${ratio(d32[8]!, d32[1]!)}, F16 ${ratio(d16[8]!, d16[1]!)} (aggregate decode tokens/s); /health p99 while busy ${ms(serve.healthBusy.p99)} ms`,
+);
 console.log(`total ${((performance.now() - started) / 1000).toFixed(1)} s`);

@@ -58,6 +58,8 @@ interface Case {
   /** What the output must show. */
   expect?: RegExp;
   code?: number;
+  /** A server: started, asked the README's curl request, then stopped with SIGTERM. */
+  serve?: boolean;
 }
 
 let root = '';
@@ -93,6 +95,11 @@ const CASES: Record<string, Case> = {
     expect: /"generated_ids"/,
   },
   'vramfit devices': { expect: /GPU backends/ },
+  'vramfit serve ./Qwen2.5-0.5B --devices virtual:2 --max-memory 0=600MiB,1=600MiB --ctx 2048 --parallel auto --port 8080': {
+    map: { './Qwen2.5-0.5B': 'hf', '2048': '256', '8080': '0' },
+    serve: true,
+    expect: /serving .* \(\d+ slots × 256 tokens[^]*\[curl 200\][^]*data: \[DONE\]/,
+  },
   'vramfit run ./model --devices gpu --prompt "…"': { map: { './model': 'hf' }, vulkan: 1 },
   // lavapipe's emulated GPUs report 2 GiB each and CI machines have 24 GiB of RAM: the sizes shrink to fit.
   'vramfit run ./model --devices gpu:1,3 --max-memory 1=10GiB,3=50% --prompt "…"': { map: { './model': 'hf', '1=10GiB,3=50%': '1=1GiB,3=50%' }, vulkan: 4 },
@@ -149,6 +156,30 @@ function resolvePlaceholder(word: string, c: Case): string {
   return join(dir, ...rest);
 }
 
+/** Runs a `serve` command in-process, sends the README's curl request as fetch, then SIGTERM. */
+async function runServeCase(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const running = main(argv, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
+  let url: string | undefined;
+  for (let i = 0; i < 600 && !url; i++) {
+    url = /serving .* at (http:\/\/\S+) /.exec(out)?.[1];
+    if (!url) await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.ok(url, `the server came up: ${err}`);
+  // The README's model folder is named as the model; here it is a temp folder, named as /v1/models says.
+  const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] };
+  const res = await fetch(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: models.data[0]!.id, messages: [{ role: 'user', content: 'Hello' }], max_tokens: 32, stream: true }),
+  });
+  const body = await res.text();
+  out += `\n[curl ${res.status}]\n${body}`;
+  process.emit('SIGTERM');
+  return { code: await running, out, err };
+}
+
 async function runCase(command: string, c: Case): Promise<{ code: number; out: string; err: string }> {
   const argv = shellWords(command)
     .slice(1)
@@ -159,6 +190,7 @@ async function runCase(command: string, c: Case): Promise<{ code: number; out: s
   let out = '';
   let err = '';
   try {
+    if (c.serve) return await runServeCase(argv);
     const code = await main(argv, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
     return { code, out, err };
   } finally {

@@ -384,7 +384,8 @@ export class LoadedModel {
       const nKv = b.nKv;
       // -inf outside each token's own slot and past its own position: later tokens of its sequence,
       // other sequences, and the padding rows.
-      const mask = new Float32Array(nKv * n).fill(-Infinity);
+      // Rows past the batch's n are the mask's padding (stages.ts): -inf, read by no token.
+      const mask = new Float32Array(nKv * this.g.ne(b.mask!)[1]).fill(-Infinity);
       for (let t = 0; t < n; t++) {
         const first = layout.slotOf[t]! * this.ctx;
         if (rowOf(t) >= nKv) throw new VramfitError('PIPELINE', `cache row ${rowOf(t)} is past the graph's KV length ${nKv}`, 1);

@@ -25,6 +25,11 @@ export interface Stage {
 
 export const STAGE_NODES = 8192;
 
+/** Rows the KQ mask is padded to a multiple of. */
+export const KQ_MASK_PAD = 64;
+
+const padTo = (x: number, m: number): number => Math.ceil(x / m) * m;
+
 export interface BuiltStage {
   gb: GraphBuilder;
   graph: Graph;
@@ -143,7 +148,10 @@ function buildInto(
     // offsets, which F16 holds exactly up to 2048.
     const k0 = gb.known(look.cache(stage.layers[0]!).k);
     const maskType = FLASH_ATTENTION && gb.type(k0) === GGML_TYPE.F16 && (!h.alibi || nKv <= 2048) ? GGML_TYPE.F16 : GGML_TYPE.F32;
-    built.mask = gb.input('kq_mask', maskType, [nKv, n]);
+    // Rows padded as llama.cpp pads them (GGML_KQ_MASK_PAD): ggml-vulkan's flash-attention shader reads
+    // the mask in blocks of rows, and an unpadded mask let it read past the tensor (a crash on lavapipe
+    // with batches of a few tokens). The padding rows are -inf and belong to no token.
+    built.mask = gb.input('kq_mask', maskType, [nKv, padTo(n, KQ_MASK_PAD)]);
     built.maskF16 = maskType === GGML_TYPE.F16;
     built.kvRows = gb.input('kv_rows', GGML_TYPE.I32, [n]);
     if (h.freqFactors) built.freqFactors = gb.input('rope_freqs', GGML_TYPE.F32, [h.freqFactors.length]);
