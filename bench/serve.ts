@@ -11,7 +11,7 @@
  *  3. GET /health latency while the engine computes (8 streams busy), against an idle server.
  * Nothing passes or fails; every figure is measured in this run.
  *
- *   node --import tsx bench/serve.ts
+ *   node --import tsx bench/serve.ts        (VRAMFIT_BENCH_SERVE_THREADS=N: N ggml threads instead of 1)
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -25,12 +25,15 @@ const CONCURRENCY = [1, 4, 8] as const;
 const DECODE = 64;
 const PROMPT = 16;
 const CTX = 256;
+/** ggml threads for the server's engine (the engine benchmark's one by default); VRAMFIT_BENCH_SERVE_THREADS overrides. */
+const SERVE_THREADS = Number(process.env['VRAMFIT_BENCH_SERVE_THREADS'] ?? THREADS);
 
 type Dtype = 'float32' | 'float16';
 const DTYPES: readonly Dtype[] = ['float32', 'float16'];
 
 export interface ServeBenchResult {
   params: string;
+  threads: number;
   /** Aggregate decode tokens/s by weight dtype and number of concurrent streams. */
   decodeTokS: Record<Dtype, Record<number, number>>;
   ttftIdle: { p50: number; p99: number };
@@ -132,7 +135,12 @@ export async function runServeBench(log: (line: string) => void = (l) => process
     const dir = join(root, dtype);
     writeDemoCheckpoint(dir, { ...BENCH_CONFIG, torch_dtype: dtype }, 7, dtype);
     writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(wordTokenizer(vocab)));
-    const s = await startServer({ model: dir, load: { devices: 'cpu', threads: THREADS, ctx: CTX, ubatch: 64, parallel: 9, kvDtype: 'float16' }, port: 0, name: 'bench' });
+    const s = await startServer({
+      model: dir,
+      load: { devices: 'cpu', threads: SERVE_THREADS, ctx: CTX, ubatch: 64, parallel: 9, kvDtype: 'float16' },
+      port: 0,
+      name: 'bench',
+    });
     await s.ready;
     // Warm-up: the graphs of the shapes used below.
     await Promise.all(Array.from({ length: 8 }, (_, i) => streamCompletion(s.url, prompt(i), 4)));
@@ -174,6 +182,7 @@ export async function runServeBench(log: (line: string) => void = (l) => process
     const two = (xs: number[]): { p50: number; p99: number } => ({ p50: pct(xs, 50), p99: pct(xs, 99) });
     return {
       params: `${(paramCount(BENCH_CONFIG) / 1e6).toFixed(1)}M`,
+      threads: SERVE_THREADS,
       decodeTokS,
       ttftIdle: two(ttftIdleSamples),
       ttftBusy: two(ttftBusySamples),
@@ -191,7 +200,7 @@ export function renderServeBench(r: ServeBenchResult): string {
   const f32 = r.decodeTokS.float32;
   const f16 = r.decodeTokS.float16;
   const lines = [
-    `## serve: ${r.params}-parameter Llama, CPU (1 thread), 127.0.0.1`,
+    `## serve: ${r.params}-parameter Llama, CPU (${r.threads} thread${r.threads > 1 ? 's' : ''}), 127.0.0.1`,
     '',
     '| streams | F32: decode tokens/s (all streams) | / 1 stream | F16: decode tokens/s | / 1 stream |',
     '|---|---|---|---|---|',
