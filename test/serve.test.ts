@@ -521,6 +521,25 @@ describe('serve: admission, cancellation, loading and shutdown', () => {
     await assert.rejects(startServer({ model: dir, load: { ...LOAD }, port: server.port }), /--port: \d+ is in use/);
   });
 
+  it('bad serve flags: exit 2 with one line naming the flag, before anything loads', async () => {
+    const cases: [string[], RegExp][] = [
+      [['--port', '70000'], /^vramfit: --port: expected an integer from 0 to 65535, got "70000"\n$/],
+      [['--parallel', '0'], /^vramfit: --parallel: expected an integer from 1 to 256/],
+      [['--parallel', 'many'], /^vramfit: --parallel: /],
+      [['--host', 'example.com'], /^vramfit: --host: expected an IP address or localhost/],
+      [['--kv-dtype', 'q8_0'], /^vramfit: --kv-dtype: the engine keeps the KV cache in float16 or float32/],
+      [['--api-key', ''], /^vramfit: --api-key: an empty key would let anyone in/],
+      [['--queue', '-1'], /^vramfit: --queue: /],
+    ];
+    for (const [args, pattern] of cases) {
+      let err = '';
+      const code = await main(['serve', dir, ...args], { stdout: () => {}, stderr: (s) => (err += s) });
+      assert.equal(code, 2, args.join(' '));
+      assert.match(err, pattern);
+      assert.equal(err.trim().split('\n').length, 1, 'one line');
+    }
+  });
+
   it('SIGTERM while streaming: the stream ends with a final event, the process frees every buffer and exits 0', async () => {
     const child = spawn(
       process.execPath,

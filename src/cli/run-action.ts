@@ -16,8 +16,9 @@ import { InputError } from '../util/errors.js';
 
 const { SingleBar, Presets } = cliProgress;
 import type { Io } from './main.js';
+import { intFlag, loadOptionsFrom, type LoadFlags } from './load-flags.js';
 
-export interface RunFlags {
+export interface RunFlags extends LoadFlags {
   prompt?: string;
   inputIds?: string;
   chat?: boolean;
@@ -30,23 +31,9 @@ export interface RunFlags {
   stop?: string[];
   json?: boolean;
   logits?: boolean;
-  devices?: string;
-  backend?: string;
-  maxMemory?: string;
-  ctx?: string;
-  ubatch?: string;
-  kvDtype?: string;
-  dtype?: string;
-  threads?: string;
-  showPlan?: boolean;
 }
 
-function int(value: string | undefined, flag: string, min: number): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < min) throw new InputError(flag, `expected an integer ≥ ${min}, got ${JSON.stringify(value)}`);
-  return n;
-}
+const int = intFlag;
 
 function num(value: string | undefined, flag: string): number | undefined {
   if (value === undefined) return undefined;
@@ -118,14 +105,7 @@ export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean)
     throw new InputError('--chat', 'wraps --prompt in the chat template; --input-ids are used as given, so give one or the other');
   const maxNewTokens = int(f.maxNewTokens, '--max-new-tokens', 0)!;
   const sampling = samplingFrom(f);
-  const kv = f.kvDtype;
-  if (kv !== undefined && kv !== 'float16' && kv !== 'float32')
-    throw new InputError('--kv-dtype', `the engine keeps the KV cache in float16 or float32, not ${kv}`);
-  if (f.dtype !== undefined && !['float32', 'float16', 'bfloat16'].includes(f.dtype))
-    throw new InputError('--dtype', `expected float32, float16 or bfloat16, got ${f.dtype}`);
-  const ctx = int(f.ctx, '--ctx', 1);
-  const ubatch = int(f.ubatch, '--ubatch', 1);
-  const threads = int(f.threads, '--threads', 1);
+  const load = loadOptionsFrom(f);
   const bar =
     tty && !f.json
       ? new SingleBar(
@@ -139,17 +119,7 @@ export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean)
         bar.update(done, { done: formatBytes(done), all: formatBytes(total) });
       }
     : undefined;
-  const loaded = await loadModel(model, {
-    ...(f.devices !== undefined ? { devices: f.devices } : {}),
-    ...(f.backend !== undefined ? { backend: f.backend as 'cuda' } : {}),
-    ...(f.maxMemory !== undefined ? { maxMemory: f.maxMemory } : {}),
-    ...(ctx !== undefined ? { ctx } : {}),
-    ...(ubatch !== undefined ? { ubatch } : {}),
-    ...(kv !== undefined ? { kvDtype: kv as 'float16' | 'float32' } : {}),
-    ...(f.dtype !== undefined ? { dtype: f.dtype as 'float32' } : {}),
-    ...(threads !== undefined ? { threads } : {}),
-    ...(progress ? { onProgress: progress } : {}),
-  });
+  const loaded = await loadModel(model, { ...load, ...(progress ? { onProgress: progress } : {}) });
   bar?.stop();
   try {
     if (f.showPlan) io.stderr(`${renderPlanTable(loaded.plan)}\n\n`);

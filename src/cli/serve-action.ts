@@ -6,23 +6,15 @@ import { formatBytes } from '../planner/units.js';
 import { startServer } from '../server/server.js';
 import { InputError } from '../util/errors.js';
 import type { Io } from './main.js';
+import { loadOptionsFrom, type LoadFlags } from './load-flags.js';
 
-export interface ServeFlags {
+export interface ServeFlags extends LoadFlags {
   host: string;
   port: string;
   parallel: string;
   apiKey?: string;
   name?: string;
   queue: string;
-  devices?: string;
-  backend?: string;
-  maxMemory?: string;
-  ctx?: string;
-  ubatch?: string;
-  kvDtype?: string;
-  dtype?: string;
-  threads?: string;
-  showPlan?: boolean;
 }
 
 function int(value: string | undefined, flag: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
@@ -40,29 +32,10 @@ export async function serveModel(model: string, f: ServeFlags, io: Io): Promise<
   const parallel = f.parallel === 'auto' ? 'auto' : int(f.parallel, '--parallel', 1, 256)!;
   const maxQueue = int(f.queue, '--queue', 0, 1_000_000)!;
   if (f.host !== 'localhost' && isIP(f.host) === 0) throw new InputError('--host', `expected an IP address or localhost, got ${JSON.stringify(f.host)}`);
-  if (f.kvDtype !== undefined && f.kvDtype !== 'float16' && f.kvDtype !== 'float32')
-    throw new InputError('--kv-dtype', `the engine keeps the KV cache in float16 or float32, not ${f.kvDtype}`);
-  if (f.dtype !== undefined && !['float32', 'float16', 'bfloat16'].includes(f.dtype))
-    throw new InputError('--dtype', `expected float32, float16 or bfloat16, got ${f.dtype}`);
-  if (f.backend !== undefined && f.backend !== 'cuda' && f.backend !== 'vulkan')
-    throw new InputError('--backend', `expected cuda or vulkan, got ${JSON.stringify(f.backend)}`);
   const apiKey = f.apiKey ?? process.env['VRAMFIT_API_KEY'];
   if (apiKey !== undefined && apiKey.length === 0)
     throw new InputError(f.apiKey !== undefined ? '--api-key' : 'VRAMFIT_API_KEY', 'an empty key would let anyone in');
-  const ctx = int(f.ctx, '--ctx', 1);
-  const ubatch = int(f.ubatch, '--ubatch', 1);
-  const threads = int(f.threads, '--threads', 1);
-  const load: Omit<LoadOptions, 'onProgress'> = {
-    parallel,
-    ...(f.devices !== undefined ? { devices: f.devices } : {}),
-    ...(f.backend !== undefined ? { backend: f.backend as 'cuda' } : {}),
-    ...(f.maxMemory !== undefined ? { maxMemory: f.maxMemory } : {}),
-    ...(ctx !== undefined ? { ctx } : {}),
-    ...(ubatch !== undefined ? { ubatch } : {}),
-    ...(f.kvDtype !== undefined ? { kvDtype: f.kvDtype as 'float16' } : {}),
-    ...(f.dtype !== undefined ? { dtype: f.dtype as 'float32' } : {}),
-    ...(threads !== undefined ? { threads } : {}),
-  };
+  const load: Omit<LoadOptions, 'onProgress'> = { ...loadOptionsFrom(f), parallel };
   if (!LOOPBACK.has(f.host) && !apiKey)
     io.stderr(`warning: listening on ${f.host} without an API key: anyone who can reach this port can use the model (--api-key or VRAMFIT_API_KEY)\n`);
   const server = await startServer({

@@ -1,0 +1,46 @@
+/** The flags `run` and `serve` share for loading a model, checked once and turned into LoadOptions. */
+import type { LoadOptions } from '../engine/load.js';
+import { InputError } from '../util/errors.js';
+
+export interface LoadFlags {
+  devices?: string;
+  backend?: string;
+  maxMemory?: string;
+  ctx?: string;
+  ubatch?: string;
+  kvDtype?: string;
+  dtype?: string;
+  threads?: string;
+  showPlan?: boolean;
+}
+
+/** An integer flag ≥ min; undefined when not given. */
+export function intFlag(value: string | undefined, flag: string, min: number): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < min) throw new InputError(flag, `expected an integer ≥ ${min}, got ${JSON.stringify(value)}`);
+  return n;
+}
+
+export function loadOptionsFrom(f: LoadFlags): Omit<LoadOptions, 'onProgress' | 'parallel'> {
+  const kv = f.kvDtype;
+  if (kv !== undefined && kv !== 'float16' && kv !== 'float32')
+    throw new InputError('--kv-dtype', `the engine keeps the KV cache in float16 or float32, not ${kv}`);
+  if (f.dtype !== undefined && !['float32', 'float16', 'bfloat16'].includes(f.dtype))
+    throw new InputError('--dtype', `expected float32, float16 or bfloat16, got ${f.dtype}`);
+  if (f.backend !== undefined && f.backend !== 'cuda' && f.backend !== 'vulkan')
+    throw new InputError('--backend', `expected cuda or vulkan, got ${JSON.stringify(f.backend)}`);
+  const ctx = intFlag(f.ctx, '--ctx', 1);
+  const ubatch = intFlag(f.ubatch, '--ubatch', 1);
+  const threads = intFlag(f.threads, '--threads', 1);
+  return {
+    ...(f.devices !== undefined ? { devices: f.devices } : {}),
+    ...(f.backend !== undefined ? { backend: f.backend as 'cuda' | 'vulkan' } : {}),
+    ...(f.maxMemory !== undefined ? { maxMemory: f.maxMemory } : {}),
+    ...(ctx !== undefined ? { ctx } : {}),
+    ...(ubatch !== undefined ? { ubatch } : {}),
+    ...(kv !== undefined ? { kvDtype: kv } : {}),
+    ...(f.dtype !== undefined ? { dtype: f.dtype as 'float32' | 'float16' | 'bfloat16' } : {}),
+    ...(threads !== undefined ? { threads } : {}),
+  };
+}
