@@ -5,12 +5,15 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { connect } from 'node:net';
+import { copyFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import OpenAI, { APIError } from 'openai';
 import { main } from '../src/cli/main.js';
 import { loadModel } from '../src/engine/load.js';
 import { startServer, type RunningServer } from '../src/server/server.js';
+import { fixturesDir } from './helpers/paths.js';
+import { writeTinyChatglmCheckpoint } from './helpers/tiny-chatglm.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
 import { writeServedModel } from './helpers/tiny-served-model.js';
 
@@ -163,6 +166,31 @@ describe('serve: the OpenAI API through the openai client', () => {
   });
 });
 
+describe('serve: ChatGLM3 (SentencePiece tokenizer.model, its own chat format)', () => {
+  it('a chat completion equals `vramfit run --chat` on the same model', async () => {
+    const glm = join(root, 'chatglm3');
+    writeTinyChatglmCheckpoint(glm, 'chatglm3-32k', { paddedVocabSize: 576 });
+    copyFileSync(join(fixturesDir, 'sentencepiece', 'tiny-bpe.model'), join(glm, 'tokenizer.model'));
+    writeFileSync(join(glm, 'tokenizer_config.json'), JSON.stringify({ name_or_path: 'THUDM/chatglm3-6b', tokenizer_class: 'ChatGLMTokenizer' }));
+    let out = '';
+    const code = await main(['run', glm, '--chat', '--prompt', '你好', '--greedy', '--max-new-tokens', '10', '--json', '--threads', '1'], {
+      stdout: (x) => (out += x),
+      stderr: () => {},
+    });
+    assert.equal(code, 0);
+    const s = await startServer({ model: glm, load: { devices: 'virtual:2', threads: 1, parallel: 2 }, port: 0, name: 'glm' });
+    try {
+      await s.ready;
+      const c = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'none', maxRetries: 0 });
+      const r = await c.chat.completions.create({ model: 'glm', messages: [{ role: 'user', content: '你好' }], max_tokens: 10, temperature: 0 });
+      assert.equal(r.choices[0]!.message.content, (JSON.parse(out) as { text: string }).text);
+      assert.equal(r.usage!.prompt_tokens, (JSON.parse(out) as { prompt_ids: number[] }).prompt_ids.length);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
 describe('serve: continuous batching', () => {
   it('8 clients at once (4 slots, the rest queued) get their single-stream greedy results; every device stays under its cap', async () => {
     const ask = (content: string, stream: boolean): Promise<string> =>
@@ -213,7 +241,7 @@ describe('serve: continuous batching', () => {
     assert.ok(sawBusy > 1, `sequences ran together (${sawBusy} slots busy at once)`);
   });
 
-  it('a soak of 200 requests, 16 at a time, random lengths and random disconnects: nothing lost, nothing leaked', async () => {
+  it('a soak of 200 requests, 16 at a time, random lengths and random disconnects: nothing lost, nothing leaked', async (t) => {
     const metrics = async (): Promise<string> => (await fetch(`${server.url}/metrics`, { headers: { authorization: `Bearer ${KEY}` } })).text();
     const idle = await metrics();
     let seed = 12345;
@@ -262,6 +290,9 @@ describe('serve: continuous batching', () => {
     assert.ok(metricValues(done, 'vramfit_cached_graphs').get('')! <= 2 * 8, 'graphs kept stay bounded');
     assert.ok(metricValues(done, 'vramfit_cancelled_total').get('')! > 0, 'disconnects cancelled their sequences');
     const grown = process.memoryUsage().rss - rssBefore;
+    t.diagnostic(
+      `soak: ${outcome.completed} completed, ${outcome.aborted} disconnected, ${metricValues(done, 'vramfit_cancelled_total').get('')} cancelled in the engine; RSS ${(grown / 2 ** 20).toFixed(1)} MiB more`,
+    );
     assert.ok(grown < 256 * 1024 * 1024, `RSS grew ${grown} bytes over the soak`);
     // Still serving.
     const r = await client.completions.create({ model: 'tiny', prompt: 'hello', max_tokens: 3, temperature: 0 });
