@@ -14,11 +14,12 @@ export interface LoadFlags {
   showPlan?: boolean;
 }
 
-/** An integer flag ≥ min; undefined when not given. */
-export function intFlag(value: string | undefined, flag: string, min: number): number | undefined {
+/** An integer flag from min (to max, when given); undefined when not given. */
+export function intFlag(value: string | undefined, flag: string, min: number, max?: number): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < min) throw new InputError(flag, `expected an integer ≥ ${min}, got ${JSON.stringify(value)}`);
+  if (!Number.isSafeInteger(n) || n < min || (max !== undefined && n > max))
+    throw new InputError(flag, `expected an integer ${max === undefined ? `≥ ${min}` : `from ${min} to ${max}`}, got ${JSON.stringify(value)}`);
   return n;
 }
 

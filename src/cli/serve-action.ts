@@ -6,7 +6,7 @@ import { formatBytes } from '../planner/units.js';
 import { startServer } from '../server/server.js';
 import { InputError } from '../util/errors.js';
 import type { Io } from './main.js';
-import { loadOptionsFrom, type LoadFlags } from './load-flags.js';
+import { intFlag, loadOptionsFrom, type LoadFlags } from './load-flags.js';
 
 export interface ServeFlags extends LoadFlags {
   host: string;
@@ -17,13 +17,7 @@ export interface ServeFlags extends LoadFlags {
   queue: string;
 }
 
-function int(value: string | undefined, flag: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n < min || n > max)
-    throw new InputError(flag, `expected an integer from ${min} to ${max}, got ${JSON.stringify(value)}`);
-  return n;
-}
+const int = intFlag;
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 
