@@ -18,3 +18,5 @@ export { loadModel, type LoadOptions } from './engine/load.js';
 export { generate, type GenerateOptions, type GeneratedToken, type GenerationResult } from './engine/generate.js';
 export { OutOfDeviceMemory } from './engine/device.js';
 export { loadTokenizer, type TextTokenizer } from './engine/text/tokenizer.js';
+export { loadGgufTokenizer } from './engine/text/gguf-tokenizer.js';
+export { loadModelTokenizer, type TokenizerSource } from './engine/text/model-tokenizer.js';

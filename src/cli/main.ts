@@ -12,6 +12,7 @@ import { renderTree } from './tree.js';
 import { ARCHITECTURES } from '../reader/architectures/index.js';
 import { addPlanCommand } from './plan-command.js';
 import { addRunCommands } from './run-command.js';
+import { addTokenizeCommand } from './tokenize-command.js';
 import { simulatedInventory } from '../planner/devices/inventory.js';
 import { machineInventory } from '../engine/machine-inventory.js';
 import { renderInventory } from '../planner/devices/format.js';
@@ -107,6 +108,7 @@ function buildProgram(io: Io): Command {
 
   addPlanCommand(program, io);
   addRunCommands(program, io);
+  addTokenizeCommand(program, io);
 
   program
     .command('devices')

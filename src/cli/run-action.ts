@@ -1,5 +1,5 @@
 /** What `vramfit run` and `vramfit demo` do; loaded only when one of them runs (it pulls in the engine). */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import cliProgress from 'cli-progress';
@@ -8,8 +8,8 @@ import { generate, type GenerationResult } from '../engine/generate.js';
 import { type DeviceReport } from '../engine/model.js';
 import { loadModel } from '../engine/load.js';
 import type { SamplerOptions } from '../engine/text/sampling.js';
-import { isChatglmTokenizerDir } from '../engine/text/chatglm-tokenizer.js';
-import { loadTokenizer, type TextTokenizer } from '../engine/text/tokenizer.js';
+import { hasModelTokenizer, loadModelTokenizer } from '../engine/text/model-tokenizer.js';
+import type { TextTokenizer } from '../engine/text/tokenizer.js';
 import { renderPlanTable } from '../planner/export/table.js';
 import { formatBytes } from '../planner/units.js';
 import { InputError } from '../util/errors.js';
@@ -126,12 +126,11 @@ export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean)
     let tokenizer: TextTokenizer | undefined;
     let promptIds: number[];
     if (f.prompt !== undefined) {
-      tokenizer = loadTokenizer(loaded.modelDir);
+      tokenizer = loadModelTokenizer(loaded);
       promptIds = f.chat ? tokenizer.encodeChat([{ role: 'user', content: f.prompt }], { addGenerationPrompt: true }) : tokenizer.encode(f.prompt);
     } else {
       promptIds = parseIds(f.inputIds!);
-      const dir = loaded.modelDir;
-      if (existsSync(join(dir, 'tokenizer.json')) || isChatglmTokenizerDir(dir)) tokenizer = loadTokenizer(dir);
+      if (hasModelTokenizer(loaded)) tokenizer = loadModelTokenizer(loaded);
     }
     if (promptIds.length === 0) throw new InputError('--prompt', 'the prompt encodes to no tokens');
     const stream = generate(loaded, promptIds, {

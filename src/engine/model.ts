@@ -144,6 +144,12 @@ export class LoadedModel {
     return f ? dirname(f) : '.';
   }
 
+  /** The GGUF file the weights were read from (its metadata may hold the tokenizer); undefined for other formats. */
+  get ggufFile(): string | undefined {
+    const src = this.skeleton.source;
+    return src.kind === 'gguf' && src.skeletonFile === undefined ? src.files[0] : undefined;
+  }
+
   /** Tokens in slot 0's KV cache (the single-sequence API's). */
   get position(): number {
     return this.past[0]!;

@@ -56,6 +56,7 @@ async function main(): Promise<void> {
     info: {
       family: s.family,
       modelDir: model.modelDir,
+      ...(model.ggufFile !== undefined ? { ggufFile: model.ggufFile } : {}),
       ctx: model.ctx,
       slots: model.slots,
       ubatch: model.ubatch,

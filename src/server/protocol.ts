@@ -31,6 +31,8 @@ export interface ModelInfo {
   family: string;
   /** Folder of config.json / the GGUF, where the tokenizer files are looked for. */
   modelDir: string;
+  /** The GGUF the weights come from, whose metadata holds a tokenizer when no files lie beside it. */
+  ggufFile?: string;
   ctx: number;
   slots: number;
   ubatch: number;

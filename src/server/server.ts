@@ -10,7 +10,8 @@ import type { AddressInfo } from 'node:net';
 import { basename } from 'node:path';
 import type { FinishReason } from '../engine/batcher.js';
 import type { LoadOptions } from '../engine/load.js';
-import { loadTokenizer, type TextTokenizer } from '../engine/text/tokenizer.js';
+import type { TextTokenizer } from '../engine/text/tokenizer.js';
+import { loadModelTokenizer } from '../engine/text/model-tokenizer.js';
 import { StopChecker } from '../engine/text/stop.js';
 import { InputError, isVramfitError } from '../util/errors.js';
 import { EngineHost, QueueFullError } from './engine-host.js';
@@ -348,7 +349,7 @@ export async function startServer(o: ServeOptions): Promise<RunningServer> {
     (info) => {
       served.loadMs = performance.now() - t0;
       try {
-        served.tokenizer = loadTokenizer(info.modelDir);
+        served.tokenizer = loadModelTokenizer(info);
       } catch (e) {
         void close();
         throw isVramfitError(e) ? new InputError(o.model, `serve needs the model's tokenizer: ${e.message}`) : e;

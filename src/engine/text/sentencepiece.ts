@@ -662,7 +662,7 @@ const ENCODER = new TextEncoder();
  * sentencepiece's byte-piece decoding: valid UTF-8 characters as themselves, every byte that does not start a
  * valid character as U+FFFD (one per byte, unlike TextDecoder, which replaces maximal invalid subsequences).
  */
-function decodeBytesLikeSentencepiece(bytes: readonly number[]): string {
+export function decodeBytesLikeSentencepiece(bytes: readonly number[]): string {
   let out = '';
   let i = 0;
   while (i < bytes.length) {

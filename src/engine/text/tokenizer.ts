@@ -202,7 +202,7 @@ function resolveBosId(
 // ---------------------------------------------------------------------------------------------------------------
 // Chat template
 
-interface ChatTemplate {
+export interface ChatTemplate {
   render(messages: readonly ChatMessage[], options: ChatTemplateOptions): string;
 }
 
@@ -211,6 +211,14 @@ class TemplateRaised extends Error {}
 
 function loadChatTemplate(modelDir: string, tokenizerConfig: Json | undefined, specialTokens: Record<string, string | null>): ChatTemplate {
   const { source, where } = findChatTemplate(modelDir, tokenizerConfig);
+  return compileChatTemplate(source, where, specialTokens);
+}
+
+/**
+ * A Jinja chat template compiled for rendering with transformers' variables; `where` names its origin in errors
+ * (a file, or a GGUF file's `tokenizer.chat_template` key).
+ */
+export function compileChatTemplate(source: string, where: string, specialTokens: Record<string, string | null>): ChatTemplate {
   let template: Template;
   try {
     template = new Template(source);
