@@ -517,7 +517,12 @@ function hyperFor(model: string, skeleton: Skeleton, root: string | undefined): 
   if (skeleton.source.kind === 'gguf') {
     const file = root === undefined ? skeleton.source.files[0]! : dataFile(skeleton.source.files[0]!, root, root);
     const facts = readGgufFacts(file);
-    if (!facts) throw new InputError(model, 'the engine runs GGUF files of the Llama family (llama, mistral, qwen2, qwen3)', 'UNSUPPORTED_ARCHITECTURE');
+    if (!facts)
+      throw new InputError(
+        model,
+        'the engine runs GGUF files of architectures llama (incl. Mixtral), mistral, qwen2, qwen3 and qwen3moe; GPT-2, ChatGLM and Baichuan GGUFs are not mapped yet (use their safetensors)',
+        'UNSUPPORTED_ARCHITECTURE',
+      );
     const h = arch.hyper(facts.config, skeleton.family);
     // llama.cpp's converter permuted q/k rows for its NORMAL rope mode.
     if (facts.permutedQK) (h as EngineHyper & { ropeMode?: number }).ropeMode = ROPE_MODE.NORMAL;

@@ -20,7 +20,18 @@ const FAMILIES: Record<string, GgufFamily> = {
   mistral: { hfArchitecture: 'MistralForCausalLM', modelType: 'mistral' },
   qwen2: { hfArchitecture: 'Qwen2ForCausalLM', modelType: 'qwen2' },
   qwen3: { hfArchitecture: 'Qwen3ForCausalLM', modelType: 'qwen3' },
+  qwen3moe: { hfArchitecture: 'Qwen3MoeForCausalLM', modelType: 'qwen3_moe' },
 };
+
+/** llama.cpp writes Mixtral as architecture `llama` with experts. */
+const MIXTRAL: GgufFamily = { hfArchitecture: 'MixtralForCausalLM', modelType: 'mixtral' };
+
+/** Where each MoE family keeps its router and experts, and its experts' projection names (gate, up, down). */
+const MOE_NAMES: Record<string, { block: string; proj: [string, string, string] }> = {
+  mixtral: { block: 'block_sparse_moe', proj: ['w1', 'w3', 'w2'] },
+  qwen3_moe: { block: 'mlp', proj: ['gate_proj', 'up_proj', 'down_proj'] },
+};
+const EXPERT_PROJ = { ffn_gate: 0, ffn_up: 1, ffn_down: 2 } as const;
 
 /** llama.cpp tensor name pieces → transformers names inside one decoder layer (llama-style families). */
 const LAYER_NAMES: Record<string, string> = {
@@ -43,14 +54,49 @@ const GLOBAL_NAMES: Record<string, string> = {
   'output.weight': 'lm_head.weight',
 };
 
-/** Maps a GGUF tensor name to its transformers name; undefined when there is no counterpart. */
-export function hfNameForGguf(name: string): string | undefined {
+/**
+ * Maps a GGUF tensor name to its transformers name; undefined when there is no counterpart. `modelType` names the
+ * MoE family whose router and per-expert tensors (`blk.N.ffn_gate_inp`, older files' `blk.N.ffn_gate.E`) to map.
+ */
+export function hfNameForGguf(name: string, modelType?: string): string | undefined {
   const global = GLOBAL_NAMES[name];
   if (global) return global;
+  const moe = modelType ? MOE_NAMES[modelType] : undefined;
+  const expert = /^blk\.(\d+)\.(ffn_gate|ffn_up|ffn_down)\.(\d+)\.weight$/.exec(name);
+  if (expert && moe)
+    return `model.layers.${expert[1]}.${moe.block}.experts.${expert[3]}.${moe.proj[EXPERT_PROJ[expert[2] as keyof typeof EXPERT_PROJ]]}.weight`;
   const m = /^blk\.(\d+)\.([a-z_0-9]+)\.(weight|bias)$/.exec(name);
   if (!m) return undefined;
+  if (moe && m[2] === 'ffn_gate_inp') return `model.layers.${m[1]}.${moe.block}.gate.${m[3]}`;
   const piece = LAYER_NAMES[m[2]!];
   return piece ? `model.layers.${m[1]}.${piece}.${m[3]}` : undefined;
+}
+
+/**
+ * llama.cpp stores a layer's experts as one 3-D tensor (`blk.N.ffn_gate_exps.weight`, [experts, rows, cols]),
+ * expert-major, so expert e is one contiguous byte range: each becomes the per-expert tensor transformers names,
+ * and the engine stacks them back as it does a safetensors checkpoint's.
+ */
+function splitExperts(
+  t: StoredTensor & { shape: number[]; location: { file: string; range: [number, number] } },
+  modelType: string,
+  file: string,
+): StoredTensor[] | undefined {
+  const m = /^blk\.(\d+)\.(ffn_gate|ffn_up|ffn_down)_exps\.weight$/.exec(t.name);
+  const moe = MOE_NAMES[modelType];
+  if (!m || !moe) return undefined;
+  if (t.shape.length !== 3) throw new FormatError(file, `${t.name} has shape [${t.shape.join(', ')}], expected [experts, rows, columns]`);
+  const [experts, ...shape] = t.shape as [number, number, number];
+  const [start, end] = t.location.range;
+  if (experts < 1 || (end - start) % experts !== 0) throw new FormatError(file, `${t.name}: ${end - start} bytes do not split into ${experts} experts`);
+  const each = (end - start) / experts;
+  const proj = moe.proj[EXPERT_PROJ[m[2] as keyof typeof EXPERT_PROJ]];
+  return Array.from({ length: experts }, (_, e) => ({
+    name: `model.layers.${m[1]}.${moe.block}.experts.${e}.${proj}.weight`,
+    shape,
+    dtype: t.dtype,
+    location: { file: t.location.file, range: [start + e * each, start + (e + 1) * each] as [number, number] },
+  }));
 }
 
 type Meta = Record<string, unknown>;
@@ -70,6 +116,8 @@ function num(meta: Meta, key: string, file: string): number | undefined {
 /** What the engine needs beyond the skeleton to run a GGUF model. */
 export interface GgufModelFacts {
   config: ConfigReader;
+  /** The transformers model_type the file maps to. */
+  modelType: string;
   /** llama.cpp's converter permutes q/k rows of Llama-architecture weights for its NORMAL rope mode. */
   permutedQK: boolean;
   /** `rope_freqs.weight` (Llama 3 rope scaling as per-dimension factors), when the file has it. */
@@ -79,7 +127,8 @@ export interface GgufModelFacts {
 function ggufFacts(path: string, header: ReturnType<typeof readGgufHeader>): GgufModelFacts | undefined {
   const meta = header.metadata as Meta;
   const arch = typeof meta['general.architecture'] === 'string' ? (meta['general.architecture'] as string) : undefined;
-  const family = arch ? FAMILIES[arch] : undefined;
+  const experts = arch ? num(meta, `${arch}.expert_count`, path) : undefined;
+  const family = arch === 'llama' && experts !== undefined && experts > 0 ? MIXTRAL : arch ? FAMILIES[arch] : undefined;
   if (!family || !arch) return undefined;
   const embd = header.tensors.find((t) => t.name === 'token_embd.weight');
   const floatTypes = header.tensors.filter((t) => /^(float|bfloat)/.test(t.dtype) && t.shape.length === 2);
@@ -96,6 +145,19 @@ function ggufFacts(path: string, header: ReturnType<typeof readGgufHeader>): Ggu
     tie_word_embeddings: !header.tensors.some((t) => t.name === 'output.weight'),
     torch_dtype: floatTypes[0]?.dtype ?? 'float16',
   };
+  if (family.modelType === 'mixtral') {
+    config['num_local_experts'] = experts;
+    config['num_experts_per_tok'] = num(meta, `${arch}.expert_used_count`, path);
+  } else if (family.modelType === 'qwen3_moe') {
+    config['num_experts'] = experts;
+    config['num_experts_per_tok'] = num(meta, `${arch}.expert_used_count`, path);
+    config['moe_intermediate_size'] = num(meta, `${arch}.expert_feed_forward_length`, path);
+    // llama.cpp renormalises Qwen3-MoE's top-k weights (norm_w) unless the file says otherwise; the released
+    // models all set norm_topk_prob.
+    config['norm_topk_prob'] = meta[`${arch}.expert_weights_norm`] !== false;
+    config['decoder_sparse_step'] = 1;
+    config['mlp_only_layers'] = [];
+  }
   const headDim = num(meta, `${arch}.attention.key_length`, path);
   if (headDim !== undefined) config['head_dim'] = headDim;
   const eps = num(meta, `${arch}.attention.layer_norm_rms_epsilon`, path);
@@ -106,7 +168,7 @@ function ggufFacts(path: string, header: ReturnType<typeof readGgufHeader>): Ggu
     num(meta, `${arch}.rope.scale_linear`, path) ??
     (meta[`${arch}.rope.scaling.type`] === 'linear' ? num(meta, `${arch}.rope.scaling.factor`, path) : undefined);
   if (linear !== undefined && linear !== 1) config['rope_scaling'] = { rope_type: 'linear', factor: linear };
-  const facts: GgufModelFacts = { config: new ConfigReader(config, `${path} (GGUF metadata)`), permutedQK: arch === 'llama' };
+  const facts: GgufModelFacts = { config: new ConfigReader(config, `${path} (GGUF metadata)`), modelType: family.modelType, permutedQK: arch === 'llama' };
   const freqs = header.tensors.find((t) => t.name === 'rope_freqs.weight');
   if (freqs) facts.ropeFreqs = { file: path, range: freqs.range };
   return facts;
@@ -132,9 +194,11 @@ export function readGgufModel(path: string, shown: string): Skeleton {
   // rope_freqs.weight is Llama 3's rope scaling as data (transformers computes it): a fact, not a module.
   const stored: StoredTensor[] = raw
     .filter((t) => t.name !== 'rope_freqs.weight')
-    .map((t) => {
-      const hf = hfNameForGguf(t.name);
-      return hf ? { ...t, name: hf } : t;
+    .flatMap((t) => {
+      const split = splitExperts(t, facts.modelType, path);
+      if (split) return split;
+      const hf = hfNameForGguf(t.name, facts.modelType);
+      return [hf ? { ...t, name: hf } : t];
     });
   return buildSkeleton(facts.config, source, stored, []);
 }

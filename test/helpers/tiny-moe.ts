@@ -20,7 +20,7 @@ import { writeSafetensors, type SafetensorsWriteTensor } from '../../src/reader/
 import { drawTensor, encodeTensor, roundToDtype, type TinyStorageDtype } from './tiny-llama-family.js';
 import { storedTensorsFor } from './tiny-models.js';
 
-export type TinyMoeName = 'mixtral' | 'qwen3-moe' | 'qwen3-moe-step' | 'mixtral-top1';
+export type TinyMoeName = 'mixtral' | 'qwen3-moe' | 'qwen3-moe-step' | 'mixtral-top1' | 'qwen3-moe-gguf';
 
 const SHARED = {
   hidden_act: 'silu',
@@ -54,31 +54,33 @@ const MIXTRAL = {
   router_jitter_noise: 0.0,
 } as const;
 
+const QWEN3_MOE = {
+  ...SHARED,
+  architectures: ['Qwen3MoeForCausalLM'],
+  model_type: 'qwen3_moe',
+  num_hidden_layers: 3,
+  intermediate_size: 96,
+  moe_intermediate_size: 40,
+  num_experts: 4,
+  num_experts_per_tok: 2,
+  norm_topk_prob: false,
+  decoder_sparse_step: 1,
+  mlp_only_layers: [1],
+  head_dim: 32,
+  vocab_size: 104,
+  max_position_embeddings: 1024,
+  rms_norm_eps: 1e-6,
+  rope_theta: 1000000.0,
+  rope_scaling: null,
+  attention_bias: false,
+  use_sliding_window: false,
+  sliding_window: null,
+  max_window_layers: 3,
+} as const;
+
 export const TINY_MOE_CONFIGS: Readonly<Record<TinyMoeName, Readonly<Record<string, unknown>>>> = {
   mixtral: MIXTRAL,
-  'qwen3-moe': {
-    ...SHARED,
-    architectures: ['Qwen3MoeForCausalLM'],
-    model_type: 'qwen3_moe',
-    num_hidden_layers: 3,
-    intermediate_size: 96,
-    moe_intermediate_size: 40,
-    num_experts: 4,
-    num_experts_per_tok: 2,
-    norm_topk_prob: false,
-    decoder_sparse_step: 1,
-    mlp_only_layers: [1],
-    head_dim: 32,
-    vocab_size: 104,
-    max_position_embeddings: 1024,
-    rms_norm_eps: 1e-6,
-    rope_theta: 1000000.0,
-    rope_scaling: null,
-    attention_bias: false,
-    use_sliding_window: false,
-    sliding_window: null,
-    max_window_layers: 3,
-  },
+  'qwen3-moe': QWEN3_MOE,
   'qwen3-moe-step': {
     ...SHARED,
     architectures: ['Qwen3MoeForCausalLM'],
@@ -103,6 +105,8 @@ export const TINY_MOE_CONFIGS: Readonly<Record<TinyMoeName, Readonly<Record<stri
     max_window_layers: 4,
   },
   'mixtral-top1': { ...MIXTRAL, num_hidden_layers: 2, num_experts_per_tok: 1, vocab_size: 100 },
+  // What a Qwen3-MoE GGUF can say: every layer sparse, top-k renormalised (llama.cpp's qwen3moe).
+  'qwen3-moe-gguf': { ...QWEN3_MOE, mlp_only_layers: [], norm_topk_prob: true, hidden_size: 64, moe_intermediate_size: 32, intermediate_size: 64 },
 };
 
 export const TINY_MOE_NAMES = Object.keys(TINY_MOE_CONFIGS) as TinyMoeName[];
