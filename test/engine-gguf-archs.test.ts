@@ -4,12 +4,16 @@
  * greedy tokens, and logits within the type's error, on one device and split over two.
  */
 import assert from 'node:assert/strict';
+import { copyFileSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { main } from '../src/cli/main.js';
 import { after, describe, it } from 'node:test';
 import { loadModel, type LoadOptions } from '../src/engine/load.js';
 import { readModel } from '../src/reader/read-model.js';
 import { writeTinyMoeCheckpoint, type TinyMoeName } from './helpers/tiny-moe.js';
-import { writeTinyMoeGguf, type GgufMatrixDtype } from './helpers/tiny-gguf.js';
+import { writeTinyGguf, writeTinyMoeGguf, type GgufMatrixDtype } from './helpers/tiny-gguf.js';
+import { ggufVocabMetadata } from './helpers/gguf-vocab.js';
+import { writeServedModel } from './helpers/tiny-served-model.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
 import { greedy, maxAbsDiff, type GreedyRun } from './helpers/engine-harness.js';
 
@@ -59,4 +63,64 @@ describe('engine: MoE GGUFs (stacked ffn_*_exps experts)', () => {
       });
     }
   }
+});
+
+async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
+  return { code, out, err };
+}
+
+describe('a lone GGUF runs with the tokenizer and chat template in its metadata', () => {
+  const hf = join(root, 'served');
+  const ck = writeServedModel(hf);
+  const lone = join(root, 'lone');
+  mkdirSync(lone);
+  const withTokenizer = { ...ggufVocabMetadata(hf, { pre: 'gpt-2' }), 'tokenizer.ggml.add_bos_token': true };
+  const gguf = join(lone, 'model.gguf');
+  renameSync(writeTinyGguf(ck, 'float32', withTokenizer, 'lone.gguf'), gguf);
+
+  for (const extra of [[], ['--chat']]) {
+    it(`vramfit run model.gguf --prompt ${extra.join(' ')} with nothing beside the file gives the Hugging Face folder's ids and text`, async () => {
+      const args = ['--prompt', 'hello world, hello', ...extra, '--max-new-tokens', '5', '--json', '--ctx', '64', '--threads', '1'];
+      const fromHf = await cli(['run', hf, ...args]);
+      const fromGguf = await cli(['run', gguf, ...args]);
+      assert.equal(fromHf.code, 0, fromHf.err);
+      assert.equal(fromGguf.code, 0, fromGguf.err);
+      const a = JSON.parse(fromHf.out) as { prompt_ids: number[]; generated_ids: number[]; text: string };
+      const b = JSON.parse(fromGguf.out) as typeof a;
+      assert.deepEqual(b.prompt_ids, a.prompt_ids);
+      assert.deepEqual(b.generated_ids, a.generated_ids);
+      assert.equal(b.text, a.text);
+    });
+  }
+
+  it('vramfit tokenize prints the same ids for the GGUF and the folder, and the pieces', async () => {
+    const a = await cli(['tokenize', hf, '--text', 'hello <|im_end|> world', '--json']);
+    const b = await cli(['tokenize', gguf, '--text', 'hello <|im_end|> world', '--json']);
+    assert.equal(a.code, 0, a.err);
+    assert.equal(b.code, 0, b.err);
+    assert.deepEqual(JSON.parse(b.out), JSON.parse(a.out));
+    const table = await cli(['tokenize', gguf, '--text', 'hi\n']);
+    assert.match(table.out, /^\s+\d+ -> "<s>"$/m);
+    assert.match(table.out, /-> "\\n"$/m);
+    assert.match(table.out, /^4 tokens$/m);
+    const bad = await cli(['tokenize', gguf]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.err, /--text: give the text with --text or --file/);
+  });
+
+  it('tokenizer files beside a GGUF win over its metadata', async () => {
+    const beside = join(root, 'beside');
+    mkdirSync(beside);
+    copyFileSync(gguf, join(beside, 'model.gguf'));
+    // A tokenizer.json whose BOS differs shows which one was read.
+    const tj = JSON.parse(readFileSync(join(hf, 'tokenizer.json'), 'utf8')) as { post_processor: unknown };
+    tj.post_processor = null;
+    writeFileSync(join(beside, 'tokenizer.json'), JSON.stringify(tj));
+    const lone = JSON.parse((await cli(['tokenize', gguf, '--text', 'hi', '--json'])).out) as { ids: number[] };
+    const files = JSON.parse((await cli(['tokenize', join(beside, 'model.gguf'), '--text', 'hi', '--json'])).out) as { ids: number[] };
+    assert.deepEqual(files.ids, lone.ids.slice(1), 'the tokenizer.json without a post-processor adds no <s>');
+  });
 });
