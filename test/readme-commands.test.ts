@@ -5,7 +5,7 @@
  */
 import './helpers/vulkan-four-devices.js';
 import assert from 'node:assert/strict';
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { main } from '../src/cli/main.js';
@@ -13,6 +13,8 @@ import { writeDemoCheckpoint } from '../src/engine/demo-checkpoint.js';
 import { fixturesDir, realModelsDir, repoRoot } from './helpers/paths.js';
 import { writeTinyChatglmCheckpoint } from './helpers/tiny-chatglm.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';
+import { ggufVocabMetadata } from './helpers/gguf-vocab.js';
+import { writeServedModel } from './helpers/tiny-served-model.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
 import { TOKENIZER_CONFIG, tokenizerJson } from './helpers/tiny-tokenizer.js';
@@ -66,6 +68,8 @@ let root = '';
 const P = {
   hf: '', // a tiny Llama folder with a tokenizer and chat template
   gguf: '',
+  /** A lone GGUF whose metadata carries the tokenizer and chat template. */
+  ggufTok: '',
   cache: '',
   chatglm: '',
   smiDir: '',
@@ -101,6 +105,15 @@ const CASES: Record<string, Case> = {
     expect: /serving .* \(\d+ slots × 256 tokens[^]*\[curl 200\][^]*data: \[DONE\]/,
   },
   'vramfit run ./model --devices gpu --prompt "…"': { map: { './model': 'hf' }, vulkan: 1 },
+  'vramfit run ./Qwen2.5-7B-Instruct-Q4_K_M.gguf --chat --prompt "Hello" --devices gpu:0,1 --max-memory 0=4GiB,1=3GiB': {
+    map: { './Qwen2.5-7B-Instruct-Q4_K_M.gguf': 'gguftok', '0=4GiB,1=3GiB': '0=1GiB,1=1GiB' },
+    vulkan: 2,
+  },
+  'vramfit tokenize ./Qwen2.5-7B-Instruct-Q4_K_M.gguf --text "Hello <|im_end|>"': {
+    map: { './Qwen2.5-7B-Instruct-Q4_K_M.gguf': 'gguftok' },
+    expect: /-> "<\|im_end\|>"\n\d+ tokens\n$/,
+  },
+  'vramfit tokenize ./model.gguf --chat --text "Hi" --ids': { map: { './model.gguf': 'gguftok' }, expect: /^\[\d+(, \d+)+\]\n$/ },
   // lavapipe's emulated GPUs report 2 GiB each and CI machines have 24 GiB of RAM: the sizes shrink to fit.
   'vramfit run ./model --devices gpu:1,3 --max-memory 1=10GiB,3=50% --prompt "…"': { map: { './model': 'hf', '1=10GiB,3=50%': '1=1GiB,3=50%' }, vulkan: 4 },
   'vramfit run ./model --devices gpu:0,cpu --max-memory 0=free-2GiB,cpu=32GiB …': {
@@ -121,6 +134,13 @@ before(() => {
   writeFileSync(join(P.hf, 'tokenizer_config.json'), JSON.stringify(TOKENIZER_CONFIG));
   const family = writeTinyFamilyCheckpoint(join(root, 'family'), 'llama2');
   P.gguf = writeTinyGguf(family);
+  const served = writeServedModel(join(root, 'served'));
+  mkdirSync(join(root, 'lone'));
+  P.ggufTok = join(root, 'lone', 'model.gguf');
+  renameSync(
+    writeTinyGguf(served, 'float16', { ...ggufVocabMetadata(served.dir, { pre: 'gpt-2' }), 'tokenizer.ggml.add_bos_token': true }, 'tok.gguf'),
+    P.ggufTok,
+  );
   // A Hugging Face cache holding meta-llama/Llama-2-7b-hf at refs/main.
   P.cache = join(root, 'hub');
   const snapshot = join(P.cache, 'models--meta-llama--Llama-2-7b-hf', 'snapshots', '0123abcd');
@@ -152,7 +172,7 @@ function resolvePlaceholder(word: string, c: Case): string {
   if (mapped.startsWith('-') || /^\d=/.test(mapped)) return mapped;
   if (mapped === 'mixtral') return join(realModelsDir, 'mistralai__Mixtral-8x7B-v0.1');
   const [base, ...rest] = mapped.split('/');
-  const dir = base === 'hf' ? P.hf : base === 'gguf' ? P.gguf : base === 'chatglm' ? P.chatglm : base!;
+  const dir = base === 'hf' ? P.hf : base === 'gguf' ? P.gguf : base === 'gguftok' ? P.ggufTok : base === 'chatglm' ? P.chatglm : base!;
   return join(dir, ...rest);
 }
 
