@@ -7,6 +7,7 @@ import './helpers/vulkan-four-devices.js';
 import assert from 'node:assert/strict';
 import { chmodSync, copyFileSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { main } from '../src/cli/main.js';
 import { writeDemoCheckpoint } from '../src/engine/demo-checkpoint.js';
@@ -113,6 +114,9 @@ const CASES: Record<string, Case> = {
     map: { './Qwen2.5-7B-Instruct-Q4_K_M.gguf': 'gguftok' },
     expect: /-> "<\|im_end\|>"\n\d+ tokens\n$/,
   },
+  'vramfit run qwen2.5:7b --chat --prompt "Hello" --devices gpu:0,1 --max-memory 0=3GiB,1=3GiB': { map: { '0=3GiB,1=3GiB': '0=1GiB,1=1GiB' }, vulkan: 2 },
+  'vramfit list': { expect: /qwen2\.5:7b/ },
+  'vramfit list --verify': { expect: /qwen2\.5:7b[\s\S]*\bok\b/ },
   'vramfit tokenize ./model.gguf --chat --text "Hi" --ids': { map: { './model.gguf': 'gguftok' }, expect: /^\[\d+(, \d+)+\]\n$/ },
   // lavapipe's emulated GPUs report 2 GiB each and CI machines have 24 GiB of RAM: the sizes shrink to fit.
   'vramfit run ./model --devices gpu:1,3 --max-memory 1=10GiB,3=50% --prompt "…"': { map: { './model': 'hf', '1=10GiB,3=50%': '1=1GiB,3=50%' }, vulkan: 4 },
@@ -141,6 +145,20 @@ before(() => {
     writeTinyGguf(served, 'float16', { ...ggufVocabMetadata(served.dir, { pre: 'gpt-2' }), 'tokenizer.ggml.add_bos_token': true }, 'tok.gguf'),
     P.ggufTok,
   );
+  // Ollama's store holding that GGUF as qwen2.5:7b: a manifest naming the blob by its sha256.
+  const store = join(root, 'ollama');
+  const bytes = readFileSync(P.ggufTok);
+  const digest = createHash('sha256').update(bytes).digest('hex');
+  mkdirSync(join(store, 'blobs'), { recursive: true });
+  writeFileSync(join(store, 'blobs', `sha256-${digest}`), bytes);
+  const manifestDir = join(store, 'manifests', 'registry.ollama.ai', 'library', 'qwen2.5');
+  mkdirSync(manifestDir, { recursive: true });
+  writeFileSync(
+    join(manifestDir, '7b'),
+    JSON.stringify({ schemaVersion: 2, layers: [{ mediaType: 'application/vnd.ollama.image.model', digest: `sha256:${digest}`, size: bytes.length }] }),
+  );
+  process.env['OLLAMA_MODELS'] = store;
+  process.env['LMSTUDIO_MODELS'] = join(root, 'lmstudio-none');
   // A Hugging Face cache holding meta-llama/Llama-2-7b-hf at refs/main.
   P.cache = join(root, 'hub');
   const snapshot = join(P.cache, 'models--meta-llama--Llama-2-7b-hf', 'snapshots', '0123abcd');

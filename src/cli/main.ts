@@ -11,6 +11,7 @@ import { renderSummary } from './inspect.js';
 import { renderTree } from './tree.js';
 import { ARCHITECTURES } from '../reader/architectures/index.js';
 import { addPlanCommand } from './plan-command.js';
+import { addListCommand } from './list-command.js';
 import { addRunCommands } from './run-command.js';
 import { addTokenizeCommand } from './tokenize-command.js';
 import { simulatedInventory } from '../planner/devices/inventory.js';
@@ -49,7 +50,10 @@ function buildProgram(io: Io): Command {
   program
     .command('inspect')
     .description("Read a model's structure from its headers alone (no weights are read) and print what planning needs.")
-    .argument('<model>', 'model folder, .safetensors, .gguf, config.json, skeleton .json, or a repo id in the local Hugging Face cache')
+    .argument(
+      '<model>',
+      'model folder, .safetensors, .gguf, config.json, skeleton .json, an Ollama model (llama3.2, qwen2.5:7b, ollama:NAME[:TAG]), an LM Studio model (lmstudio:publisher/repo), or a repo id in the local Hugging Face cache',
+    )
     .option('--tree', 'print the module tree with sizes (runs of identical blocks collapsed)')
     .option('--depth <n>', 'with --tree: deepest level to print', (v) => positiveInt(v, '--depth'))
     .option('--json', 'print the skeleton as JSON (the input `plan` and parity tests take)')
@@ -109,6 +113,7 @@ function buildProgram(io: Io): Command {
   addPlanCommand(program, io);
   addRunCommands(program, io);
   addTokenizeCommand(program, io);
+  addListCommand(program, io);
 
   program
     .command('devices')

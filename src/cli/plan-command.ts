@@ -162,7 +162,10 @@ export function addPlanCommand(program: Command, io: Io): void {
   program
     .command('plan')
     .description('Plan where every block goes (GPUs, then CPU RAM, then disk) under per-device caps, budgeting KV cache, workspace and overhead.')
-    .argument('<model>', 'model folder, .safetensors, .gguf, config.json, skeleton .json, catalog name (llama-2-7b, …) or cached repo id')
+    .argument(
+      '<model>',
+      'model folder, .safetensors, .gguf, config.json, skeleton .json, catalog name (llama-2-7b, …), an Ollama or LM Studio model name (qwen2.5:7b, ollama:NAME[:TAG], lmstudio:publisher/repo), or cached repo id',
+    )
     .option(
       '--max-memory <budgets>',
       'per-device caps: 0=5GiB,1=10GB,cpu=30GiB,disk=200GiB; 0=40% (of total); 0=free-2GiB / 0=total-2GiB (leave room); or a JSON dict. GB = 10^9, GiB = 2^30',

@@ -32,8 +32,14 @@ export function addRunCommands(program: Command, io: Io): void {
     .description(
       'Load a model (safetensors, PyTorch .bin or GGUF; Llama family, Mixtral, Qwen3-MoE, GPT-2, ChatGLM2/3, Baichuan2) as planned across devices, each under its cap, and generate.',
     )
-    .argument('<model>', 'model folder (config.json + weights), a .safetensors, .bin or .gguf file, or a cached repo id')
-    .option('--prompt <text>', "text to continue (needs tokenizer.json, or ChatGLM2/3's tokenizer.model)")
+    .argument(
+      '<model>',
+      'model folder (config.json + weights), a .safetensors, .bin or .gguf file, an Ollama model (llama3.2, qwen2.5:7b, ollama:NAME[:TAG]), an LM Studio model (lmstudio:publisher/repo), or a cached repo id',
+    )
+    .option(
+      '--prompt <text>',
+      "text to continue (tokenizer files beside the weights win: tokenizer.json, or ChatGLM2/3's tokenizer.model; else a GGUF's own tokenizer metadata)",
+    )
     .option('--chat', "wrap --prompt in the model's chat template as a user message")
     .option('--input-ids <ids>', 'token ids instead of a prompt: 1,2,3 (works without tokenizer files)')
     .option('--max-new-tokens <n>', 'tokens to generate (0 allowed)', '64')
@@ -54,7 +60,10 @@ export function addRunCommands(program: Command, io: Io): void {
     .description(
       'Serve a model over HTTP with the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models) and the Ollama API (/api/chat, /api/generate, /api/tags, /api/ps), loaded as planned for --parallel sequences at once, each device under its cap.',
     )
-    .argument('<model>', 'model folder (config.json + weights + tokenizer files), a .safetensors, .bin or .gguf file, or a cached repo id')
+    .argument(
+      '<model>',
+      'model folder (config.json + weights + tokenizer files), a .safetensors, .bin or .gguf file (its tokenizer from its metadata unless tokenizer files lie beside it), an Ollama or LM Studio model name, or a cached repo id',
+    )
     .option('--host <address>', 'address to listen on (default 127.0.0.1: this machine only)', '127.0.0.1')
     .option('--port <n>', 'port to listen on (0: any free port)', '8080')
     .option(

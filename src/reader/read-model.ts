@@ -4,15 +4,17 @@ import { InputError } from '../util/errors.js';
 import { buildSkeleton } from './build-skeleton.js';
 import { catalogConfig, catalogNames, catalogSuggestions } from './catalog/index.js';
 import type { ConfigReader } from './config.js';
-import { looksLikeRepoId, resolveRepoId } from './hf-cache.js';
+import { hubCacheDir, looksLikeRepoId, resolveRepoId } from './hf-cache.js';
 import { readWeightIndex, shardPath, type WeightIndex } from './index-file.js';
 import { readConfigFile } from './read-config.js';
 import type { StoredTensor } from './reconcile.js';
 import { readPytorchBinHeader, type PytorchBinTensor } from './formats/pytorch-bin.js';
 import { readSafetensorsHeader } from './formats/safetensors.js';
 import { readSkeletonJson } from './skeleton-json.js';
-import type { Skeleton, SkeletonSource, TensorLocation } from './skeleton.js';
+import type { Skeleton, SkeletonSource, SkeletonStore, TensorLocation } from './skeleton.js';
 import { readGgufModel } from './gguf-model.js';
+import { findLmStudioModel, lmStudioLookedIn, resolveLmStudioModel, type LmStudioModel } from './stores/lmstudio.js';
+import { ollamaManifestPath, ollamaModelsDir, ollamaNotFound, resolveOllamaModel, tryParseOllamaName, type OllamaModel } from './stores/ollama.js';
 
 export interface ReadModelOptions {
   env?: NodeJS.ProcessEnv;
@@ -21,30 +23,13 @@ export interface ReadModelOptions {
 /**
  * Reads any supported MODEL argument into a skeleton, touching headers only:
  * a model folder, a `.safetensors` / `.gguf` / `config.json` / skeleton JSON file, a built-in catalog name
- * (`llama-2-7b`), or a repo id in the local HF cache.
+ * (`llama-2-7b`), a model in Ollama's store (`llama3.2`, `ollama:qwen2.5:7b`) or LM Studio's folder
+ * (`publisher/repo`, `lmstudio:repo`), or a repo id in the local HF cache.
  */
 export async function readModel(model: string, opts: ReadModelOptions = {}): Promise<Skeleton> {
   const env = opts.env ?? process.env;
-  let path = resolve(model);
-  if (!existsSync(path)) {
-    const entry = catalogConfig(model);
-    if (entry) {
-      return fromConfig(
-        entry.cfg,
-        { kind: 'config', path: `catalog:${model.toLowerCase()}`, repoId: entry.source, shapes: 'synthesized', files: [], bytesRead: 0 },
-        [],
-      );
-    }
-    if (!looksLikeRepoId(model)) {
-      const near = catalogSuggestions(model);
-      const hint = near.length > 0 ? `did you mean ${near.join(', ')}? ` : '';
-      throw new InputError(model, `no such file or folder, and not a catalog model (${hint}vramfit catalog lists all ${catalogNames().length})`, 'NOT_FOUND');
-    }
-    path = resolveRepoId(model, env);
-    const skeleton = await readModelFolder(path, model);
-    skeleton.source.repoId = model;
-    return skeleton;
-  }
+  const path = resolve(model);
+  if (!existsSync(path)) return readNamedModel(model, env);
   if (statSync(path).isDirectory()) return readModelFolder(path, model);
   const name = basename(path);
   if (name.endsWith('.safetensors')) return readSingleSafetensors(path, model);
@@ -55,6 +40,71 @@ export async function readModel(model: string, opts: ReadModelOptions = {}): Pro
     return fromConfig(readConfigFile(path), { kind: 'config', path: model, shapes: 'synthesized', files: [path], bytesRead: statSync(path).size }, []);
   if (name.endsWith('.json')) return readSkeletonJson(path);
   throw new InputError(model, 'not a model: expected a folder, .safetensors, .bin, .gguf, config.json or a skeleton .json', 'BAD_INPUT');
+}
+
+const OLLAMA_PREFIX = 'ollama:';
+const LMSTUDIO_PREFIX = 'lmstudio:';
+
+/**
+ * A MODEL that is no path: `ollama:`/`lmstudio:` names go to that store alone; otherwise the catalog,
+ * then Ollama's store, LM Studio's folder and the Hugging Face cache, in that order.
+ */
+async function readNamedModel(model: string, env: NodeJS.ProcessEnv): Promise<Skeleton> {
+  if (model.startsWith(OLLAMA_PREFIX)) return readOllamaModel(resolveOllamaModel(model.slice(OLLAMA_PREFIX.length), env), model);
+  if (model.startsWith(LMSTUDIO_PREFIX)) return readLmStudioModel(resolveLmStudioModel(model.slice(LMSTUDIO_PREFIX.length), env), model);
+  const entry = catalogConfig(model);
+  if (entry) {
+    return fromConfig(
+      entry.cfg,
+      { kind: 'config', path: `catalog:${model.toLowerCase()}`, repoId: entry.source, shapes: 'synthesized', files: [], bytesRead: 0 },
+      [],
+    );
+  }
+  const ollamaName = tryParseOllamaName(model);
+  const manifest = ollamaName && ollamaManifestPath(ollamaModelsDir(env), ollamaName);
+  if (manifest && existsSync(manifest)) return readOllamaModel(resolveOllamaModel(model, env), model);
+  // Only Ollama names carry a `:tag`, so no other store can hold this one.
+  if (manifest && model.includes(':')) throw ollamaNotFound(model, manifest);
+  const lm = findLmStudioModel(model, env);
+  if (lm) return readLmStudioModel(lm, model);
+  const elsewhere = (): string =>
+    `${manifest ? `not in Ollama's store (looked for ${manifest})` : 'not an Ollama model name'}, and not in LM Studio's models folder (looked in ${lmStudioLookedIn(env)})`;
+  if (looksLikeRepoId(model)) {
+    let snapshot: string;
+    try {
+      snapshot = resolveRepoId(model, env);
+    } catch (e) {
+      if (e instanceof InputError && e.code === 'NOT_FOUND') throw new InputError(e.where, `${e.reason}; also ${elsewhere()}`, e.code);
+      throw e;
+    }
+    const skeleton = await readModelFolder(snapshot, model);
+    skeleton.source.repoId = model;
+    return skeleton;
+  }
+  const near = catalogSuggestions(model);
+  const hint = near.length > 0 ? `did you mean ${near.join(', ')}? ` : '';
+  throw new InputError(
+    model,
+    `no such file or folder, and not a catalog model (${hint}vramfit catalog lists all ${catalogNames().length}); ${elsewhere()}; the Hugging Face cache (${hubCacheDir(env)}) is searched for org/name repo ids only`,
+    'NOT_FOUND',
+  );
+}
+
+/** The engine loads `files[0]`, the blob itself; the manifest's prompt layers ride along for whoever formats prompts. */
+function readOllamaModel(m: OllamaModel, shown: string): Skeleton {
+  const skeleton = readGgufModel(m.model, shown);
+  const store: SkeletonStore = { kind: 'ollama', name: m.name, manifest: m.manifest };
+  if (m.template !== undefined) store.template = m.template;
+  if (m.system !== undefined) store.system = m.system;
+  if (m.params !== undefined) store.params = m.params;
+  skeleton.source.store = store;
+  return skeleton;
+}
+
+function readLmStudioModel(m: LmStudioModel, shown: string): Skeleton {
+  const skeleton = readGgufModel(m.model, shown);
+  skeleton.source.store = { kind: 'lmstudio', name: m.name };
+  return skeleton;
 }
 
 async function readModelFolder(dir: string, shown: string): Promise<Skeleton> {

@@ -83,6 +83,23 @@ export interface SkeletonSource {
   indexTotalSize?: number;
   /** Tensors stored in the checkpoint that the model ties to another (Falcon's `lm_head.weight`). */
   storedTiedCopies?: string[];
+  /** The local model store a name was resolved in (`files[0]` is then the store's GGUF blob or file). */
+  store?: SkeletonStore;
+}
+
+/** A model named as Ollama or LM Studio holds it, with what Ollama's manifest adds to the weights. */
+export interface SkeletonStore {
+  kind: 'ollama' | 'lmstudio';
+  /** Canonical name in that store (`llama3.2:latest`, `publisher/repo`). */
+  name: string;
+  /** Ollama: the manifest file. */
+  manifest?: string;
+  /** Ollama: the Go template that formats prompts. */
+  template?: string;
+  /** Ollama: the default system prompt. */
+  system?: string;
+  /** Ollama: default sampling and context options (stop, temperature, num_ctx, …). */
+  params?: Record<string, unknown>;
 }
 
 export interface QuantizationInfo {
