@@ -6,7 +6,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { readModel } from '../reader/read-model.js';
-import { loadModelTokenizer, type TokenizerSource } from '../engine/text/model-tokenizer.js';
+import { loadModelTokenizer, tokenizerSourceOf, type TokenizerSource } from '../engine/text/model-tokenizer.js';
 import { InputError } from '../util/errors.js';
 import type { Io } from './main.js';
 
@@ -26,12 +26,10 @@ export async function tokenizerSourceFor(model: string): Promise<TokenizerSource
   if (existsSync(path) && statSync(path).isDirectory() && existsSync(resolve(path, 'tokenizer.json'))) return { modelDir: path };
   // A vocabulary-only GGUF (llama.cpp ships such files) has no model to read: its metadata is the tokenizer.
   if (existsSync(path) && statSync(path).isFile() && path.endsWith('.gguf')) return { modelDir: dirname(path), ggufFile: path };
-  const skeleton = await readModel(model);
-  const src = skeleton.source;
-  if (src.kind === 'gguf') return { modelDir: dirname(src.files[0]!), ggufFile: src.files[0]! };
-  const f = src.files.find((x) => x.endsWith('config.json')) ?? src.files[0];
-  if (!f) throw new InputError(model, `a ${src.kind === 'config' ? 'catalog or config-only' : src.kind} model has no tokenizer files here`, 'NOT_FOUND');
-  return { modelDir: dirname(f) };
+  const src = (await readModel(model)).source;
+  const found = tokenizerSourceOf(src);
+  if (!found) throw new InputError(model, `a ${src.kind === 'config' ? 'catalog or config-only' : src.kind} model has no tokenizer files here`, 'NOT_FOUND');
+  return found;
 }
 
 export function addTokenizeCommand(program: Command, io: Io): void {

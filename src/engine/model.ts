@@ -2,7 +2,7 @@
  * A loaded model as a decode context: stages run in order, each on its device, with the hidden state
  * handed across and each layer's KV cache written in place. Loading is load.ts.
  */
-import { dirname } from 'node:path';
+import { tokenizerSourceOf } from './text/model-tokenizer.js';
 import type { Skeleton } from '../reader/skeleton.js';
 import type { Plan } from '../planner/plan.js';
 import { InputError, VramfitError } from '../util/errors.js';
@@ -139,15 +139,12 @@ export class LoadedModel {
 
   /** The folder whose tokenizer files belong to this model: config.json's, else the first weight file's. */
   get modelDir(): string {
-    const files = this.skeleton.source.files;
-    const f = files.find((x) => x.endsWith('config.json')) ?? files[0];
-    return f ? dirname(f) : '.';
+    return tokenizerSourceOf(this.skeleton.source)?.modelDir ?? '.';
   }
 
   /** The GGUF file the weights were read from (its metadata may hold the tokenizer); undefined for other formats. */
   get ggufFile(): string | undefined {
-    const src = this.skeleton.source;
-    return src.kind === 'gguf' && src.skeletonFile === undefined ? src.files[0] : undefined;
+    return tokenizerSourceOf(this.skeleton.source)?.ggufFile;
   }
 
   /** Tokens in slot 0's KV cache (the single-sequence API's). */

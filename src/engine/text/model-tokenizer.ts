@@ -3,7 +3,8 @@
  * folder, or a GGUF someone put tokenizer.json next to), otherwise the one a GGUF carries in its metadata.
  */
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import type { SkeletonSource } from '../../reader/skeleton.js';
 import { readGgufHeader } from '../../reader/formats/gguf.js';
 import { isChatglmTokenizerDir } from './chatglm-tokenizer.js';
 import { hasGgufTokenizer, loadGgufTokenizer } from './gguf-tokenizer.js';
@@ -14,6 +15,14 @@ export interface TokenizerSource {
   modelDir: string;
   /** The GGUF file the weights come from, when they do. */
   ggufFile?: string;
+}
+
+/** Where a model's tokenizer is looked for: beside its config.json (else its first file), and in its GGUF. */
+export function tokenizerSourceOf(source: SkeletonSource): TokenizerSource | undefined {
+  const files = source.files;
+  if (source.kind === 'gguf' && source.skeletonFile === undefined && files[0] !== undefined) return { modelDir: dirname(files[0]), ggufFile: files[0] };
+  const f = files.find((x) => x.endsWith('config.json')) ?? files[0];
+  return f === undefined ? undefined : { modelDir: dirname(f) };
 }
 
 /** Whether `dir` holds tokenizer files vramfit reads (tokenizer.json, or ChatGLM's tokenizer.model). */
