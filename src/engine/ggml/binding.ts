@@ -90,6 +90,9 @@ const InitParams = koffi.struct('ggml_init_params', { mem_size: 'size_t', mem_bu
 const LogCallback = koffi.proto('void ggml_log_callback(int level, const char *text, void *user_data)');
 const AbortCallback = koffi.proto('void ggml_abort_callback_t(const char *message)');
 const SetThreads = koffi.proto('void ggml_backend_set_n_threads_t(void *backend, int n_threads)');
+const ToFloat = koffi.proto('void ggml_to_float_t(const void *x, _Out_ void *y, int64_t k)');
+/** struct ggml_type_traits: type_name, blck_size, blck_size_interleave, type_size, is_quantized, then to_float. */
+const TRAITS_TO_FLOAT_OFFSET = 40;
 
 const BASE = {
   ggml_free: 'void ggml_free(void *ctx)',
@@ -184,6 +187,8 @@ const BASE = {
   ggml_backend_reg_dev_get: 'void *ggml_backend_reg_dev_get(void *reg, size_t index)',
   ggml_backend_dev_get_props: 'void ggml_backend_dev_get_props(void *dev, _Out_ uint8_t *props)',
   ggml_backend_supports_op: 'bool ggml_backend_supports_op(void *backend, void *op)',
+  ggml_get_type_traits: 'void *ggml_get_type_traits(int type)',
+  ggml_quantize_requires_imatrix: 'bool ggml_quantize_requires_imatrix(int type)',
   ggml_quantize_chunk:
     'size_t ggml_quantize_chunk(int type, const float *src, _Out_ uint8_t *dst, int64_t start, int64_t nrows, int64_t n_per_row, const float *imatrix)',
 } as const;
@@ -219,6 +224,10 @@ export interface Ggml {
   raw: Record<keyof typeof BASE | keyof typeof REGISTRY, Fn>;
   setThreads(backend: Backend, n: number): void;
   lastAbortMessage(): string;
+  /** `n` values of a ggml type (block formats included) as float32, by the type's own to_float. */
+  dequantize(type: GgmlType, src: Uint8Array, n: number): Float32Array;
+  /** Rows of float32 values in a ggml type, by ggml_quantize_chunk (no importance matrix). */
+  quantize(type: GgmlType, src: Float32Array, rows: number, perRow: number): Uint8Array;
   /**
    * Gives an unallocated tensor a placeholder data pointer (or clears it), so the graph allocator
    * treats it as already allocated while measuring a graph's compute buffer. Never computed with.
@@ -322,6 +331,25 @@ export function loadGgml(): Ggml {
     type: (t) => koffi.decode(t, T_OFF.type, 'int') as GgmlType,
     setThreads: () => undefined,
     lastAbortMessage: () => lastAbort,
+    dequantize: (type, src, n) => {
+      // ggml asserts (aborting the process) on a count that is not whole blocks: checked here first.
+      if (n % g.blockSize(type) !== 0 || src.length < g.rowSize(type, n))
+        throw new VramfitError('GGML', `cannot dequantize ${n} values of ggml type ${type} from ${src.length} bytes`, 1);
+      const toFloat = koffi.decode(koffi.decode(raw.ggml_get_type_traits(type), TRAITS_TO_FLOAT_OFFSET, 'void *'), ToFloat) as Fn | null;
+      if (!toFloat) throw new VramfitError('GGML', `ggml type ${type} has no conversion to float`, 1);
+      const out = new Float32Array(n);
+      toFloat(src, out, n);
+      return out;
+    },
+    quantize: (type, src, rows, perRow) => {
+      if (raw.ggml_quantize_requires_imatrix(type) as boolean)
+        throw new VramfitError('GGML', `ggml type ${type} cannot be made without an importance matrix`, 2);
+      if (perRow % g.blockSize(type) !== 0 || src.length !== rows * perRow)
+        throw new VramfitError('GGML', `cannot quantize ${rows} rows of ${perRow} values to ggml type ${type}`, 1);
+      const out = new Uint8Array(rows * g.rowSize(type, perRow));
+      raw.ggml_quantize_chunk(type, src, out, 0, rows, perRow, null);
+      return out;
+    },
     isAllocated: (t) => (koffi.decode(t, T_OFF.buffer, 'void *') as bigint | null) !== null,
     setPlaceholderData: (t, on) => {
       const current = koffi.decode(t, T_OFF.data, 'void *') as bigint | null;
