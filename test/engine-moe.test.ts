@@ -159,7 +159,7 @@ describe('engine MoE: caps, storage and placement', () => {
       }),
       (e: unknown) => {
         assert.ok(e instanceof InputError, String(e));
-        assert.match(e.message, /stacked expert tensors/);
+        assert.match(e.message, /assembled at load time from several stored tensors/);
         return true;
       },
     );

@@ -12,7 +12,7 @@ import { alignUp } from '../planner/placement-units.js';
 import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { readConfigFile } from '../reader/read-config.js';
-import { readGgufFacts } from '../reader/gguf-model.js';
+import { GGUF_MAPPED_ARCHITECTURES, readGgufFacts } from '../reader/gguf-model.js';
 import { readModel } from '../reader/read-model.js';
 import { kvDefaultDtype } from '../reader/summary.js';
 import type { Skeleton } from '../reader/skeleton.js';
@@ -362,7 +362,9 @@ function describeDeviceWeights(g: Ggml, m: EngineModel, plan: Plan, stages: Stag
     }
     const source = stored(name, ne, transform);
     const spec: WeightSpec = { name, ne, type: typeOf(name, ne), source };
-    if (transform) spec.transform = transform;
+    // A matrix the file already stores transposed (GPT-2's Conv1D weights in a GGUF) loads as stored.
+    const applied = transform === 'transpose' && source.transposed ? undefined : transform;
+    if (applied) spec.transform = applied;
     return spec;
   };
   const perDevice = new Map<string, WeightSpec[]>();
@@ -372,7 +374,7 @@ function describeDeviceWeights(g: Ggml, m: EngineModel, plan: Plan, stages: Stag
     if (onDiskUnit && s.parts) {
       throw new InputError(
         '--max-memory',
-        `the plan offloads ${s.name} to disk, but stacked expert tensors are assembled at load time and cannot be used in place from the file; give the devices or cpu room for the MoE blocks`,
+        `the plan offloads ${s.name} to disk, but it is assembled at load time from several stored tensors (an MoE layer's experts, a GGUF's split q/k/v) and cannot be used in place from the file; give the devices or cpu room for those blocks`,
       );
     }
     if (onDiskUnit && !s.transform && s.type === ggmlTypeFor(s.source.dtype)) s.mapped = true;
@@ -520,7 +522,7 @@ function hyperFor(model: string, skeleton: Skeleton, root: string | undefined): 
     if (!facts)
       throw new InputError(
         model,
-        'the engine runs GGUF files of architectures llama (incl. Mixtral), mistral, qwen2, qwen3 and qwen3moe; GPT-2, ChatGLM and Baichuan GGUFs are not mapped yet (use their safetensors)',
+        `the engine runs GGUF files of architectures ${GGUF_MAPPED_ARCHITECTURES.join(', ')} (llama incl. Mixtral); this file's is another`,
         'UNSUPPORTED_ARCHITECTURE',
       );
     const h = arch.hyper(facts.config, skeleton.family);

@@ -273,16 +273,22 @@ function loadStacked(
 }
 
 /**
- * A transformed tensor is read whole (one tensor, never a whole shard), widened to float32,
- * changed, and narrowed to its load type.
+ * A transformed tensor is read whole (one tensor, never a whole shard), widened to float32, changed, and narrowed to
+ * its load type. A block-quantized one (a GGUF's NormHead) is dequantized and quantized back to its type by ggml;
+ * only row normalisation applies to it (a transpose would cut across its blocks).
  */
 function loadTransformed(g: Ggml, fd: number, file: string, s: WeightSpec, t: Tensor, start: number, total: number): void {
-  if (!(s.source.dtype in GGML_OF) || s.ne.length !== 2) throw new VramfitError('TRANSFORM', `${s.name}: ${s.transform} needs a 2-D float tensor`, 2);
+  const float = s.source.dtype in GGML_OF;
+  if (s.ne.length !== 2 || (!float && s.transform !== 'normalize-rows'))
+    throw new VramfitError('TRANSFORM', `${s.name}: ${s.transform} needs a 2-D ${s.transform === 'transpose' ? 'float ' : ''}tensor`, 2);
   const raw = new Uint8Array(total);
   readFully(fd, raw, total, start, file, s.name);
-  const elems = total / (ELEMENT[s.source.dtype] ?? 2);
-  const f32 = new Float32Array(elems);
-  convert(g, raw, s.source.dtype, GGML_TYPE.F32, elems, f32);
+  const elems = s.ne[0]! * s.ne[1]!;
+  let f32: Float32Array;
+  if (float) {
+    f32 = new Float32Array(elems);
+    convert(g, raw, s.source.dtype, GGML_TYPE.F32, elems, f32);
+  } else f32 = g.dequantize(ggmlTypeFor(s.source.dtype), raw, elems);
   // Stored row-major as the checkpoint's [rows, cols]; ggml's ne is [cols', rows'] of the result.
   const [cols, rows] = s.transform === 'transpose' ? [s.ne[1]!, s.ne[0]!] : [s.ne[0]!, s.ne[1]!];
   let out = f32;
@@ -298,7 +304,8 @@ function loadTransformed(g: Ggml, fd: number, file: string, s: WeightSpec, t: Te
       for (let c = 0; c < cols; c++) out[r * cols + c]! *= scale;
     }
   }
-  const bytes = convert(g, new Uint8Array(out.buffer), 'float32', s.type, elems, new Float32Array(elems));
+  const isFloat = s.type === GGML_TYPE.F32 || s.type === GGML_TYPE.F16 || s.type === GGML_TYPE.BF16;
+  const bytes = isFloat ? convert(g, new Uint8Array(out.buffer), 'float32', s.type, elems, new Float32Array(elems)) : g.quantize(s.type, out, rows, cols);
   g.raw.ggml_backend_tensor_set(t, bytes, 0, bytes.byteLength);
 }
 

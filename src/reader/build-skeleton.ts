@@ -43,7 +43,14 @@ function chooseDtype(cfg: ConfigReader, spec: ArchitectureSpec, source: Skeleton
   return fallback;
 }
 
-function reconcileWith(cfg: ConfigReader, spec: ArchitectureSpec, dtype: string, storedRaw: StoredTensor[], total: number | undefined) {
+function reconcileWith(
+  cfg: ConfigReader,
+  spec: ArchitectureSpec,
+  dtype: string,
+  storedRaw: StoredTensor[],
+  total: number | undefined,
+  recomputed?: (name: string) => boolean,
+) {
   const layout = spec.build(cfg, dtype);
   const stored = addBasePrefix(
     storedRaw,
@@ -57,6 +64,7 @@ function reconcileWith(cfg: ConfigReader, spec: ArchitectureSpec, dtype: string,
     legacy: spec.legacyTensor ? (n) => spec.legacyTensor!(n, cfg, dtype) : undefined,
     ignored: spec.ignoredStored ? (n) => spec.ignoredStored!(n, cfg) : undefined,
     indexTotalSize: total,
+    ...(recomputed ? { recomputed } : {}),
   });
   return { layout, r, total: (): number => storedBytes(r.tensors, r.storedTiedCopies, layout.tied) };
 }
@@ -92,13 +100,20 @@ function quantizationOf(cfg: ConfigReader | undefined): QuantizationInfo | undef
   return info;
 }
 
-export function buildSkeleton(cfg: ConfigReader | undefined, source: SkeletonSource, stored: StoredTensor[] | undefined, warnings: string[] = []): Skeleton {
+/** `recomputed`: buffers the source format never stores because the runtime recomputes them (see ReconcileInput). */
+export function buildSkeleton(
+  cfg: ConfigReader | undefined,
+  source: SkeletonSource,
+  stored: StoredTensor[] | undefined,
+  warnings: string[] = [],
+  recomputed?: (name: string) => boolean,
+): Skeleton {
   const spec = cfg ? findArchitecture(cfg) : undefined;
   const quantization = quantizationOf(cfg);
   if (!spec) return buildUnknown(cfg, source, stored, warnings, quantization);
 
   const dtype = chooseDtype(cfg!, spec, source, stored, warnings);
-  const { layout, r } = reconcileWith(cfg!, spec, dtype, stored ?? [], source.indexTotalSize);
+  const { layout, r } = reconcileWith(cfg!, spec, dtype, stored ?? [], source.indexTotalSize, recomputed);
   const tensors = stored ? r.tensors : layout.tree.tensors;
   const modules = stored ? r.modules : layout.tree.modules;
   const extraWarnings: string[] = [];

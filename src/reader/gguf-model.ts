@@ -13,18 +13,94 @@ import { buildSkeleton } from './build-skeleton.js';
 interface GgufFamily {
   hfArchitecture: string;
   modelType: string;
+  names: GgufNames;
 }
 
+/** Where llama.cpp's names go in the transformers model: whole-model tensors, and one layer's pieces. */
+interface GgufNames {
+  global: Record<string, string>;
+  /** The transformers prefix of layer N is `${layers}.N`. */
+  layers: string;
+  pieces: Record<string, string>;
+  /** Tensors llama.cpp writes transposed relative to transformers (GPT-2's Conv1D weights). */
+  transposed?: RegExp;
+  /** Buffers llama.cpp's converter drops because the model recomputes them. */
+  recomputed?: RegExp;
+}
+
+/** llama.cpp tensor name pieces → transformers names (llama-style families). */
+const LLAMA_NAMES: GgufNames = {
+  global: {
+    'token_embd.weight': 'model.embed_tokens.weight',
+    'output_norm.weight': 'model.norm.weight',
+    'output.weight': 'lm_head.weight',
+  },
+  layers: 'model.layers',
+  pieces: {
+    attn_norm: 'input_layernorm',
+    attn_q: 'self_attn.q_proj',
+    attn_k: 'self_attn.k_proj',
+    attn_v: 'self_attn.v_proj',
+    attn_output: 'self_attn.o_proj',
+    attn_q_norm: 'self_attn.q_norm',
+    attn_k_norm: 'self_attn.k_norm',
+    ffn_norm: 'post_attention_layernorm',
+    ffn_gate: 'mlp.gate_proj',
+    ffn_up: 'mlp.up_proj',
+    ffn_down: 'mlp.down_proj',
+  },
+};
+
+/** GPT2LMHeadModel (llama.cpp's convert_hf_to_gguf GPT2Model transposes the Conv1D weights to Linear layout). */
+const GPT2_NAMES: GgufNames = {
+  global: {
+    'token_embd.weight': 'transformer.wte.weight',
+    'position_embd.weight': 'transformer.wpe.weight',
+    'output_norm.weight': 'transformer.ln_f.weight',
+    'output_norm.bias': 'transformer.ln_f.bias',
+    'output.weight': 'lm_head.weight',
+  },
+  layers: 'transformer.h',
+  pieces: { attn_norm: 'ln_1', attn_qkv: 'attn.c_attn', attn_output: 'attn.c_proj', ffn_norm: 'ln_2', ffn_up: 'mlp.c_fc', ffn_down: 'mlp.c_proj' },
+  transposed: /\.(c_attn|c_proj|c_fc)\.weight$/,
+};
+
+/** ChatGLM2/3 and GLM-4 (llama.cpp architecture `chatglm`: fused query_key_value, fused dense_h_to_4h). */
+const CHATGLM_NAMES: GgufNames = {
+  global: {
+    'token_embd.weight': 'transformer.embedding.word_embeddings.weight',
+    'output_norm.weight': 'transformer.encoder.final_layernorm.weight',
+    'output.weight': 'transformer.output_layer.weight',
+  },
+  layers: 'transformer.encoder.layers',
+  pieces: {
+    attn_norm: 'input_layernorm',
+    attn_qkv: 'self_attention.query_key_value',
+    attn_output: 'self_attention.dense',
+    ffn_norm: 'post_attention_layernorm',
+    ffn_up: 'mlp.dense_h_to_4h',
+    ffn_down: 'mlp.dense_4h_to_h',
+  },
+  recomputed: /\.rotary_pos_emb\.inv_freq$/,
+};
+
 const FAMILIES: Record<string, GgufFamily> = {
-  llama: { hfArchitecture: 'LlamaForCausalLM', modelType: 'llama' },
-  mistral: { hfArchitecture: 'MistralForCausalLM', modelType: 'mistral' },
-  qwen2: { hfArchitecture: 'Qwen2ForCausalLM', modelType: 'qwen2' },
-  qwen3: { hfArchitecture: 'Qwen3ForCausalLM', modelType: 'qwen3' },
-  qwen3moe: { hfArchitecture: 'Qwen3MoeForCausalLM', modelType: 'qwen3_moe' },
+  llama: { hfArchitecture: 'LlamaForCausalLM', modelType: 'llama', names: LLAMA_NAMES },
+  mistral: { hfArchitecture: 'MistralForCausalLM', modelType: 'mistral', names: LLAMA_NAMES },
+  qwen2: { hfArchitecture: 'Qwen2ForCausalLM', modelType: 'qwen2', names: LLAMA_NAMES },
+  qwen3: { hfArchitecture: 'Qwen3ForCausalLM', modelType: 'qwen3', names: LLAMA_NAMES },
+  qwen3moe: { hfArchitecture: 'Qwen3MoeForCausalLM', modelType: 'qwen3_moe', names: LLAMA_NAMES },
+  gpt2: { hfArchitecture: 'GPT2LMHeadModel', modelType: 'gpt2', names: GPT2_NAMES },
+  chatglm: { hfArchitecture: 'ChatGLMModel', modelType: 'chatglm', names: CHATGLM_NAMES },
+  // llama.cpp splits W_pack into attn_q/k/v (q and k permuted for its NORMAL rope, as for Llama).
+  baichuan: { hfArchitecture: 'BaichuanForCausalLM', modelType: 'baichuan', names: LLAMA_NAMES },
 };
 
 /** llama.cpp writes Mixtral as architecture `llama` with experts. */
-const MIXTRAL: GgufFamily = { hfArchitecture: 'MixtralForCausalLM', modelType: 'mixtral' };
+const MIXTRAL: GgufFamily = { hfArchitecture: 'MixtralForCausalLM', modelType: 'mixtral', names: LLAMA_NAMES };
+
+/** The GGUF architectures whose files the reader maps to transformers names (and the engine runs). */
+export const GGUF_MAPPED_ARCHITECTURES = Object.keys(FAMILIES);
 
 /** Where each MoE family keeps its router and experts, and its experts' projection names (gate, up, down). */
 const MOE_NAMES: Record<string, { block: string; proj: [string, string, string] }> = {
@@ -33,33 +109,14 @@ const MOE_NAMES: Record<string, { block: string; proj: [string, string, string] 
 };
 const EXPERT_PROJ = { ffn_gate: 0, ffn_up: 1, ffn_down: 2 } as const;
 
-/** llama.cpp tensor name pieces → transformers names inside one decoder layer (llama-style families). */
-const LAYER_NAMES: Record<string, string> = {
-  attn_norm: 'input_layernorm',
-  attn_q: 'self_attn.q_proj',
-  attn_k: 'self_attn.k_proj',
-  attn_v: 'self_attn.v_proj',
-  attn_output: 'self_attn.o_proj',
-  attn_q_norm: 'self_attn.q_norm',
-  attn_k_norm: 'self_attn.k_norm',
-  ffn_norm: 'post_attention_layernorm',
-  ffn_gate: 'mlp.gate_proj',
-  ffn_up: 'mlp.up_proj',
-  ffn_down: 'mlp.down_proj',
-};
-
-const GLOBAL_NAMES: Record<string, string> = {
-  'token_embd.weight': 'model.embed_tokens.weight',
-  'output_norm.weight': 'model.norm.weight',
-  'output.weight': 'lm_head.weight',
-};
-
 /**
  * Maps a GGUF tensor name to its transformers name; undefined when there is no counterpart. `modelType` names the
- * MoE family whose router and per-expert tensors (`blk.N.ffn_gate_inp`, older files' `blk.N.ffn_gate.E`) to map.
+ * family (its naming, and the MoE family whose router and per-expert tensors — `blk.N.ffn_gate_inp`, older files'
+ * `blk.N.ffn_gate.E` — to map); llama-style names when absent.
  */
 export function hfNameForGguf(name: string, modelType?: string): string | undefined {
-  const global = GLOBAL_NAMES[name];
+  const names = familyOfType(modelType)?.names ?? LLAMA_NAMES;
+  const global = names.global[name];
   if (global) return global;
   const moe = modelType ? MOE_NAMES[modelType] : undefined;
   const expert = /^blk\.(\d+)\.(ffn_gate|ffn_up|ffn_down)\.(\d+)\.weight$/.exec(name);
@@ -68,8 +125,13 @@ export function hfNameForGguf(name: string, modelType?: string): string | undefi
   const m = /^blk\.(\d+)\.([a-z_0-9]+)\.(weight|bias)$/.exec(name);
   if (!m) return undefined;
   if (moe && m[2] === 'ffn_gate_inp') return `model.layers.${m[1]}.${moe.block}.gate.${m[3]}`;
-  const piece = LAYER_NAMES[m[2]!];
-  return piece ? `model.layers.${m[1]}.${piece}.${m[3]}` : undefined;
+  const piece = names.pieces[m[2]!];
+  return piece ? `${names.layers}.${m[1]}.${piece}.${m[3]}` : undefined;
+}
+
+function familyOfType(modelType: string | undefined): GgufFamily | undefined {
+  if (modelType === undefined) return undefined;
+  return modelType === MIXTRAL.modelType ? MIXTRAL : Object.values(FAMILIES).find((f) => f.modelType === modelType);
 }
 
 /**
@@ -130,48 +192,138 @@ function ggufFacts(path: string, header: ReturnType<typeof readGgufHeader>): Ggu
   const experts = arch ? num(meta, `${arch}.expert_count`, path) : undefined;
   const family = arch === 'llama' && experts !== undefined && experts > 0 ? MIXTRAL : arch ? FAMILIES[arch] : undefined;
   if (!family || !arch) return undefined;
+  const key = (k: string): number | undefined => num(meta, `${arch}.${k}`, path);
+  const has = (name: string): boolean => header.tensors.some((t) => t.name === name);
   const embd = header.tensors.find((t) => t.name === 'token_embd.weight');
   const floatTypes = header.tensors.filter((t) => /^(float|bfloat)/.test(t.dtype) && t.shape.length === 2);
-  const config: Meta = {
+  const common = {
     architectures: [family.hfArchitecture],
     model_type: family.modelType,
-    hidden_size: num(meta, `${arch}.embedding_length`, path),
-    num_hidden_layers: num(meta, `${arch}.block_count`, path),
-    num_attention_heads: num(meta, `${arch}.attention.head_count`, path),
-    num_key_value_heads: num(meta, `${arch}.attention.head_count_kv`, path) ?? num(meta, `${arch}.attention.head_count`, path),
-    intermediate_size: num(meta, `${arch}.feed_forward_length`, path),
-    max_position_embeddings: num(meta, `${arch}.context_length`, path),
-    vocab_size: embd?.shape[0] ?? num(meta, `${arch}.vocab_size`, path),
-    tie_word_embeddings: !header.tensors.some((t) => t.name === 'output.weight'),
+    vocab_size: embd?.shape[0] ?? key('vocab_size'),
+    tie_word_embeddings: !has('output.weight'),
     torch_dtype: floatTypes[0]?.dtype ?? 'float16',
   };
-  if (family.modelType === 'mixtral') {
-    config['num_local_experts'] = experts;
-    config['num_experts_per_tok'] = num(meta, `${arch}.expert_used_count`, path);
-  } else if (family.modelType === 'qwen3_moe') {
-    config['num_experts'] = experts;
-    config['num_experts_per_tok'] = num(meta, `${arch}.expert_used_count`, path);
-    config['moe_intermediate_size'] = num(meta, `${arch}.expert_feed_forward_length`, path);
-    // llama.cpp renormalises Qwen3-MoE's top-k weights (norm_w) unless the file says otherwise; the released
-    // models all set norm_topk_prob.
-    config['norm_topk_prob'] = meta[`${arch}.expert_weights_norm`] !== false;
-    config['decoder_sparse_step'] = 1;
-    config['mlp_only_layers'] = [];
+  let config: Meta;
+  if (family.modelType === 'gpt2') config = gpt2Config(key, common);
+  else if (family.modelType === 'chatglm') config = chatglmConfig(key, common, has, path);
+  else {
+    config = {
+      ...common,
+      hidden_size: key('embedding_length'),
+      num_hidden_layers: key('block_count'),
+      num_attention_heads: key('attention.head_count'),
+      num_key_value_heads: key('attention.head_count_kv') ?? key('attention.head_count'),
+      intermediate_size: key('feed_forward_length'),
+      max_position_embeddings: key('context_length'),
+    };
+    if (family.modelType === 'mixtral') {
+      config['num_local_experts'] = experts;
+      config['num_experts_per_tok'] = key('expert_used_count');
+    } else if (family.modelType === 'qwen3_moe') {
+      config['num_experts'] = experts;
+      config['num_experts_per_tok'] = key('expert_used_count');
+      config['moe_intermediate_size'] = key('expert_feed_forward_length');
+      // llama.cpp renormalises Qwen3-MoE's top-k weights (norm_w) unless the file says otherwise; the released
+      // models all set norm_topk_prob.
+      config['norm_topk_prob'] = meta[`${arch}.expert_weights_norm`] !== false;
+      config['decoder_sparse_step'] = 1;
+      config['mlp_only_layers'] = [];
+    } else if (family.modelType === 'baichuan') {
+      Object.assign(config, baichuanExtras(meta, arch, path));
+    }
+    const headDim = key('attention.key_length');
+    if (headDim !== undefined) config['head_dim'] = headDim;
+    const eps = key('attention.layer_norm_rms_epsilon');
+    if (eps !== undefined) config['rms_norm_eps'] = eps;
+    const theta = key('rope.freq_base');
+    if (theta !== undefined) config['rope_theta'] = theta;
+    const linear = key('rope.scale_linear') ?? (meta[`${arch}.rope.scaling.type`] === 'linear' ? key('rope.scaling.factor') : undefined);
+    if (linear !== undefined && linear !== 1) config['rope_scaling'] = { rope_type: 'linear', factor: linear };
   }
-  const headDim = num(meta, `${arch}.attention.key_length`, path);
-  if (headDim !== undefined) config['head_dim'] = headDim;
-  const eps = num(meta, `${arch}.attention.layer_norm_rms_epsilon`, path);
-  if (eps !== undefined) config['rms_norm_eps'] = eps;
-  const theta = num(meta, `${arch}.rope.freq_base`, path);
-  if (theta !== undefined) config['rope_theta'] = theta;
-  const linear =
-    num(meta, `${arch}.rope.scale_linear`, path) ??
-    (meta[`${arch}.rope.scaling.type`] === 'linear' ? num(meta, `${arch}.rope.scaling.factor`, path) : undefined);
-  if (linear !== undefined && linear !== 1) config['rope_scaling'] = { rope_type: 'linear', factor: linear };
-  const facts: GgufModelFacts = { config: new ConfigReader(config, `${path} (GGUF metadata)`), modelType: family.modelType, permutedQK: arch === 'llama' };
+  // llama.cpp's converter permutes the q/k rows of Llama-architecture weights (and of Baichuan's W_pack parts) for
+  // its NORMAL rope mode.
+  const permutedQK = arch === 'llama' || arch === 'baichuan';
+  const facts: GgufModelFacts = { config: new ConfigReader(config, `${path} (GGUF metadata)`), modelType: family.modelType, permutedQK };
   const freqs = header.tensors.find((t) => t.name === 'rope_freqs.weight');
   if (freqs) facts.ropeFreqs = { file: path, range: freqs.range };
   return facts;
+}
+
+type Key = (k: string) => number | undefined;
+
+/** GPT2Config from llama.cpp's keys (its converter always writes feed_forward_length = 4·n_embd, GPT-2's n_inner default). */
+function gpt2Config(key: Key, common: Meta): Meta {
+  const positions = key('context_length');
+  return {
+    ...common,
+    n_embd: key('embedding_length'),
+    n_layer: key('block_count'),
+    n_head: key('attention.head_count'),
+    n_positions: positions,
+    n_ctx: positions,
+    n_inner: key('feed_forward_length'),
+    layer_norm_epsilon: key('attention.layer_norm_epsilon') ?? 1e-5,
+    // llama.cpp's GPT-2 graph computes tanh GELU, transformers' gelu_new.
+    activation_function: 'gelu_new',
+  };
+}
+
+/**
+ * ChatGLMConfig from llama.cpp's keys. llama.cpp's layout is fixed: multi-query q|k|v rows (head_count_kv groups),
+ * RMSNorm, a final norm, residuals from the un-normed input, a qkv bias when stored and no other biases, every head
+ * hidden/heads wide with rope.dimension_count (half of it) rotated; rope_ratio is folded into freq_base.
+ */
+function chatglmConfig(key: Key, common: Meta, has: (name: string) => boolean, path: string): Meta {
+  const hidden = key('embedding_length');
+  const heads = key('attention.head_count');
+  if (hidden === undefined || heads === undefined || heads < 1) throw new FormatError(path, 'chatglm GGUF without embedding_length or attention.head_count');
+  const headDim = key('attention.key_length') ?? hidden / heads;
+  const rotated = key('rope.dimension_count');
+  if (rotated !== undefined && rotated * 2 !== headDim)
+    throw new FormatError(path, `chatglm.rope.dimension_count is ${rotated}; the engine rotates half of each ${headDim}-wide head (${headDim / 2})`);
+  if (has('blk.0.attn_q.weight') && !has('blk.0.attn_qkv.weight'))
+    throw new FormatError(path, 'this chatglm GGUF stores q, k and v separately (converted from GlmForCausalLM); vramfit maps the fused attn_qkv layout only');
+  return {
+    ...common,
+    hidden_size: hidden,
+    num_layers: key('block_count'),
+    num_attention_heads: heads,
+    kv_channels: headDim,
+    multi_query_attention: true,
+    multi_query_group_num: key('attention.head_count_kv') ?? heads,
+    ffn_hidden_size: key('feed_forward_length'),
+    padded_vocab_size: common['vocab_size'],
+    seq_length: key('context_length'),
+    layernorm_epsilon: key('attention.layer_norm_rms_epsilon') ?? 1e-5,
+    rmsnorm: true,
+    post_layer_norm: has('output_norm.weight'),
+    add_qkv_bias: has('blk.0.attn_qkv.bias'),
+    add_bias_linear: false,
+    apply_residual_connection_post_layernorm: false,
+    rope_ratio: (key('rope.freq_base') ?? 10000) / 10000,
+    tie_word_embeddings: false,
+  };
+}
+
+/**
+ * What a Baichuan config says that llama.cpp's keys do not. Which file a checkpoint ships (RoPE for 7B, ALiBi for
+ * 13B) and whether its head is a NormHead follow the reader's rules from hidden size and vocabulary, as for
+ * config.json; `baichuan.position_embedding` ("ROPE"/"ALIBI") and `baichuan.norm_head` (bool) — vramfit's own keys,
+ * which llama.cpp ignores — override them as the config keys of the same names do. W_pack is split in the file.
+ */
+function baichuanExtras(meta: Meta, arch: string, path: string): Meta {
+  const extras: Meta = { split_w_pack: true, max_position_embeddings: meta[`${arch}.context_length`] };
+  const position = meta[`${arch}.position_embedding`];
+  if (position !== undefined) {
+    if (typeof position !== 'string') throw new FormatError(path, `GGUF key ${arch}.position_embedding must be a string`);
+    extras['position_embedding'] = position;
+  }
+  const normHead = meta[`${arch}.norm_head`];
+  if (normHead !== undefined) {
+    if (typeof normHead !== 'boolean') throw new FormatError(path, `GGUF key ${arch}.norm_head must be a boolean`);
+    extras['norm_head'] = normHead;
+  }
+  return extras;
 }
 
 /** The config and rope facts of a GGUF model of a mapped family; undefined for other architectures. */
@@ -191,14 +343,19 @@ export function readGgufModel(path: string, shown: string): Skeleton {
     const warnings = [`GGUF architecture ${JSON.stringify(arch ?? '(none)')} has no name mapping in vramfit; llama.cpp tensor names are kept`];
     return buildSkeleton(undefined, source, raw, warnings);
   }
+  const names = familyOfType(facts.modelType)!.names;
   // rope_freqs.weight is Llama 3's rope scaling as data (transformers computes it): a fact, not a module.
   const stored: StoredTensor[] = raw
     .filter((t) => t.name !== 'rope_freqs.weight')
-    .flatMap((t) => {
+    .flatMap((t): StoredTensor[] => {
       const split = splitExperts(t, facts.modelType, path);
       if (split) return split;
       const hf = hfNameForGguf(t.name, facts.modelType);
-      return [hf ? { ...t, name: hf } : t];
+      if (!hf) return [t];
+      // A transposed matrix keeps the transformers shape; its bytes are the other way round.
+      if (names.transposed?.test(hf) && t.shape.length === 2) return [{ ...t, name: hf, shape: [t.shape[1]!, t.shape[0]!], transposed: true }];
+      return [{ ...t, name: hf }];
     });
-  return buildSkeleton(facts.config, source, stored, []);
+  const recomputed = names.recomputed;
+  return buildSkeleton(facts.config, source, stored, [], recomputed ? (n) => recomputed.test(n) : undefined);
 }

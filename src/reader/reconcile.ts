@@ -8,6 +8,8 @@ export interface StoredTensor {
   shape?: number[];
   dtype?: string;
   location?: TensorLocation;
+  /** See SkeletonTensor.transposed. */
+  transposed?: true;
 }
 
 export interface ReconcileInput {
@@ -20,6 +22,11 @@ export interface ReconcileInput {
   ignored?: (name: string) => string | undefined;
   /** `metadata.total_size` of an index, used to tell which dtype legacy buffers were saved in. */
   indexTotalSize?: number;
+  /**
+   * Buffers this kind of file never stores because the runtime recomputes them (llama.cpp's converter drops rotary
+   * `inv_freq`): not missing, and not loaded, so they become non-persistent.
+   */
+  recomputed?: (name: string) => boolean;
 }
 
 export interface ReconcileResult {
@@ -97,6 +104,10 @@ export function reconcile(input: ReconcileInput): ReconcileResult {
     const owner = aliasOf.get(t.name);
     if (owner !== undefined && storedNames.has(owner)) continue;
     if (owner === undefined && tiedOwnerStoredViaAlias(t.name, input.tied, storedNames)) continue;
+    if (t.kind === 'buffer' && input.recomputed?.(t.name)) {
+      t.persistent = false;
+      continue;
+    }
     result.missing.push(t.name);
   }
 
@@ -154,6 +165,7 @@ function applyStored(t: SkeletonTensor, s: StoredTensor, result: ReconcileResult
   if (s.shape) t.shape = [...s.shape];
   if (s.dtype) t.dtype = s.dtype;
   if (s.location) t.location = s.location;
+  if (s.transposed) t.transposed = true;
 }
 
 /**

@@ -29,6 +29,11 @@ export interface SkeletonTensor {
   /** Buffers only: false for non-persistent buffers (rotary `inv_freq`), which no checkpoint stores. */
   persistent?: boolean;
   location?: TensorLocation;
+  /**
+   * Its bytes are the transpose of `shape` (row-major [shape[1], shape[0]]): llama.cpp's converter writes GPT-2's
+   * Conv1D weights ([in, out]) the way a Linear stores them. Same size; only a loader cares.
+   */
+  transposed?: true;
 }
 
 /** What the planner needs to budget generation. */

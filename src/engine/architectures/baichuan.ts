@@ -1,5 +1,5 @@
 import { KEYS, type ConfigReader } from '../../reader/config.js';
-import { baichuanNormHead, baichuanUsesRope } from '../../reader/architectures/baichuan.js';
+import { baichuanNormHead, baichuanUsesRope, splitWPack } from '../../reader/architectures/baichuan.js';
 import { InputError } from '../../util/errors.js';
 import { ROPE_MODE, type Tensor } from '../ggml/binding.js';
 import type { GraphBuilder } from '../ggml/graph.js';
@@ -40,7 +40,11 @@ export interface BaichuanHyper extends EngineHyper {
   eps: number;
   /** 7B: rotary embeddings; 13B: ALiBi. */
   rope: boolean;
+  /** ggml rope mode: NEOX for transformers' rotate_half; NORMAL for a GGUF, whose converter permuted q and k rows. */
+  ropeMode: number;
   normHead: boolean;
+  /** W_pack stored as three tensors (q_proj, k_proj, v_proj: a GGUF), stacked back into one at load. */
+  splitWPack: boolean;
 }
 
 /** ALiBi's max_bias: Baichuan's slopes are ggml's with max_bias 8 (llama.cpp sets the same). */
@@ -72,7 +76,9 @@ export function baichuanHyper(cfg: ConfigReader, family: string): BaichuanHyper 
     // 7B reads max_position_embeddings, 13B model_max_length (as the reader does).
     maxPositions: cfg.optInt(rope ? ['max_position_embeddings', 'model_max_length'] : ['model_max_length', 'max_position_embeddings']) ?? 4096,
     rope,
+    ropeMode: ROPE_MODE.NEOX,
     normHead: baichuanNormHead(cfg),
+    splitWPack: splitWPack(cfg),
     tied: false,
     kvDim: hidden,
   };
@@ -88,7 +94,9 @@ function layerTensors(h: BaichuanHyper, i: number): ArchTensor[] {
   const p = `model.layers.${i}`;
   return [
     { name: `${p}.input_layernorm.weight`, ne: [h.hidden] },
-    { name: `${p}.self_attn.W_pack.weight`, ne: [h.hidden, 3 * h.hidden] },
+    h.splitWPack
+      ? { name: `${p}.self_attn.W_pack.weight`, ne: [h.hidden, h.hidden, 3], stack: ['q_proj', 'k_proj', 'v_proj'].map((x) => `${p}.self_attn.${x}.weight`) }
+      : { name: `${p}.self_attn.W_pack.weight`, ne: [h.hidden, 3 * h.hidden] },
     { name: `${p}.self_attn.o_proj.weight`, ne: [h.hidden, h.hidden] },
     { name: `${p}.post_attention_layernorm.weight`, ne: [h.hidden] },
     { name: `${p}.mlp.gate_proj.weight`, ne: [h.hidden, h.ffn] },
@@ -105,7 +113,9 @@ function decoderLayer(gb: GraphBuilder, h: BaichuanHyper, w: WeightLookup, i: nu
 
   // Attention block: one fused projection, q/k/v as strided views of its rows [q; k; v].
   let hs = gb.mul(gb.rmsNorm(x, h.eps), w(`${p}.input_layernorm.weight`));
-  const qkv = gb.mulMat(w(`${p}.self_attn.W_pack.weight`), hs);
+  // Split parts are stacked [hidden, hidden, 3]: the same rows in the same order as W_pack's [hidden, 3·hidden].
+  const pack = w(`${p}.self_attn.W_pack.weight`);
+  const qkv = gb.mulMat(h.splitWPack ? gb.reshape(pack, [h.hidden, 3 * h.hidden]) : pack, hs);
   const f32 = gb.g.rowSize(gb.g.type(qkv), 1);
   const tokenBytes = 3 * h.hidden * f32;
   const part = (j: number): Tensor => gb.view(qkv, [D, h.heads, n], [D * f32, tokenBytes], j * h.hidden * f32);
@@ -113,7 +123,7 @@ function decoderLayer(gb: GraphBuilder, h: BaichuanHyper, w: WeightLookup, i: nu
   let k = part(1);
   const v = part(2);
   if (h.rope) {
-    const rope = { nDims: D, mode: ROPE_MODE.NEOX, nCtxOrig: h.maxPositions, base: ROPE_BASE, freqScale: 1 };
+    const rope = { nDims: D, mode: h.ropeMode, nCtxOrig: h.maxPositions, base: ROPE_BASE, freqScale: 1 };
     q = gb.rope(q, step.positions, null, rope);
     k = gb.rope(k, step.positions, null, rope);
   }

@@ -28,6 +28,14 @@ export function baichuanNormHead(cfg: ConfigReader): boolean {
   return cfg.bool('norm_head', cfg.int(KEYS.vocab, 'vocab size') === 125696);
 }
 
+/**
+ * `"split_w_pack": true` (set by the GGUF reader): the checkpoint stores W_pack's three parts as q_proj, k_proj and
+ * v_proj, as llama.cpp's converter writes them; same bytes, three modules.
+ */
+export function splitWPack(cfg: ConfigReader): boolean {
+  return cfg.bool('split_w_pack', false);
+}
+
 function variant(cfg: ConfigReader) {
   const hidden = cfg.int(KEYS.hidden, 'hidden size');
   const rotary = baichuanUsesRope(cfg);
@@ -64,7 +72,8 @@ export function buildBaichuan(cfg: ConfigReader, dtype: string): ModelLayout {
     model.embedding('embed_tokens', vocab, hidden);
     model.list('layers', layers, v.layerClass, (layer) => {
       layer.child('self_attn', v.attnClass, (a) => {
-        a.linear('W_pack', hidden, 3 * hidden);
+        if (splitWPack(cfg)) for (const part of ['q_proj', 'k_proj', 'v_proj']) a.linear(part, hidden, hidden);
+        else a.linear('W_pack', hidden, 3 * hidden);
         a.linear('o_proj', hidden, hidden);
         // 7B keeps inv_freq and the cos/sin tables as plain attributes: a module with no tensors.
         if (v.rotary) a.leaf('rotary_emb', 'RotaryEmbedding');
