@@ -1,3 +1,4 @@
+import { parseQuantizeType, quantizeSkeleton, QUANTIZE_TYPES } from '../planner/quantize.js';
 import { Command, Option } from 'commander';
 import { canonicalDType, isKnownDType } from '../reader/dtypes.js';
 import { readModel } from '../reader/read-model.js';
@@ -40,6 +41,7 @@ export interface PlanFlags extends CompatFlags {
   ubatch: string;
   kvDtype?: string;
   dtype?: string;
+  quantize?: string;
   target?: Target;
   overhead?: string;
   gpuWeights?: string;
@@ -96,7 +98,14 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     throw new InputError('--format', `expected one of ${FORMATS.join(', ')}, got ${JSON.stringify(flags.format)}`);
   if (flags.compat !== undefined && flags.compat !== 'accelerate')
     throw new InputError('--compat', `the only compat mode is "accelerate", got ${JSON.stringify(flags.compat)}`);
-  const skeleton = await readModel(model);
+  let skeleton = await readModel(model);
+  if (flags.quantize !== undefined) {
+    const type = parseQuantizeType(flags.quantize);
+    if (flags.compat !== undefined) throw new InputError('--quantize', 'accelerate loads float weights; ggml block types are planned for vramfit');
+    if (flags.format !== 'table' && flags.format !== 'json')
+      throw new InputError('--quantize', `the ${flags.format} export cannot carry per-tensor ggml types yet; use --format table or json`);
+    skeleton = quantizeSkeleton(skeleton, type).skeleton;
+  }
   if (flags.compat === 'accelerate') {
     return { plan: await planAccelerateCompat(skeleton, flags, await inventoryFor(flags)), skeleton, notes: [] };
   }
@@ -186,6 +195,7 @@ export function addPlanCommand(program: Command, io: Io): void {
     .option('--ubatch <n>', 'tokens per forward pass during prefill (sizes activations and logits)', '512')
     .option('--kv-dtype <dtype>', "KV cache dtype (default: the model's 16-bit dtype)")
     .option('--dtype <dtype>', 'load floating weights in this dtype (float16, bfloat16, float32)')
+    .option('--quantize <type>', `plan the float matrices as converted at load to ${QUANTIZE_TYPES.join(', ')} (the rules of vramfit run --quantize)`)
     .addOption(new Option('--target <runtime>', 'runtime that will run the plan (its workspace and overhead); implied by --format').choices([...TARGET_NAMES]))
     .option('--overhead <size>', 'runtime overhead per GPU (CUDA context, …): one size or 0=1GiB,1=512MiB (default depends on --target)')
     .option('--gpu-weights <w>', 'relative share of each GPU when balancing, e.g. 1,2 (default: balance utilisation)')

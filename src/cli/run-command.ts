@@ -1,3 +1,4 @@
+import { QUANTIZE_TYPES } from '../planner/quantize.js';
 import type { Command } from 'commander';
 import type { Io } from './main.js';
 import type { RunFlags } from './run-action.js';
@@ -21,6 +22,10 @@ function addLoadFlags(c: Command): Command {
     .option('--ubatch <n>', 'tokens per forward pass during prefill (default 512)')
     .option('--kv-dtype <dtype>', 'float16 or float32 (default: float32 for float32 models, else float16, as transformers keeps it)')
     .option('--dtype <dtype>', 'load matrices as float32, float16 or bfloat16 (default: as stored)')
+    .option(
+      '--quantize <type>',
+      `convert float matrices at load to ${QUANTIZE_TYPES.join(', ')} (planned at that size). Norms, biases and MoE routers stay; the output head keeps at least q6_k; a tied embedding follows the head; rows that are not whole blocks fall back as llama.cpp's quantizer does (q4_k→q5_0, q5_k→q5_1, q6_k→q8_0, else float16)`,
+    )
     .option('--threads <n>', 'CPU threads per device')
     .option('--show-plan', 'print the plan (to stderr) before generating or serving');
 }

@@ -13,6 +13,7 @@ import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { readConfigFile } from '../reader/read-config.js';
 import { GGUF_MAPPED_ARCHITECTURES, readGgufFacts } from '../reader/gguf-model.js';
+import { quantizeSkeleton, type QuantizeType } from '../planner/quantize.js';
 import { readModel } from '../reader/read-model.js';
 import { kvDefaultDtype } from '../reader/summary.js';
 import type { Skeleton } from '../reader/skeleton.js';
@@ -59,6 +60,8 @@ export interface LoadOptions {
   kvDtype?: 'float32' | 'float16';
   /** Load matrices in this dtype instead of the checkpoint's. */
   dtype?: 'float32' | 'float16' | 'bfloat16';
+  /** Convert float matrices to this ggml block type at load (rules: src/planner/quantize.ts); planned at that size. */
+  quantize?: QuantizeType;
   threads?: number;
   /**
    * Manual split: decoder layers per device, in device order (the embedding goes with the first
@@ -72,6 +75,7 @@ export interface LoadOptions {
 /** What the checkpoint says, as the engine needs it. */
 interface EngineModel {
   model: string;
+  /** As loaded: under --quantize, with each converted tensor's dtype the quantized one (what the plan sizes). */
   skeleton: Skeleton;
   arch: EngineArchitecture;
   h: EngineHyper;
@@ -210,12 +214,18 @@ async function readForEngine(model: string, opts: LoadOptions): Promise<EngineMo
     checkWeightRange(t, file, sizes);
     if (root !== undefined && t.location) t.location.file = file;
   }
+  const quantized = opts.quantize ? quantizeSkeleton(skeleton, opts.quantize) : undefined;
+  const chosen = new Map((quantized?.choices ?? []).filter((c) => c.to !== c.from).map((c) => [c.name, c.to]));
   const typeOf = (name: string, ne: number[]): GgmlType => {
-    const source = tensorOf.get(headAlias.get(name) ?? name);
+    const stored = headAlias.get(name) ?? name;
+    const source = tensorOf.get(stored);
     if (!source) throw new InputError(model, `the checkpoint has no ${name}`);
-    return ne.length === 1 ? GGML_TYPE.F32 : opts.dtype ? ggmlTypeFor(opts.dtype) : ggmlTypeFor(source.dtype);
+    if (ne.length === 1) return GGML_TYPE.F32;
+    const q = chosen.get(stored);
+    if (q) return ggmlTypeFor(q);
+    return opts.dtype ? ggmlTypeFor(opts.dtype) : ggmlTypeFor(source.dtype);
   };
-  return { model, skeleton, arch, h, modelDir, tensorOf, typeOf };
+  return { model, skeleton: quantized?.skeleton ?? skeleton, arch, h, modelDir, tensorOf, typeOf };
 }
 
 function runShape(m: EngineModel, opts: LoadOptions): RunShape {

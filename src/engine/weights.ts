@@ -200,6 +200,10 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
         }
         continue;
       }
+      if (isBlockType(to)) {
+        loadQuantized(g, fd, file, s, t, start, total, chunk, onBytes);
+        continue;
+      }
       const srcElem = ELEMENT[from] ?? 2;
       const dstElem = to === GGML_TYPE.F32 ? 4 : 2;
       const step = Math.floor(CHUNK / Math.max(srcElem, dstElem) / 4) * 4 * srcElem;
@@ -248,6 +252,13 @@ function loadStacked(
     const [start, end] = loc.range;
     const total = end - start;
     const same = sameType(part.dtype, s.type);
+    if (!same && isBlockType(s.type)) {
+      // Each part is whole rows, so it quantizes into its own slice (--quantize on an MoE layer's experts).
+      if ((total / (ELEMENT[part.dtype] ?? 2) / s.ne[0]!) * g.rowSize(s.type, s.ne[0]!) !== slice)
+        throw new VramfitError('SIZE', `${s.name}: part ${i} does not fill its slice`, 2);
+      loadQuantized(g, fd, file, { ...s, source: part }, t, start, total, chunk, onBytes, i * slice);
+      return;
+    }
     if (!same && !(part.dtype in GGML_OF))
       throw new VramfitError('UNSUPPORTED_DTYPE', `${s.name}: cannot convert ${part.dtype} parts to ggml type ${s.type}`, 2);
     const srcElem = ELEMENT[part.dtype] ?? 2;
@@ -307,6 +318,48 @@ function loadTransformed(g: Ggml, fd: number, file: string, s: WeightSpec, t: Te
   const isFloat = s.type === GGML_TYPE.F32 || s.type === GGML_TYPE.F16 || s.type === GGML_TYPE.BF16;
   const bytes = isFloat ? convert(g, new Uint8Array(out.buffer), 'float32', s.type, elems, new Float32Array(elems)) : g.quantize(s.type, out, rows, cols);
   g.raw.ggml_backend_tensor_set(t, bytes, 0, bytes.byteLength);
+}
+
+function isBlockType(t: GgmlType): boolean {
+  return t !== GGML_TYPE.F32 && t !== GGML_TYPE.F16 && t !== GGML_TYPE.BF16;
+}
+
+/**
+ * A float tensor converted to a block type at load (`--quantize`): read a run of whole rows at a time (bounded by
+ * the chunk), widened to float32 and quantized by ggml_quantize_chunk, so host memory stays bounded.
+ */
+function loadQuantized(
+  g: Ggml,
+  fd: number,
+  file: string,
+  s: WeightSpec,
+  t: Tensor,
+  start: number,
+  total: number,
+  chunk: Uint8Array,
+  onBytes: (n: number) => void,
+  base = 0,
+): void {
+  const from = s.source.dtype;
+  if (!(from in ELEMENT)) throw new VramfitError('UNSUPPORTED_DTYPE', `${s.name}: cannot convert ${from} to ggml type ${s.type}`, 2);
+  const cols = s.ne[0]!;
+  const rows = total / (cols * ELEMENT[from]!);
+  if (!Number.isInteger(rows) || cols % g.blockSize(s.type) !== 0)
+    throw new VramfitError('SIZE', `${s.name}: ${total} bytes are not whole rows of ${cols} values in whole blocks of ggml type ${s.type}`, 2);
+  const srcRow = cols * ELEMENT[from]!;
+  const dstRow = g.rowSize(s.type, cols);
+  const perStep = Math.max(1, Math.floor(chunk.length / srcRow));
+  const big = perStep === 1 && srcRow > chunk.length ? new Uint8Array(srcRow) : chunk;
+  const f32 = new Float32Array(perStep * cols);
+  for (let row = 0; row < rows;) {
+    const n = Math.min(perStep, rows - row);
+    readFully(fd, big, n * srcRow, start + row * srcRow, file, s.name);
+    convert(g, big.subarray(0, n * srcRow), from, GGML_TYPE.F32, n * cols, f32);
+    const q = g.quantize(s.type, f32.subarray(0, n * cols), n, cols);
+    g.raw.ggml_backend_tensor_set(t, q, base + row * dstRow, q.byteLength);
+    row += n;
+    onBytes(n * srcRow);
+  }
 }
 
 function sameType(from: string, to: GgmlType): boolean {

@@ -34,7 +34,7 @@ const GLOBAL: Record<string, string> = {
  */
 export function writeTinyGguf(
   ck: TinyFamilyCheckpoint,
-  matrixDtype: 'float32' | 'float16' = 'float32',
+  matrixDtype: GgufMatrixDtype = 'float32',
   overrides: Record<string, GgufWriteValue> = {},
   name = `model-${matrixDtype}.gguf`,
 ): string {
@@ -51,8 +51,9 @@ export function writeTinyGguf(
       const heads = m[2] === 'self_attn.q_proj' ? h.heads : h.kvHeads;
       values = Float32Array.from(permuteForNormalRope(values, heads, h.headDim, shape.length === 2 ? shape[1]! : 1));
     }
-    const dtype = shape.length === 2 ? matrixDtype : 'float32';
-    tensors.push({ name: gguf, shape, dtype, data: encodeTensor(values, dtype) });
+    // As llama.cpp's quantizer: a matrix whose rows are not whole 32-value blocks stays F16.
+    const dtype = shape.length !== 2 ? 'float32' : matrixDtype === 'q8_0' && shape[1]! % 32 !== 0 ? 'float16' : matrixDtype;
+    tensors.push({ name: gguf, shape, dtype, data: dtype === 'q8_0' ? quantizeQ8_0(values) : encodeTensor(values, dtype) });
   }
   if (h.freqFactors)
     tensors.push({ name: 'rope_freqs.weight', shape: [h.freqFactors.length], dtype: 'float32', data: new Uint8Array(h.freqFactors.buffer.slice(0)) });
@@ -77,7 +78,7 @@ export function writeTinyGguf(
 }
 
 /**
- * ggml's quantize_row_q8_0_ref: per block of 32 values, d = max|x| / 127 (stored as float16) and
+ * ggml's quantize_row_q8_0_ref: per block of 32 values, d = max|x| / 127 in float32 (stored as float16) and
  * q = round(x / d), rounding halves away from zero as C's roundf does. Rows must be multiples of 32.
  */
 export function quantizeQ8_0(values: Float32Array): Uint8Array {
@@ -88,11 +89,12 @@ export function quantizeQ8_0(values: Float32Array): Uint8Array {
   for (let b = 0; b < blocks; b++) {
     let amax = 0;
     for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(values[b * 32 + j]!));
-    const d = amax / 127;
-    const id = d ? 1 / d : 0;
+    // float32 arithmetic, as the C code does (float64 would round a few values differently).
+    const d = Math.fround(amax / 127);
+    const id = d ? Math.fround(1 / d) : 0;
     view.setUint16(b * 34, float32ToFloat16Bits(d), true);
     for (let j = 0; j < 32; j++) {
-      const x = values[b * 32 + j]! * id;
+      const x = Math.fround(values[b * 32 + j]! * id);
       view.setInt8(b * 34 + 2 + j, Math.sign(x) * Math.round(Math.abs(x)));
     }
   }
