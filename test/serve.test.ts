@@ -558,7 +558,7 @@ describe('serve: admission, cancellation, loading and shutdown', () => {
       [['--parallel', '0'], /^vramfit: --parallel: expected an integer from 1 to 256/],
       [['--parallel', 'many'], /^vramfit: --parallel: /],
       [['--host', 'example.com'], /^vramfit: --host: expected an IP address or localhost/],
-      [['--kv-dtype', 'q8_0'], /^vramfit: --kv-dtype: the engine keeps the KV cache in float16 or float32/],
+      [['--kv-dtype', 'q5_k'], /^vramfit: --kv-dtype: the engine keeps the KV cache in float32, float16, q8_0, q4_0, not q5_k/],
       [['--api-key', ''], /^vramfit: --api-key: an empty key would let anyone in/],
       [['--queue', '-1'], /^vramfit: --queue: /],
     ];

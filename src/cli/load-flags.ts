@@ -1,7 +1,7 @@
 /** The flags `run` and `serve` share for loading a model, checked once and turned into LoadOptions. */
 import type { LoadOptions } from '../engine/load.js';
 import { InputError } from '../util/errors.js';
-import { parseQuantizeType } from '../planner/quantize.js';
+import { KV_DTYPES, parseQuantizeType, type KvDtype } from '../planner/quantize.js';
 
 export interface LoadFlags {
   devices?: string;
@@ -27,8 +27,8 @@ export function intFlag(value: string | undefined, flag: string, min: number, ma
 
 export function loadOptionsFrom(f: LoadFlags): Omit<LoadOptions, 'onProgress' | 'parallel'> {
   const kv = f.kvDtype;
-  if (kv !== undefined && kv !== 'float16' && kv !== 'float32')
-    throw new InputError('--kv-dtype', `the engine keeps the KV cache in float16 or float32, not ${kv}`);
+  if (kv !== undefined && !(KV_DTYPES as readonly string[]).includes(kv))
+    throw new InputError('--kv-dtype', `the engine keeps the KV cache in ${KV_DTYPES.join(', ')}, not ${kv}`);
   if (f.dtype !== undefined && !['float32', 'float16', 'bfloat16'].includes(f.dtype))
     throw new InputError('--dtype', `expected float32, float16 or bfloat16, got ${f.dtype}`);
   if (f.backend !== undefined && f.backend !== 'cuda' && f.backend !== 'vulkan')
@@ -43,7 +43,7 @@ export function loadOptionsFrom(f: LoadFlags): Omit<LoadOptions, 'onProgress' | 
     ...(f.maxMemory !== undefined ? { maxMemory: f.maxMemory } : {}),
     ...(ctx !== undefined ? { ctx } : {}),
     ...(ubatch !== undefined ? { ubatch } : {}),
-    ...(kv !== undefined ? { kvDtype: kv } : {}),
+    ...(kv !== undefined ? { kvDtype: kv as KvDtype } : {}),
     ...(f.dtype !== undefined ? { dtype: f.dtype as 'float32' | 'float16' | 'bfloat16' } : {}),
     ...(quantize !== undefined ? { quantize } : {}),
     ...(threads !== undefined ? { threads } : {}),

@@ -20,7 +20,10 @@ function addLoadFlags(c: Command): Command {
     )
     .option('--ctx <tokens>', 'context length to allocate the KV cache for (default: min(model maximum, 4096))')
     .option('--ubatch <n>', 'tokens per forward pass during prefill (default 512)')
-    .option('--kv-dtype <dtype>', 'float16 or float32 (default: float32 for float32 models, else float16, as transformers keeps it)')
+    .option(
+      '--kv-dtype <dtype>',
+      "float16, float32, q8_0 or q4_0 (default: float32 for float32 models, else float16, as transformers keeps it); q8_0/q4_0 attend through flash attention like llama.cpp's -ctk/-ctv with -fa and need heads of whole 32-value blocks",
+    )
     .option('--dtype <dtype>', 'load matrices as float32, float16 or bfloat16 (default: as stored)')
     .option(
       '--quantize <type>',

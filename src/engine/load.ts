@@ -13,7 +13,7 @@ import { availableParallelism } from 'node:os';
 import { dirname } from 'node:path';
 import { readConfigFile } from '../reader/read-config.js';
 import { GGUF_MAPPED_ARCHITECTURES, readGgufFacts } from '../reader/gguf-model.js';
-import { quantizeSkeleton, type QuantizeType } from '../planner/quantize.js';
+import { KV_DTYPES, quantizeSkeleton, type KvDtype, type QuantizeType } from '../planner/quantize.js';
 import { readModel } from '../reader/read-model.js';
 import { kvDefaultDtype } from '../reader/summary.js';
 import type { Skeleton } from '../reader/skeleton.js';
@@ -37,7 +37,17 @@ import { describeWeights, ggmlTypeFor, loadWeightData, placeWeights, storedBytes
 import { measureGraph, measureWorkspace, withPackingMargin, representativeLayers } from './workspace.js';
 
 /** What `run` accepts when suggesting changes to a plan that does not fit: no --ctx auto, KV in F16/F32. */
-const RUN_KNOBS: RemedyKnobs = { kvDtypes: ['float32', 'float16'], dtypes: ['float32', 'float16', 'bfloat16'], ctxAuto: false, offload: true };
+const RUN_KNOBS: RemedyKnobs = { kvDtypes: [...KV_DTYPES], dtypes: ['float32', 'float16', 'bfloat16'], ctxAuto: false, offload: true };
+
+/** The width of one cached K/V head (every family's hyper names it headDim; one head when it does not). */
+function headWidth(h: EngineHyper): number {
+  return (h as EngineHyper & { headDim?: number }).headDim ?? h.kvDim;
+}
+
+/** The remedies an infeasible plan may suggest for this model: block-quantized caches only where its heads allow. */
+function knobsFor(h: EngineHyper): RemedyKnobs {
+  return headWidth(h) % 32 === 0 ? RUN_KNOBS : { ...RUN_KNOBS, kvDtypes: ['float32', 'float16'] };
+}
 
 export interface LoadOptions {
   /**
@@ -57,7 +67,8 @@ export interface LoadOptions {
    * Default 1; 'auto' takes the most (up to AUTO_PARALLEL_MAX) whose plan fits the caps.
    */
   parallel?: number | 'auto';
-  kvDtype?: 'float32' | 'float16';
+  /** The KV cache's type; the block types need flash attention and heads of whole 32-value blocks. */
+  kvDtype?: KvDtype;
   /** Load matrices in this dtype instead of the checkpoint's. */
   dtype?: 'float32' | 'float16' | 'bfloat16';
   /** Convert float matrices to this ggml block type at load (rules: src/planner/quantize.ts); planned at that size. */
@@ -91,7 +102,7 @@ interface RunShape {
   slots: number;
   /** Rows of each layer's unified KV cache: ctx per slot. */
   kvRows: number;
-  kvDtype: 'float32' | 'float16';
+  kvDtype: KvDtype;
   kvType: GgmlType;
 }
 
@@ -250,7 +261,22 @@ function runShape(m: EngineModel, opts: LoadOptions): RunShape {
     );
   // As transformers does, the cache follows the model: float32 models keep a float32 cache.
   const kvDtype = opts.kvDtype ?? (kvDefaultDtype(m.skeleton) === 'float32' ? 'float32' : 'float16');
-  return { ctx, ubatch, slots, kvRows: ctx * slots, kvDtype, kvType: kvDtype === 'float32' ? GGML_TYPE.F32 : GGML_TYPE.F16 };
+  if (kvDtype === 'q8_0' || kvDtype === 'q4_0') checkBlockKv(kvDtype, h, ctx);
+  return { ctx, ubatch, slots, kvRows: ctx * slots, kvDtype, kvType: ggmlTypeFor(kvDtype) };
+}
+
+/**
+ * A block-quantized cache is read per head (views of head_dim values: whole blocks only) and only through flash
+ * attention (V cannot be transposed in blocks), whose F16 mask holds ALiBi's key–query offsets exactly up to 2048.
+ */
+function checkBlockKv(kvDtype: KvDtype, h: EngineHyper, ctx: number): void {
+  const headDim = headWidth(h);
+  if (headDim % 32 !== 0) throw new InputError('--kv-dtype', `${kvDtype} stores 32-value blocks, and this model's heads are ${headDim} wide; use float16`);
+  if (h.alibi && ctx > 2048)
+    throw new InputError(
+      '--kv-dtype',
+      `${kvDtype} caches attend through flash attention, whose mask holds ALiBi offsets up to 2048 tokens; use --ctx 2048 or float16`,
+    );
 }
 
 /** The shapes that size a GPU backend's own scratch buffers (memory-model.ts), over the whole model. */
@@ -269,6 +295,7 @@ function scratchShape(m: EngineModel, shape: RunShape): BackendScratchShape {
     kvDim: m.h.kvDim,
     queryDim: m.h.hidden,
     matrices,
+    // 4: the mul_mat + soft_max path; 2: flash attention (F16 and block-quantized caches).
     kvBytesPerElement: shape.kvType === GGML_TYPE.F32 ? 4 : 2,
   };
 }
@@ -332,7 +359,7 @@ function makePlan(m: EngineModel, run: RunDevices, shape: RunShape, measured: Me
       target: 'vramfit',
       measuredWorkspace: measured,
       alignment,
-      remedies: explain ? RUN_KNOBS : false,
+      remedies: explain ? knobsFor(m.h) : false,
     });
   const u = m.arch.units(m.h);
   return manualPlan(

@@ -144,10 +144,10 @@ function buildInto(
   }
   const writes: Tensor[] = [];
   if (stage.layers.length > 0) {
-    // F16 caches attend with flash attention, which takes an F16 mask; an ALiBi mask holds key–query
+    // F16 and block-quantized caches attend with flash attention, which takes an F16 mask; an ALiBi mask holds key–query
     // offsets, which F16 holds exactly up to 2048.
     const k0 = gb.known(look.cache(stage.layers[0]!).k);
-    const maskType = FLASH_ATTENTION && gb.type(k0) === GGML_TYPE.F16 && (!h.alibi || nKv <= 2048) ? GGML_TYPE.F16 : GGML_TYPE.F32;
+    const maskType = FLASH_ATTENTION && gb.type(k0) !== GGML_TYPE.F32 && (!h.alibi || nKv <= 2048) ? GGML_TYPE.F16 : GGML_TYPE.F32;
     // Rows padded as llama.cpp pads them (GGML_KQ_MASK_PAD): ggml-vulkan's flash-attention shader reads
     // the mask in blocks of rows, and an unpadded mask let it read past the tensor (a crash on lavapipe
     // with batches of a few tokens). The padding rows are -inf and belong to no token.

@@ -15,6 +15,10 @@ import { InputError } from '../util/errors.js';
 export const QUANTIZE_TYPES = ['q8_0', 'q6_k', 'q5_k', 'q4_k', 'q4_0'] as const;
 export type QuantizeType = (typeof QUANTIZE_TYPES)[number];
 
+/** KV cache types the engine keeps (the block types through flash attention, as llama.cpp's -ctk/-ctv with -fa). */
+export const KV_DTYPES = ['float32', 'float16', 'q8_0', 'q4_0'] as const;
+export type KvDtype = (typeof KV_DTYPES)[number];
+
 /** llama.cpp's fallbacks for rows that are not whole 256-value super-blocks. */
 const FALLBACK: Record<string, string> = { q4_k: 'q5_0', q5_k: 'q5_1', q6_k: 'q8_0' };
 

@@ -30,6 +30,10 @@ export interface KvAttentionOptions {
   maxBias?: number;
 }
 
+function isBlock(t: number): boolean {
+  return t !== GGML_TYPE.F32 && t !== GGML_TYPE.F16 && t !== GGML_TYPE.BF16;
+}
+
 /** `t` ([kvDim, n] with contiguous rows, or n·kvDim elements) as [kvDim, n] rows set_rows can copy. */
 function asRows(gb: GraphBuilder, t: Tensor, kvDim: number, n: number): Tensor {
   const ne = gb.shape(t);
@@ -70,10 +74,13 @@ export function kvAttention(gb: GraphBuilder, cache: LayerCache, step: StepInput
   const kRow = gb.g.rowSize(kType, kvDim);
   const vRow = gb.g.rowSize(vType, kvDim);
   const keys = gb.permute(gb.view(cache.k, [o.headDim, o.kvHeads, nKv], [gb.g.rowSize(kType, o.headDim), kRow], 0), [0, 2, 1, 3]);
-  // An F16 cache with an F16 mask (the engine makes one for F16 caches) goes through ggml_flash_attn_ext,
+  // An F16 or block-quantized cache with an F16 mask (the engine makes one for them) goes through ggml_flash_attn_ext,
   // as llama.cpp does: F16 K/V already round to half precision, so the fused kernel loses little more.
   // It takes V untransposed ([headDim, nKv, kvHeads]) and returns [headDim, heads, n]: no permute or cont.
-  if (FLASH_ATTENTION && kType === GGML_TYPE.F16 && vType === GGML_TYPE.F16 && gb.type(step.mask) === GGML_TYPE.F16) {
+  const flash = FLASH_ATTENTION && kType !== GGML_TYPE.F32 && vType !== GGML_TYPE.F32 && gb.type(step.mask) === GGML_TYPE.F16;
+  // Block-quantized V cannot be transposed for the mul_mat path: ggml would abort in the copy.
+  if (!flash && (isBlock(kType) || isBlock(vType))) throw new ShapeError('kv', 'a block-quantized KV cache needs flash attention (an F16 mask)');
+  if (flash) {
     const values = gb.permute(gb.view(cache.v, [o.headDim, o.kvHeads, nKv], [gb.g.rowSize(vType, o.headDim), vRow], 0), [0, 2, 1, 3]);
     const attn = gb.flashAttn(gb.permute(q, [0, 2, 1, 3]), keys, values, step.mask, o.scale, o.maxBias ?? 0);
     return gb.reshape(attn, [o.headDim * o.heads, n]);

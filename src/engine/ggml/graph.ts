@@ -201,7 +201,7 @@ export class GraphBuilder {
 
   /**
    * ggml_flash_attn_ext, accumulating in F32 where the backend offers a choice: q F32 [dk, n, heads],
-   * k [dk, nKv, kvHeads] and v [dv, nKv, kvHeads] F16 with contiguous rows (views of the cache; not
+   * k [dk, nKv, kvHeads] and v [dv, nKv, kvHeads] F16, Q8_0 or Q4_0 with contiguous rows (views of the cache; not
    * transposed), each K/V head shared by heads / kvHeads query heads; mask F16 [nKv, ≥ n], contiguous.
    * The result is F32 [dv, heads, n] (already permuted back). `maxBias` > 0 is ALiBi as in softMax.
    */
@@ -211,7 +211,10 @@ export class GraphBuilder {
     const V = this.info(v);
     const M = this.info(mask);
     if (Q.type !== GGML_TYPE.F32) throw new ShapeError('flash_attn_ext', 'q must be F32');
-    if (K.type !== GGML_TYPE.F16 || V.type !== GGML_TYPE.F16) throw new ShapeError('flash_attn_ext', 'k and v must be F16');
+    const kvTypes: number[] = [GGML_TYPE.F16, GGML_TYPE.Q8_0, GGML_TYPE.Q4_0];
+    if (!kvTypes.includes(K.type) || !kvTypes.includes(V.type)) throw new ShapeError('flash_attn_ext', 'k and v must be F16, Q8_0 or Q4_0');
+    if (K.ne[0] % this.g.blockSize(K.type) !== 0 || V.ne[0] % this.g.blockSize(V.type) !== 0)
+      throw new ShapeError('flash_attn_ext', 'k and v heads must be whole blocks of their type');
     for (const [t, m] of [
       [q, Q],
       [k, K],
@@ -315,7 +318,10 @@ export class GraphBuilder {
     const A = this.info(dst);
     const B = this.info(src);
     const C = this.info(ids);
-    if (A.type !== GGML_TYPE.F32 && A.type !== GGML_TYPE.F16) throw new ShapeError('set_rows', 'destination must be F32 or F16');
+    // Block-quantized destinations (a q8_0/q4_0 KV cache) are quantized row by row: whole blocks only.
+    if (A.type !== GGML_TYPE.F32 && A.type !== GGML_TYPE.F16 && A.type !== GGML_TYPE.Q8_0 && A.type !== GGML_TYPE.Q4_0)
+      throw new ShapeError('set_rows', 'destination must be F32, F16, Q8_0 or Q4_0');
+    if (A.ne[0] % this.g.blockSize(A.type) !== 0) throw new ShapeError('set_rows', `rows of ${A.ne[0]} are not whole blocks of the destination type`);
     if (B.type !== GGML_TYPE.F32 && B.type !== GGML_TYPE.F16) throw new ShapeError('set_rows', 'source must be F32 or F16');
     if ((C.type !== GGML_TYPE.I32 && C.type !== GGML_TYPE.I64) || C.ne[1] !== 1 || C.ne[2] !== 1 || C.ne[3] !== 1)
       throw new ShapeError('set_rows', 'row ids must be a 1-D I32 or I64 tensor');
