@@ -1,7 +1,7 @@
 /** The flags `run` and `serve` share for loading a model, checked once and turned into LoadOptions. */
 import type { LoadOptions } from '../engine/load.js';
 import { InputError } from '../util/errors.js';
-import { KV_DTYPES, parseQuantizeType, type KvDtype } from '../planner/quantize.js';
+import { KV_DTYPES, parseQuantizeMode, type KvDtype } from '../planner/quantize.js';
 
 export interface LoadFlags {
   devices?: string;
@@ -33,7 +33,7 @@ export function loadOptionsFrom(f: LoadFlags): Omit<LoadOptions, 'onProgress' | 
     throw new InputError('--dtype', `expected float32, float16 or bfloat16, got ${f.dtype}`);
   if (f.backend !== undefined && f.backend !== 'cuda' && f.backend !== 'vulkan')
     throw new InputError('--backend', `expected cuda or vulkan, got ${JSON.stringify(f.backend)}`);
-  const quantize = f.quantize !== undefined ? parseQuantizeType(f.quantize) : undefined;
+  const quantize = f.quantize !== undefined ? parseQuantizeMode(f.quantize) : undefined;
   const ctx = intFlag(f.ctx, '--ctx', 1);
   const ubatch = intFlag(f.ubatch, '--ubatch', 1);
   const threads = intFlag(f.threads, '--threads', 1);

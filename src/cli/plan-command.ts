@@ -1,4 +1,5 @@
-import { parseQuantizeType, quantizeSkeleton, QUANTIZE_TYPES } from '../planner/quantize.js';
+import { parseQuantizeMode, quantizeSkeleton, QUANTIZE_TYPES } from '../planner/quantize.js';
+import { planQuantizeAuto, summarizeQuantization } from '../planner/quantize-auto.js';
 import { Command, Option } from 'commander';
 import { canonicalDType, isKnownDType } from '../reader/dtypes.js';
 import { readModel } from '../reader/read-model.js';
@@ -98,13 +99,14 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     throw new InputError('--format', `expected one of ${FORMATS.join(', ')}, got ${JSON.stringify(flags.format)}`);
   if (flags.compat !== undefined && flags.compat !== 'accelerate')
     throw new InputError('--compat', `the only compat mode is "accelerate", got ${JSON.stringify(flags.compat)}`);
-  let skeleton = await readModel(model);
-  if (flags.quantize !== undefined) {
-    const type = parseQuantizeType(flags.quantize);
+  const source = await readModel(model);
+  let skeleton = source;
+  const mode = flags.quantize !== undefined ? parseQuantizeMode(flags.quantize) : undefined;
+  if (mode !== undefined) {
     if (flags.compat !== undefined) throw new InputError('--quantize', 'accelerate loads float weights; ggml block types are planned for vramfit');
     if (flags.format !== 'table' && flags.format !== 'json')
       throw new InputError('--quantize', `the ${flags.format} export cannot carry per-tensor ggml types yet; use --format table or json`);
-    skeleton = quantizeSkeleton(skeleton, type).skeleton;
+    if (mode !== 'auto') skeleton = quantizeSkeleton(skeleton, mode).skeleton;
   }
   if (flags.compat === 'accelerate') {
     return { plan: await planAccelerateCompat(skeleton, flags, await inventoryFor(flags)), skeleton, notes: [] };
@@ -113,9 +115,11 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     throw new InputError('--strategy', `${flags.strategy} reproduces accelerate and needs --compat accelerate; the default strategy is fit`);
   }
   const target = targetFor(flags);
+  if (mode !== undefined && target !== 'vramfit')
+    throw new InputError('--quantize', `ggml block types are planned for the vramfit engine, not target ${target}`);
   const inv = await inventoryFor(flags);
   const virtual = virtualCount(flags.devices);
-  const kvDtype = checkDtype(flags.kvDtype, '--kv-dtype') ?? kvDefaultDtype(skeleton);
+  let kvDtype = checkDtype(flags.kvDtype, '--kv-dtype') ?? kvDefaultDtype(skeleton);
   const dtype = checkDtype(flags.dtype, '--dtype');
   const batch = positive(flags.batch, '--batch');
   const ubatch = positive(flags.ubatch, '--ubatch');
@@ -129,8 +133,23 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     const shape = scratchShapeOf(skeleton, { ctx, batch, ubatch: Math.min(ubatch, ctx), kvDtype, ...(dtype ? { dtype } : {}) });
     deviceOpts.backendOverhead = (backend) => engineBackendOverhead(backend, shape);
   }
-  const devices = devicesForPlan(inv, deviceOpts);
+  let devices = devicesForPlan(inv, deviceOpts);
   if (devices.length === 0) throw new InputError('--max-memory', 'names no device the plan could use');
+  if (mode === 'auto') {
+    // Types chosen at the context asked for (--ctx auto: at most 4096, then the context grows with them fixed).
+    const ctx = flags.ctx === 'auto' ? Math.min(4096, maxCtx) : positive(flags.ctx, '--ctx');
+    const blockKv = (skeleton.attention?.headDim ?? 1) % 32 === 0;
+    const choice = planQuantizeAuto({
+      skeleton,
+      devices,
+      workload: { ctx, batch, ubatch: Math.min(ubatch, ctx), kvDtype },
+      target,
+      kvDtypes: flags.kvDtype !== undefined || !blockKv ? [kvDtype] : [kvDtype, 'q8_0', 'q4_0'],
+    });
+    skeleton = choice.skeleton;
+    kvDtype = choice.kvDtype;
+    devices = devices.filter((d) => d.kind === 'gpu' || d.kind === 'virtual');
+  }
   const planAt = (ctx: number, remedies: boolean): Plan => {
     const workload = { ctx, batch, ubatch: Math.min(ubatch, ctx), kvDtype, ...(dtype ? { dtype } : {}) };
     return planFit({ skeleton, devices, workload, target, remedies: remedies ? PLAN_KNOBS : false });
@@ -139,6 +158,7 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   if (flags.ctx !== 'auto' && plan.workload.ctx > maxCtx) plan.warnings.push(`--ctx ${plan.workload.ctx} is longer than the model's ${maxCtx}-token maximum`);
   if (flags.ctx === 'auto')
     plan.warnings.unshift(`--ctx auto chose ${plan.workload.ctx} tokens (the longest that keeps the same weights on the GPUs; model maximum ${maxCtx})`);
+  if (mode !== undefined) plan.quantization = summarizeQuantization(source, skeleton, mode, plan.workload.kvDtype);
   return { plan, skeleton, notes: inv.notes };
 }
 
@@ -195,7 +215,10 @@ export function addPlanCommand(program: Command, io: Io): void {
     .option('--ubatch <n>', 'tokens per forward pass during prefill (sizes activations and logits)', '512')
     .option('--kv-dtype <dtype>', "KV cache dtype (default: the model's 16-bit dtype)")
     .option('--dtype <dtype>', 'load floating weights in this dtype (float16, bfloat16, float32)')
-    .option('--quantize <type>', `plan the float matrices as converted at load to ${QUANTIZE_TYPES.join(', ')} (the rules of vramfit run --quantize)`)
+    .option(
+      '--quantize <type>',
+      `plan the float matrices as converted at load to ${QUANTIZE_TYPES.join(', ')} (the rules of vramfit run --quantize), or auto: the planner chooses each block's, the embedding's and the head's type, and the KV cache's unless --kv-dtype is given, so that the model runs on the GPUs alone within every cap — most quality first (an error model per type and role), then fewest GPU bytes`,
+    )
     .addOption(new Option('--target <runtime>', 'runtime that will run the plan (its workspace and overhead); implied by --format').choices([...TARGET_NAMES]))
     .option('--overhead <size>', 'runtime overhead per GPU (CUDA context, …): one size or 0=1GiB,1=512MiB (default depends on --target)')
     .option('--gpu-weights <w>', 'relative share of each GPU when balancing, e.g. 1,2 (default: balance utilisation)')

@@ -27,7 +27,7 @@ function addLoadFlags(c: Command): Command {
     .option('--dtype <dtype>', 'load matrices as float32, float16 or bfloat16 (default: as stored)')
     .option(
       '--quantize <type>',
-      `convert float matrices at load to ${QUANTIZE_TYPES.join(', ')} (planned at that size). Norms, biases and MoE routers stay; the output head keeps at least q6_k; a tied embedding follows the head; rows that are not whole blocks fall back as llama.cpp's quantizer does (q4_k→q5_0, q5_k→q5_1, q6_k→q8_0, else float16)`,
+      `convert float matrices at load to ${QUANTIZE_TYPES.join(', ')} (planned at that size), or auto: each block's, the embedding's and the head's type and the KV cache's (unless --kv-dtype) chosen so the model runs on the GPUs alone within the caps, most quality first (see vramfit plan --help). Norms, biases and MoE routers stay; the output head keeps at least q6_k; a tied embedding follows the head; rows that are not whole blocks fall back as llama.cpp's quantizer does (q4_k→q5_0, q5_k→q5_1, q6_k→q8_0, else float16)`,
     )
     .option('--threads <n>', 'CPU threads per device')
     .option('--show-plan', 'print the plan (to stderr) before generating or serving');

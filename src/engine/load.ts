@@ -14,6 +14,7 @@ import { dirname } from 'node:path';
 import { readConfigFile } from '../reader/read-config.js';
 import { GGUF_MAPPED_ARCHITECTURES, readGgufFacts } from '../reader/gguf-model.js';
 import { KV_DTYPES, quantizeSkeleton, type KvDtype, type QuantizeType } from '../planner/quantize.js';
+import { planQuantizeAuto, summarizeQuantization } from '../planner/quantize-auto.js';
 import { readModel } from '../reader/read-model.js';
 import { kvDefaultDtype } from '../reader/summary.js';
 import type { Skeleton } from '../reader/skeleton.js';
@@ -72,7 +73,7 @@ export interface LoadOptions {
   /** Load matrices in this dtype instead of the checkpoint's. */
   dtype?: 'float32' | 'float16' | 'bfloat16';
   /** Convert float matrices to this ggml block type at load (rules: src/planner/quantize.ts); planned at that size. */
-  quantize?: QuantizeType;
+  quantize?: QuantizeType | 'auto';
   threads?: number;
   /**
    * Manual split: decoder layers per device, in device order (the embedding goes with the first
@@ -86,6 +87,10 @@ export interface LoadOptions {
 /** What the checkpoint says, as the engine needs it. */
 interface EngineModel {
   model: string;
+  /** As read: the checkpoint's own dtypes. */
+  source: Skeleton;
+  /** Names the head reads under another name (a tied head reads the embedding). */
+  headAlias: ReadonlyMap<string, string>;
   /** As loaded: under --quantize, with each converted tensor's dtype the quantized one (what the plan sizes). */
   skeleton: Skeleton;
   arch: EngineArchitecture;
@@ -111,7 +116,12 @@ export const AUTO_PARALLEL_MAX = 64;
 
 export async function loadModel(model: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   const g = loadGgml();
-  const m = await readForEngine(model, opts);
+  let m = await readForEngine(model, opts);
+  if (opts.quantize === 'auto') {
+    const auto = await withAutoTypes(m, opts);
+    m = auto.m;
+    opts = { ...opts, kvDtype: auto.kvDtype };
+  }
   if (opts.parallel === 'auto') opts = { ...opts, parallel: await mostSlots(g, m, opts) };
   const shape = runShape(m, opts);
   const run = await resolveRunDevices(opts, overheads(m, shape));
@@ -123,6 +133,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
     // ggml places each tensor on an aligned address: the plan pads as the buffers will.
     const alignment = Math.max(1, ...devices.map((d) => d.alignment));
     let plan = makePlan(m, run, shape, measured, alignment, opts);
+    if (opts.quantize) plan = { ...plan, quantization: summarizeQuantization(m.source, m.skeleton, opts.quantize, shape.kvDtype) };
     if (run.notes.length > 0) plan = { ...plan, warnings: [...plan.warnings, ...run.notes] };
     const stages = stagesFromPlan(plan, m.arch, m.h, new Map(devices.map((d) => [d.id, d])));
     describeDeviceWeights(g, m, plan, stages, states);
@@ -225,18 +236,46 @@ async function readForEngine(model: string, opts: LoadOptions): Promise<EngineMo
     checkWeightRange(t, file, sizes);
     if (root !== undefined && t.location) t.location.file = file;
   }
-  const quantized = opts.quantize ? quantizeSkeleton(skeleton, opts.quantize) : undefined;
-  const chosen = new Map((quantized?.choices ?? []).filter((c) => c.to !== c.from).map((c) => [c.name, c.to]));
+  const fixed = opts.quantize && opts.quantize !== 'auto' ? quantizeSkeleton(skeleton, opts.quantize).skeleton : skeleton;
+  return withLoadedTypes({ model, skeleton, arch, h, modelDir, tensorOf, typeOf: () => GGML_TYPE.F32, source: skeleton, headAlias }, fixed, opts, headAlias);
+}
+
+/**
+ * The model as it will be loaded: `loaded` is its skeleton with each converted tensor's dtype (--quantize), which
+ * the plan sizes; the ggml type of each tensor follows it (vectors F32; --dtype for the floats left alone).
+ */
+function withLoadedTypes(m: EngineModel, loaded: Skeleton, opts: LoadOptions, headAlias: ReadonlyMap<string, string>): EngineModel {
+  const sourceDtype = new Map(m.source.tensors.map((t) => [t.name, t.dtype]));
+  const chosen = new Map(loaded.tensors.filter((t) => t.dtype !== sourceDtype.get(t.name)).map((t) => [t.name, t.dtype]));
   const typeOf = (name: string, ne: number[]): GgmlType => {
     const stored = headAlias.get(name) ?? name;
-    const source = tensorOf.get(stored);
-    if (!source) throw new InputError(model, `the checkpoint has no ${name}`);
+    const source = m.tensorOf.get(stored);
+    if (!source) throw new InputError(m.model, `the checkpoint has no ${name}`);
     if (ne.length === 1) return GGML_TYPE.F32;
     const q = chosen.get(stored);
     if (q) return ggmlTypeFor(q);
     return opts.dtype ? ggmlTypeFor(opts.dtype) : ggmlTypeFor(source.dtype);
   };
-  return { model, skeleton: quantized?.skeleton ?? skeleton, arch, h, modelDir, tensorOf, typeOf };
+  return { ...m, skeleton: loaded, typeOf, headAlias };
+}
+
+/**
+ * `--quantize auto`: each unit's type and the KV cache's chosen by the planner for these devices (GPUs only), at
+ * the memory model's workspace; the load then plans again with the measured one.
+ */
+async function withAutoTypes(m: EngineModel, opts: LoadOptions): Promise<{ m: EngineModel; kvDtype: KvDtype }> {
+  const shape = runShape(m, { ...opts, parallel: opts.parallel === 'auto' ? 1 : opts.parallel });
+  const run = await resolveRunDevices(opts, overheads(m, shape));
+  const blockKv = headWidth(m.h) % 32 === 0 && !(m.h.alibi && shape.ctx > 2048);
+  const kvDtypes: KvDtype[] = opts.kvDtype ? [opts.kvDtype] : blockKv ? [shape.kvDtype, 'q8_0', 'q4_0'] : [shape.kvDtype];
+  const choice = planQuantizeAuto({
+    skeleton: m.source,
+    devices: run.specs,
+    workload: { ctx: shape.ctx, batch: shape.slots, ubatch: shape.ubatch, kvDtype: shape.kvDtype },
+    target: 'vramfit',
+    kvDtypes,
+  });
+  return { m: withLoadedTypes(m, choice.skeleton, opts, m.headAlias), kvDtype: choice.kvDtype as KvDtype };
 }
 
 function runShape(m: EngineModel, opts: LoadOptions): RunShape {

@@ -68,6 +68,14 @@ export interface DevicePlan {
   tiedDuplicates: string[];
 }
 
+export interface PlanQuantization {
+  /** The --quantize value: a type, or auto. */
+  mode: string;
+  kvDtype: string;
+  /** Each unit (a block's module, an embedding, the head): the type holding most of its bytes, its bytes as loaded and as stored. */
+  units: { name: string; type: string; params: number; bytes: number; storedBytes: number }[];
+}
+
 export interface Plan {
   format: typeof PLAN_FORMAT;
   version: number;
@@ -82,6 +90,8 @@ export interface Plan {
   /** Device changes along one forward pass. */
   handoffs: number;
   warnings: string[];
+  /** --quantize: each unit's weight type as loaded (auto: chosen by the planner) and the KV cache's. */
+  quantization?: PlanQuantization;
   /** --compat accelerate only: accelerate's own numbers for this plan. */
   accelerate?: {
     module_sizes: Record<string, number>;

@@ -28,6 +28,11 @@ export function bitsPerWeight(dtype: string): number {
   return (info.blockBytes * 8) / info.blockSize;
 }
 
+/** `--quantize` of plan, run and serve: a type, or auto (src/planner/quantize-auto.ts). */
+export function parseQuantizeMode(value: string, flag = '--quantize'): QuantizeType | 'auto' {
+  return value.toLowerCase() === 'auto' ? 'auto' : parseQuantizeType(value, flag);
+}
+
 export function parseQuantizeType(value: string, flag = '--quantize'): QuantizeType {
   const v = value.toLowerCase();
   if (v === 'auto') throw new InputError(flag, "auto (the planner choosing each block's type) is not available yet; give one of " + QUANTIZE_TYPES.join(', '));

@@ -77,6 +77,7 @@ export function renderPlanTable(p: Plan): string {
   lines.push(
     `totals: weights ${formatBytes(total('weights'))} (${formatBytes(onAcc)} on GPUs) · KV ${formatBytes(total('kv'))} · workspace ${formatBytes(total('workspace'))} · overhead ${formatBytes(total('overhead'))} · ${p.handoffs} hand-off(s) per forward pass`,
   );
+  if (p.quantization) lines.push(...quantizationLines(p));
   lines.push(`legend: ${GLYPHS.weights} weights  ${GLYPHS.kv} KV cache  ${GLYPHS.workspace} workspace  ${GLYPHS.overhead} overhead  ${GLYPHS.free} free`);
   for (const warning of p.warnings) lines.push(`warning: ${warning}`);
   // An export plans for its own runtime, so its map can differ from this table's.
@@ -85,4 +86,33 @@ export function renderPlanTable(p: Plan): string {
     lines.push(`note: target ${p.target}; ${others.map((e) => `--format ${e.formats} plans for ${e.target}`).join(', ')} (--target shows it)`);
   }
   return lines.join('\n');
+}
+
+/**
+ * Per device: its units' weight types (consecutive blocks of one type as a range), bits per weight and the bytes
+ * saved against the checkpoint's own types.
+ */
+function quantizationLines(p: Plan): string[] {
+  const q = p.quantization!;
+  const out = [`quantize ${q.mode}: KV cache ${q.kvDtype}`];
+  const deviceOf = (unit: string): string | undefined => p.deviceMap.find(([m]) => unit === m || unit.startsWith(`${m}.`) || m.startsWith(`${unit}.`))?.[1];
+  for (const d of p.devices) {
+    const mine = q.units.filter((u) => deviceOf(u.name) === d.id);
+    if (mine.length === 0) continue;
+    const runs: { name: string; prefix?: string; first?: number; last?: number; type: string }[] = [];
+    for (const u of mine) {
+      const m = /^(.*)\.(\d+)$/.exec(u.name);
+      const prev = runs.at(-1);
+      if (m && prev && prev.prefix === m[1] && prev.type === u.type && prev.last === Number(m[2]) - 1) prev.last = Number(m[2]);
+      else runs.push(m ? { name: u.name, prefix: m[1]!, first: Number(m[2]), last: Number(m[2]), type: u.type } : { name: u.name, type: u.type });
+    }
+    const shown = runs.map((r) => (r.last !== undefined && r.last !== r.first ? `${r.name}–${r.last} ${r.type}` : `${r.name} ${r.type}`));
+    const params = mine.reduce((n, u) => n + u.params, 0);
+    const bytes = mine.reduce((n, u) => n + u.bytes, 0);
+    const stored = mine.reduce((n, u) => n + u.storedBytes, 0);
+    out.push(
+      `  ${d.kind === 'gpu' ? `GPU ${d.id}` : d.id}: ${shown.join(', ')} · ${((8 * bytes) / Math.max(1, params)).toFixed(2)} bits/weight (stored ${((8 * stored) / Math.max(1, params)).toFixed(2)}) · ${formatBytes(stored - bytes)} saved`,
+    );
+  }
+  return out;
 }
