@@ -1,5 +1,5 @@
 /**
- * `npm run bench`: the reader, planner, fit-vs-accelerate, engine, server and GPU benchmarks, one compact report.
+ * `npm run bench`: the reader, planner, fit-vs-accelerate, engine, server, GPU and quantize-to-fit benchmarks, one compact report.
  * Every timing is a ratio against a baseline measured in the same run; nothing here passes or fails
  * on a threshold. `--brief` leaves out the per-row comparison table (its summary line stays);
  * `--no-peer` skips the llama.cpp comparison (which installs node-llama-cpp into bench/.peer on demand).
@@ -11,6 +11,7 @@ import { ms, ratio } from './common.js';
 import { renderPlannerBench, runPlannerBench } from './planner.js';
 import { renderReaderBench, runReaderBench } from './reader.js';
 import { renderServeBench, runServeBench } from './serve.js';
+import { renderQuantizeBench, runQuantizeBench } from './quantize.js';
 
 const brief = process.argv.includes('--brief');
 const started = performance.now();
@@ -59,6 +60,11 @@ const gpu = await runGpuBench();
 console.log(renderGpuBench(gpu));
 console.log(done(), '\n');
 
+done = section('quantize');
+const quantize = await runQuantizeBench({ peer: !process.argv.includes('--no-peer') });
+console.log(renderQuantizeBench(quantize));
+console.log(done(), '\n');
+
 const fitTotal = planner.rows.reduce((s, x) => s + x.fit, 0);
 const autoTotal = planner.rows.reduce((s, x) => s + x.accelerate.auto, 0);
 const both = compare.rows.filter((x) => x.fitGpu !== undefined && x.accGpu !== undefined);
@@ -86,4 +92,10 @@ const d16 = serve.decodeTokS.float16;
 console.log(
   `serve, 8 streams / 1 stream        F32 ${ratio(d32[8]!, d32[1]!)}, F16 ${ratio(d16[8]!, d16[1]!)} (aggregate decode tokens/s); /health p99 while busy ${ms(serve.healthBusy.p99)} ms`,
 );
+const q4 = quantize.peer['q4_k'];
+const q4gen = quantize.gen['q4_k'];
+if (q4?.ok && q4gen)
+  console.log(
+    `Q4_K decode / llama.cpp           ${ratio(q4gen.decodeTokS, q4.summary!.decodeTokS)}; prefill ${ratio(q4gen.prefillTokS, q4.summary!.prefillTokS)} (same GGUF, one thread)`,
+  );
 console.log(`total ${((performance.now() - started) / 1000).toFixed(1)} s`);
