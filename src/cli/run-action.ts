@@ -8,6 +8,7 @@ import { generate, type GenerationResult } from '../engine/generate.js';
 import { type DeviceReport } from '../engine/model.js';
 import { loadModel } from '../engine/load.js';
 import type { SamplerOptions } from '../engine/text/sampling.js';
+import { createChatFormat, describeDefaults, mergeStops, readModelDefaults, type GenerationDefaults } from '../engine/text/chat-format.js';
 import { hasModelTokenizer, loadModelTokenizer } from '../engine/text/model-tokenizer.js';
 import type { TextTokenizer } from '../engine/text/tokenizer.js';
 import { renderPlanTable } from '../planner/export/table.js';
@@ -22,7 +23,8 @@ export interface RunFlags extends LoadFlags {
   prompt?: string;
   inputIds?: string;
   chat?: boolean;
-  maxNewTokens: string;
+  /** Default: the Ollama model's num_predict, else 64. */
+  maxNewTokens?: string;
   greedy?: boolean;
   temperature?: string;
   topK?: string;
@@ -53,21 +55,38 @@ function parseIds(value: string): number[] {
   return ids;
 }
 
-function samplingFrom(f: RunFlags): SamplerOptions {
+/**
+ * Sampling from the flags, with the model's defaults (an Ollama model's params) filling in each value the flags leave
+ * out, as if it had been given as a flag; --greedy overrides them all. A model temperature of 0 is Ollama's greedy,
+ * unless the user asks to sample with --top-k/--top-p (then the sampler's default temperature applies).
+ */
+export function samplingFrom(f: RunFlags, d: GenerationDefaults = {}): SamplerOptions {
   const s: SamplerOptions = {};
   const temperature = num(f.temperature, '--temperature');
   const topK = int(f.topK, '--top-k', 1);
   const topP = num(f.topP, '--top-p');
-  const seed = int(f.seed, '--seed', 0);
-  // Greedy unless a sampling parameter is given, so a plain run is reproducible.
-  const sampling = temperature !== undefined || topK !== undefined || topP !== undefined;
-  if (f.greedy && sampling) throw new InputError('--greedy', 'cannot be combined with --temperature, --top-k or --top-p');
-  if (!sampling) s.greedy = true;
-  if (temperature !== undefined) s.temperature = temperature;
-  if (topK !== undefined) s.topK = topK;
-  if (topP !== undefined) s.topP = topP;
+  const seed = int(f.seed, '--seed', 0) ?? d.seed;
+  const flagged = temperature !== undefined || topK !== undefined || topP !== undefined;
+  if (f.greedy && flagged) throw new InputError('--greedy', 'cannot be combined with --temperature, --top-k or --top-p');
   if (seed !== undefined) s.seed = seed;
+  if (f.greedy || (temperature === undefined && d.temperature === 0 && !flagged)) return { ...s, greedy: true };
+  const t = temperature ?? (d.temperature === 0 ? undefined : d.temperature);
+  const k = topK ?? d.topK;
+  const p = topP ?? d.topP;
+  // Greedy unless a sampling parameter is given, so a plain run is reproducible.
+  const sampling = t !== undefined || k !== undefined || p !== undefined;
+  if (!sampling) s.greedy = true;
+  if (t !== undefined) s.temperature = t;
+  if (k !== undefined) s.topK = k;
+  if (p !== undefined) s.topP = p;
   return s;
+}
+
+/** --max-new-tokens, else the model's num_predict (unlimited: until the context is full), else 64. */
+function maxNewTokensFrom(f: RunFlags, d: GenerationDefaults): number {
+  if (f.maxNewTokens !== undefined) return int(f.maxNewTokens, '--max-new-tokens', 0)!;
+  if (d.numPredict === 'unlimited') return Number.MAX_SAFE_INTEGER;
+  return d.numPredict ?? 64;
 }
 
 /**
@@ -103,9 +122,19 @@ export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean)
   if ((f.prompt === undefined) === (f.inputIds === undefined)) throw new InputError('--prompt', 'give exactly one of --prompt or --input-ids');
   if (f.chat && f.inputIds !== undefined)
     throw new InputError('--chat', 'wraps --prompt in the chat template; --input-ids are used as given, so give one or the other');
-  const maxNewTokens = int(f.maxNewTokens, '--max-new-tokens', 0)!;
-  const sampling = samplingFrom(f);
+  // The flags are checked before the model is looked up, so a bad flag is the error whatever the model.
+  if (f.maxNewTokens !== undefined) int(f.maxNewTokens, '--max-new-tokens', 0);
+  samplingFrom(f);
   const load = loadOptionsFrom(f);
+  // An Ollama model's params: its num_ctx must be known before the plan is made.
+  const md = await readModelDefaults(model);
+  const maxNewTokens = maxNewTokensFrom(f, md.defaults);
+  const sampling = samplingFrom(f, md.defaults);
+  const stopStrings = mergeStops(f.stop ?? [], md.defaults);
+  if (load.ctx === undefined && md.ctx !== undefined) {
+    load.ctx = md.ctx;
+    for (const note of md.notes) io.stderr(`note: ${note}\n`);
+  }
   const bar =
     tty && !f.json
       ? new SingleBar(
@@ -125,9 +154,15 @@ export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean)
     if (f.showPlan) io.stderr(`${renderPlanTable(loaded.plan)}\n\n`);
     let tokenizer: TextTokenizer | undefined;
     let promptIds: number[];
+    let chatTemplate: string | undefined;
     if (f.prompt !== undefined) {
       tokenizer = loadModelTokenizer(loaded);
-      promptIds = f.chat ? tokenizer.encodeChat([{ role: 'user', content: f.prompt }], { addGenerationPrompt: true }) : tokenizer.encode(f.prompt);
+      if (f.chat) {
+        const format = createChatFormat(tokenizer, md.store);
+        for (const w of format.warnings) io.stderr(`warning: ${w}\n`);
+        chatTemplate = format.description;
+        promptIds = format.encodeChat([{ role: 'user', content: f.prompt }], { addGenerationPrompt: true });
+      } else promptIds = tokenizer.encode(f.prompt);
     } else {
       promptIds = parseIds(f.inputIds!);
       if (hasModelTokenizer(loaded)) tokenizer = loadModelTokenizer(loaded);
@@ -137,7 +172,7 @@ export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean)
       maxNewTokens,
       sampling,
       eosTokenIds: tokenizer?.eosTokenIds ?? [],
-      stopStrings: f.stop ?? [],
+      stopStrings,
       keepLogits: f.logits === true,
       ...(tokenizer ? { decoder: tokenizer.createStreamDecoder({ skipSpecialTokens: true }) } : {}),
     });
@@ -158,6 +193,8 @@ export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean)
         generated_ids: result.generatedIds,
         text: tokenizer ? result.text : null,
         stop: typeof result.stop === 'string' ? result.stop : result.stop.kind,
+        ...(chatTemplate !== undefined ? { chat_template: chatTemplate } : {}),
+        ...(md.store?.kind === 'ollama' ? { model_defaults: describeDefaults(md) } : {}),
         devices: devices.map((d) => ({
           id: d.id,
           name: d.name,
@@ -186,6 +223,9 @@ export async function runModel(model: string, f: RunFlags, io: Io, tty: boolean)
       io.stdout(`${result.generatedIds.join(',')}\n`);
     }
     io.stderr(`\n${renderReport(devices, result)}\n`);
+    if (chatTemplate !== undefined) io.stderr(`chat template: ${chatTemplate}\n`);
+    const defaults = describeDefaults(md);
+    if (defaults) io.stderr(`model params (${md.store?.name ?? model}; flags override): ${defaults}\n`);
   } finally {
     loaded.dispose();
   }

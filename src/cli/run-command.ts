@@ -18,7 +18,7 @@ function addLoadFlags(c: Command): Command {
       '--max-memory <budgets>',
       "caps per device, as `vramfit plan` takes them: 0=20GiB,1=50%,cpu=free-8GiB,disk=100GiB (relative caps are of the device's reported memory; cpu and disk join the plan when named)",
     )
-    .option('--ctx <tokens>', 'context length to allocate the KV cache for (default: min(model maximum, 4096))')
+    .option('--ctx <tokens>', "context length to allocate the KV cache for (default: an Ollama model's num_ctx, else min(model maximum, 4096))")
     .option('--ubatch <n>', 'tokens per forward pass during prefill (default 512)')
     .option(
       '--kv-dtype <dtype>',
@@ -48,15 +48,18 @@ export function addRunCommands(program: Command, io: Io): void {
       '--prompt <text>',
       "text to continue (tokenizer files beside the weights win: tokenizer.json, or ChatGLM2/3's tokenizer.model; else a GGUF's own tokenizer metadata)",
     )
-    .option('--chat', "wrap --prompt in the model's chat template as a user message")
+    .option(
+      '--chat',
+      "wrap --prompt in the model's chat template as a user message (an Ollama model's own template and system prompt; else the tokenizer's chat template)",
+    )
     .option('--input-ids <ids>', 'token ids instead of a prompt: 1,2,3 (works without tokenizer files)')
-    .option('--max-new-tokens <n>', 'tokens to generate (0 allowed)', '64')
-    .option('--greedy', 'always take the most likely token (the default unless a sampling option is given)')
-    .option('--temperature <t>', 'sampling temperature')
-    .option('--top-k <k>', 'sample among the k most likely tokens')
-    .option('--top-p <p>', 'sample among the smallest set of tokens whose probability reaches p')
-    .option('--seed <n>', 'seed for sampling')
-    .option('--stop <text>', 'stop when this text is generated (repeatable)', collect)
+    .option('--max-new-tokens <n>', "tokens to generate (0 allowed; default: an Ollama model's num_predict, else 64)")
+    .option('--greedy', "always take the most likely token (the default unless a sampling option is given; overrides an Ollama model's sampling params)")
+    .option('--temperature <t>', "sampling temperature (default: an Ollama model's temperature, 0 meaning greedy)")
+    .option('--top-k <k>', "sample among the k most likely tokens (default: an Ollama model's top_k)")
+    .option('--top-p <p>', "sample among the smallest set of tokens whose probability reaches p (default: an Ollama model's top_p)")
+    .option('--seed <n>', "seed for sampling (default: an Ollama model's seed)")
+    .option('--stop <text>', "stop when this text is generated (repeatable; an Ollama model's stop strings apply too)", collect)
     .option('--json', 'print one JSON object: prompt_ids, generated_ids, devices (and logits with --logits)')
     .option('--logits', 'with --json: include prompt_logits and step_logits');
   addLoadFlags(run)
@@ -85,7 +88,9 @@ export function addRunCommands(program: Command, io: Io): void {
   addLoadFlags(serve).addHelpText(
     'after',
     `
---ctx is per sequence (default: min(model maximum, 4096)). Every decode step computes one token of every
+--ctx is per sequence (default: an Ollama model's num_ctx, else min(model maximum, 4096)). An Ollama model's
+template and system prompt format chats; its stop strings are added to each request's, and its temperature,
+top_k, top_p, seed and num_predict apply where a request does not set them. Every decode step computes one token of every
 running sequence in one forward pass; prompts are read in --ubatch chunks between them. The engine runs in
 a worker thread, so /health (503 while loading) and /metrics (Prometheus) answer while it computes.
 SIGINT/SIGTERM: stop accepting, let running sequences finish (10 s), cancel the rest, free every buffer.`,

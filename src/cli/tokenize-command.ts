@@ -7,6 +7,8 @@ import { dirname, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { readModel } from '../reader/read-model.js';
 import { loadModelTokenizer, tokenizerSourceOf, type TokenizerSource } from '../engine/text/model-tokenizer.js';
+import { createChatFormat } from '../engine/text/chat-format.js';
+import type { SkeletonStore } from '../reader/skeleton.js';
 import { InputError } from '../util/errors.js';
 import type { Io } from './main.js';
 
@@ -19,8 +21,8 @@ interface TokenizeFlags {
   json?: boolean;
 }
 
-/** Where a model's tokenizer lives, found from headers alone. */
-export async function tokenizerSourceFor(model: string): Promise<TokenizerSource> {
+/** Where a model's tokenizer lives, found from headers alone; with the store (Ollama, LM Studio) it came from, if any. */
+export async function tokenizerSourceFor(model: string): Promise<TokenizerSource & { store?: SkeletonStore }> {
   const path = resolve(model);
   // A folder of tokenizer files alone (no config.json or weights) is enough to tokenize.
   if (existsSync(path) && statSync(path).isDirectory() && existsSync(resolve(path, 'tokenizer.json'))) return { modelDir: path };
@@ -29,7 +31,7 @@ export async function tokenizerSourceFor(model: string): Promise<TokenizerSource
   const src = (await readModel(model)).source;
   const found = tokenizerSourceOf(src);
   if (!found) throw new InputError(model, `a ${src.kind === 'config' ? 'catalog or config-only' : src.kind} model has no tokenizer files here`, 'NOT_FOUND');
-  return found;
+  return src.store ? { ...found, store: src.store } : found;
 }
 
 export function addTokenizeCommand(program: Command, io: Io): void {
@@ -41,10 +43,13 @@ export function addTokenizeCommand(program: Command, io: Io): void {
     .argument('<model>', 'model folder, tokenizer folder, .gguf file, an Ollama or LM Studio model name, or a cached repo id')
     .option('--text <text>', 'the text to tokenize')
     .option('--file <path>', 'read the text from this file (UTF-8)')
-    .option('--chat', "render the text as a user message through the model's chat template, with the assistant prompt after it")
+    .option(
+      '--chat',
+      "render the text as a user message through the model's chat template (an Ollama model's own template and system prompt), with the assistant prompt after it",
+    )
     .option('--no-special', 'do not add BOS/EOS (special-token text in the input is still matched)')
     .option('--ids', 'print only the ids, as [1, 2, 3]')
-    .option('--json', 'print {ids, tokens, pieces, count}')
+    .option('--json', 'print {ids, tokens, pieces, count} (with --chat: and chat_template, the template used)')
     .action(async (model: string, flags: TokenizeFlags) => {
       if ((flags.text === undefined) === (flags.file === undefined)) throw new InputError('--text', 'give the text with --text or --file (one of them)');
       let text = flags.text;
@@ -52,13 +57,17 @@ export function addTokenizeCommand(program: Command, io: Io): void {
         if (!existsSync(flags.file) || !statSync(flags.file).isFile()) throw new InputError('--file', `${flags.file} is not a readable file`, 'NOT_FOUND');
         text = readFileSync(flags.file, 'utf8');
       }
-      const tokenizer = loadModelTokenizer(await tokenizerSourceFor(model));
-      const ids = flags.chat
-        ? tokenizer.encodeChat([{ role: 'user', content: text! }], { addGenerationPrompt: true })
+      const source = await tokenizerSourceFor(model);
+      const tokenizer = loadModelTokenizer(source);
+      const format = flags.chat ? createChatFormat(tokenizer, source.store) : undefined;
+      for (const w of format?.warnings ?? []) io.stderr(`warning: ${w}\n`);
+      const ids = format
+        ? format.encodeChat([{ role: 'user', content: text! }], { addGenerationPrompt: true })
         : tokenizer.encode(text!, { addSpecialTokens: flags.special });
       const pieces = ids.map((id) => tokenizer.decode([id]));
       if (flags.json) {
-        io.stdout(`${JSON.stringify({ ids, tokens: ids.map((id) => tokenizer.idToToken(id) ?? null), pieces, count: ids.length })}\n`);
+        const tokens = ids.map((id) => tokenizer.idToToken(id) ?? null);
+        io.stdout(`${JSON.stringify({ ids, tokens, pieces, count: ids.length, ...(format ? { chat_template: format.description } : {}) })}\n`);
       } else if (flags.ids) {
         io.stdout(`[${ids.join(', ')}]\n`);
       } else {

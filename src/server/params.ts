@@ -4,6 +4,7 @@
  */
 import type { ChatMessage } from '../engine/text/tokenizer.js';
 import type { SamplerOptions } from '../engine/text/sampling.js';
+import { mergeStops, type GenerationDefaults } from '../engine/text/chat-format.js';
 import { badParam, HttpError } from './http-util.js';
 
 export interface GenerationParams {
@@ -47,15 +48,22 @@ function stopOf(body: Body, key: string): string[] {
   return list as string[];
 }
 
-/** Sampling as transformers does it; temperature 0 is greedy, as OpenAI-compatible servers read it. */
+/**
+ * Sampling as transformers does it; temperature 0 is greedy, as OpenAI-compatible servers read it. Each value the
+ * request leaves out comes from the model's defaults (an Ollama model's params) when they set it.
+ */
 function sampling(
   temperature: number | undefined,
   topP: number | undefined,
   topK: number | undefined,
   seed: number | undefined,
   defaults: { temperature: number },
+  model: GenerationDefaults,
 ): SamplerOptions {
-  const t = temperature ?? defaults.temperature;
+  const t = temperature ?? model.temperature ?? defaults.temperature;
+  topP ??= model.topP;
+  topK ??= model.topK;
+  seed ??= model.seed;
   if (t === 0) return { greedy: true };
   const s: SamplerOptions = { temperature: t };
   if (topP !== undefined && topP < 1) s.topP = topP;
@@ -96,10 +104,17 @@ export function requireModel(body: Body): string {
   return m;
 }
 
-function openAiParams(body: Body): GenerationParams {
+/** The model's num_predict where the request gives no limit (-1/-2, 'unlimited': none). */
+function defaultMaxTokens(model: GenerationDefaults): number | undefined {
+  return typeof model.numPredict === 'number' ? model.numPredict : undefined;
+}
+
+function openAiParams(body: Body, model: GenerationDefaults): GenerationParams {
   refuseUnsupported(body);
   const maxTokens =
-    optNumber(body, 'max_completion_tokens', 1, Number.MAX_SAFE_INTEGER, true) ?? optNumber(body, 'max_tokens', 1, Number.MAX_SAFE_INTEGER, true);
+    optNumber(body, 'max_completion_tokens', 1, Number.MAX_SAFE_INTEGER, true) ??
+    optNumber(body, 'max_tokens', 1, Number.MAX_SAFE_INTEGER, true) ??
+    defaultMaxTokens(model);
   const stream = optBool(body, 'stream') ?? false;
   const options = body['stream_options'];
   if (options !== undefined && options !== null && (typeof options !== 'object' || Array.isArray(options)))
@@ -113,8 +128,9 @@ function openAiParams(body: Body): GenerationParams {
       undefined,
       optNumber(body, 'seed', 0, Number.MAX_SAFE_INTEGER, true),
       { temperature: 1 },
+      model,
     ),
-    stop: stopOf(body, 'stop'),
+    stop: mergeStops(stopOf(body, 'stop'), model),
     stream,
     includeUsage: includeUsage ?? false,
   };
@@ -151,11 +167,16 @@ function contentText(v: unknown, param: string): string {
   throw badParam(param, 'expected a string or an array of text parts');
 }
 
-export function chatRequest(body: Body): { model: string; prompt: Prompt; params: GenerationParams } {
-  return { model: requireModel(body), prompt: { kind: 'chat', messages: messagesOf(body['messages'], 'messages') }, params: openAiParams(body) };
+/** `defaults`: the served model's own generation defaults (an Ollama model's params), under the request's values. */
+export function chatRequest(body: Body, defaults: GenerationDefaults = {}): { model: string; prompt: Prompt; params: GenerationParams } {
+  return {
+    model: requireModel(body),
+    prompt: { kind: 'chat', messages: messagesOf(body['messages'], 'messages') },
+    params: openAiParams(body, defaults),
+  };
 }
 
-export function completionRequest(body: Body): { model: string; prompt: Prompt; params: GenerationParams } {
+export function completionRequest(body: Body, defaults: GenerationDefaults = {}): { model: string; prompt: Prompt; params: GenerationParams } {
   const model = requireModel(body);
   const p = body['prompt'];
   let prompt: Prompt;
@@ -163,11 +184,14 @@ export function completionRequest(body: Body): { model: string; prompt: Prompt; 
   else if (Array.isArray(p) && p.length === 1 && typeof p[0] === 'string') prompt = { kind: 'text', text: p[0] };
   else if (Array.isArray(p) && p.length > 0 && p.every((x) => Number.isSafeInteger(x) && (x as number) >= 0)) prompt = { kind: 'ids', ids: p as number[] };
   else throw badParam('prompt', 'expected a string, an array of one string, or an array of token ids');
-  return { model, prompt, params: openAiParams(body) };
+  return { model, prompt, params: openAiParams(body, defaults) };
 }
 
-/** Ollama's `options` and top-level fields; its defaults (temperature 0.8, top_p 0.9, top_k 40) as Ollama documents them. */
-function ollamaParams(body: Body): GenerationParams {
+/**
+ * Ollama's `options` and top-level fields; what they leave out comes from the model's params, then Ollama's documented
+ * defaults (temperature 0.8, top_p 0.9, top_k 40).
+ */
+function ollamaParams(body: Body, model: GenerationDefaults): GenerationParams {
   const o = body['options'] ?? {};
   if (typeof o !== 'object' || o === null || Array.isArray(o)) throw badParam('options', 'expected an object');
   const opts = o as Body;
@@ -176,26 +200,32 @@ function ollamaParams(body: Body): GenerationParams {
   const p: GenerationParams = {
     sampling: sampling(
       optNumber(opts, 'temperature', 0, 2),
-      optNumber(opts, 'top_p', 0, 1) ?? 0.9,
-      optNumber(opts, 'top_k', 0, 1_000_000, true) ?? 40,
+      optNumber(opts, 'top_p', 0, 1) ?? model.topP ?? 0.9,
+      optNumber(opts, 'top_k', 0, 1_000_000, true) ?? model.topK ?? 40,
       optNumber(opts, 'seed', 0, Number.MAX_SAFE_INTEGER, true),
       { temperature: 0.8 },
+      model,
     ),
-    stop: stopOf(opts, 'stop'),
+    stop: mergeStops(stopOf(opts, 'stop'), model),
     stream: optBool(body, 'stream') ?? true,
     includeUsage: false,
   };
   if (p.sampling.topP === 0) throw badParam('top_p', 'must be above 0');
-  if (numPredict !== undefined && numPredict > 0) p.maxTokens = numPredict;
+  const limit = numPredict ?? defaultMaxTokens(model);
+  if (limit !== undefined && limit > 0) p.maxTokens = limit;
   return p;
 }
 
-export function ollamaChatRequest(body: Body): { model: string; prompt: Prompt; params: GenerationParams } {
-  return { model: requireModel(body), prompt: { kind: 'chat', messages: messagesOf(body['messages'], 'messages') }, params: ollamaParams(body) };
+export function ollamaChatRequest(body: Body, defaults: GenerationDefaults = {}): { model: string; prompt: Prompt; params: GenerationParams } {
+  return {
+    model: requireModel(body),
+    prompt: { kind: 'chat', messages: messagesOf(body['messages'], 'messages') },
+    params: ollamaParams(body, defaults),
+  };
 }
 
 /** /api/generate: the prompt goes through the chat template as a user turn (with `system` before it) unless `raw`. */
-export function ollamaGenerateRequest(body: Body): { model: string; prompt: Prompt; params: GenerationParams } {
+export function ollamaGenerateRequest(body: Body, defaults: GenerationDefaults = {}): { model: string; prompt: Prompt; params: GenerationParams } {
   const model = requireModel(body);
   const text = body['prompt'];
   if (typeof text !== 'string' || text.length === 0) throw badParam('prompt', 'expected a non-empty string');
@@ -205,5 +235,5 @@ export function ollamaGenerateRequest(body: Body): { model: string; prompt: Prom
   const prompt: Prompt = raw
     ? { kind: 'text', text }
     : { kind: 'chat', messages: [...(system ? [{ role: 'system', content: system }] : []), { role: 'user', content: text }] };
-  return { model, prompt, params: ollamaParams(body) };
+  return { model, prompt, params: ollamaParams(body, defaults) };
 }

@@ -12,6 +12,7 @@ import type { FinishReason } from '../engine/batcher.js';
 import type { LoadOptions } from '../engine/load.js';
 import type { TextTokenizer } from '../engine/text/tokenizer.js';
 import { loadModelTokenizer } from '../engine/text/model-tokenizer.js';
+import { createChatFormat, describeDefaults, readModelDefaults, type ChatFormat, type ModelDefaults } from '../engine/text/chat-format.js';
 import { StopChecker } from '../engine/text/stop.js';
 import { InputError, isVramfitError } from '../util/errors.js';
 import { EngineHost, QueueFullError } from './engine-host.js';
@@ -57,6 +58,10 @@ type Dialect = 'openai' | 'ollama';
 interface Served {
   host: EngineHost;
   tokenizer: TextTokenizer | undefined;
+  /** How chats become ids: an Ollama model's template, else the tokenizer's chat template. */
+  chat: ChatFormat | undefined;
+  /** The model's store and its generation defaults (an Ollama model's params). */
+  defaults: ModelDefaults;
   info: ModelInfo | undefined;
   names: Set<string>;
   name: string;
@@ -70,9 +75,15 @@ export async function startServer(o: ServeOptions): Promise<RunningServer> {
   const metrics = new ServerMetrics();
   const name = o.name ?? (basename(o.model).replace(/\.(gguf|safetensors|bin|json)$/i, '') || 'model');
   const t0 = performance.now();
+  // An Ollama model's params are read (and checked) before loading: its num_ctx is the context unless --ctx says.
+  const defaults = await readModelDefaults(o.model);
+  const load = o.load.ctx === undefined && defaults.ctx !== undefined ? { ...o.load, ctx: defaults.ctx } : o.load;
+  if (load !== o.load) for (const note of defaults.notes) log(`note: ${note}`);
   const served: Served = {
-    host: new EngineHost({ model: o.model, load: o.load }, o.maxQueue ?? 64),
+    host: new EngineHost({ model: o.model, load }, o.maxQueue ?? 64),
     tokenizer: undefined,
+    chat: undefined,
+    defaults,
     info: undefined,
     names: new Set([name, `${name}:latest`, o.model]),
     name,
@@ -170,14 +181,15 @@ export async function startServer(o: ServeOptions): Promise<RunningServer> {
     const tokenizer = served.tokenizer;
     if (!info || !tokenizer) throw new HttpError(503, 'the model is still loading', 'server_error', null, 'loading', { 'retry-after': '2' });
     const body = await readJsonObject(req, maxBody);
+    const d = served.defaults.defaults;
     const parsed =
       dialect === 'openai'
         ? kind === 'chat'
-          ? chatRequest(body)
-          : completionRequest(body)
+          ? chatRequest(body, d)
+          : completionRequest(body, d)
         : kind === 'chat'
-          ? ollamaChatRequest(body)
-          : ollamaGenerateRequest(body);
+          ? ollamaChatRequest(body, d)
+          : ollamaGenerateRequest(body, d);
     if (!served.names.has(parsed.model))
       throw new HttpError(
         404,
@@ -300,7 +312,7 @@ export async function startServer(o: ServeOptions): Promise<RunningServer> {
     try {
       if (prompt.kind === 'ids') ids = prompt.ids;
       else if (prompt.kind === 'text') ids = tokenizer.encode(prompt.text);
-      else ids = tokenizer.encodeChat(prompt.messages, { addGenerationPrompt: true });
+      else ids = (served.chat ?? createChatFormat(tokenizer)).encodeChat(prompt.messages, { addGenerationPrompt: true });
     } catch (e) {
       if (e instanceof InputError)
         throw new HttpError(400, e.reason, 'invalid_request_error', prompt.kind === 'chat' ? 'messages' : 'prompt', 'invalid_prompt');
@@ -353,6 +365,13 @@ export async function startServer(o: ServeOptions): Promise<RunningServer> {
       } catch (e) {
         void close();
         throw isVramfitError(e) ? new InputError(o.model, `serve needs the model's tokenizer: ${e.message}`) : e;
+      }
+      served.chat = createChatFormat(served.tokenizer, defaults.store);
+      for (const w of served.chat.warnings) log(`warning: ${w}`);
+      if (defaults.store?.kind === 'ollama') {
+        log(`chat template: ${served.chat.description}`);
+        const params = describeDefaults(defaults);
+        if (params) log(`model params (under each request's own): ${params}`);
       }
       served.info = info;
       return info;
