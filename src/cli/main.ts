@@ -14,6 +14,7 @@ import { addPlanCommand } from './plan-command.js';
 import { addListCommand } from './list-command.js';
 import { addRunCommands } from './run-command.js';
 import { addTokenizeCommand } from './tokenize-command.js';
+import { addEvalCommand } from './eval-command.js';
 import { simulatedInventory } from '../planner/devices/inventory.js';
 import { machineInventory } from '../engine/machine-inventory.js';
 import { renderInventory } from '../planner/devices/format.js';
@@ -113,6 +114,7 @@ function buildProgram(io: Io): Command {
   addPlanCommand(program, io);
   addRunCommands(program, io);
   addTokenizeCommand(program, io);
+  addEvalCommand(program, io);
   addListCommand(program, io);
 
   program

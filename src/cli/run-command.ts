@@ -6,8 +6,11 @@ import type { ServeFlags } from './serve-action.js';
 
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
-/** The flags that say how a model is loaded: devices, caps, context and dtypes (run and serve alike). */
-function addLoadFlags(c: Command): Command {
+/**
+ * The flags that say how a model is loaded: devices, caps, context and dtypes (run, serve and eval alike). A command
+ * whose --ctx means something more (eval's chunk length) passes its own help for it.
+ */
+export function addLoadFlags(c: Command, help: { ctx?: string; showPlan?: string } = {}): Command {
   return c
     .option(
       '--devices <spec>',
@@ -18,7 +21,7 @@ function addLoadFlags(c: Command): Command {
       '--max-memory <budgets>',
       "caps per device, as `vramfit plan` takes them: 0=20GiB,1=50%,cpu=free-8GiB,disk=100GiB (relative caps are of the device's reported memory; cpu and disk join the plan when named)",
     )
-    .option('--ctx <tokens>', "context length to allocate the KV cache for (default: an Ollama model's num_ctx, else min(model maximum, 4096))")
+    .option('--ctx <tokens>', help.ctx ?? "context length to allocate the KV cache for (default: an Ollama model's num_ctx, else min(model maximum, 4096))")
     .option('--ubatch <n>', 'tokens per forward pass during prefill (default 512)')
     .option(
       '--kv-dtype <dtype>',
@@ -30,7 +33,7 @@ function addLoadFlags(c: Command): Command {
       `convert float matrices at load to ${QUANTIZE_TYPES.join(', ')} (planned at that size), or auto: each block's, the embedding's and the head's type and the KV cache's (unless --kv-dtype) chosen so the model runs on the GPUs alone within the caps, most quality first (see vramfit plan --help). Norms, biases and MoE routers stay; the output head keeps at least q6_k; a tied embedding follows the head; rows that are not whole blocks fall back as llama.cpp's quantizer does (q4_k→q5_0, q5_k→q5_1, q6_k→q8_0, else float16)`,
     )
     .option('--threads <n>', 'CPU threads per device')
-    .option('--show-plan', 'print the plan (to stderr) before generating or serving');
+    .option('--show-plan', help.showPlan ?? 'print the plan (to stderr) before generating or serving');
 }
 
 export function addRunCommands(program: Command, io: Io): void {
