@@ -103,6 +103,10 @@ const CASES: Record<string, Case> = {
     expect: /"generated_ids"/,
   },
   'vramfit devices': { expect: /GPU backends/ },
+  'vramfit eval ./model --quantize q4_k --compare-to ./model': {
+    map: { './model': 'hf' },
+    expect: /^KL divergence\s+mean \d[^\n]* · p99 [^\n]* · max [^\n]*\n^top-1 agreement\s+[\d.]+ % \(\d+ of \d+ positions\)$/m,
+  },
   'vramfit serve ./Qwen2.5-0.5B --devices virtual:2 --max-memory 0=600MiB,1=600MiB --ctx 2048 --parallel auto --port 8080': {
     map: { './Qwen2.5-0.5B': 'hf', '2048': '256', '8080': '0' },
     serve: true,
