@@ -74,10 +74,11 @@ export class CappedAllocator {
     if (held + bytes > this.cap) throw new OutOfDeviceMemory(this.device, bytes, held, this.cap, purpose);
   }
 
-  allocate(bytes: number, purpose: string): Allocation {
+  /** `buft`: another buffer type of the same memory (the CPU's repack buffer), counted under the same cap. */
+  allocate(bytes: number, purpose: string, buft: BufferType = this.buft): Allocation {
     if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new VramfitError('ALLOC', `device ${this.device}: bad allocation size ${bytes} for ${purpose}`, 1);
     this.check(bytes, purpose);
-    const { result: buffer } = withCapturedLog(() => this.g.raw.ggml_backend_buft_alloc_buffer(this.buft, bytes) as Buffer_ | null);
+    const { result: buffer } = withCapturedLog(() => this.g.raw.ggml_backend_buft_alloc_buffer(buft, bytes) as Buffer_ | null);
     if (!buffer) {
       const m = this.memory();
       throw new OutOfDeviceMemory(this.device, bytes, this.inUse + this.backendReserve, this.cap, purpose, { free: m?.free ?? null, total: m?.total ?? null });

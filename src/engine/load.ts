@@ -30,7 +30,7 @@ import { engineArchitecture } from './architectures/index.js';
 import type { ArchTensor, EngineArchitecture, EngineHyper, LayerCache } from './architectures/types.js';
 import { liveResources, openGpuDevices, openVirtualDevices, type EngineDevice } from './device.js';
 import { newDeviceState, releaseAll, type DeviceState } from './device-state.js';
-import { GGML_TYPE, loadGgml, ROPE_MODE, type Gallocr, type GgmlType, type Ggml } from './ggml/binding.js';
+import { cpuRepacks, GGML_TYPE, loadGgml, ROPE_MODE, type Gallocr, type GgmlType, type Ggml } from './ggml/binding.js';
 import { LoadedModel } from './model.js';
 import { resolveRunDevices, type RunDevices } from './run-devices.js';
 import { buildStageGraph, deviceLookups, stagesFromPlan, type Stage } from './stages.js';
@@ -444,6 +444,20 @@ function describeDeviceWeights(g: Ggml, m: EngineModel, plan: Plan, stages: Stag
     return spec;
   };
   const perDevice = new Map<string, WeightSpec[]>();
+  // Matrices the graph reads only through ggml_mul_mat, in a type the CPU repacks (Q4_0, Q4_K, …), go to its repack
+  // buffer as llama.cpp puts them: its GEMM kernels then read interleaved blocks (prefill ~2× on AVX2). Embeddings
+  // (get_rows), stacked experts and matrices read through views keep the plain layout.
+  const plainOnly = new Set(archTensors.embed.map((t) => t.name));
+  for (const t of archTensors.head) if (t.viewed) plainOnly.add(t.name);
+  for (const st of stages) for (const i of st.layers) for (const t of archTensors.layer(i)) if (t.viewed) plainOnly.add(t.name);
+  const repackable = (s: WeightSpec): boolean =>
+    !s.parts &&
+    s.ne.length === 2 &&
+    !plainOnly.has(s.name) &&
+    s.type !== GGML_TYPE.F32 &&
+    s.type !== GGML_TYPE.F16 &&
+    s.type !== GGML_TYPE.BF16 &&
+    cpuRepacks(g, states[0]!.device.backend, s.type, s.ne[0]!, s.ne[1]!);
   const add = (d: EngineDevice, s: WeightSpec): void => {
     // A disk-offloaded tensor is used in place when the kernels can read it as stored.
     const onDiskUnit = [...onDisk].some((unit) => s.name.startsWith(`${unit}.`));
@@ -455,6 +469,7 @@ function describeDeviceWeights(g: Ggml, m: EngineModel, plan: Plan, stages: Stag
     }
     if (onDiskUnit && !s.transform && s.type === ggmlTypeFor(s.source.dtype)) s.mapped = true;
     else if (onDiskUnit) s.offloadedToRam = true;
+    if (d.kind !== 'gpu' && !s.mapped && repackable(s)) s.repacked = true;
     appendTo(perDevice, d.id, s);
   };
   const addOnce = (d: EngineDevice, t: ArchTensor): void => {

@@ -5,6 +5,7 @@ import { readAt } from '../util/read-fully.js';
 import { isAbsolute, join } from 'node:path';
 import { VramfitError } from '../util/errors.js';
 import {
+  cpuRepackBufferType,
   GGML_TYPE,
   hostBytes,
   mapFile,
@@ -54,6 +55,11 @@ export interface WeightSpec {
    * layer's experts); `source` is then the first of them. Loaded part by part, never mapped.
    */
   parts?: SkeletonTensor[];
+  /**
+   * Held in the CPU backend's repack buffer (CPU_REPACK: interleaved for its GEMM kernels), set in one piece (the
+   * repacking needs the whole tensor). Only matrices the graph reads directly with ggml_mul_mat.
+   */
+  repacked?: boolean;
 }
 
 /** Bytes a spec reads from the checkpoint (every part of a stacked tensor). */
@@ -73,8 +79,11 @@ export interface DeviceWeights {
   ctx: Ctx;
   tensors: Map<string, Tensor>;
   specs: WeightSpec[];
-  /** Bytes of the RAM/VRAM buffer (mapped tensors excluded). */
+  /** Bytes of the RAM/VRAM buffers, the repack buffer's included (mapped tensors excluded). */
   bytes: number;
+  /** Of `bytes`, those in the CPU repack buffer. */
+  repackBytes: number;
+  repackAllocation?: Allocation;
   /** Bytes used in place from mapped files. */
   mappedBytes: number;
   allocation?: Allocation;
@@ -88,15 +97,21 @@ export function describeWeights(g: Ggml, device: EngineDevice, specs: WeightSpec
   const ctx = g.init(g.tensorOverhead() * (specs.length + 4) + 4096, true);
   const tensors = new Map<string, Tensor>();
   let bytes = 0;
+  let repackBytes = 0;
   let mappedBytes = 0;
+  const repack = cpuRepackBufferType(g);
   for (const s of specs) {
     const t = g.newTensor(ctx, s.type, s.ne);
     g.setName(t, s.name);
     tensors.set(s.name, t);
     if (s.mapped) mappedBytes += g.nbytes(t);
-    else bytes += pad(g.raw.ggml_backend_buft_get_alloc_size(device.buft, t) as number, device.alignment);
+    else if (s.repacked && repack) {
+      const n = pad(g.raw.ggml_backend_buft_get_alloc_size(repack, t) as number, device.alignment);
+      bytes += n;
+      repackBytes += n;
+    } else bytes += pad(g.raw.ggml_backend_buft_get_alloc_size(device.buft, t) as number, device.alignment);
   }
-  return { ctx, tensors, specs, bytes, mappedBytes, maps: [] };
+  return { ctx, tensors, specs, bytes, repackBytes, mappedBytes, maps: [] };
 }
 
 /**
@@ -105,16 +120,28 @@ export function describeWeights(g: Ggml, device: EngineDevice, specs: WeightSpec
  */
 export function placeWeights(g: Ggml, device: EngineDevice, w: DeviceWeights, modelDir: string): void {
   placeMapped(g, w, modelDir);
-  if (w.bytes === 0) return;
-  w.allocation = device.allocator.allocate(w.bytes, 'weights');
-  const base = g.raw.ggml_backend_buffer_get_base(w.allocation.buffer) as bigint;
+  const plain = w.bytes - w.repackBytes;
+  if (plain > 0) {
+    w.allocation = device.allocator.allocate(plain, 'weights');
+    placeIn(g, device, w, w.allocation, device.buft, (s) => !s.mapped && !s.repacked);
+  }
+  const repack = cpuRepackBufferType(g);
+  if (w.repackBytes > 0 && repack) {
+    w.repackAllocation = device.allocator.allocate(w.repackBytes, 'weights-repacked', repack);
+    placeIn(g, device, w, w.repackAllocation, repack, (s) => Boolean(s.repacked) && !s.mapped);
+  }
+}
+
+function placeIn(g: Ggml, device: EngineDevice, w: DeviceWeights, a: Allocation, buft: unknown, mine: (s: WeightSpec) => boolean): void {
+  const base = g.raw.ggml_backend_buffer_get_base(a.buffer) as bigint;
   let offset = 0;
   for (const s of w.specs) {
-    if (s.mapped) continue;
+    if (!mine(s)) continue;
     const t = w.tensors.get(s.name)!;
-    const status = g.raw.ggml_backend_tensor_alloc(w.allocation.buffer, t, base + BigInt(offset)) as number;
+    // ggml_backend_tensor_alloc runs the buffer's init_tensor: the repack buffer chooses the tensor's layout there.
+    const status = g.raw.ggml_backend_tensor_alloc(a.buffer, t, base + BigInt(offset)) as number;
     if (status !== 0) throw new VramfitError('GGML', `could not place ${s.name} in device ${device.id}'s buffer`, 1);
-    offset += pad(g.raw.ggml_backend_buft_get_alloc_size(device.buft, t) as number, device.alignment);
+    offset += pad(g.raw.ggml_backend_buft_get_alloc_size(buft, t) as number, device.alignment);
   }
 }
 
@@ -181,6 +208,15 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
       const total = end - start;
       if (s.transform) {
         loadTransformed(g, fd, file, s, t, start, total);
+        onBytes(total);
+        continue;
+      }
+      if (sameType(from, to) && s.repacked) {
+        // The repack buffer rearranges a tensor as it is set, whole.
+        if (total !== g.nbytes(t)) throw new VramfitError('SIZE', `${s.name}: ${total} bytes stored, ${g.nbytes(t)} expected`, 2);
+        const whole = new Uint8Array(total);
+        readFully(fd, whole, total, start, file, s.name);
+        g.raw.ggml_backend_tensor_set(t, whole, 0, total);
         onBytes(total);
         continue;
       }
@@ -351,15 +387,19 @@ function loadQuantized(
   const perStep = Math.max(1, Math.floor(chunk.length / srcRow));
   const big = perStep === 1 && srcRow > chunk.length ? new Uint8Array(srcRow) : chunk;
   const f32 = new Float32Array(perStep * cols);
+  // A repacked tensor is set whole (the repack buffer rearranges it then): its quantized rows are gathered first.
+  const whole = s.repacked ? new Uint8Array(rows * dstRow) : undefined;
   for (let row = 0; row < rows;) {
     const n = Math.min(perStep, rows - row);
     readFully(fd, big, n * srcRow, start + row * srcRow, file, s.name);
     convert(g, big.subarray(0, n * srcRow), from, GGML_TYPE.F32, n * cols, f32);
     const q = g.quantize(s.type, f32.subarray(0, n * cols), n, cols);
-    g.raw.ggml_backend_tensor_set(t, q, base + row * dstRow, q.byteLength);
+    if (whole) whole.set(q, row * dstRow);
+    else g.raw.ggml_backend_tensor_set(t, q, base + row * dstRow, q.byteLength);
     row += n;
     onBytes(n * srcRow);
   }
+  if (whole) g.raw.ggml_backend_tensor_set(t, whole, 0, whole.byteLength);
 }
 
 function sameType(from: string, to: GgmlType): boolean {
@@ -393,6 +433,7 @@ export function convert(g: Ggml, src: Uint8Array, from: string, to: GgmlType, el
 
 export function freeWeights(g: Ggml, device: EngineDevice, w: DeviceWeights): void {
   if (w.allocation) device.allocator.free(w.allocation);
+  if (w.repackAllocation) device.allocator.free(w.repackAllocation);
   for (const m of w.maps) {
     g.raw.ggml_backend_buffer_free(m.buffer);
     m.file.unmap();

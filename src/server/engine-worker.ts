@@ -6,6 +6,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { ContinuousBatcher } from '../engine/batcher.js';
 import { liveResources } from '../engine/device.js';
+import { loadGgml } from '../engine/ggml/binding.js';
 import { loadModel } from '../engine/load.js';
 import type { LoadedModel } from '../engine/model.js';
 import { isVramfitError } from '../util/errors.js';
@@ -43,7 +44,7 @@ async function main(): Promise<void> {
       exitCode: isVramfitError(e) ? e.exitCode : 1,
       ...(err.stack ? { stack: err.stack } : {}),
     });
-    port.close();
+    releaseAndClose();
     return;
   }
   const batcher = new ContinuousBatcher(model);
@@ -114,9 +115,19 @@ async function main(): Promise<void> {
         type: 'closed',
         stats: { ...last, native: { buffers: liveResources.buffers, backends: liveResources.backends, graphAllocators: liveResources.graphAllocators } },
       });
-      port.close();
+      releaseAndClose();
     }
   });
+}
+
+/** ggml's hooks point into this thread, which ends once the port closes: hand them back first. */
+function releaseAndClose(): void {
+  try {
+    loadGgml().releaseCallbacks();
+  } catch {
+    // The engine never loaded; there is nothing of ours installed.
+  }
+  port.close();
 }
 
 void main();

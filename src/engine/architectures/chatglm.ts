@@ -148,10 +148,10 @@ export function chatglmLayerTensors(h: ChatglmHyper, i: number): ArchTensor[] {
   const proj = h.heads * h.headDim;
   const out: ArchTensor[] = [
     ...normTensors(h, `${p}.input_layernorm`),
-    { name: `${p}.self_attention.query_key_value.weight`, ne: [h.hidden, qkvRows(h)] },
+    { name: `${p}.self_attention.query_key_value.weight`, ne: [h.hidden, qkvRows(h)], viewed: true },
     { name: `${p}.self_attention.dense.weight`, ne: [proj, h.hidden] },
     ...normTensors(h, `${p}.post_attention_layernorm`),
-    { name: `${p}.mlp.dense_h_to_4h.weight`, ne: [h.hidden, 2 * h.ffn] },
+    { name: `${p}.mlp.dense_h_to_4h.weight`, ne: [h.hidden, 2 * h.ffn], viewed: true },
     { name: `${p}.mlp.dense_4h_to_h.weight`, ne: [h.ffn, h.hidden] },
   ];
   if (h.qkvBias) out.push({ name: `${p}.self_attention.query_key_value.bias`, ne: [qkvRows(h)] });

@@ -15,6 +15,8 @@ export interface ArchTensor {
    * memory-mapped in place (the parts are not adjacent on disk) and never transformed.
    */
   stack?: string[];
+  /** The graph reads it through a view or reshape (ChatGLM's row ranges): it keeps ggml's plain layout (no CPU repack). */
+  viewed?: true;
 }
 
 /** What the engine itself needs to know of any architecture's hyper-parameters. */

@@ -90,6 +90,7 @@ const InitParams = koffi.struct('ggml_init_params', { mem_size: 'size_t', mem_bu
 const LogCallback = koffi.proto('void ggml_log_callback(int level, const char *text, void *user_data)');
 const AbortCallback = koffi.proto('void ggml_abort_callback_t(const char *message)');
 const SetThreads = koffi.proto('void ggml_backend_set_n_threads_t(void *backend, int n_threads)');
+const GetExtraBufts = koffi.proto('void *ggml_backend_dev_get_extra_bufts_t(void *dev)');
 const ToFloat = koffi.proto('void ggml_to_float_t(const void *x, _Out_ void *y, int64_t k)');
 /** struct ggml_type_traits: type_name, blck_size, blck_size_interleave, type_size, is_quantized, then to_float. */
 const TRAITS_TO_FLOAT_OFFSET = 40;
@@ -224,6 +225,14 @@ export interface Ggml {
   raw: Record<keyof typeof BASE | keyof typeof REGISTRY, Fn>;
   setThreads(backend: Backend, n: number): void;
   lastAbortMessage(): string;
+  /**
+   * Points ggml's process-wide log and abort hooks at this thread's callbacks. A hook registered by a
+   * worker thread that has ended aborts the process the next time ggml logs, so whichever thread is
+   * about to use ggml claims them (loadGgml does), and a worker releases them before it ends.
+   */
+  claimCallbacks(): void;
+  /** Puts ggml's own hooks back (stderr logger, default abort) while this thread's are installed. */
+  releaseCallbacks(): void;
   /** `n` values of a ggml type (block formats included) as float32, by the type's own to_float. */
   dequantize(type: GgmlType, src: Uint8Array, n: number): Float32Array;
   /** Rows of float32 values in a ggml type, by ggml_quantize_chunk (no importance matrix). */
@@ -258,7 +267,10 @@ function findBinsDir(): string {
 
 /** Loads ggml once per process: libraries, log/abort callbacks, the best CPU variant, and the ABI self-check. */
 export function loadGgml(): Ggml {
-  if (loaded) return loaded;
+  if (loaded) {
+    loaded.claimCallbacks();
+    return loaded;
+  }
   try {
     // ggml's CPU thread 0 computes on koffi's call stack: raise it before the first library is loaded.
     koffi.config({ ...koffi.config(), sync_stack_size: 8 << 20, async_stack_size: 8 << 20 });
@@ -283,12 +295,15 @@ export function loadGgml(): Ggml {
     else if (verbose || level === 4) process.stderr.write(`[ggml] ${text}`);
     if (captured && verbose) process.stderr.write(`[ggml] ${text}`);
   }, koffi.pointer(LogCallback));
-  raw.ggml_log_set(log, null);
   const abort = koffi.register((message: string) => {
     lastAbort = message;
     process.stderr.write(`vramfit: ggml aborted: ${message}\n`);
   }, koffi.pointer(AbortCallback));
-  raw.ggml_set_abort_callback(abort);
+  const claimCallbacks = (): void => {
+    raw.ggml_log_set(log, null);
+    raw.ggml_set_abort_callback(abort);
+  };
+  claimCallbacks();
   raw.ggml_backend_load_all_from_path(binsDir);
 
   const typeSizes = new Map<number, number>();
@@ -331,6 +346,11 @@ export function loadGgml(): Ggml {
     type: (t) => koffi.decode(t, T_OFF.type, 'int') as GgmlType,
     setThreads: () => undefined,
     lastAbortMessage: () => lastAbort,
+    claimCallbacks,
+    releaseCallbacks: () => {
+      raw.ggml_log_set(null, null);
+      raw.ggml_set_abort_callback(null);
+    },
     dequantize: (type, src, n) => {
       // ggml asserts (aborting the process) on a count that is not whole blocks: checked here first.
       if (n % g.blockSize(type) !== 0 || src.length < g.rowSize(type, n))
@@ -475,6 +495,64 @@ export function devices(g: Ggml): { handle: Device; name: string; description: s
 
 function firstCpuDevice(g: Ggml): Device | undefined {
   return devices(g).find((d) => d.type === DEV_TYPE.CPU)?.handle;
+}
+
+let repackBuft: BufferType | null | undefined;
+
+/**
+ * The CPU backend's repacking buffer type (CPU_REPACK: quantized matrices interleaved for its SIMD GEMM kernels, as
+ * llama.cpp puts them), or null where this build has none.
+ */
+export function cpuRepackBufferType(g: Ggml): BufferType | null {
+  // VRAMFIT_CPU_REPACK=0 keeps every matrix in ggml's plain layout (to compare, or to rule the repacking out).
+  if (process.env['VRAMFIT_CPU_REPACK'] === '0') return null;
+  if (repackBuft !== undefined) return repackBuft;
+  repackBuft = null;
+  const dev = firstCpuDevice(g);
+  if (!dev) return null;
+  const reg = g.raw.ggml_backend_dev_backend_reg(dev) as Reg;
+  const fn = g.raw.ggml_backend_reg_get_proc_address(reg, 'ggml_backend_dev_get_extra_bufts');
+  if (!fn) return null;
+  const list = (koffi.decode(fn, GetExtraBufts) as Fn)(dev) as unknown;
+  if (!list) return null;
+  for (let i = 0; i < 16; i++) {
+    const buft = koffi.decode(list, i * 8, 'void *') as BufferType | null;
+    if (!buft) break;
+    if ((g.raw.ggml_backend_buft_name(buft) as string) === 'CPU_REPACK') repackBuft = buft;
+  }
+  return repackBuft;
+}
+
+const repackCache = new Map<string, boolean>();
+
+/**
+ * Whether the CPU backend repacks a matrix of this type and shape for ggml_mul_mat, asked the way llama.cpp asks: a
+ * mul_mat whose weight claims the repack buffer (a zero-size one: no data needed), checked by supports_op.
+ */
+export function cpuRepacks(g: Ggml, backend: Backend, type: GgmlType, ne0: number, ne1: number): boolean {
+  const buft = cpuRepackBufferType(g);
+  if (!buft) return false;
+  const key = `${type}:${ne0}:${ne1}`;
+  const known = repackCache.get(key);
+  if (known !== undefined) return known;
+  const ctx = g.init(g.tensorOverhead() * 4 + 1024, true);
+  const dummy = g.raw.ggml_backend_buft_alloc_buffer(buft, 0) as Buffer_ | null;
+  let answer = false;
+  try {
+    if (dummy) {
+      const w = g.newTensor(ctx, type, [ne0, ne1]);
+      const x = g.newTensor(ctx, GGML_TYPE.F32, [ne0, 1]);
+      const op = g.raw.ggml_mul_mat(ctx, w, x) as Tensor;
+      koffi.encode(w, T_OFF.buffer, 'void *', dummy);
+      answer = g.raw.ggml_backend_supports_op(backend, op) as boolean;
+      koffi.encode(w, T_OFF.buffer, 'void *', null);
+    }
+  } finally {
+    if (dummy) g.raw.ggml_backend_buffer_free(dummy);
+    g.free(ctx);
+  }
+  repackCache.set(key, answer);
+  return answer;
 }
 
 export function cpuDevice(g: Ggml): Device {
