@@ -250,7 +250,7 @@ export async function runReaderBench(opts: { runs?: number; cliRuns?: number } =
     if (rawBytes !== ck.headerBytes) throw new Error(`baseline read ${rawBytes} header bytes, expected ${ck.headerBytes}`);
     const baseline = await timeIt(() => readHeadersRaw(ck.dir, ck.shardFiles), { minRuns: runs, warmup: 1 });
     const parsedBaseline = await timeIt(() => readHeadersParsed(ck.dir, ck.shardFiles), { minRuns: runs, warmup: 1 });
-    const cli = timeProcess(['bin/vramfit.js', 'inspect', ck.dir], cliRuns);
+    const cli = timeProcess(['bin/vramfit.cjs', 'inspect', ck.dir], cliRuns);
     const nodeStartup = timeProcess(['-e', '0'], cliRuns);
     const params = skeleton.tensors.filter((t) => t.kind === 'param').reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1), 0);
     const { dir: _dir, shardFiles: _files, ...checkpoint } = ck;
@@ -287,7 +287,7 @@ export function renderReaderBench(r: ReaderBenchResult): string {
     `readModel    min ${ms(r.readModel.min)} ms, median ${ms(r.readModel.median)} ms (${r.readModel.runs} runs)`,
     `baseline     raw 8+N header reads: min ${ms(r.baseline.min)} ms, median ${ms(r.baseline.median)} ms → readModel/baseline ${ratio(r.readModel.median, r.baseline.median)} (median), ${ratio(r.readModel.min, r.baseline.min)} (min)`,
     `             raw reads + JSON.parse: median ${ms(r.parsedBaseline.median)} ms → readModel/(read+parse) ${ratio(r.readModel.median, r.parsedBaseline.median)}`,
-    `CLI          node bin/vramfit.js inspect: min ${ms(r.cli.min)} ms, median ${ms(r.cli.median)} ms; node -e 0: median ${ms(r.nodeStartup.median)} ms → ${ratio(r.cli.median, r.nodeStartup.median)}, +${ms(r.cli.median - r.nodeStartup.median)} ms over bare node (${r.build})`,
+    `CLI          node bin/vramfit.cjs inspect: min ${ms(r.cli.min)} ms, median ${ms(r.cli.median)} ms; node -e 0: median ${ms(r.nodeStartup.median)} ms → ${ratio(r.cli.median, r.nodeStartup.median)}, +${ms(r.cli.median - r.nodeStartup.median)} ms over bare node (${r.build})`,
     ...r.inspectHead.map((l) => `  inspect> ${l}`),
   ];
   return lines.join('\n');

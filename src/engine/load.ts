@@ -141,7 +141,7 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
     checkCaps(g, plan, stages, states, shape, m.h);
     const kv = allocateWeightsAndCaches(g, m, stages, states, shape);
     reserveCompute(g, m, stages, states, kv, shape);
-    readWeights(g, m, states, opts.onProgress);
+    await readWeights(g, m, states, opts);
     return new LoadedModel(g, {
       skeleton: m.skeleton,
       arch: m.arch,
@@ -592,14 +592,23 @@ function reserveCompute(g: Ggml, m: EngineModel, stages: Stage[], states: Device
 }
 
 /** Only now are the weights read, shard by shard, into their devices. */
-function readWeights(g: Ggml, m: EngineModel, states: DeviceState[], onProgress: LoadOptions['onProgress']): void {
+async function readWeights(g: Ggml, m: EngineModel, states: DeviceState[], opts: LoadOptions): Promise<void> {
   const total = states.reduce((sum, s) => sum + s.weights!.specs.reduce((x, sp) => x + storedBytes(sp), 0), 0);
+  // Quantizing at load is the one CPU-bound part of loading and no graph's threads spin meanwhile:
+  // it may use every core the user allows (--threads), else every core.
+  const threads = opts.threads ?? availableParallelism();
   let loaded = 0;
   for (const s of states) {
-    loadWeightData(g, m.modelDir, s.weights!, (n) => {
-      loaded += n;
-      onProgress?.(loaded, total);
-    });
+    await loadWeightData(
+      g,
+      m.modelDir,
+      s.weights!,
+      (n) => {
+        loaded += n;
+        opts.onProgress?.(loaded, total);
+      },
+      threads,
+    );
     s.device.watch?.sample();
   }
 }

@@ -20,6 +20,7 @@ import {
 import type { Allocation, EngineDevice } from './device.js';
 import type { SkeletonTensor } from '../reader/skeleton.js';
 import { ggmlTypeId } from '../reader/formats/gguf.js';
+import { QuantizePipeline } from './quantize-pipeline.js';
 
 /** The ggml type each stored dtype loads as (matrices keep theirs; 1-D tensors become F32; float64 narrows to F32). */
 const GGML_OF: Record<string, GgmlType> = { float32: GGML_TYPE.F32, float16: GGML_TYPE.F16, bfloat16: GGML_TYPE.BF16, float64: GGML_TYPE.F32 };
@@ -179,8 +180,10 @@ const CHUNK = 8 * 1024 * 1024;
  * Streams each tensor's bytes from its shard into the device buffer through one reusable chunk, so
  * host memory stays bounded whatever the shard size; converts dtype on the way when needed.
  */
-export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBytes: (n: number) => void): void {
+export async function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBytes: (n: number) => void, threads = 1): Promise<void> {
   const chunk = new Uint8Array(CHUNK);
+  const pipe = new QuantizePipeline(threads);
+  const buffers = new RunBuffers();
   const converted = new Float32Array(CHUNK / 2);
   const fds = new Map<string, number>();
   // A host (CPU) buffer is faulted in with one call up front, which is cheaper than a page fault per
@@ -237,7 +240,7 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
         continue;
       }
       if (isBlockType(to)) {
-        loadQuantized(g, fd, file, s, t, start, total, chunk, onBytes);
+        await loadQuantized(g, pipe, buffers, host, fd, file, s, t, start, total, onBytes);
         continue;
       }
       const srcElem = ELEMENT[from] ?? 2;
@@ -254,8 +257,12 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
         onBytes(n);
       }
     }
-    for (const s of w.specs) if (s.parts && !s.mapped) loadStacked(g, modelDir, s, w.tensors.get(s.name)!, fds, chunk, converted, onBytes);
+    for (const s of w.specs)
+      if (s.parts && !s.mapped) await loadStacked(g, pipe, buffers, host, modelDir, s, w.tensors.get(s.name)!, fds, chunk, converted, onBytes);
+    await pipe.drain();
   } finally {
+    // Runs still in flight hold the file's bytes and would write into a buffer the caller is about to free.
+    await pipe.abandon();
     for (const fd of fds.values()) closeSync(fd);
   }
 }
@@ -264,8 +271,11 @@ export function loadWeightData(g: Ggml, modelDir: string, w: DeviceWeights, onBy
  * A stacked tensor is read part by part, each part into its own slice of the stack (part i at
  * i · nbytes / parts), converting dtype on the way as for any other tensor.
  */
-function loadStacked(
+async function loadStacked(
   g: Ggml,
+  pipe: QuantizePipeline,
+  buffers: RunBuffers,
+  host: boolean,
   modelDir: string,
   s: WeightSpec,
   t: Tensor,
@@ -273,10 +283,10 @@ function loadStacked(
   chunk: Uint8Array,
   converted: Float32Array,
   onBytes: (n: number) => void,
-): void {
+): Promise<void> {
   const parts = s.parts!;
   const slice = g.nbytes(t) / parts.length;
-  parts.forEach((part, i) => {
+  for (const [i, part] of parts.entries()) {
     const loc = part.location;
     if (!loc?.range) throw new VramfitError('NO_DATA', `${s.name}: part ${i} has no byte range`, 2);
     const file = isAbsolute(loc.file) ? loc.file : join(modelDir, loc.file);
@@ -292,8 +302,8 @@ function loadStacked(
       // Each part is whole rows, so it quantizes into its own slice (--quantize on an MoE layer's experts).
       if ((total / (ELEMENT[part.dtype] ?? 2) / s.ne[0]!) * g.rowSize(s.type, s.ne[0]!) !== slice)
         throw new VramfitError('SIZE', `${s.name}: part ${i} does not fill its slice`, 2);
-      loadQuantized(g, fd, file, { ...s, source: part }, t, start, total, chunk, onBytes, i * slice);
-      return;
+      await loadQuantized(g, pipe, buffers, host, fd, file, { ...s, source: part }, t, start, total, onBytes, i * slice);
+      continue;
     }
     if (!same && !(part.dtype in GGML_OF))
       throw new VramfitError('UNSUPPORTED_DTYPE', `${s.name}: cannot convert ${part.dtype} parts to ggml type ${s.type}`, 2);
@@ -316,7 +326,7 @@ function loadStacked(
       done += n;
       onBytes(n);
     }
-  });
+  }
 }
 
 /**
@@ -361,21 +371,25 @@ function isBlockType(t: GgmlType): boolean {
 }
 
 /**
- * A float tensor converted to a block type at load (`--quantize`): read a run of whole rows at a time (bounded by
- * the chunk), widened to float32 and quantized by ggml_quantize_chunk, so host memory stays bounded.
+ * A float tensor converted to a block type at load (`--quantize`): runs of whole rows (about QUANTIZE_RUN bytes of
+ * source each) are read on the main thread, then widened to float32 and quantized by ggml_quantize_chunk on libuv's
+ * pool, `threads` runs at once, each landing in the device buffer as it finishes. Host memory stays bounded by the
+ * runs in flight.
  */
-function loadQuantized(
+async function loadQuantized(
   g: Ggml,
+  pipe: QuantizePipeline,
+  buffers: RunBuffers,
+  host: boolean,
   fd: number,
   file: string,
   s: WeightSpec,
   t: Tensor,
   start: number,
   total: number,
-  chunk: Uint8Array,
   onBytes: (n: number) => void,
   base = 0,
-): void {
+): Promise<void> {
   const from = s.source.dtype;
   if (!(from in ELEMENT)) throw new VramfitError('UNSUPPORTED_DTYPE', `${s.name}: cannot convert ${from} to ggml type ${s.type}`, 2);
   const cols = s.ne[0]!;
@@ -384,22 +398,72 @@ function loadQuantized(
     throw new VramfitError('SIZE', `${s.name}: ${total} bytes are not whole rows of ${cols} values in whole blocks of ggml type ${s.type}`, 2);
   const srcRow = cols * ELEMENT[from]!;
   const dstRow = g.rowSize(s.type, cols);
-  const perStep = Math.max(1, Math.floor(chunk.length / srcRow));
-  const big = perStep === 1 && srcRow > chunk.length ? new Uint8Array(srcRow) : chunk;
-  const f32 = new Float32Array(perStep * cols);
+  const perRun = Math.max(1, Math.floor(QUANTIZE_RUN / srcRow));
   // A repacked tensor is set whole (the repack buffer rearranges it then): its quantized rows are gathered first.
   const whole = s.repacked ? new Uint8Array(rows * dstRow) : undefined;
+  const data = host && !whole ? (g.raw.ggml_get_data(t) as bigint) : undefined;
+  const runs: Promise<void>[] = [];
   for (let row = 0; row < rows;) {
-    const n = Math.min(perStep, rows - row);
-    readFully(fd, big, n * srcRow, start + row * srcRow, file, s.name);
-    convert(g, big.subarray(0, n * srcRow), from, GGML_TYPE.F32, n * cols, f32);
-    const q = g.quantize(s.type, f32.subarray(0, n * cols), n, cols);
-    if (whole) whole.set(q, row * dstRow);
-    else g.raw.ggml_backend_tensor_set(t, q, base + row * dstRow, q.byteLength);
+    const n = Math.min(perRun, rows - row);
+    const at = row;
+    const { settled } = await pipe.start(async () => {
+      const b = buffers.take(n * srcRow, n * cols, n * dstRow);
+      try {
+        readFully(fd, b.src, n * srcRow, start + at * srcRow, file, s.name);
+        const f32 = await widen(g, b.src, from, n * cols, b.f32);
+        if (pipe.abandoned) return;
+        // In host memory the rows are quantized straight into the tensor: no copy.
+        const into = whole ? whole.subarray(at * dstRow) : data !== undefined ? hostBytes(data + BigInt(base + at * dstRow), n * dstRow) : b.out;
+        const q = await g.quantizeAsync(s.type, f32, n, cols, into);
+        if (pipe.abandoned) return;
+        if (!whole && data === undefined) g.raw.ggml_backend_tensor_set(t, q, base + at * dstRow, q.byteLength);
+        onBytes(n * srcRow);
+      } finally {
+        buffers.give(b);
+      }
+    });
+    runs.push(settled);
     row += n;
-    onBytes(n * srcRow);
   }
-  if (whole) g.raw.ggml_backend_tensor_set(t, whole, 0, whole.byteLength);
+  // Set once its rows are in, while the next tensor is read and quantized (the repack itself is single-threaded).
+  if (whole) pipe.follow(runs, () => g.raw.ggml_backend_tensor_set(t, whole, 0, whole.byteLength));
+}
+
+/** Source bytes per quantization run: big enough that a call's cost is noise, small enough that runs × threads stay small. */
+const QUANTIZE_RUN = 2 * 1024 * 1024;
+
+/** Float bytes as float32 in `into`: float16/bfloat16 by ggml's row functions on the pool, the others here. */
+async function widen(g: Ggml, bytes: Uint8Array, from: string, n: number, into: Float32Array): Promise<Float32Array> {
+  const out = into.subarray(0, n);
+  if (from === 'float16' || from === 'bfloat16') await g.widenAsync(from, bytes, out, n);
+  else convert(g, bytes, from, GGML_TYPE.F32, n, out);
+  return out;
+}
+
+interface RunBuffer {
+  src: Uint8Array;
+  f32: Float32Array;
+  out: Uint8Array;
+}
+
+/**
+ * Each run's source, float32 and quantized bytes, reused from run to run: fresh buffers per run cost more in
+ * zero-filling and garbage collection than quantizing to q8_0 does. At most one set per run in flight.
+ */
+class RunBuffers {
+  private readonly free: RunBuffer[] = [];
+
+  take(srcBytes: number, elems: number, outBytes: number): RunBuffer {
+    const b = this.free.pop() ?? { src: new Uint8Array(0), f32: new Float32Array(0), out: new Uint8Array(0) };
+    if (b.src.length < srcBytes) b.src = new Uint8Array(Math.max(srcBytes, QUANTIZE_RUN));
+    if (b.f32.length < elems) b.f32 = new Float32Array(Math.max(elems, QUANTIZE_RUN / 2));
+    if (b.out.length < outBytes) b.out = new Uint8Array(Math.max(outBytes, QUANTIZE_RUN / 2));
+    return b;
+  }
+
+  give(b: RunBuffer): void {
+    this.free.push(b);
+  }
 }
 
 function sameType(from: string, to: GgmlType): boolean {

@@ -238,6 +238,13 @@ export interface Ggml {
   /** Rows of float32 values in a ggml type, by ggml_quantize_chunk (no importance matrix). */
   quantize(type: GgmlType, src: Float32Array, rows: number, perRow: number): Uint8Array;
   /**
+   * `quantize` on a thread of libuv's pool (koffi's async call), so several row runs quantize at once while the
+   * main thread reads the next; `src` must not be touched until the promise settles.
+   */
+  quantizeAsync(type: GgmlType, src: Float32Array, rows: number, perRow: number, into?: Uint8Array): Promise<Uint8Array>;
+  /** float16/bfloat16 bytes widened into `out` as float32 by ggml's row function, on libuv's pool. */
+  widenAsync(from: 'float16' | 'bfloat16', src: Uint8Array, out: Float32Array, n: number): Promise<void>;
+  /**
    * Gives an unallocated tensor a placeholder data pointer (or clears it), so the graph allocator
    * treats it as already allocated while measuring a graph's compute buffer. Never computed with.
    */
@@ -247,6 +254,11 @@ export interface Ggml {
 }
 
 let loaded: Ggml | undefined;
+
+/** koffi's callback-style async form of a bound function. */
+function asyncOf(fn: Fn): (...args: unknown[]) => void {
+  return (fn as Fn & { async: (...args: unknown[]) => void }).async;
+}
 
 /** Where the pinned CPU package keeps its libraries (and a GPU package, when installed). */
 function findBinsDir(): string {
@@ -362,20 +374,37 @@ export function loadGgml(): Ggml {
       return out;
     },
     quantize: (type, src, rows, perRow) => {
-      if (raw.ggml_quantize_requires_imatrix(type) as boolean)
-        throw new VramfitError('GGML', `ggml type ${type} cannot be made without an importance matrix`, 2);
-      if (perRow % g.blockSize(type) !== 0 || src.length !== rows * perRow)
-        throw new VramfitError('GGML', `cannot quantize ${rows} rows of ${perRow} values to ggml type ${type}`, 1);
-      const out = new Uint8Array(rows * g.rowSize(type, perRow));
+      const out = quantizeOutput(type, src, rows, perRow);
       raw.ggml_quantize_chunk(type, src, out, 0, rows, perRow, null);
       return out;
     },
+    quantizeAsync: (type, src, rows, perRow, into) =>
+      new Promise((resolve, reject) => {
+        const out = quantizeOutput(type, src, rows, perRow, into);
+        asyncOf(raw.ggml_quantize_chunk)(type, src, out, 0, rows, perRow, null, (err: unknown) => (err ? reject(err) : resolve(out)));
+      }),
+    widenAsync: (from, src, out, n) =>
+      new Promise((resolve, reject) => {
+        if (src.byteLength < n * 2 || out.length < n) throw new VramfitError('GGML', `cannot widen ${n} ${from} values from ${src.byteLength} bytes`, 1);
+        const fn = from === 'float16' ? raw.ggml_fp16_to_fp32_row : raw.ggml_bf16_to_fp32_row;
+        asyncOf(fn)(src, out, n, (err: unknown) => (err ? reject(err) : resolve()));
+      }),
     isAllocated: (t) => (koffi.decode(t, T_OFF.buffer, 'void *') as bigint | null) !== null,
     setPlaceholderData: (t, on) => {
       const current = koffi.decode(t, T_OFF.data, 'void *') as bigint | null;
       if (on && current) throw new VramfitError('GGML', 'placeholder data on a tensor that has data', 1);
       koffi.encode(t, T_OFF.data, 'uint64_t', on ? 4096n : 0n);
     },
+  };
+  // ggml asserts (aborting the process) on rows that are not whole blocks: checked here, before the native call.
+  const quantizeOutput = (type: GgmlType, src: Float32Array, rows: number, perRow: number, into?: Uint8Array): Uint8Array => {
+    if (raw.ggml_quantize_requires_imatrix(type) as boolean) throw new VramfitError('GGML', `ggml type ${type} cannot be made without an importance matrix`, 2);
+    if (perRow % g.blockSize(type) !== 0 || src.length !== rows * perRow)
+      throw new VramfitError('GGML', `cannot quantize ${rows} rows of ${perRow} values to ggml type ${type}`, 1);
+    const bytes = rows * g.rowSize(type, perRow);
+    if (!into) return new Uint8Array(bytes);
+    if (into.length < bytes) throw new VramfitError('GGML', `${rows} rows of ggml type ${type} need ${bytes} bytes, the buffer has ${into.length}`, 1);
+    return into.subarray(0, bytes);
   };
   checkTensorLayout(g);
   const cpu = firstCpuDevice(g);
