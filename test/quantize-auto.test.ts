@@ -165,7 +165,7 @@ describe('vramfit plan / run --quantize auto', () => {
     const auto = await cli(['plan', 'llama-2-7b', ...caps, '--quantize', 'auto']);
     assert.equal(auto.code, 0, auto.err);
     assert.match(auto.out, /weights all on GPUs/);
-    assert.match(auto.out, /^quantize auto: KV cache \S+$/m);
+    assert.match(auto.out, /^quantize auto: KV cache \S+ · types ranked by the error model$/m);
     assert.match(auto.out, /^ {2}GPU 0: .* \d+\.\d\d bits\/weight \(stored 16\.00\) · .* saved$/m);
     const json = await cli(['plan', 'llama-2-7b', ...caps, '--quantize', 'auto', '--format', 'json']);
     const plan = JSON.parse(json.out) as { quantization: { mode: string; units: { name: string; type: string }[] } };

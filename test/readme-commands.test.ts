@@ -87,7 +87,7 @@ const CASES: Record<string, Case> = {
   'vramfit inspect MODEL --json': { map: { MODEL: 'hf' }, expect: /"format": "vramfit-skeleton"/ },
   'vramfit plan llama-2-7b --gpu-memory 24GiB,24GiB --max-memory 0=5GB,1=10GB,cpu=30GiB': { expect: /^GPU 1\b/m },
   'vramfit plan llama-2-7b --gpu-memory 24GiB,24GiB --max-memory 0=5GB,1=10GB --quantize auto': {
-    expect: /weights all on GPUs[\s\S]*^quantize auto: KV cache float16$/m,
+    expect: /weights all on GPUs[\s\S]*^quantize auto: KV cache float16 · types ranked by the error model$/m,
   },
   'vramfit plan ./Mixtral-8x7B --device-spec 4xA100-80GB --ctx auto': { map: { './Mixtral-8x7B': 'mixtral' }, expect: /--ctx auto chose \d+ tokens/ },
   'vramfit plan qwen2.5-72b --gpus 2,3 --max-memory 0=90%,1=free-2GiB,cpu=64GiB --format python': { smi: true, expect: /CUDA_VISIBLE_DEVICES"\] = "2,3"/ },

@@ -12,6 +12,7 @@ export interface LoadFlags {
   kvDtype?: string;
   dtype?: string;
   quantize?: string;
+  measure?: boolean;
   threads?: string;
   showPlan?: boolean;
 }
@@ -34,6 +35,7 @@ export function loadOptionsFrom(f: LoadFlags): Omit<LoadOptions, 'onProgress' | 
   if (f.backend !== undefined && f.backend !== 'cuda' && f.backend !== 'vulkan')
     throw new InputError('--backend', `expected cuda or vulkan, got ${JSON.stringify(f.backend)}`);
   const quantize = f.quantize !== undefined ? parseQuantizeMode(f.quantize) : undefined;
+  if (f.measure && quantize !== 'auto') throw new InputError('--measure', 'ranks the types --quantize auto chooses; add --quantize auto');
   const ctx = intFlag(f.ctx, '--ctx', 1);
   const ubatch = intFlag(f.ubatch, '--ubatch', 1);
   const threads = intFlag(f.threads, '--threads', 1);
@@ -46,6 +48,7 @@ export function loadOptionsFrom(f: LoadFlags): Omit<LoadOptions, 'onProgress' | 
     ...(kv !== undefined ? { kvDtype: kv as KvDtype } : {}),
     ...(f.dtype !== undefined ? { dtype: f.dtype as 'float32' | 'float16' | 'bfloat16' } : {}),
     ...(quantize !== undefined ? { quantize } : {}),
+    ...(f.measure ? { measure: true } : {}),
     ...(threads !== undefined ? { threads } : {}),
   };
 }

@@ -1,5 +1,7 @@
+import { dirname } from 'node:path';
 import { parseQuantizeMode, quantizeSkeleton, QUANTIZE_TYPES } from '../planner/quantize.js';
 import { planQuantizeAuto, summarizeQuantization } from '../planner/quantize-auto.js';
+import type { MeasureResult } from '../engine/measure-error.js';
 import { Command, Option } from 'commander';
 import { canonicalDType, isKnownDType } from '../reader/dtypes.js';
 import { readModel } from '../reader/read-model.js';
@@ -43,6 +45,7 @@ export interface PlanFlags extends CompatFlags {
   kvDtype?: string;
   dtype?: string;
   quantize?: string;
+  measure?: boolean;
   target?: Target;
   overhead?: string;
   gpuWeights?: string;
@@ -102,6 +105,7 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   const source = await readModel(model);
   let skeleton = source;
   const mode = flags.quantize !== undefined ? parseQuantizeMode(flags.quantize) : undefined;
+  if (flags.measure && mode !== 'auto') throw new InputError('--measure', 'ranks the types --quantize auto chooses; add --quantize auto');
   if (mode !== undefined) {
     if (flags.compat !== undefined) throw new InputError('--quantize', 'accelerate loads float weights; ggml block types are planned for vramfit');
     if (flags.format !== 'table' && flags.format !== 'json')
@@ -134,17 +138,23 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     deviceOpts.backendOverhead = (backend) => engineBackendOverhead(backend, shape);
   }
   let devices = devicesForPlan(inv, deviceOpts);
+  let measured: MeasureResult | undefined;
   if (devices.length === 0) throw new InputError('--max-memory', 'names no device the plan could use');
   if (mode === 'auto') {
     // Types chosen at the context asked for (--ctx auto: at most 4096, then the context grows with them fixed).
     const ctx = flags.ctx === 'auto' ? Math.min(4096, maxCtx) : positive(flags.ctx, '--ctx');
     const blockKv = (skeleton.attention?.headDim ?? 1) % 32 === 0;
+    // Measuring reads the weights with ggml: loaded only when asked for, so plain planning stays light.
+    measured = flags.measure
+      ? await (await import('../engine/measure-error.js')).measureQuantError(skeleton, dirname(skeleton.source.files[0] ?? model))
+      : undefined;
     const choice = planQuantizeAuto({
       skeleton,
       devices,
       workload: { ctx, batch, ubatch: Math.min(ubatch, ctx), kvDtype },
       target,
       kvDtypes: flags.kvDtype !== undefined || !blockKv ? [kvDtype] : [kvDtype, 'q8_0', 'q4_0'],
+      ...(measured ? { measured: measured.errors } : {}),
     });
     skeleton = choice.skeleton;
     kvDtype = choice.kvDtype;
@@ -158,7 +168,14 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   if (flags.ctx !== 'auto' && plan.workload.ctx > maxCtx) plan.warnings.push(`--ctx ${plan.workload.ctx} is longer than the model's ${maxCtx}-token maximum`);
   if (flags.ctx === 'auto')
     plan.warnings.unshift(`--ctx auto chose ${plan.workload.ctx} tokens (the longest that keeps the same weights on the GPUs; model maximum ${maxCtx})`);
-  if (mode !== undefined) plan.quantization = summarizeQuantization(source, skeleton, mode, plan.workload.kvDtype);
+  if (mode !== undefined) {
+    plan.quantization = summarizeQuantization(source, skeleton, mode, plan.workload.kvDtype);
+    if (mode === 'auto')
+      plan.quantization.ranking = measured
+        ? { by: 'measured', tensors: measured.tensors, fromCache: measured.fromCache, ...(measured.cacheFile ? { cache: measured.cacheFile } : {}) }
+        : { by: 'model' };
+    plan.warnings.push(...(measured?.warnings ?? []));
+  }
   return { plan, skeleton, notes: inv.notes };
 }
 
@@ -218,6 +235,10 @@ export function addPlanCommand(program: Command, io: Io): void {
     .option(
       '--quantize <type>',
       `plan the float matrices as converted at load to ${QUANTIZE_TYPES.join(', ')} (the rules of vramfit run --quantize), or auto: the planner chooses each block's, the embedding's and the head's type, and the KV cache's unless --kv-dtype is given, so that the model runs on the GPUs alone within every cap — most quality first (an error model per type and role), then fewest GPU bytes`,
+    )
+    .option(
+      '--measure',
+      "with --quantize auto: rank the types by each tensor's relative error measured on its own weights (64 evenly spaced rows each, ggml's quantizer; the weights must be at hand), cached beside the model, instead of the error model",
     )
     .addOption(new Option('--target <runtime>', 'runtime that will run the plan (its workspace and overhead); implied by --format').choices([...TARGET_NAMES]))
     .option('--overhead <size>', 'runtime overhead per GPU (CUDA context, …): one size or 0=1GiB,1=512MiB (default depends on --target)')

@@ -32,6 +32,10 @@ export function addLoadFlags(c: Command, help: { ctx?: string; showPlan?: string
       '--quantize <type>',
       `convert float matrices at load to ${QUANTIZE_TYPES.join(', ')} (planned at that size), or auto: each block's, the embedding's and the head's type and the KV cache's (unless --kv-dtype) chosen so the model runs on the GPUs alone within the caps, most quality first (see vramfit plan --help). Norms, biases and MoE routers stay; the output head keeps at least q6_k; a tied embedding follows the head; rows that are not whole blocks fall back as llama.cpp's quantizer does (q4_k→q5_0, q5_k→q5_1, q6_k→q8_0, else float16)`,
     )
+    .option(
+      '--measure',
+      "with --quantize auto: rank the types by each tensor's relative error measured on its own weights (64 evenly spaced rows each, ggml's quantizer), cached beside the model, instead of the error model",
+    )
     .option('--threads <n>', 'CPU threads per device; also the threads quantizing at load (default: half the cores to compute, all of them to quantize)')
     .option('--show-plan', help.showPlan ?? 'print the plan (to stderr) before generating or serving');
 }

@@ -15,6 +15,7 @@ import { readConfigFile } from '../reader/read-config.js';
 import { GGUF_MAPPED_ARCHITECTURES, readGgufFacts } from '../reader/gguf-model.js';
 import { KV_DTYPES, quantizeSkeleton, type KvDtype, type QuantizeType } from '../planner/quantize.js';
 import { planQuantizeAuto, summarizeQuantization } from '../planner/quantize-auto.js';
+import { measureQuantError, type MeasureResult } from './measure-error.js';
 import { readModel } from '../reader/read-model.js';
 import { kvDefaultDtype } from '../reader/summary.js';
 import type { Skeleton } from '../reader/skeleton.js';
@@ -23,7 +24,7 @@ import { InfeasiblePlanError, planFit, type MeasuredWorkspace } from '../planner
 import { cudaScratchBytes, TARGETS, vulkanScratchBytes, type BackendScratchShape } from '../planner/memory-model.js';
 import { manualPlan } from '../planner/manual-split.js';
 import type { GpuBackend } from '../planner/devices/gpu-match.js';
-import type { Plan } from '../planner/plan.js';
+import type { Plan, PlanQuantization } from '../planner/plan.js';
 import { FormatError, InputError, VramfitError } from '../util/errors.js';
 import { checkWeightDtype, checkWeightRange, dataFile, loadedSourceNames, trustedRoot } from './check-weights.js';
 import { engineArchitecture } from './architectures/index.js';
@@ -74,6 +75,8 @@ export interface LoadOptions {
   dtype?: 'float32' | 'float16' | 'bfloat16';
   /** Convert float matrices to this ggml block type at load (rules: src/planner/quantize.ts); planned at that size. */
   quantize?: QuantizeType | 'auto';
+  /** --quantize auto ranks types by each tensor's error measured on its weights (cached beside the model). */
+  measure?: boolean;
   threads?: number;
   /**
    * Manual split: decoder layers per device, in device order (the embedding goes with the first
@@ -117,10 +120,22 @@ export const AUTO_PARALLEL_MAX = 64;
 export async function loadModel(model: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   const g = loadGgml();
   let m = await readForEngine(model, opts);
+  if (opts.measure && opts.quantize !== 'auto') throw new InputError('--measure', 'ranks the types --quantize auto chooses; add --quantize auto');
+  let ranking: PlanQuantization['ranking'];
+  const measureWarnings: string[] = [];
   if (opts.quantize === 'auto') {
     const auto = await withAutoTypes(m, opts);
     m = auto.m;
     opts = { ...opts, kvDtype: auto.kvDtype };
+    ranking = auto.measured
+      ? {
+          by: 'measured',
+          tensors: auto.measured.tensors,
+          fromCache: auto.measured.fromCache,
+          ...(auto.measured.cacheFile ? { cache: auto.measured.cacheFile } : {}),
+        }
+      : { by: 'model' };
+    measureWarnings.push(...(auto.measured?.warnings ?? []));
   }
   if (opts.parallel === 'auto') opts = { ...opts, parallel: await mostSlots(g, m, opts) };
   const shape = runShape(m, opts);
@@ -133,8 +148,9 @@ export async function loadModel(model: string, opts: LoadOptions = {}): Promise<
     // ggml places each tensor on an aligned address: the plan pads as the buffers will.
     const alignment = Math.max(1, ...devices.map((d) => d.alignment));
     let plan = makePlan(m, run, shape, measured, alignment, opts);
-    if (opts.quantize) plan = { ...plan, quantization: summarizeQuantization(m.source, m.skeleton, opts.quantize, shape.kvDtype) };
-    if (run.notes.length > 0) plan = { ...plan, warnings: [...plan.warnings, ...run.notes] };
+    if (opts.quantize)
+      plan = { ...plan, quantization: { ...summarizeQuantization(m.source, m.skeleton, opts.quantize, shape.kvDtype), ...(ranking ? { ranking } : {}) } };
+    if (run.notes.length > 0 || measureWarnings.length > 0) plan = { ...plan, warnings: [...plan.warnings, ...run.notes, ...measureWarnings] };
     const stages = stagesFromPlan(plan, m.arch, m.h, new Map(devices.map((d) => [d.id, d])));
     describeDeviceWeights(g, m, plan, stages, states);
     plan = withDiskTensorsInRam(plan, states);
@@ -263,7 +279,8 @@ function withLoadedTypes(m: EngineModel, loaded: Skeleton, opts: LoadOptions, he
  * `--quantize auto`: each unit's type and the KV cache's chosen by the planner for these devices (GPUs only), at
  * the memory model's workspace; the load then plans again with the measured one.
  */
-async function withAutoTypes(m: EngineModel, opts: LoadOptions): Promise<{ m: EngineModel; kvDtype: KvDtype }> {
+async function withAutoTypes(m: EngineModel, opts: LoadOptions): Promise<{ m: EngineModel; kvDtype: KvDtype; measured?: MeasureResult }> {
+  const measured = opts.measure ? await measureQuantError(m.source, m.modelDir, { threads: opts.threads ?? availableParallelism() }) : undefined;
   const shape = runShape(m, { ...opts, parallel: opts.parallel === 'auto' ? 1 : opts.parallel });
   const run = await resolveRunDevices(opts, overheads(m, shape));
   const blockKv = headWidth(m.h) % 32 === 0 && !(m.h.alibi && shape.ctx > 2048);
@@ -274,8 +291,9 @@ async function withAutoTypes(m: EngineModel, opts: LoadOptions): Promise<{ m: En
     workload: { ctx: shape.ctx, batch: shape.slots, ubatch: shape.ubatch, kvDtype: shape.kvDtype },
     target: 'vramfit',
     kvDtypes,
+    ...(measured ? { measured: measured.errors } : {}),
   });
-  return { m: withLoadedTypes(m, choice.skeleton, opts, m.headAlias), kvDtype: choice.kvDtype as KvDtype };
+  return { m: withLoadedTypes(m, choice.skeleton, opts, m.headAlias), kvDtype: choice.kvDtype as KvDtype, ...(measured ? { measured } : {}) };
 }
 
 function runShape(m: EngineModel, opts: LoadOptions): RunShape {

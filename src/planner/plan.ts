@@ -74,6 +74,8 @@ export interface PlanQuantization {
   kvDtype: string;
   /** Each unit (a block's module, an embedding, the head): the type holding most of its bytes, its bytes as loaded and as stored. */
   units: { name: string; type: string; params: number; bytes: number; storedBytes: number }[];
+  /** --quantize auto: what ranked the types — the error model, or each tensor's error measured on its weights (--measure). */
+  ranking?: { by: 'model' } | { by: 'measured'; tensors: number; cache?: string; fromCache: boolean };
 }
 
 export interface Plan {

@@ -6,7 +6,8 @@
  * Quality is an error model: each type's relative RMS error on N(0, 1) weights (measured with ggml's own quantizer
  * on rows of 4096; see RELATIVE_ERROR), squared, times the unit's parameters, times the role's sensitivity (the head's
  * error reaches every logit; an embedding row is read once per token). The KV cache counts as much as all the
- * blocks' weights (every attention step reads it). The search: for each KV type (best first), the best single type
+ * blocks' weights (every attention step reads it). With `measured` (--measure), each tensor's own relative error
+ * under each type, measured on its weights, replaces the model's figure. The search: for each KV type (best first), the best single type
  * all units can share, then one-step upgrades of single units in order of error removed per byte added, repeated
  * until no unit can move up a step and still fit; the KV choice with the least total error wins (fewer GPU bytes
  * on a tie). The result is maximal: no unit's type can be raised one step with everything else fixed.
@@ -52,10 +53,15 @@ export interface AutoChoice {
   skeleton: Skeleton;
 }
 
+/** Each tensor's relative RMS error under each level, measured on its own weights (`--measure`). */
+export type MeasuredErrors = ReadonlyMap<string, Readonly<Partial<Record<AutoLevel, number>>>>;
+
 export interface AutoQuantizeInput extends Omit<FitInput, 'remedies' | 'skeleton'> {
   skeleton: Skeleton;
   /** KV cache types allowed, best first (the first is the one asked for or the default). */
   kvDtypes: readonly string[];
+  /** Measured errors replace the error model's for the tensors and levels they cover. */
+  measured?: MeasuredErrors;
 }
 
 /** The units `--quantize auto` chooses a type for, and which unit each convertible tensor belongs to. */
@@ -109,9 +115,6 @@ function gpuBytes(p: Plan): number {
 export function planQuantizeAuto(input: AutoQuantizeInput): AutoChoice {
   const { skeleton } = input;
   const { units, unitOf } = autoUnits(skeleton);
-  const stored = new Map(skeleton.tensors.map((t) => [t.name, t.dtype]));
-  const storedOfUnit = new Map<string, string>();
-  for (const [tensor, unit] of unitOf) if (!storedOfUnit.has(unit)) storedOfUnit.set(unit, stored.get(tensor)!);
   const blockParams = units.filter((u) => u.role === 'block').reduce((n, u) => n + u.params, 0);
 
   // The GPUs alone: a plan that needs host RAM or disk is not an answer.
@@ -131,8 +134,29 @@ export function planQuantizeAuto(input: AutoQuantizeInput): AutoChoice {
       throw e;
     }
   };
+  // A unit's mean squared relative error at each level: its tensors' measured figures where given, else the model's.
+  const unitError = new Map<string, Map<AutoLevel, number>>();
+  const unitByName = new Map(units.map((u) => [u.name, u]));
+  for (const u of units) {
+    const byLevel = new Map<AutoLevel, number>();
+    for (const level of AUTO_LEVELS) byLevel.set(level, 0);
+    unitError.set(u.name, byLevel);
+  }
+  for (const t of skeleton.tensors) {
+    const unit = unitOf.get(t.name);
+    if (unit === undefined) continue;
+    const params = t.shape.reduce((a, b) => a * b, 1);
+    const byLevel = unitError.get(unit)!;
+    const u = unitByName.get(unit)!;
+    for (const level of AUTO_LEVELS) {
+      const m = level === 'keep' ? undefined : input.measured?.get(t.name)?.[level];
+      const e = m !== undefined ? m * m : levelError(level, t.dtype);
+      byLevel.set(level, byLevel.get(level)! + (e * params) / u.params);
+    }
+  }
+  const errorAt = (u: AutoUnit, level: AutoLevel): number => unitError.get(u.name)!.get(level)!;
   const errorOf = (levels: Map<string, AutoLevel>, kvDtype: string): number =>
-    units.reduce((sum, u) => sum + u.params * SENSITIVITY[u.role] * levelError(levels.get(u.name)!, storedOfUnit.get(u.name)!), 0) +
+    units.reduce((sum, u) => sum + u.params * SENSITIVITY[u.role] * errorAt(u, levels.get(u.name)!), 0) +
     blockParams * levelError(kvDtype === 'float32' || kvDtype === 'float16' || kvDtype === 'bfloat16' ? 'keep' : (kvDtype as AutoLevel), kvDtype);
   const unitBytes = (u: AutoUnit, level: AutoLevel): number => {
     const s = applyLevels(skeleton, new Map([[u.name, level]]), unitOf);
@@ -163,8 +187,7 @@ export function planQuantizeAuto(input: AutoQuantizeInput): AutoChoice {
           const at = AUTO_LEVELS.indexOf(current.get(u.name)!);
           if (at === 0) return undefined;
           const up = AUTO_LEVELS[at - 1]!;
-          const from = storedOfUnit.get(u.name)!;
-          const gain = u.params * SENSITIVITY[u.role] * (levelError(AUTO_LEVELS[at]!, from) - levelError(up, from));
+          const gain = u.params * SENSITIVITY[u.role] * (errorAt(u, AUTO_LEVELS[at]!) - errorAt(u, up));
           const cost = Math.max(1, unitBytes(u, up) - unitBytes(u, AUTO_LEVELS[at]!));
           return { u, up, worth: gain / cost };
         })

@@ -94,7 +94,14 @@ export function renderPlanTable(p: Plan): string {
  */
 function quantizationLines(p: Plan): string[] {
   const q = p.quantization!;
-  const out = [`quantize ${q.mode}: KV cache ${q.kvDtype}`];
+  const r = q.ranking;
+  const ranked =
+    r === undefined
+      ? ''
+      : r.by === 'model'
+        ? ' · types ranked by the error model'
+        : ` · types ranked by measured error (${r.tensors} tensors${r.fromCache ? ', from the cache' : ''}${r.cache ? `; ${r.cache}` : ''})`;
+  const out = [`quantize ${q.mode}: KV cache ${q.kvDtype}${ranked}`];
   const deviceOf = (unit: string): string | undefined => p.deviceMap.find(([m]) => unit === m || unit.startsWith(`${m}.`) || m.startsWith(`${unit}.`))?.[1];
   for (const d of p.devices) {
     const mine = q.units.filter((u) => deviceOf(u.name) === d.id);
