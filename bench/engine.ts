@@ -28,8 +28,6 @@ import { DEMO_CONFIG, writeDemoCheckpoint } from '../src/engine/demo-checkpoint.
 import { cpuDevice, hostBytes, loadGgml } from '../src/engine/ggml/binding.js';
 import { type LoadedModel } from '../src/engine/model.js';
 import { loadModel } from '../src/engine/load.js';
-import { ggmlTypeFor } from '../src/engine/weights.js';
-import { chooseType, type QuantizeType } from '../src/planner/quantize.js';
 import { gv, writeGguf, type GgufWriteTensor, type GgufWriteValue } from '../src/reader/formats/gguf-writer.js';
 import { isMain, markdownTable, ratio, ROOT, stats } from './common.js';
 
@@ -258,7 +256,7 @@ const GGUF_NAMES: Record<string, string> = {
  * permuted for NORMAL rope, 1-D norms F32, and a minimal SentencePiece-style vocabulary (unk, bos,
  * eos, 256 byte tokens, then placeholders) of the config's size.
  */
-export function writeLlamaGguf(path: string, safetensorsFile: string, cfg: Record<string, unknown>, dtype: Dtype, quantize?: QuantizeType): void {
+export function writeLlamaGguf(path: string, safetensorsFile: string, cfg: Record<string, unknown>, dtype: Dtype): void {
   const hidden = cfg['hidden_size'] as number;
   const heads = cfg['num_attention_heads'] as number;
   const kvHeads = cfg['num_key_value_heads'] as number;
@@ -284,19 +282,6 @@ export function writeLlamaGguf(path: string, safetensorsFile: string, cfg: Recor
       data = new Uint8Array(Float32Array.from(src, halfToFloat).buffer);
       tdtype = 'float32';
     }
-    if (quantize && t.shape.length === 2) {
-      // The types `--quantize` gives each tensor, quantized by ggml as the engine does at load.
-      const role = name === 'token_embd.weight' ? (cfg['tie_word_embeddings'] ? 'head' : 'embedding') : name === 'output.weight' ? 'head' : 'matrix';
-      const c = chooseType(role, t.shape[1]!, quantize)!;
-      const values =
-        t.dtype === 'float32'
-          ? new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.length))
-          : Float32Array.from(new Uint16Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.length)), halfToFloat);
-      if (c.to !== 'float16' && c.to !== 'float32') {
-        data = loadGgml().quantize(ggmlTypeFor(c.to), values, t.shape[0]!, t.shape[1]!);
-        tdtype = c.to;
-      }
-    }
     tensors.push({ name, shape: t.shape, dtype: tdtype, data });
   }
   const tokens: string[] = ['<unk>', '<s>', '</s>'];
@@ -307,8 +292,8 @@ export function writeLlamaGguf(path: string, safetensorsFile: string, cfg: Recor
   const metadata: Record<string, GgufWriteValue> = {
     'general.architecture': 'llama',
     'general.name': 'vramfit bench random llama',
-    // llama_ftype: ALL_F32 0, MOSTLY_F16 1, MOSTLY_Q8_0 7, MOSTLY_Q4_K_M 15, MOSTLY_Q6_K 18, MOSTLY_Q5_K_M 17, MOSTLY_Q4_0 2.
-    'general.file_type': gv.u32(quantize ? ({ q8_0: 7, q6_k: 18, q5_k: 17, q4_k: 15, q4_0: 2 } as const)[quantize] : dtype === 'float32' ? 0 : 1),
+    // llama_ftype: ALL_F32 0, MOSTLY_F16 1.
+    'general.file_type': gv.u32(dtype === 'float32' ? 0 : 1),
     'llama.block_count': gv.u32(cfg['num_hidden_layers'] as number),
     'llama.context_length': gv.u32(cfg['max_position_embeddings'] as number),
     'llama.embedding_length': gv.u32(hidden),

@@ -3,8 +3,10 @@
  *
  * 1. Quantize on load: `loadModel(dir, { quantize })` of the 100M-parameter F16 bench checkpoint (read, widen,
  *    ggml_quantize_chunk, copy into the device buffer), in MB/s of source weights, against ggml_quantize_chunk — the
- *    function llama.cpp's llama-quantize calls — on the same tensors already in memory as float32, on one thread.
- * 2. Decode and prefill with Q8_0 and Q4_K weights (the types `--quantize` gives each tensor, as GGUF files),
+ *    function llama.cpp's llama-quantize calls — on the same tensors already in memory as float32, each tensor's rows
+ *    split over as many threads as the load uses.
+ * 2. Decode and prefill with Q8_0 and Q4_K weights (the types `--quantize` gives each tensor, in GGUF files written
+ *    by `vramfit quantize`'s writer, so llama.cpp loading them checks the writer too),
  *    the engine against llama.cpp (node-llama-cpp, installed on demand into bench/.peer) on the very same file,
  *    and their greedy tokens compared.
  * 3. A table for corpus model shapes and cap pairs: whether full precision fits on the GPUs, what `--quantize auto`
@@ -12,12 +14,13 @@
  *
  *   node --import tsx bench/quantize.ts [--runs N] [--no-peer]
  */
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeDemoCheckpoint } from '../src/engine/demo-checkpoint.js';
 import { loadGgml, type Ggml } from '../src/engine/ggml/binding.js';
 import { loadModel } from '../src/engine/load.js';
+import { exportGguf } from '../src/engine/gguf-export.js';
 import { ggmlTypeFor } from '../src/engine/weights.js';
 import { makePlan, type PlanFlags } from '../src/cli/plan-command.js';
 import type { Plan } from '../src/planner/plan.js';
@@ -35,7 +38,6 @@ import {
   promptIds,
   runPeer,
   summarize,
-  writeLlamaGguf,
   type GenSummary,
   type PeerResult,
 } from './engine.js';
@@ -90,6 +92,40 @@ function convertedTensors(
   }
   void type;
   return out;
+}
+
+/**
+ * A byte-fallback vocabulary for the random bench model (`<unk>`, `<s>`, `</s>`, the 256 byte pieces, then `▁tN`), as
+ * tokenizer files: the GGUF writer carries it into the file, and llama.cpp needs one to load a model. The bench
+ * passes token ids, so no text is ever tokenized with it.
+ */
+function writeBenchTokenizer(dir: string, vocab: number): void {
+  const tokens = ['<unk>', '<s>', '</s>'];
+  for (let b = 0; b < 256; b++) tokens.push(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`);
+  while (tokens.length < vocab) tokens.push(`▁t${tokens.length}`);
+  const tokenizer = {
+    version: '1.0',
+    added_tokens: tokens
+      .slice(0, 3)
+      .map((content, id) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
+    normalizer: null,
+    pre_tokenizer: null,
+    post_processor: null,
+    decoder: null,
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: '<unk>',
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: true,
+      byte_fallback: true,
+      vocab: Object.fromEntries(tokens.map((t, i) => [t, i])),
+      merges: [],
+    },
+  };
+  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tokenizer));
+  writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>', add_bos_token: false }));
 }
 
 /** Quantizing at load may use every core (libuv's pool: 4 threads under this ES module entry); the baseline gets as many, as llama-quantize's nthread. */
@@ -176,6 +212,7 @@ export async function runQuantizeBench(o: { runs?: number; peer?: boolean; log?:
   try {
     const dir = join(root, 'f16');
     writeDemoCheckpoint(dir, { ...BENCH_CONFIG, torch_dtype: 'float16' }, 7, 'float16');
+    writeBenchTokenizer(dir, BENCH_CONFIG['vocab_size'] as number);
     const file = join(dir, 'model.safetensors');
     result.sourceBytes = statSync(file).size;
     const skeleton = await readModel(dir);
@@ -217,8 +254,9 @@ export async function runQuantizeBench(o: { runs?: number; peer?: boolean; log?:
       log(result.peerInstall);
     }
     for (const type of TYPES) {
+      // Written by `vramfit quantize`'s writer: llama.cpp loading it and agreeing on the tokens checks the file too.
       const gguf = join(root, `${type}.gguf`);
-      writeLlamaGguf(gguf, file, BENCH_CONFIG, 'float16', type);
+      await exportGguf({ source: skeleton, loaded: quantizeSkeleton(skeleton, type).skeleton, out: gguf });
       const samples = [];
       for (let r = 0; r < runs; r++) {
         const m = await loadModel(gguf, opts);

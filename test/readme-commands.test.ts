@@ -103,6 +103,10 @@ const CASES: Record<string, Case> = {
     expect: /"generated_ids"/,
   },
   'vramfit devices': { expect: /GPU backends/ },
+  'vramfit quantize ./Llama-3.1-8B-Instruct -o llama-8b-fit.gguf --gpu-memory 24GiB,24GiB --max-memory 0=5GB,1=10GB --quantize auto': {
+    map: { './Llama-3.1-8B-Instruct': 'hf', 'llama-8b-fit.gguf': 'hf/fit.gguf' },
+    expect: /^wrote \S+fit\.gguf: [^\n]*\n[\s\S]*^llama\.cpp: CUDA_VISIBLE_DEVICES=0,1 llama-server -m \S+fit\.gguf -ngl \d+ /m,
+  },
   'vramfit eval ./model --quantize q4_k --compare-to ./model': {
     map: { './model': 'hf' },
     expect: /^KL divergence\s+mean \d[^\n]* · p99 [^\n]* · max [^\n]*\n^top-1 agreement\s+[\d.]+ % \(\d+ of \d+ positions\)$/m,

@@ -15,6 +15,7 @@ import { addListCommand } from './list-command.js';
 import { addRunCommands } from './run-command.js';
 import { addTokenizeCommand } from './tokenize-command.js';
 import { addEvalCommand } from './eval-command.js';
+import { addQuantizeCommand } from './quantize-command.js';
 import { simulatedInventory } from '../planner/devices/inventory.js';
 import { machineInventory } from '../engine/machine-inventory.js';
 import { renderInventory } from '../planner/devices/format.js';
@@ -115,6 +116,7 @@ function buildProgram(io: Io): Command {
   addRunCommands(program, io);
   addTokenizeCommand(program, io);
   addEvalCommand(program, io);
+  addQuantizeCommand(program, io);
   addListCommand(program, io);
 
   program

@@ -129,6 +129,21 @@ export function hfNameForGguf(name: string, modelType?: string): string | undefi
   return piece ? `${names.layers}.${m[1]}.${piece}.${m[3]}` : undefined;
 }
 
+/**
+ * The GGUF architecture llama.cpp's converter writes each dense Llama-style model type as — the ones `vramfit
+ * quantize` writes. Mistral is written as `llama` (q/k rows permuted for NORMAL rope, as for Llama).
+ */
+export const GGUF_EXPORT_ARCHITECTURE: Readonly<Record<string, string>> = { llama: 'llama', mistral: 'llama', qwen2: 'qwen2', qwen3: 'qwen3' };
+
+/** llama.cpp's name for a transformers tensor of a Llama-style model (the inverse of the reader's table). */
+export function ggufNameForHf(name: string): string | undefined {
+  for (const [gguf, hf] of Object.entries(LLAMA_NAMES.global)) if (hf === name) return gguf;
+  const m = /^model\.layers\.(\d+)\.(.+)\.(weight|bias)$/.exec(name);
+  if (!m) return undefined;
+  const piece = Object.entries(LLAMA_NAMES.pieces).find(([, hf]) => hf === m[2])?.[0];
+  return piece ? `blk.${m[1]}.${piece}.${m[3]}` : undefined;
+}
+
 function familyOfType(modelType: string | undefined): GgufFamily | undefined {
   if (modelType === undefined) return undefined;
   return modelType === MIXTRAL.modelType ? MIXTRAL : Object.values(FAMILIES).find((f) => f.modelType === modelType);

@@ -171,6 +171,37 @@ define(['chatglm-bpe', 'glm4'], { splits: [LLAMA3_WORDS] });
 
 export const KNOWN_PRE_TOKENIZERS = Object.keys(PRE_TOKENIZERS);
 
+/** The name llama.cpp gives each pre-tokenizer when writing one (the first of each group above). */
+const WRITTEN_NAMES = ['llama-bpe', 'qwen2', 'gpt-2', 'starcoder', 'tekken'];
+
+/**
+ * The `tokenizer.ggml.pre` name of a tokenizer.json's pre-tokenizer (and normalizer): its Split regexes followed by
+ * a ByteLevel step, or a ByteLevel step with GPT-2's own regex; undefined when llama.cpp has no name for it.
+ */
+export function preTokenizerNameOf(preTokenizer: unknown, normalizer: unknown): string | undefined {
+  const steps = (p: unknown): Record<string, unknown>[] => {
+    if (!p || typeof p !== 'object') return [];
+    const o = p as Record<string, unknown>;
+    return o['type'] === 'Sequence' && Array.isArray(o['pretokenizers']) ? (o['pretokenizers'] as Record<string, unknown>[]) : [o];
+  };
+  const splits: string[] = [];
+  for (const step of steps(preTokenizer)) {
+    if (step['type'] === 'Split') {
+      const regex = (step['pattern'] as Record<string, unknown> | undefined)?.['Regex'];
+      if (typeof regex !== 'string' || step['behavior'] !== 'Isolated' || step['invert'] === true) return undefined;
+      splits.push(regex);
+    } else if (step['type'] === 'Digits' && step['individual_digits'] === true) splits.push('\\p{N}');
+    else if (step['type'] === 'ByteLevel') {
+      if (step['use_regex'] === true) splits.push(GPT2_WORDS);
+    } else return undefined;
+  }
+  const nfc = (normalizer as Record<string, unknown> | null)?.['type'] === 'NFC';
+  return WRITTEN_NAMES.find((name) => {
+    const p = PRE_TOKENIZERS[name]!;
+    return p.splits.length === splits.length && p.splits.every((r, i) => r === splits[i]) && (p.nfc ?? false) === nfc;
+  });
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // The tokenizer
 
