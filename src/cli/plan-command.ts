@@ -108,8 +108,13 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   if (flags.measure && mode !== 'auto') throw new InputError('--measure', 'ranks the types --quantize auto chooses; add --quantize auto');
   if (mode !== undefined) {
     if (flags.compat !== undefined) throw new InputError('--quantize', 'accelerate loads float weights; ggml block types are planned for vramfit');
+    if (flags.format === 'llama.cpp')
+      throw new InputError(
+        '--quantize',
+        'llama.cpp reads the types from the GGUF file itself: write it with vramfit quantize MODEL -o OUT.gguf and the same flags, which prints the llama.cpp flags',
+      );
     if (flags.format !== 'table' && flags.format !== 'json')
-      throw new InputError('--quantize', `the ${flags.format} export cannot carry per-tensor ggml types yet; use --format table or json`);
+      throw new InputError('--quantize', `transformers (--format ${flags.format}) loads float weights, not ggml block types; use --format table or json, or vramfit quantize for llama.cpp`);
     if (mode !== 'auto') skeleton = quantizeSkeleton(skeleton, mode).skeleton;
   }
   if (flags.compat === 'accelerate') {
