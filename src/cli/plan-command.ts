@@ -114,7 +114,10 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
         'llama.cpp reads the types from the GGUF file itself: write it with vramfit quantize MODEL -o OUT.gguf and the same flags, which prints the llama.cpp flags',
       );
     if (flags.format !== 'table' && flags.format !== 'json')
-      throw new InputError('--quantize', `transformers (--format ${flags.format}) loads float weights, not ggml block types; use --format table or json, or vramfit quantize for llama.cpp`);
+      throw new InputError(
+        '--quantize',
+        `transformers (--format ${flags.format}) loads float weights, not ggml block types; use --format table or json, or vramfit quantize for llama.cpp`,
+      );
     if (mode !== 'auto') skeleton = quantizeSkeleton(skeleton, mode).skeleton;
   }
   if (flags.compat === 'accelerate') {
