@@ -141,7 +141,10 @@ describe('vramfit plan / run --quantize', () => {
     assert.ok(w(quant.out) < w(plain.out) / 3, `${w(quant.out)} vs ${w(plain.out)}`);
     const exported = await cli([...base.slice(0, -2), '--format', 'accelerate', '--quantize', 'q8_0']);
     assert.equal(exported.code, 2);
-    assert.match(exported.err, /^vramfit: --quantize: transformers \(--format accelerate\) loads float weights, not ggml block types; .*vramfit quantize for llama\.cpp\n$/);
+    assert.match(
+      exported.err,
+      /^vramfit: --quantize: transformers \(--format accelerate\) loads float weights, not ggml block types; .*vramfit quantize for llama\.cpp\n$/,
+    );
     const llama = await cli([...base.slice(0, -2), '--format', 'llama.cpp', '--quantize', 'q8_0']);
     assert.equal(llama.code, 2);
     assert.match(llama.err, /^vramfit: --quantize: llama\.cpp reads the types from the GGUF file itself: write it with vramfit quantize MODEL -o OUT\.gguf/);
