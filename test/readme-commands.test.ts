@@ -86,6 +86,10 @@ const CASES: Record<string, Case> = {
   'vramfit inspect MODEL --tree': { map: { MODEL: 'hf' }, expect: /×8/ },
   'vramfit inspect MODEL --json': { map: { MODEL: 'hf' }, expect: /"format": "vramfit-skeleton"/ },
   'vramfit plan llama-2-7b --gpu-memory 24GiB,24GiB --max-memory 0=5GB,1=10GB,cpu=30GiB': { expect: /^GPU 1\b/m },
+  'vramfit plan llama-2-7b --gpu-memory 24GiB,24GiB --max-memory 0=12GB,1=10GB --format vllm': {
+    expect:
+      /^CUDA_VISIBLE_DEVICES=0,1 VLLM_PP_LAYER_PARTITION=16,16 vllm serve meta-llama\/Llama-2-7b-hf --pipeline-parallel-size 2 --gpu-memory-utilization 0\.388 --max-model-len 4096 [^\n]*\n# GPU 0: vLLM's one --gpu-memory-utilization 0\.388 lets it use 9\.31 GiB of its 11\.18 GiB cap/,
+  },
   'vramfit plan llama-2-7b --gpu-memory 24GiB,24GiB --max-memory 0=5GB,1=10GB --quantize auto': {
     expect: /weights all on GPUs[\s\S]*^quantize auto: KV cache float16 · types ranked by the error model$/m,
   },

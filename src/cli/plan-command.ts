@@ -15,6 +15,7 @@ import { engineBackendOverhead, scratchShapeOf } from '../planner/memory-model.j
 import { renderAccelerate } from '../planner/export/accelerate.js';
 import { renderPlanJson } from '../planner/export/json.js';
 import { renderLlamaCpp } from '../planner/export/llamacpp.js';
+import { renderVllm, vllmDevices } from '../planner/export/vllm.js';
 import { renderPython } from '../planner/export/python.js';
 import { EXPORT_TARGET } from '../planner/export/targets.js';
 import { renderPlanTable } from '../planner/export/table.js';
@@ -25,10 +26,10 @@ import { InputError } from '../util/errors.js';
 import { planAccelerateCompat, type CompatFlags } from './plan-compat.js';
 import type { Io } from './main.js';
 
-export const FORMATS = ['table', 'json', 'accelerate', 'python', 'llama.cpp'] as const;
+export const FORMATS = ['table', 'json', 'accelerate', 'python', 'llama.cpp', 'vllm'] as const;
 export type Format = (typeof FORMATS)[number];
 const STRATEGIES = ['fit', 'sequential', 'balanced', 'balanced_low_0', 'auto'] as const;
-const TARGET_NAMES = ['vramfit', 'transformers', 'llama.cpp'] as const;
+const TARGET_NAMES = ['vramfit', 'transformers', 'llama.cpp', 'vllm'] as const;
 
 export interface PlanFlags extends CompatFlags {
   maxMemory?: string;
@@ -147,6 +148,9 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   }
   let devices = devicesForPlan(inv, deviceOpts);
   let measured: MeasureResult | undefined;
+  // vLLM runs every GPU under one fraction of its memory: the plan is made under what that fraction gives each.
+  const vllm = target === 'vllm' ? vllmDevices(devices) : undefined;
+  if (vllm) devices = vllm.devices;
   if (devices.length === 0) throw new InputError('--max-memory', 'names no device the plan could use');
   if (mode === 'auto') {
     // Types chosen at the context asked for (--ctx auto: at most 4096, then the context grows with them fixed).
@@ -172,10 +176,19 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     const workload = { ctx, batch, ubatch: Math.min(ubatch, ctx), kvDtype, ...(dtype ? { dtype } : {}) };
     return planFit({ skeleton, devices, workload, target, remedies: remedies ? PLAN_KNOBS : false });
   };
-  const plan = flags.ctx === 'auto' ? autoContext(maxCtx, planAt) : planAt(positive(flags.ctx, '--ctx'), true);
+  let plan: Plan;
+  try {
+    plan = flags.ctx === 'auto' ? autoContext(maxCtx, planAt) : planAt(positive(flags.ctx, '--ctx'), true);
+  } catch (e) {
+    // The caps in the message are vLLM's shares, not the ones typed: say where they come from.
+    if (vllm && e instanceof InfeasiblePlanError)
+      e.message += `\nnote: vLLM runs every GPU at one --gpu-memory-utilization, ${vllm.fraction} here (the tightest cap over its GPU's memory); the caps above are that share of each GPU`;
+    throw e;
+  }
   if (flags.ctx !== 'auto' && plan.workload.ctx > maxCtx) plan.warnings.push(`--ctx ${plan.workload.ctx} is longer than the model's ${maxCtx}-token maximum`);
   if (flags.ctx === 'auto')
     plan.warnings.unshift(`--ctx auto chose ${plan.workload.ctx} tokens (the longest that keeps the same weights on the GPUs; model maximum ${maxCtx})`);
+  if (vllm) plan.vllm = { gpu_memory_utilization: vllm.fraction, notes: vllm.notes };
   if (mode !== undefined) {
     plan.quantization = summarizeQuantization(source, skeleton, mode, plan.workload.kvDtype);
     if (mode === 'auto')
@@ -207,6 +220,8 @@ export function renderPlan(plan: Plan, skeleton: Skeleton, model: string, format
       return renderPython(plan, plan.model.repo_id ?? model);
     case 'llama.cpp':
       return renderLlamaCpp(plan, skeleton, model);
+    case 'vllm':
+      return renderVllm(plan, skeleton, model);
     default:
       return `${renderPlanTable(plan)}\n`;
   }
@@ -268,7 +283,9 @@ tokens) and the runtime overhead. It keeps no-split blocks whole and stages cont
 CPU RAM, then disk, and prefers the most bytes on GPUs, then balanced utilisation, then fewer hand-offs.
 Under --target transformers (implied by --format accelerate|python) modules mapped to cpu or disk run on
 the first GPU, as accelerate's dispatch_model does: their KV cache, activations and largest module in
-transit are counted there. An infeasible plan lists each short device and changes that would fit,
+transit are counted there. --format vllm (--target vllm) plans every GPU under vLLM's one
+--gpu-memory-utilization, the tightest cap over its GPU's memory, and prints a vllm serve line with a
+pipeline stage per GPU (VLLM_PP_LAYER_PARTITION). An infeasible plan lists each short device and changes that would fit,
 each checked by planning again.
 Without --max-memory it uses every visible GPU's free memory and the available RAM; with it, only the
 devices named. A lower-case b (5gb) is refused as ambiguous: accelerate reads it as bits.`,

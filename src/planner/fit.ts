@@ -374,7 +374,7 @@ export function planFit(given: FitInput): Plan {
 
 /** How the target runtime holds the weights: ggml runtimes keep vectors in F32 and pad to their alignment. */
 function layoutOf(input: FitInput): LoadedLayout {
-  const layout: LoadedLayout = { ggml: input.target !== 'transformers', alignment: input.alignment ?? 1 };
+  const layout: LoadedLayout = { ggml: input.target === 'vramfit' || input.target === 'llama.cpp', alignment: input.alignment ?? 1 };
   if (input.workload.dtype !== undefined) layout.dtype = input.workload.dtype;
   return layout;
 }

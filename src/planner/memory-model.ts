@@ -31,6 +31,15 @@ export const TARGETS: Record<Target, TargetProfile> = {
     describe: 'transformers/accelerate (PyTorch, activations in the load dtype)',
   },
   'llama.cpp': { target: 'llama.cpp', gpuOverhead: 350 * MiB, activationBytes: () => 4, describe: 'llama.cpp (ggml, F32 activations)' },
+  // vLLM's memory profile, as its workers log it: "non_torch_memory takes" 0.15–0.4 GiB (CUDA context, NCCL) and,
+  // profiled since v0.21, "Estimated CUDA graph memory" about 0.2–0.4 GiB (vllm-project/vllm#14452, #11251;
+  // gpustack/runner#251 logs); activations are profiled at --max-num-batched-tokens in the load dtype.
+  vllm: {
+    target: 'vllm',
+    gpuOverhead: 768 * MiB,
+    activationBytes: (d) => (isFloatDType(d) ? Math.min(bytesPerElement(d), 4) : 2),
+    describe: 'vLLM (PyTorch workers, activations in the load dtype, CUDA graphs and NCCL in the overhead)',
+  },
 };
 
 /** KV cache bytes for one layer: K and V for every token of every sequence. */

@@ -37,7 +37,7 @@ export interface Workload {
   dtype?: string;
 }
 
-export type Target = 'vramfit' | 'transformers' | 'llama.cpp';
+export type Target = 'vramfit' | 'transformers' | 'llama.cpp' | 'vllm';
 
 export interface DevicePlan {
   id: string;
@@ -94,6 +94,8 @@ export interface Plan {
   warnings: string[];
   /** --quantize: each unit's weight type as loaded (auto: chosen by the planner) and the KV cache's. */
   quantization?: PlanQuantization;
+  /** --format vllm: the one memory fraction every GPU runs under, and what it costs the GPUs with larger caps. */
+  vllm?: { gpu_memory_utilization: number; notes: string[] };
   /** --compat accelerate only: accelerate's own numbers for this plan. */
   accelerate?: {
     module_sizes: Record<string, number>;

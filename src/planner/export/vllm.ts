@@ -1,0 +1,189 @@
+/**
+ * `--format vllm`: a `vllm serve` command line that runs the plan with pipeline parallelism, one stage per GPU that
+ * holds blocks. What vLLM takes, checked in its source and docs (December 2026):
+ *  - `--gpu-memory-utilization F`: one fraction of each GPU's total memory for the whole instance — weights,
+ *    activations, CUDA graphs and the KV cache, which fills what is left (engine args docs; vllm/v1/worker/utils.py
+ *    requests ceil(total × F) at startup). There is no per-GPU value (vllm-project/vllm#9465), so F is the tightest
+ *    GPU's cap ÷ total, and the plan is made under F × total on every GPU.
+ *  - `VLLM_PP_LAYER_PARTITION=a,b,…`: decoder layers per pipeline stage, as many entries as
+ *    `--pipeline-parallel-size` and summing to num_hidden_layers (vllm/distributed/utils.py get_pp_indices).
+ *  - `--cpu-offload-gb N`: GiB of weights each GPU streams from CPU RAM (engine args docs: "per GPU").
+ *  - `--max-model-len`, `--max-num-seqs`, `--max-num-batched-tokens`, `--kv-cache-dtype`, `--dtype`.
+ * vLLM puts the embedding on the first stage and the final norm and head on the last; the plan is checked under
+ * that layout.
+ */
+import { InputError } from '../../util/errors.js';
+import type { Skeleton } from '../../reader/skeleton.js';
+import type { Plan, PlanDeviceSpec } from '../plan.js';
+import { formatBytes } from '../units.js';
+import { tensorRoles } from '../quantize.js';
+import { tensorBytes } from '../../reader/dtypes.js';
+import { shellWord } from './shell.js';
+
+/** Architectures in vLLM's model registry (vllm/model_executor/models/registry.py) that vramfit reads. */
+export const VLLM_ARCHITECTURES = new Set([
+  'LlamaForCausalLM',
+  'MistralForCausalLM',
+  'MixtralForCausalLM',
+  'Qwen2ForCausalLM',
+  'Qwen2MoeForCausalLM',
+  'Qwen3ForCausalLM',
+  'Qwen3MoeForCausalLM',
+  'GPT2LMHeadModel',
+  'ChatGLMModel',
+  'ChatGLMForConditionalGeneration',
+  'BaichuanForCausalLM',
+  'GemmaForCausalLM',
+  'Gemma2ForCausalLM',
+  'PhiForCausalLM',
+  'Phi3ForCausalLM',
+  'FalconForCausalLM',
+  'RWForCausalLM',
+  'QWenLMHeadModel',
+  'GPTJForCausalLM',
+  'BloomForCausalLM',
+  'DeepseekV3ForCausalLM',
+  'OPTForCausalLM',
+]);
+
+const GiB = 1024 ** 3;
+
+/** vLLM's one fraction for all GPUs: the tightest cap over total, rounded down to 0.001. */
+export function vllmFraction(gpus: readonly PlanDeviceSpec[]): number {
+  const missing = gpus.find((d) => !d.totalBytes);
+  if (missing)
+    throw new InputError(
+      '--format',
+      `vLLM takes a fraction of each GPU's total memory, and GPU ${missing.id} has no known total (plan for real GPUs, --gpu-memory or --device-spec)`,
+    );
+  const f = Math.floor(Math.min(...gpus.map((d) => d.cap / d.totalBytes!)) * 1000) / 1000;
+  if (f <= 0) throw new InputError('--max-memory', 'a GPU cap under 0.1 % of its memory leaves vLLM nothing');
+  return Math.min(f, 1);
+}
+
+/**
+ * The devices as vLLM will run them: every GPU capped at F × its total (never above the cap given), with notes on
+ * what the single fraction costs the GPUs whose own caps were larger.
+ */
+export function vllmDevices(devices: readonly PlanDeviceSpec[]): { devices: PlanDeviceSpec[]; fraction: number; notes: string[] } {
+  if (devices.some((d) => d.kind === 'virtual')) throw new InputError('--format', 'vLLM runs on CUDA GPUs, not virtual devices');
+  if (devices.some((d) => d.kind === 'disk')) throw new InputError('--format', 'vLLM cannot offload weights to disk; drop disk= from --max-memory');
+  const gpus = devices.filter((d) => d.kind === 'gpu');
+  if (gpus.length === 0) throw new InputError('--format', 'vLLM needs at least one GPU in the plan');
+  const fraction = vllmFraction(gpus);
+  const notes: string[] = [];
+  const out = devices.map((d) => {
+    if (d.kind !== 'gpu') return { ...d };
+    const cap = Math.floor(fraction * d.totalBytes!);
+    if (d.cap - cap > 64 * 1024 ** 2)
+      notes.push(
+        `GPU ${d.id}: vLLM's one --gpu-memory-utilization ${fraction} lets it use ${formatBytes(cap)} of its ${formatBytes(d.cap)} cap (${formatBytes(d.cap - cap)} unused)`,
+      );
+    return { ...d, cap };
+  });
+  return { devices: out, fraction, notes };
+}
+
+/** The decoder layers each pipeline stage runs, and the bytes of them the plan keeps in CPU RAM. */
+export function vllmStages(p: Plan, s: Skeleton): { gpus: Plan['devices']; layers: number[]; offloaded: number[] } {
+  const b = s.blocks;
+  if (!b) throw new InputError('--format', "vLLM's pipeline split needs the model's repeated blocks, which this skeleton does not name");
+  const deviceOf = new Map(p.deviceMap);
+  const blockBytes = (i: number): number =>
+    s.tensors.filter((t) => t.name.startsWith(`${b.prefix}.${i}.`)).reduce((n, t) => n + tensorBytes(t.shape, t.dtype), 0);
+  const gpuIds = p.devices.filter((d) => d.kind === 'gpu' && d.modules.some((m) => m.startsWith(`${b.prefix}.`))).map((d) => d.id);
+  if (gpuIds.length === 0) throw new InputError('--format', 'the plan puts no decoder block on a GPU; vLLM would have no stage to run');
+  const layers = gpuIds.map(() => 0);
+  const offloaded = gpuIds.map(() => 0);
+  let stage = 0;
+  for (let i = 0; i < b.count; i++) {
+    const dev = deviceOf.get(`${b.prefix}.${i}`) ?? 'cpu';
+    const at = gpuIds.indexOf(dev);
+    if (at >= 0) {
+      if (at < stage) throw new InputError('--format', `block ${i} goes back to GPU ${dev}: vLLM's stages are contiguous`);
+      stage = at;
+      layers[stage]!++;
+    } else {
+      // A block the plan keeps in RAM runs in the stage around it, its weights streamed from the CPU.
+      layers[stage]!++;
+      offloaded[stage]! += blockBytes(i);
+    }
+  }
+  return { gpus: gpuIds.map((id) => p.devices.find((d) => d.id === id)!), layers, offloaded };
+}
+
+/**
+ * vLLM keeps the embedding on the first stage and the final norm and head on the last. Where the plan put them
+ * elsewhere, the bytes move: refused when a GPU would then pass its cap, else said.
+ */
+function checkEndsLayout(p: Plan, s: Skeleton, gpus: Plan['devices']): string[] {
+  const roles = tensorRoles(s);
+  const deviceOf = (tensor: string): string | undefined => p.deviceMap.find(([m]) => tensor === m || tensor.startsWith(`${m}.`))?.[1];
+  const extra = new Map<string, number>();
+  const moved: string[] = [];
+  for (const t of s.tensors) {
+    const role = roles.get(t.name);
+    if (role !== 'embedding' && role !== 'head') continue;
+    const want = role === 'embedding' ? gpus[0]! : gpus[gpus.length - 1]!;
+    const now = deviceOf(t.name);
+    if (now === want.id) continue;
+    const bytes = tensorBytes(t.shape, t.dtype);
+    extra.set(want.id, (extra.get(want.id) ?? 0) + bytes);
+    if (now !== undefined) extra.set(now, (extra.get(now) ?? 0) - bytes);
+    moved.push(`${t.name} (${formatBytes(bytes)}) to GPU ${want.id}`);
+  }
+  for (const d of gpus) {
+    const used = d.used + (extra.get(d.id) ?? 0);
+    if (used > d.cap)
+      throw new InputError(
+        '--format',
+        `vLLM keeps the embedding on the first stage and the head on the last; with ${moved.join(', ')} GPU ${d.id} would need ${formatBytes(used)} of its ${formatBytes(d.cap)}`,
+      );
+  }
+  return moved.length ? [`vLLM's layout moves ${moved.join(', ')}; every GPU stays within its share`] : [];
+}
+
+const KV_DTYPE: Record<string, string> = { float16: 'auto', bfloat16: 'auto', float32: 'auto', float8_e4m3fn: 'fp8_e4m3', float8_e5m2: 'fp8_e5m2', fp8: 'fp8' };
+
+export function renderVllm(p: Plan, s: Skeleton, model: string): string {
+  if (!p.vllm) throw new InputError('--format', 'this plan was not made for vLLM (--target vllm)');
+  const { gpu_memory_utilization: fraction, notes } = p.vllm;
+  if (s.source.kind === 'gguf') throw new InputError('--format', 'give vLLM the Hugging Face folder; for a GGUF file use --format llama.cpp');
+  if (!VLLM_ARCHITECTURES.has(p.model.root_class))
+    throw new InputError(
+      '--format',
+      `${p.model.root_class} is not among the architectures vLLM's registry lists for vramfit's families (${[...VLLM_ARCHITECTURES].slice(0, 6).join(', ')}, …)`,
+    );
+  const kv = KV_DTYPE[p.workload.kvDtype];
+  if (kv === undefined) throw new InputError('--kv-dtype', `vLLM keeps the KV cache in the model's dtype or fp8, not ${p.workload.kvDtype}`);
+  const { gpus, layers, offloaded } = vllmStages(p, s);
+  const cpuOffloadGiB = Math.ceil(Math.max(...offloaded) / GiB);
+  const env = [`CUDA_VISIBLE_DEVICES=${gpus.map((d) => String(d.physical ?? d.id)).join(',')}`];
+  if (gpus.length > 1) env.push(`VLLM_PP_LAYER_PARTITION=${layers.join(',')}`);
+  const w = p.workload;
+  const args = [
+    'vllm',
+    'serve',
+    // A Hugging Face repo id when the plan knows one (vLLM downloads or finds it in the cache), else the path given.
+    shellWord(p.model.repo_id !== undefined && /^[\w.-]+\/[\w.-]+$/.test(p.model.repo_id) ? p.model.repo_id : model),
+    ...(gpus.length > 1 ? ['--pipeline-parallel-size', String(gpus.length)] : []),
+    '--gpu-memory-utilization',
+    String(fraction),
+    '--max-model-len',
+    String(w.ctx),
+    '--max-num-seqs',
+    String(w.batch),
+    '--max-num-batched-tokens',
+    String(Math.max(w.ubatch * w.batch, w.batch)),
+    ...(w.dtype ? ['--dtype', w.dtype] : []),
+    ...(kv !== 'auto' ? ['--kv-cache-dtype', kv] : []),
+    ...(cpuOffloadGiB > 0 ? ['--cpu-offload-gb', String(cpuOffloadGiB)] : []),
+  ];
+  const said = [...notes, ...checkEndsLayout(p, s, gpus)];
+  if (cpuOffloadGiB > 0)
+    said.push(
+      `the plan keeps ${formatBytes(offloaded.reduce((a, b) => a + b, 0))} of blocks in RAM: vLLM streams up to ${cpuOffloadGiB} GiB of weights from the CPU on every GPU (--cpu-offload-gb is per GPU), slower than keeping them on the GPUs`,
+    );
+  said.push(`stages: ${gpus.map((d, i) => `GPU ${d.id} ${layers[i]} layers`).join(', ')}; vLLM fills each GPU's remaining share with KV cache`);
+  return `${[...env, ...args].join(' ')}\n${said.map((n) => `# ${n}`).join('\n')}\n`;
+}
