@@ -16,6 +16,7 @@ import { renderAccelerate } from '../planner/export/accelerate.js';
 import { renderPlanJson } from '../planner/export/json.js';
 import { renderLlamaCpp } from '../planner/export/llamacpp.js';
 import { renderVllm, vllmDevices } from '../planner/export/vllm.js';
+import { renderSglang, sglangDevices, sglangDynamicBytes } from '../planner/export/sglang.js';
 import { renderPython } from '../planner/export/python.js';
 import { EXPORT_TARGET } from '../planner/export/targets.js';
 import { renderPlanTable } from '../planner/export/table.js';
@@ -26,10 +27,10 @@ import { InputError } from '../util/errors.js';
 import { planAccelerateCompat, type CompatFlags } from './plan-compat.js';
 import type { Io } from './main.js';
 
-export const FORMATS = ['table', 'json', 'accelerate', 'python', 'llama.cpp', 'vllm'] as const;
+export const FORMATS = ['table', 'json', 'accelerate', 'python', 'llama.cpp', 'vllm', 'sglang'] as const;
 export type Format = (typeof FORMATS)[number];
 const STRATEGIES = ['fit', 'sequential', 'balanced', 'balanced_low_0', 'auto'] as const;
-const TARGET_NAMES = ['vramfit', 'transformers', 'llama.cpp', 'vllm'] as const;
+const TARGET_NAMES = ['vramfit', 'transformers', 'llama.cpp', 'vllm', 'sglang'] as const;
 
 export interface PlanFlags extends CompatFlags {
   maxMemory?: string;
@@ -151,6 +152,13 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   // vLLM runs every GPU under one fraction of its memory: the plan is made under what that fraction gives each.
   const vllm = target === 'vllm' ? vllmDevices(devices) : undefined;
   if (vllm) devices = vllm.devices;
+  // SGLang's one static fraction leaves each GPU's activations and CUDA graphs outside it.
+  const sglangDynamic =
+    target === 'sglang'
+      ? sglangDynamicBytes(skeleton, { ctx: flags.ctx === 'auto' ? maxCtx : positive(flags.ctx, '--ctx'), batch, ubatch, kvDtype, ...(dtype ? { dtype } : {}) })
+      : 0;
+  const sglang = target === 'sglang' ? sglangDevices(devices, sglangDynamic) : undefined;
+  if (sglang) devices = sglang.devices;
   if (devices.length === 0) throw new InputError('--max-memory', 'names no device the plan could use');
   if (mode === 'auto') {
     // Types chosen at the context asked for (--ctx auto: at most 4096, then the context grows with them fixed).
@@ -174,7 +182,9 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   }
   const planAt = (ctx: number, remedies: boolean): Plan => {
     const workload = { ctx, batch, ubatch: Math.min(ubatch, ctx), kvDtype, ...(dtype ? { dtype } : {}) };
-    return planFit({ skeleton, devices, workload, target, remedies: remedies ? PLAN_KNOBS : false });
+    // SGLang cannot offload: no remedy may suggest CPU RAM or disk.
+    const knobs = target === 'sglang' ? { ...PLAN_KNOBS, offload: false } : PLAN_KNOBS;
+    return planFit({ skeleton, devices, workload, target, remedies: remedies ? knobs : false });
   };
   let plan: Plan;
   try {
@@ -183,12 +193,15 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     // The caps in the message are vLLM's shares, not the ones typed: say where they come from.
     if (vllm && e instanceof InfeasiblePlanError)
       e.message += `\nnote: vLLM runs every GPU at one --gpu-memory-utilization, ${vllm.fraction} here (the tightest cap over its GPU's memory); the caps above are that share of each GPU`;
+    if (sglang && e instanceof InfeasiblePlanError)
+      e.message += `\nnote: SGLang runs every GPU at one --mem-fraction-static, ${sglang.fraction} here (the tightest cap, less activations and CUDA graphs, over its GPU's memory); the caps above are that share of each GPU plus those`;
     throw e;
   }
   if (flags.ctx !== 'auto' && plan.workload.ctx > maxCtx) plan.warnings.push(`--ctx ${plan.workload.ctx} is longer than the model's ${maxCtx}-token maximum`);
   if (flags.ctx === 'auto')
     plan.warnings.unshift(`--ctx auto chose ${plan.workload.ctx} tokens (the longest that keeps the same weights on the GPUs; model maximum ${maxCtx})`);
   if (vllm) plan.vllm = { gpu_memory_utilization: vllm.fraction, notes: vllm.notes };
+  if (sglang) plan.sglang = { mem_fraction_static: sglang.fraction, dynamic_bytes: sglangDynamic, notes: sglang.notes };
   if (mode !== undefined) {
     plan.quantization = summarizeQuantization(source, skeleton, mode, plan.workload.kvDtype);
     if (mode === 'auto')
@@ -222,6 +235,8 @@ export function renderPlan(plan: Plan, skeleton: Skeleton, model: string, format
       return renderLlamaCpp(plan, skeleton, model);
     case 'vllm':
       return renderVllm(plan, skeleton, model);
+    case 'sglang':
+      return renderSglang(plan, skeleton, model);
     default:
       return `${renderPlanTable(plan)}\n`;
   }
@@ -285,7 +300,8 @@ Under --target transformers (implied by --format accelerate|python) modules mapp
 the first GPU, as accelerate's dispatch_model does: their KV cache, activations and largest module in
 transit are counted there. --format vllm (--target vllm) plans every GPU under vLLM's one
 --gpu-memory-utilization, the tightest cap over its GPU's memory, and prints a vllm serve line with a
-pipeline stage per GPU (VLLM_PP_LAYER_PARTITION). An infeasible plan lists each short device and changes that would fit,
+pipeline stage per GPU (VLLM_PP_LAYER_PARTITION); --format sglang likewise with --mem-fraction-static, the
+tightest cap less activations and CUDA graphs, and SGLANG_PP_LAYER_PARTITION. An infeasible plan lists each short device and changes that would fit,
 each checked by planning again.
 Without --max-memory it uses every visible GPU's free memory and the available RAM; with it, only the
 devices named. A lower-case b (5gb) is refused as ambiguous: accelerate reads it as bits.`,

@@ -40,6 +40,14 @@ export const TARGETS: Record<Target, TargetProfile> = {
     activationBytes: (d) => (isFloatDType(d) ? Math.min(bytesPerElement(d), 4) : 2),
     describe: 'vLLM (PyTorch workers, activations in the load dtype, CUDA graphs and NCCL in the overhead)',
   },
+  // SGLang: the same PyTorch runtime (CUDA context, NCCL) plus CUDA graphs captured up to --cuda-graph-max-bs
+  // (export/sglang.ts SGLANG_GRAPHS); activations at --chunked-prefill-size in the load dtype.
+  sglang: {
+    target: 'sglang',
+    gpuOverhead: 768 * MiB,
+    activationBytes: (d) => (isFloatDType(d) ? Math.min(bytesPerElement(d), 4) : 2),
+    describe: 'SGLang (PyTorch workers, activations in the load dtype, CUDA graphs and NCCL in the overhead)',
+  },
 };
 
 /** KV cache bytes for one layer: K and V for every token of every sequence. */

@@ -37,7 +37,7 @@ export interface Workload {
   dtype?: string;
 }
 
-export type Target = 'vramfit' | 'transformers' | 'llama.cpp' | 'vllm';
+export type Target = 'vramfit' | 'transformers' | 'llama.cpp' | 'vllm' | 'sglang';
 
 export interface DevicePlan {
   id: string;
@@ -96,6 +96,8 @@ export interface Plan {
   quantization?: PlanQuantization;
   /** --format vllm: the one memory fraction every GPU runs under, and what it costs the GPUs with larger caps. */
   vllm?: { gpu_memory_utilization: number; notes: string[] };
+  /** --format sglang: the one static fraction, the bytes each GPU keeps outside it (activations, CUDA graphs), notes. */
+  sglang?: { mem_fraction_static: number; dynamic_bytes: number; notes: string[] };
   /** --compat accelerate only: accelerate's own numbers for this plan. */
   accelerate?: {
     module_sizes: Record<string, number>;

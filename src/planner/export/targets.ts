@@ -1,10 +1,13 @@
 import type { Target } from '../plan.js';
 
 /** The runtime each export runs under: `plan --format X` plans for this target. */
-export const EXPORT_TARGET = { accelerate: 'transformers', python: 'transformers', 'llama.cpp': 'llama.cpp', vllm: 'vllm' } as const satisfies Record<
-  string,
-  Target
->;
+export const EXPORT_TARGET = {
+  accelerate: 'transformers',
+  python: 'transformers',
+  'llama.cpp': 'llama.cpp',
+  vllm: 'vllm',
+  sglang: 'sglang',
+} as const satisfies Record<string, Target>;
 
 /** Exports that plan for a target other than `target`, e.g. "accelerate|python" → transformers. */
 export function exportsNotFor(target: Target): { formats: string; target: Target }[] {

@@ -16,8 +16,7 @@ import { InputError } from '../../util/errors.js';
 import type { Skeleton } from '../../reader/skeleton.js';
 import type { Plan, PlanDeviceSpec } from '../plan.js';
 import { formatBytes } from '../units.js';
-import { tensorRoles } from '../quantize.js';
-import { tensorBytes } from '../../reader/dtypes.js';
+import { checkEndsLayout, pipelineStages } from './pipeline.js';
 import { shellWord } from './shell.js';
 
 /** Architectures in vLLM's model registry (vllm/model_executor/models/registry.py) that vramfit reads. */
@@ -84,65 +83,6 @@ export function vllmDevices(devices: readonly PlanDeviceSpec[]): { devices: Plan
   return { devices: out, fraction, notes };
 }
 
-/** The decoder layers each pipeline stage runs, and the bytes of them the plan keeps in CPU RAM. */
-export function vllmStages(p: Plan, s: Skeleton): { gpus: Plan['devices']; layers: number[]; offloaded: number[] } {
-  const b = s.blocks;
-  if (!b) throw new InputError('--format', "vLLM's pipeline split needs the model's repeated blocks, which this skeleton does not name");
-  const deviceOf = new Map(p.deviceMap);
-  const blockBytes = (i: number): number =>
-    s.tensors.filter((t) => t.name.startsWith(`${b.prefix}.${i}.`)).reduce((n, t) => n + tensorBytes(t.shape, t.dtype), 0);
-  const gpuIds = p.devices.filter((d) => d.kind === 'gpu' && d.modules.some((m) => m.startsWith(`${b.prefix}.`))).map((d) => d.id);
-  if (gpuIds.length === 0) throw new InputError('--format', 'the plan puts no decoder block on a GPU; vLLM would have no stage to run');
-  const layers = gpuIds.map(() => 0);
-  const offloaded = gpuIds.map(() => 0);
-  let stage = 0;
-  for (let i = 0; i < b.count; i++) {
-    const dev = deviceOf.get(`${b.prefix}.${i}`) ?? 'cpu';
-    const at = gpuIds.indexOf(dev);
-    if (at >= 0) {
-      if (at < stage) throw new InputError('--format', `block ${i} goes back to GPU ${dev}: vLLM's stages are contiguous`);
-      stage = at;
-      layers[stage]!++;
-    } else {
-      // A block the plan keeps in RAM runs in the stage around it, its weights streamed from the CPU.
-      layers[stage]!++;
-      offloaded[stage]! += blockBytes(i);
-    }
-  }
-  return { gpus: gpuIds.map((id) => p.devices.find((d) => d.id === id)!), layers, offloaded };
-}
-
-/**
- * vLLM keeps the embedding on the first stage and the final norm and head on the last. Where the plan put them
- * elsewhere, the bytes move: refused when a GPU would then pass its cap, else said.
- */
-function checkEndsLayout(p: Plan, s: Skeleton, gpus: Plan['devices']): string[] {
-  const roles = tensorRoles(s);
-  const deviceOf = (tensor: string): string | undefined => p.deviceMap.find(([m]) => tensor === m || tensor.startsWith(`${m}.`))?.[1];
-  const extra = new Map<string, number>();
-  const moved: string[] = [];
-  for (const t of s.tensors) {
-    const role = roles.get(t.name);
-    if (role !== 'embedding' && role !== 'head') continue;
-    const want = role === 'embedding' ? gpus[0]! : gpus[gpus.length - 1]!;
-    const now = deviceOf(t.name);
-    if (now === want.id) continue;
-    const bytes = tensorBytes(t.shape, t.dtype);
-    extra.set(want.id, (extra.get(want.id) ?? 0) + bytes);
-    if (now !== undefined) extra.set(now, (extra.get(now) ?? 0) - bytes);
-    moved.push(`${t.name} (${formatBytes(bytes)}) to GPU ${want.id}`);
-  }
-  for (const d of gpus) {
-    const used = d.used + (extra.get(d.id) ?? 0);
-    if (used > d.cap)
-      throw new InputError(
-        '--format',
-        `vLLM keeps the embedding on the first stage and the head on the last; with ${moved.join(', ')} GPU ${d.id} would need ${formatBytes(used)} of its ${formatBytes(d.cap)}`,
-      );
-  }
-  return moved.length ? [`vLLM's layout moves ${moved.join(', ')}; every GPU stays within its share`] : [];
-}
-
 const KV_DTYPE: Record<string, string> = { float16: 'auto', bfloat16: 'auto', float32: 'auto', float8_e4m3fn: 'fp8_e4m3', float8_e5m2: 'fp8_e5m2', fp8: 'fp8' };
 
 export function renderVllm(p: Plan, s: Skeleton, model: string): string {
@@ -156,7 +96,7 @@ export function renderVllm(p: Plan, s: Skeleton, model: string): string {
     );
   const kv = KV_DTYPE[p.workload.kvDtype];
   if (kv === undefined) throw new InputError('--kv-dtype', `vLLM keeps the KV cache in the model's dtype or fp8, not ${p.workload.kvDtype}`);
-  const { gpus, layers, offloaded } = vllmStages(p, s);
+  const { gpus, layers, offloaded } = pipelineStages(p, s);
   const cpuOffloadGiB = Math.ceil(Math.max(...offloaded) / GiB);
   const env = [`CUDA_VISIBLE_DEVICES=${gpus.map((d) => String(d.physical ?? d.id)).join(',')}`];
   if (gpus.length > 1) env.push(`VLLM_PP_LAYER_PARTITION=${layers.join(',')}`);
@@ -179,7 +119,7 @@ export function renderVllm(p: Plan, s: Skeleton, model: string): string {
     ...(kv !== 'auto' ? ['--kv-cache-dtype', kv] : []),
     ...(cpuOffloadGiB > 0 ? ['--cpu-offload-gb', String(cpuOffloadGiB)] : []),
   ];
-  const said = [...notes, ...checkEndsLayout(p, s, gpus)];
+  const said = [...notes, ...checkEndsLayout(p, s, gpus, 'vLLM')];
   if (cpuOffloadGiB > 0)
     said.push(
       `the plan keeps ${formatBytes(offloaded.reduce((a, b) => a + b, 0))} of blocks in RAM: vLLM streams up to ${cpuOffloadGiB} GiB of weights from the CPU on every GPU (--cpu-offload-gb is per GPU), slower than keeping them on the GPUs`,
