@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { main } from '../src/cli/main.js';
 import { makePlan, renderPlan, type PlanFlags } from '../src/cli/plan-command.js';
+import { exporters, planWithSkeleton } from '../src/index.js';
 import { realModelsDir } from './helpers/paths.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';
@@ -176,8 +177,9 @@ describe('plan --format vllm', () => {
   });
 
   it('renders from the plan object as the library gives it', async () => {
-    const made = await makePlan('qwen3-8b', { ...FLAGS, gpuMemory: '24GiB', maxMemory: '0=20GiB' });
-    const out = renderPlan(made.plan, made.skeleton, 'qwen3-8b', 'vllm');
+    const made = await planWithSkeleton('qwen3-8b', { gpuMemory: '24GiB', maxMemory: '0=20GiB', target: 'vllm' });
+    const out = exporters.vllm(made.plan, made.skeleton, 'qwen3-8b');
+    assert.equal(out, renderPlan(made.plan, made.skeleton, 'qwen3-8b', 'vllm'));
     assert.match(out, /^CUDA_VISIBLE_DEVICES=0 vllm serve Qwen\/Qwen3-8B --gpu-memory-utilization 0\.833 --max-model-len 4096 /);
     assert.equal(made.plan.vllm?.gpu_memory_utilization, 0.833);
   });

@@ -1,6 +1,8 @@
 import { makePlan, type PlanFlags } from '../cli/plan-command.js';
 import { renderAccelerate, accelerateArgs } from '../planner/export/accelerate.js';
 import { renderLlamaCpp } from '../planner/export/llamacpp.js';
+import { renderSglang } from '../planner/export/sglang.js';
+import { renderVllm } from '../planner/export/vllm.js';
 import { renderPython } from '../planner/export/python.js';
 import { renderPlanTable } from '../planner/export/table.js';
 import type { Plan, Target } from '../planner/plan.js';
@@ -66,4 +68,8 @@ export const exporters = {
   python: (p: Plan, model?: string): string => renderPython(p, model),
   /** llama.cpp flags for a GGUF model. */
   llamaCpp: (p: Plan, skeleton: Skeleton, modelPath: string): string => renderLlamaCpp(p, skeleton, modelPath),
+  /** A `vllm serve` line with its notes, for a plan made with `target: 'vllm'`. */
+  vllm: (p: Plan, skeleton: Skeleton, model: string): string => renderVllm(p, skeleton, model),
+  /** An `sglang.launch_server` line with its notes, for a plan made with `target: 'sglang'`. */
+  sglang: (p: Plan, skeleton: Skeleton, model: string): string => renderSglang(p, skeleton, model),
 };
