@@ -92,13 +92,13 @@ describe('vramfit quantize', () => {
   }
 
   it('--quantize auto writes the types the plan chose under the caps, and llama.cpp flags with its context and KV type', async () => {
-    const dir = checkpoint('auto', 'qwen3', undefined);
+    const dir = checkpoint('auto', 'qwen3', 'llama2');
     const out = join(root, 'auto.gguf');
-    // Caps between all-q4_0 and all-float (the simulated GPUs' fixed overhead is ~300 MiB, the weights ~5 MB).
+    // Caps between all-q4_0 and all-float (the simulated GPUs' fixed overhead is ~300 MiB, the weights ~70 MB).
     const flags = { strategy: 'fit', ctx: '512', batch: '1', ubatch: '512', format: 'table', gpuMemory: '24GiB,24GiB', quantize: 'auto' } as const;
     let maxMemory = '';
     let skeleton: Awaited<ReturnType<typeof makePlan>>['skeleton'] | undefined;
-    for (let kib = 300 * 1024; kib < 330 * 1024 && !skeleton; kib += 128) {
+    for (let kib = 300 * 1024; kib < 420 * 1024 && !skeleton; kib += 1024) {
       maxMemory = `0=${kib}KiB,1=${kib}KiB`;
       try {
         const p = await makePlan(dir, { ...flags, maxMemory });
@@ -130,7 +130,12 @@ describe('vramfit quantize', () => {
 
   for (const vocab of ['llama2', 'gpt2'] as const) {
     it(`the ${vocab} tokenizer and chat template travel in the metadata: the same ids as tokenizer.json`, async () => {
-      const dir = checkpoint(`tok-${vocab}`, 'llama2', vocab, { hidden_size: 64, intermediate_size: 128 });
+      // Llama 2's model rows past its 32000 pieces (a padded vocabulary) get [PADn] pieces, as llama.cpp's converter writes.
+      const dir = checkpoint(`tok-${vocab}`, 'llama2', vocab, {
+        hidden_size: 64,
+        intermediate_size: 128,
+        ...(vocab === 'llama2' ? { vocab_size: 32064 } : {}),
+      });
       if (vocab === 'llama2')
         writeFileSync(
           join(dir, 'tokenizer_config.json'),
@@ -150,11 +155,15 @@ describe('vramfit quantize', () => {
       for (const text of PARITY_TEXTS.slice(0, 40)) assert.deepEqual(fromGguf.encode(text), fromJson.encode(text), JSON.stringify(text));
       const meta = readGgufHeader(out).metadata as Record<string, unknown>;
       assert.equal(meta['tokenizer.ggml.pre'], vocab === 'gpt2' ? 'gpt-2' : undefined);
+      const tokens = meta['tokenizer.ggml.tokens'] as string[];
+      assert.equal(tokens.length, vocab === 'llama2' ? 32064 : 50257);
+      if (vocab === 'llama2') assert.equal(tokens.at(-1), '[PAD32063]');
       if (vocab === 'llama2') assert.equal(meta['tokenizer.chat_template'], '{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}');
     });
   }
 
   it('refuses with one line and exit 2, leaving no file: other architectures, an existing file, not .gguf, a missing folder, bad flags, config-only models', async () => {
+    const small = checkpoint('small-vocab', 'llama2', 'llama2', { vocab_size: 256 });
     const glm = join(root, 'glm');
     writeTinyChatglmCheckpoint(glm, 'chatglm2', { seed: 1 });
     const exists = join(root, 'exists.gguf');
@@ -168,6 +177,7 @@ describe('vramfit quantize', () => {
       [['quantize', llama, '-o', join(root, 'x.gguf'), '--measure'], /--measure: ranks the types --quantize auto chooses/],
       [['quantize', llama, '-o', join(root, 'x.gguf'), '--threads', '0'], /--threads: expected a positive integer/],
       [['quantize', 'llama-2-7b', '-o', join(root, 'x.gguf')], /reads safetensors checkpoints with their weights/],
+      [['quantize', small, '-o', join(root, 'x.gguf')], /tokenizer\.json: has token ids up to 31999, past the model's vocabulary of 256/],
     ];
     const before = new Set(readdirSync(root));
     for (const [args, re] of cases) {

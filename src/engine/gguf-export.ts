@@ -102,7 +102,7 @@ export async function exportGguf(o: GgufExportOptions): Promise<GgufExportResult
   if (h.freqFactors)
     extra.push({ name: 'rope_freqs.weight', shape: [h.freqFactors.length], dtype: 'float32', data: new Uint8Array(h.freqFactors.slice().buffer) });
 
-  const metadata = { ...hyperMetadata(arch, h, o.source.source.path, plan), ...ggufVocabMetadata(modelDir) };
+  const metadata = { ...hyperMetadata(arch, h, o.source.source.path, plan), ...ggufVocabMetadata(modelDir, { vocabSize: h.vocab }) };
   const alignment = 32;
   const all = [...plan.map((p) => ({ name: p.name, shape: p.src.shape, dtype: p.dtype })), ...extra];
   const { infos, sizes, dataBytes } = layoutGgufTensors(all, alignment);

@@ -35,6 +35,8 @@ function tokenContent(v: unknown): string | undefined {
 export interface VocabOptions {
   /** tokenizer.ggml.pre for byte-level vocabularies; default: named from tokenizer.json's pre-tokenizer. */
   pre?: string;
+  /** The model's vocabulary size: the token list is padded to it (`[PADn]`, unused), as llama.cpp's converter does. */
+  vocabSize?: number;
 }
 
 /** The tokenizer files of `dir` as GGUF metadata (`tokenizer.ggml.*`, `tokenizer.chat_template`). */
@@ -49,7 +51,10 @@ export function ggufVocabMetadata(dir: string, options: VocabOptions = {}): Reco
   const added = (tj.added_tokens as AddedToken[]) ?? [];
   const rawMerges = (model.merges as (string | [string, string])[]) ?? [];
   const merges = rawMerges.map((m) => (typeof m === 'string' ? m : m.join(' ')));
-  const size = [...Object.values(vocab), ...added.map((a) => a.id)].reduce((a, b) => Math.max(a, b), -1) + 1;
+  const used = [...Object.values(vocab), ...added.map((a) => a.id)].reduce((a, b) => Math.max(a, b), -1) + 1;
+  if (options.vocabSize !== undefined && used > options.vocabSize)
+    throw new InputError(file, `has token ids up to ${used - 1}, past the model's vocabulary of ${options.vocabSize}`);
+  const size = Math.max(used, options.vocabSize ?? 0);
   const tokens: string[] = new Array<string>(size);
   const types: number[] = new Array<number>(size).fill(GGUF_TOKEN_TYPE.normal);
   for (const [t, id] of Object.entries(vocab)) tokens[id] = t;
