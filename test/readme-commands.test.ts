@@ -90,6 +90,12 @@ const CASES: Record<string, Case> = {
     expect:
       /^CUDA_VISIBLE_DEVICES=0,1 VLLM_PP_LAYER_PARTITION=16,16 vllm serve meta-llama\/Llama-2-7b-hf --pipeline-parallel-size 2 --gpu-memory-utilization 0\.388 --max-model-len 4096 [^\n]*\n# GPU 0: vLLM's one --gpu-memory-utilization 0\.388 lets it use 9\.31 GiB of its 11\.18 GiB cap/,
   },
+  "vramfit plan model.gguf --cluster 'a=2xRTX-4090,b@10.0.0.2=1xA100-80GB' --max-memory 0=20GiB,1=20GiB,2=70GiB --format llama.cpp": {
+    // The tiny model would fit host a alone; caps that leave host a's GPUs no room past llama.cpp's overhead send it to b.
+    map: { 'model.gguf': 'gguf', '0=20GiB,1=20GiB,2=70GiB': '0=352MiB,1=352MiB,2=450MiB' },
+    expect:
+      /^# on host b:\nCUDA_VISIBLE_DEVICES=0 rpc-server -H 0\.0\.0\.0 -p 50052 &\n# on host a \(serves the model\):\n.*llama-server -m \S+ -ngl \d+ --split-mode layer --tensor-split [\d,]+ --rpc 10\.0\.0\.2:50052 -dev 'CUDA0,CUDA1,RPC0\[10\.0\.0\.2:50052\]' [^\n]*\n# 1 host boundary over 10 Gbit\/s, 0\.5 ms: decode ≤ \d+ tokens\/s/m,
+  },
   'vramfit plan llama-2-7b --gpu-memory 24GiB,24GiB --max-memory 0=5GB,1=10GB --quantize auto': {
     expect: /weights all on GPUs[\s\S]*^quantize auto: KV cache float16 · types ranked by the error model$/m,
   },

@@ -16,6 +16,7 @@ import { renderAccelerate } from '../planner/export/accelerate.js';
 import { renderPlanJson } from '../planner/export/json.js';
 import { renderLlamaCpp } from '../planner/export/llamacpp.js';
 import { renderVllm, vllmDevices } from '../planner/export/vllm.js';
+import { clusterGpus, decodeBound, hostBoundaries, parseCluster, type Cluster } from '../planner/cluster.js';
 import { renderSglang, sglangDevices, sglangDynamicBytes } from '../planner/export/sglang.js';
 import { renderPython } from '../planner/export/python.js';
 import { EXPORT_TARGET } from '../planner/export/targets.js';
@@ -48,6 +49,8 @@ export interface PlanFlags extends CompatFlags {
   dtype?: string;
   quantize?: string;
   measure?: boolean;
+  cluster?: string;
+  link?: string;
   target?: Target;
   overhead?: string;
   gpuWeights?: string;
@@ -76,7 +79,21 @@ function virtualCount(devices: string | undefined): number | undefined {
   return Number(m[1]);
 }
 
-async function inventoryFor(flags: PlanFlags): Promise<Inventory> {
+async function inventoryFor(flags: PlanFlags, cluster?: Cluster): Promise<Inventory> {
+  if (cluster) {
+    for (const [k, flag] of [
+      ['gpuMemory', '--gpu-memory'],
+      ['deviceSpec', '--device-spec'],
+      ['gpus', '--gpus'],
+      ['devices', '--devices'],
+    ] as const)
+      if (flags[k] !== undefined) throw new InputError(flag, '--cluster already names every GPU of every host');
+    const inv = await simulatedInventory({
+      deviceSpec: clusterGpus(cluster).deviceSpec,
+      ...(flags.offloadFolder !== undefined ? { offloadFolder: flags.offloadFolder } : {}),
+    });
+    return { ...inv, notes: ["GPUs are the cluster's (empty cards); CPU RAM and disk are this machine's, as the first host's", ...inv.notes.slice(1)] };
+  }
   const simulated = flags.gpuMemory !== undefined || flags.deviceSpec !== undefined;
   if (simulated && flags.gpus !== undefined) throw new InputError('--gpus', 'selects real GPUs; it cannot be combined with --gpu-memory or --device-spec');
   if (simulated && flags.devices !== undefined) throw new InputError('--devices', 'virtual devices cannot be combined with --gpu-memory or --device-spec');
@@ -129,9 +146,11 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     throw new InputError('--strategy', `${flags.strategy} reproduces accelerate and needs --compat accelerate; the default strategy is fit`);
   }
   const target = targetFor(flags);
+  if (flags.link !== undefined && flags.cluster === undefined) throw new InputError('--link', 'describes the link between --cluster hosts; give --cluster too');
+  const cluster = flags.cluster !== undefined ? parseCluster(flags.cluster, flags.link) : undefined;
   if (mode !== undefined && target !== 'vramfit')
     throw new InputError('--quantize', `ggml block types are planned for the vramfit engine, not target ${target}`);
-  const inv = await inventoryFor(flags);
+  const inv = await inventoryFor(flags, cluster);
   const virtual = virtualCount(flags.devices);
   let kvDtype = checkDtype(flags.kvDtype, '--kv-dtype') ?? kvDefaultDtype(skeleton);
   const dtype = checkDtype(flags.dtype, '--dtype');
@@ -148,6 +167,10 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     deviceOpts.backendOverhead = (backend) => engineBackendOverhead(backend, shape);
   }
   let devices = devicesForPlan(inv, deviceOpts);
+  if (cluster) {
+    const { hostOf } = clusterGpus(cluster);
+    devices = devices.map((d) => (d.kind === 'gpu' ? { ...d, host: hostOf[Number(d.id)]! } : d));
+  }
   let measured: MeasureResult | undefined;
   // vLLM runs every GPU under one fraction of its memory: the plan is made under what that fraction gives each.
   const vllm = target === 'vllm' ? vllmDevices(devices) : undefined;
@@ -186,6 +209,22 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     const knobs = target === 'sglang' ? { ...PLAN_KNOBS, offload: false } : PLAN_KNOBS;
     return planFit({ skeleton, devices, workload, target, remedies: remedies ? knobs : false });
   };
+  // Across hosts: the fewest leading hosts whose GPUs hold every weight, so no boundary is crossed needlessly.
+  if (cluster && cluster.hosts.length > 1) {
+    const ctx = flags.ctx === 'auto' ? Math.min(4096, maxCtx) : positive(flags.ctx, '--ctx');
+    const all = devices;
+    for (let k = 1; k < cluster.hosts.length; k++) {
+      const used = new Set(cluster.hosts.slice(0, k).map((h) => h.name));
+      devices = all.filter((d) => d.kind !== 'gpu' || used.has(d.host!));
+      try {
+        const p = planAt(ctx, false);
+        if (p.devices.every((d) => d.kind === 'gpu' || d.weights === 0)) break;
+      } catch (e) {
+        if (!(e instanceof InfeasiblePlanError)) throw e;
+      }
+      devices = all;
+    }
+  }
   let plan: Plan;
   try {
     plan = flags.ctx === 'auto' ? autoContext(maxCtx, planAt) : planAt(positive(flags.ctx, '--ctx'), true);
@@ -200,6 +239,24 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   if (flags.ctx !== 'auto' && plan.workload.ctx > maxCtx) plan.warnings.push(`--ctx ${plan.workload.ctx} is longer than the model's ${maxCtx}-token maximum`);
   if (flags.ctx === 'auto')
     plan.warnings.unshift(`--ctx auto chose ${plan.workload.ctx} tokens (the longest that keeps the same weights on the GPUs; model maximum ${maxCtx})`);
+  if (cluster) {
+    const stageHosts = plan.devices.filter((d) => d.kind === 'gpu' && d.modules.length > 0).map((d) => d.host!);
+    // The first host serves: tokens enter there, so a pipeline that starts elsewhere crosses to it too.
+    const boundaries = hostBoundaries([cluster.hosts[0]!.name, ...stageHosts]);
+    plan.cluster = {
+      hosts: cluster.hosts.map((h) => ({
+        name: h.name,
+        address: h.address,
+        gpus: clusterGpus(cluster)
+          .hostOf.map((host, i) => (host === h.name ? String(i) : undefined))
+          .filter((id): id is string => id !== undefined),
+      })),
+      link_gbps: cluster.linkGbps,
+      link_latency_ms: cluster.linkLatencyMs,
+      boundaries,
+      decode_bound_tps: boundaries === 0 ? null : decodeBound(boundaries, skeleton.attention?.hiddenSize ?? 0, cluster),
+    };
+  }
   if (vllm) plan.vllm = { gpu_memory_utilization: vllm.fraction, notes: vllm.notes };
   if (sglang) plan.sglang = { mem_fraction_static: sglang.fraction, dynamic_bytes: sglangDynamic, notes: sglang.notes };
   if (mode !== undefined) {
@@ -258,6 +315,11 @@ export function addPlanCommand(program: Command, io: Io): void {
     .option('--gpu-memory <sizes>', 'simulate GPUs with these totals: 24GiB,24GiB or 2x24GiB')
     .option('--device-spec <spec>', 'simulate known cards: 4xA100-80GB, 2xRTX-4090,1xA6000')
     .option('--devices <spec>', 'virtual:N — N independent CPU backends standing in for GPUs (capped like GPUs)')
+    .option(
+      '--cluster <hosts>',
+      'plan across hosts: a=2xRTX-4090,b@10.0.0.2=1xA100-80GB (cards as --device-spec takes them; GPUs numbered on from host to host for --max-memory; the first host serves). The fewest leading hosts that hold the weights on GPUs are used',
+    )
+    .option('--link <gbps[,ms]>', 'the link between --cluster hosts: Gbit/s and latency in ms (default 10,0.5); sets the decode bound printed')
     .option('--offload-folder <dir>', 'allow disk offload into this folder (its free space is the disk budget)')
     .addOption(
       new Option('--strategy <name>', 'fit (default, ours) or, with --compat accelerate, sequential|balanced|balanced_low_0|auto')

@@ -63,6 +63,7 @@ export function buildPlan(input: BuildPlanInput): Plan {
     if (d.uuid !== undefined) plan.uuid = d.uuid;
     if (d.totalBytes !== undefined) plan.totalBytes = d.totalBytes;
     if (d.capTyped !== undefined) plan.capTyped = d.capTyped;
+    if (d.host !== undefined) plan.host = d.host;
     return plan;
   });
   const warnings = [...input.warnings];

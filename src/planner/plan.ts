@@ -24,6 +24,8 @@ export interface PlanDeviceSpec {
   weight?: number;
   /** The cap as the user typed it (`5GB`, `90%`, `free-2GiB`), when it was given. */
   capTyped?: string;
+  /** --cluster: the host the GPU is in. */
+  host?: string;
 }
 
 export interface Workload {
@@ -49,6 +51,8 @@ export interface DevicePlan {
   cap: number;
   /** The cap as typed in --max-memory, when it was. */
   capTyped?: string;
+  /** --cluster: the host the GPU is in. */
+  host?: string;
   weights: number;
   kv: number;
   workspace: number;
@@ -94,6 +98,14 @@ export interface Plan {
   warnings: string[];
   /** --quantize: each unit's weight type as loaded (auto: chosen by the planner) and the KV cache's. */
   quantization?: PlanQuantization;
+  /** --cluster: the hosts in order, the link between them, the host boundaries the plan crosses and the decode bound they set. */
+  cluster?: {
+    hosts: { name: string; address: string; gpus: string[] }[];
+    link_gbps: number;
+    link_latency_ms: number;
+    boundaries: number;
+    decode_bound_tps: number | null;
+  };
   /** --format vllm: the one memory fraction every GPU runs under, and what it costs the GPUs with larger caps. */
   vllm?: { gpu_memory_utilization: number; notes: string[] };
   /** --format sglang: the one static fraction, the bytes each GPU keeps outside it (activations, CUDA graphs), notes. */

@@ -85,6 +85,8 @@ const KV_DTYPE: Record<string, string> = { float16: 'auto', bfloat16: 'auto', fl
 
 export function renderSglang(p: Plan, s: Skeleton, model: string): string {
   if (!p.sglang) throw new InputError('--format', 'this plan was not made for SGLang (--target sglang)');
+  if (p.cluster && p.cluster.boundaries > 0)
+    throw new InputError('--cluster', `SGLang commands across hosts are not written yet; --format llama.cpp gives the RPC commands for this plan`);
   if (s.source.kind === 'gguf') throw new InputError('--format', 'give SGLang the Hugging Face folder; for a GGUF file use --format llama.cpp');
   if (!SGLANG_ARCHITECTURES.has(p.model.root_class))
     throw new InputError(

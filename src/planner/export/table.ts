@@ -71,12 +71,23 @@ export function renderPlanTable(p: Plan): string {
     verdict(p),
     '',
   ];
-  for (const d of p.devices) lines.push(...row(d), '');
+  let host: string | undefined;
+  for (const d of p.devices) {
+    // Across hosts, each host's GPUs under its own heading.
+    if (d.host !== undefined && d.host !== host)
+      lines.push(
+        `host ${d.host}${p.cluster?.hosts.find((h) => h.name === d.host)?.address !== d.host ? ` (${p.cluster?.hosts.find((h) => h.name === d.host)?.address})` : ''}:`,
+      );
+    if (d.host === undefined && host !== undefined) lines.push('this machine:');
+    host = d.host;
+    lines.push(...row(d), '');
+  }
   const total = (k: 'weights' | 'kv' | 'workspace' | 'overhead'): number => p.devices.reduce((s, d) => s + d[k], 0);
   const onAcc = p.devices.filter((d) => d.kind === 'gpu' || d.kind === 'virtual').reduce((s, d) => s + d.weights, 0);
   lines.push(
     `totals: weights ${formatBytes(total('weights'))} (${formatBytes(onAcc)} on GPUs) · KV ${formatBytes(total('kv'))} · workspace ${formatBytes(total('workspace'))} · overhead ${formatBytes(total('overhead'))} · ${p.handoffs} hand-off(s) per forward pass`,
   );
+  if (p.cluster) lines.push(clusterLine(p));
   if (p.quantization) lines.push(...quantizationLines(p));
   lines.push(`legend: ${GLYPHS.weights} weights  ${GLYPHS.kv} KV cache  ${GLYPHS.workspace} workspace  ${GLYPHS.overhead} overhead  ${GLYPHS.free} free`);
   for (const warning of p.warnings) lines.push(`warning: ${warning}`);
@@ -122,4 +133,14 @@ function quantizationLines(p: Plan): string[] {
     );
   }
   return out;
+}
+
+/** Hosts used in pipeline order, the boundaries crossed, and the decode rate the links alone allow. */
+function clusterLine(p: Plan): string {
+  const c = p.cluster!;
+  const used = c.hosts.filter((h) => p.devices.some((d) => d.host === h.name && d.modules.length > 0)).map((h) => h.name);
+  const link = `${c.link_gbps} Gbit/s, ${c.link_latency_ms} ms`;
+  return c.boundaries === 0
+    ? `cluster: host ${used.join(', ') || c.hosts[0]!.name} alone holds the model; no traffic between hosts`
+    : `cluster: ${used.join(' → ')} · ${c.boundaries} host boundar${c.boundaries === 1 ? 'y' : 'ies'} over ${link} · decode ≤ ${Math.floor(c.decode_bound_tps!)} tokens/s from the links alone`;
 }

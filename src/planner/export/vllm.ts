@@ -88,6 +88,8 @@ const KV_DTYPE: Record<string, string> = { float16: 'auto', bfloat16: 'auto', fl
 export function renderVllm(p: Plan, s: Skeleton, model: string): string {
   if (!p.vllm) throw new InputError('--format', 'this plan was not made for vLLM (--target vllm)');
   const { gpu_memory_utilization: fraction, notes } = p.vllm;
+  if (p.cluster && p.cluster.boundaries > 0)
+    throw new InputError('--cluster', `vLLM commands across hosts are not written yet; --format llama.cpp gives the RPC commands for this plan`);
   if (s.source.kind === 'gguf') throw new InputError('--format', 'give vLLM the Hugging Face folder; for a GGUF file use --format llama.cpp');
   if (!VLLM_ARCHITECTURES.has(p.model.root_class))
     throw new InputError(

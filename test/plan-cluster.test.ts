@@ -1,0 +1,189 @@
+/**
+ * `plan --cluster`: GPUs of several hosts planned as one pipeline. Every GPU stays under its cap, each host's
+ * stages are contiguous, no host is used while fewer leading hosts would hold the weights on GPUs, the decode bound
+ * the links set only grows with link speed, and the llama.cpp export starts an rpc-server per remote GPU and names
+ * every device in pipeline order.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { main } from '../src/cli/main.js';
+import { makePlan, type PlanFlags } from '../src/cli/plan-command.js';
+import { decodeBound, hostBoundaries, parseCluster } from '../src/planner/cluster.js';
+import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
+import { writeTinyGguf } from './helpers/tiny-gguf.js';
+import { cleanup, tempDir } from './helpers/tiny-models.js';
+
+const root = tempDir('vramfit-cluster-');
+after(() => cleanup(root));
+
+const BASE: PlanFlags = { strategy: 'fit', ctx: '4096', batch: '1', ubatch: '512', format: 'table' };
+
+async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
+  return { code, out, err };
+}
+
+/** A deterministic stream of numbers in [0, 1). */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+}
+
+describe('plan --cluster', () => {
+  it('property: caps hold, stages are contiguous per host, and no host is crossed into needlessly', async () => {
+    const next = rng(7);
+    const hostsOf = ['a=2xRTX-4090,b=1xA100-80GB', 'a=1xRTX-4090,b=2xRTX-4090,c=1xA100-80GB', 'a=1xA100-80GB,b=1xA100-80GB'];
+    let planned = 0;
+    const crossings = new Set<number>();
+    for (let trial = 0; trial < 24; trial++) {
+      const cluster = hostsOf[trial % hostsOf.length]!;
+      const c = parseCluster(cluster);
+      const gpus = c.hosts.reduce((n, h) => n + h.gpus, 0);
+      const caps = Array.from({ length: gpus }, () => Math.round((8 + next() * 40) * 10) / 10);
+      const model = ['llama-2-13b', 'qwen2.5-14b', 'mixtral-8x7b'][Math.floor(next() * 3)]!;
+      const maxMemory = caps.map((g, i) => `${i}=${g}GiB`).join(',');
+      let plan;
+      try {
+        plan = (await makePlan(model, { ...BASE, cluster, maxMemory })).plan;
+      } catch {
+        continue;
+      }
+      planned++;
+      const used = plan.devices.filter((d) => d.kind === 'gpu');
+      for (const d of used) assert.ok(d.used <= d.cap, `${model} ${maxMemory}: GPU ${d.id} over its cap`);
+      // Contiguous stages per host: hosts appear in one run each, in cluster order.
+      const stages = used.filter((d) => d.modules.length > 0).map((d) => d.host!);
+      const runs = stages.filter((h, i) => i === 0 || stages[i - 1] !== h);
+      assert.equal(new Set(runs).size, runs.length, `${model} ${maxMemory}: a host comes back (${stages.join(' ')})`);
+      assert.deepEqual(
+        runs,
+        c.hosts.map((h) => h.name).filter((h) => runs.includes(h)),
+      );
+      assert.equal(plan.cluster!.boundaries, hostBoundaries([c.hosts[0]!.name, ...stages]));
+      crossings.add(plan.cluster!.boundaries);
+      // No needless boundary: the leading hosts before the last one used do not hold the weights alone.
+      const last = c.hosts.findIndex((h) => h.name === runs.at(-1));
+      if (last > 0) {
+        const fewer = c.hosts.slice(0, last).reduce((n, h) => n + h.gpus, 0);
+        const fewerMemory = caps
+          .slice(0, fewer)
+          .map((g, i) => `${i}=${g}GiB`)
+          .join(',');
+        const alone = await makePlan(model, {
+          ...BASE,
+          deviceSpec: c.hosts
+            .slice(0, last)
+            .map((h) => h.spec)
+            .join(','),
+          maxMemory: fewerMemory,
+        }).then(
+          (r) => r.plan.devices.every((d) => d.kind === 'gpu' || d.weights === 0),
+          () => false,
+        );
+        assert.equal(alone, false, `${model} ${maxMemory}: ${runs.join('→')} used although fewer hosts hold it`);
+      }
+    }
+    assert.ok(planned >= 8, `only ${planned} of 24 random clusters could be planned`);
+    assert.ok(crossings.has(0) && [...crossings].some((n) => n > 0), `host boundaries seen: ${[...crossings]}`);
+  });
+
+  it('the decode bound the links set is monotone in link speed and falls with latency and boundaries', () => {
+    let previous = 0;
+    for (const gbps of [1, 2.5, 10, 25, 100, 400]) {
+      const b = decodeBound(1, 8192, { linkGbps: gbps, linkLatencyMs: 0.2 });
+      assert.ok(b > previous, `${gbps} Gbit/s`);
+      previous = b;
+    }
+    assert.ok(decodeBound(2, 8192, { linkGbps: 10, linkLatencyMs: 0.2 }) < decodeBound(1, 8192, { linkGbps: 10, linkLatencyMs: 0.2 }));
+    assert.ok(decodeBound(1, 8192, { linkGbps: 10, linkLatencyMs: 1 }) < decodeBound(1, 8192, { linkGbps: 10, linkLatencyMs: 0.2 }));
+    assert.equal(decodeBound(0, 8192, { linkGbps: 10, linkLatencyMs: 0.2 }), Infinity);
+    // One 8192-wide F32 hidden state over 10 Gbit/s is 26 µs; with 0.5 ms latency, one boundary allows ~1900 tokens/s.
+    assert.equal(Math.floor(decodeBound(1, 8192, { linkGbps: 10, linkLatencyMs: 0.5 })), 1900);
+  });
+
+  it('groups the table by host and says the boundary and the bound; one host alone when it holds the model', async () => {
+    const two = await cli([
+      'plan',
+      'llama-2-13b',
+      '--cluster',
+      'a=2xRTX-4090,b@10.0.0.2=1xA100-80GB',
+      '--max-memory',
+      '0=10GiB,1=10GiB,2=75GiB',
+      '--link',
+      '25,0.2',
+    ]);
+    assert.equal(two.code, 0, two.err);
+    assert.match(two.out, /^host a:\nGPU 0 RTX-4090[\s\S]*^host b \(10\.0\.0\.2\):\nGPU 2 A100-80GB/m);
+    assert.match(two.out, /^cluster: a → b · 1 host boundary over 25 Gbit\/s, 0\.2 ms · decode ≤ \d+ tokens\/s from the links alone$/m);
+    const one = await cli(['plan', 'llama-2-7b', '--cluster', 'a=2xRTX-4090,b=1xA100-80GB']);
+    assert.equal(one.code, 0, one.err);
+    assert.match(one.out, /^cluster: host a alone holds the model; no traffic between hosts$/m);
+    assert.doesNotMatch(one.out, /^host b/m);
+  });
+
+  it('llama.cpp across hosts: an rpc-server per remote GPU, --rpc and -dev in pipeline order, --tensor-split to match', async () => {
+    const ck = writeTinyFamilyCheckpoint(join(root, 'm'), 'llama2', { config: { num_hidden_layers: 8, hidden_size: 256, intermediate_size: 1024 } });
+    const gguf = writeTinyGguf(ck, 'float16');
+    // No GPU can take the whole 16 MB model next to llama.cpp's 350 MiB overhead: all three hold layers.
+    const r = await cli([
+      'plan',
+      gguf,
+      '--cluster',
+      'a=1xRTX-4090,b@10.0.0.2=2xRTX-4090',
+      '--max-memory',
+      '0=370MiB,1=370MiB,2=370MiB',
+      '--ctx',
+      '256',
+      '--format',
+      'llama.cpp',
+    ]);
+    assert.equal(r.code, 0, r.err);
+    const lines = r.out.trimEnd().split('\n');
+    assert.deepEqual(lines.slice(0, 4), [
+      '# on host b:',
+      'CUDA_VISIBLE_DEVICES=0 rpc-server -H 0.0.0.0 -p 50052 &',
+      'CUDA_VISIBLE_DEVICES=1 rpc-server -H 0.0.0.0 -p 50053 &',
+      '# on host a (serves the model):',
+    ]);
+    const main = lines[4]!;
+    const split = /--tensor-split (\S+)/.exec(main)![1]!.split(',').map(Number);
+    assert.equal(
+      split.reduce((a, b) => a + b, 0),
+      9,
+      'eight blocks and the output layer',
+    );
+    assert.ok(
+      split.every((n) => n > 0),
+      `every GPU holds layers: ${split.join(',')}`,
+    );
+    assert.match(main, /--rpc 10\.0\.0\.2:50052,10\.0\.0\.2:50053 -dev 'CUDA0,RPC0\[10\.0\.0\.2:50052\],RPC0\[10\.0\.0\.2:50053\]' /);
+    assert.match(main, /^CUDA_VISIBLE_DEVICES=0 llama-server -m \S+\.gguf -ngl 9 --split-mode layer /);
+    assert.match(main, / -c 256 /);
+    assert.ok(lines.some((l) => /^# 1 host boundary over 10 Gbit\/s, 0\.5 ms: decode ≤ \d+ tokens\/s/.test(l)));
+    assert.equal(lines.at(-1), '# llama.cpp RPC has no authentication or encryption: run it on a trusted network only');
+  });
+
+  it('refuses bad cluster descriptions and mixed device flags with one line', async () => {
+    const cases: [string[], RegExp][] = [
+      [['plan', 'llama-2-7b', '--cluster', '2xRTX-4090'], /--cluster: expected HOST=CARDS \(a=2xRTX-4090\), got "2xRTX-4090"/],
+      [['plan', 'llama-2-7b', '--cluster', 'a=2xRTX-4090,a=1xA100-80GB'], /--cluster: host a is named twice/],
+      [['plan', 'llama-2-7b', '--cluster', 'a=2xRTX-9999'], /--cluster/],
+      [['plan', 'llama-2-7b', '--cluster', 'a=1xA100-80GB', '--gpu-memory', '24GiB'], /--gpu-memory: --cluster already names every GPU of every host/],
+      [['plan', 'llama-2-7b', '--link', '10'], /--link: describes the link between --cluster hosts; give --cluster too/],
+      [
+        ['plan', 'llama-2-13b', '--cluster', 'a=2xRTX-4090,b=1xA100-80GB', '--max-memory', '0=10GiB,1=10GiB,2=75GiB', '--format', 'vllm'],
+        /--cluster: vLLM commands across hosts are not written yet; --format llama\.cpp gives the RPC commands/,
+      ],
+      [['plan', 'llama-2-7b', '--cluster', 'a=1xA100-80GB', '--link', 'fast'], /--link: expected Gbit\/s\[,latency ms\]/],
+    ];
+    for (const [args, re] of cases) {
+      const r = await cli(args);
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.out}${r.err}`);
+      assert.match(r.err, re);
+      assert.equal(r.err.trim().split('\n').length, 1, r.err);
+    }
+  });
+});
