@@ -21,6 +21,7 @@ import { writeDemoCheckpoint } from '../src/engine/demo-checkpoint.js';
 import { loadGgml, type Ggml } from '../src/engine/ggml/binding.js';
 import { loadModel } from '../src/engine/load.js';
 import { exportGguf } from '../src/engine/gguf-export.js';
+import { llamaQuantize } from './llama-quantize.js';
 import { ggmlTypeFor } from '../src/engine/weights.js';
 import { makePlan, type PlanFlags } from '../src/cli/plan-command.js';
 import type { Plan } from '../src/planner/plan.js';
@@ -38,16 +39,19 @@ import {
   promptIds,
   runPeer,
   summarize,
+  writeLlamaGguf,
   type GenSummary,
   type PeerResult,
 } from './engine.js';
 
 const MiB = 2 ** 20;
-const TYPES: readonly QuantizeType[] = ['q8_0', 'q4_k'];
+const TYPES = ['q8_0', 'q4_k'] as const satisfies readonly QuantizeType[];
 
 export interface QuantizeLoadSample {
   /** ggml_quantize_chunk over every converted tensor, in memory. */
   baselineMs: number;
+  /** llama.cpp's own quantizer (llama_model_quantize, as llama-quantize runs it): the same model's F16 GGUF to a file. */
+  toolMs: number;
   loadMs: number;
 }
 
@@ -220,7 +224,9 @@ export async function runQuantizeBench(o: { runs?: number; peer?: boolean; log?:
     const opts = { devices: 'virtual:1', threads: THREADS, ctx: CTX, kvDtype: 'float16' } as const;
     const g = loadGgml();
 
-    // 1. Quantize on load against ggml_quantize_chunk on the same tensors.
+    // 1. Quantize on load against llama.cpp's quantizer on the same model and ggml_quantize_chunk on the same tensors.
+    const f16Gguf = join(root, 'f16.gguf');
+    writeLlamaGguf(f16Gguf, file, BENCH_CONFIG, 'float16');
     for (const type of TYPES) {
       const q = quantizeSkeleton(skeleton, type).skeleton;
       const tensors = convertedTensors(file, type, new Map(q.tensors.map((t) => [t.name, t.dtype])));
@@ -234,11 +240,13 @@ export async function runQuantizeBench(o: { runs?: number; peer?: boolean; log?:
         const m = await loadModel(dir, { ...opts, threads: LOAD_THREADS, quantize: type });
         const loadMs = performance.now() - t1;
         m.dispose();
-        result.load[type].push({ baselineMs, loadMs });
+        const toolMs = llamaQuantize(f16Gguf, join(root, `tool-${type}.gguf`), type, LOAD_THREADS);
+        rmSync(join(root, `tool-${type}.gguf`), { force: true });
+        result.load[type].push({ baselineMs, toolMs, loadMs });
       }
       const s = result.load[type];
       log(
-        `${type}: load ${stats(s.map((x) => x.loadMs)).median.toFixed(0)} ms, ggml_quantize_chunk alone ${stats(s.map((x) => x.baselineMs)).median.toFixed(0)} ms`,
+        `${type}: load ${stats(s.map((x) => x.loadMs)).median.toFixed(0)} ms, llama_model_quantize ${stats(s.map((x) => x.toolMs)).median.toFixed(0)} ms, ggml_quantize_chunk alone ${stats(s.map((x) => x.baselineMs)).median.toFixed(0)} ms`,
       );
     }
 
@@ -294,7 +302,8 @@ export function renderQuantizeBench(r: QuantizeBenchResult): string {
   out.push(
     `The engine bench's 100M-parameter Llama, F16 safetensors (${(r.sourceBytes / MiB).toFixed(0)} MiB; ${(r.convertedBytes / MiB).toFixed(0)} MiB of it converted). ` +
       `Quantize on load = loadModel with --quantize (read, widen, quantize, copy) on ${r.loadThreads} threads, MB/s of source weights; ` +
-      `baseline = ggml_quantize_chunk (llama-quantize's function) on the same tensors in memory, each tensor's rows split over as many threads, as llama-quantize splits them.`,
+      `Baselines on as many threads: llama.cpp's own quantizer (llama_model_quantize, what llama-quantize runs; the same model as an F16 GGUF to a ${'`'}Q8_0${'`'} / ${'`'}Q4_K_S${'`'} file), ` +
+      `and ggml_quantize_chunk alone on the same tensors already in memory (no reading at all, each tensor's rows split over the threads).`,
   );
   out.push('');
   const load = TYPES.filter((t) => r.load[t]?.length).map((t) => {
@@ -302,9 +311,12 @@ export function renderQuantizeBench(r: QuantizeBenchResult): string {
     const mbs = (ms: number): number => r.convertedBytes / 1e6 / (ms / 1000);
     const ours = mbs(stats(s.map((x) => x.loadMs)).median);
     const base = mbs(stats(s.map((x) => x.baselineMs)).median);
-    return [t, `${ours.toFixed(0)}`, `${base.toFixed(0)}`, ratio(ours, base)];
+    const tool = mbs(stats(s.map((x) => x.toolMs)).median);
+    return [t, `${ours.toFixed(0)}`, `${tool.toFixed(0)}`, ratio(ours, tool), `${base.toFixed(0)}`, ratio(ours, base)];
   });
-  out.push(markdownTable(['type', 'quantize on load MB/s (whole load)', 'ggml_quantize_chunk MB/s', 'ratio'], load));
+  out.push(
+    markdownTable(['type', 'quantize on load MB/s (whole load)', 'llama_model_quantize MB/s', 'ratio', 'ggml_quantize_chunk in memory MB/s', 'ratio '], load),
+  );
   out.push('');
   out.push(
     `Decode (${DECODE_TOKENS} tokens) and prefill (${PROMPT_TOKENS} tokens) on the same GGUF, ctx ${CTX}, KV F16, median of runs; llama.cpp = node-llama-cpp (${r.peerInstall}).`,
