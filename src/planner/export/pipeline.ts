@@ -5,6 +5,7 @@ import { tensorBytes } from '../../reader/dtypes.js';
 import type { Plan } from '../plan.js';
 import { tensorRoles } from '../quantize.js';
 import { formatBytes } from '../units.js';
+import { shellWord } from './shell.js';
 
 /** The decoder layers each pipeline stage runs, and the bytes of them the plan keeps in CPU RAM. */
 export function pipelineStages(p: Plan, s: Skeleton): { gpus: Plan['devices']; layers: number[]; offloaded: number[] } {
@@ -70,4 +71,21 @@ export function checkEndsLayout(
       );
   }
   return moved.length ? [`${engine}'s layout moves ${moved.join(', ')}; every GPU stays within its share`] : [];
+}
+
+/** CUDA_VISIBLE_DEVICES for the stages, and the engine's partition variable when there is more than one. */
+export function stageEnv(gpus: Plan['devices'], layers: readonly number[], partitionVar: string): string[] {
+  const env = [`CUDA_VISIBLE_DEVICES=${gpus.map((d) => String(d.physical ?? d.id)).join(',')}`];
+  if (gpus.length > 1) env.push(`${partitionVar}=${layers.join(',')}`);
+  return env;
+}
+
+/** What the engine loads: a Hugging Face repo id when the plan knows a real one (it downloads or finds it cached), else the path given. */
+export function servedModel(p: Plan, model: string): string {
+  return shellWord(p.model.repo_id !== undefined && /^[\w.-]+\/[\w.-]+$/.test(p.model.repo_id) ? p.model.repo_id : model);
+}
+
+/** The command line, then each note as a shell comment. */
+export function commandWithNotes(words: readonly string[], notes: readonly string[]): string {
+  return `${words.join(' ')}\n${notes.map((n) => `# ${n}`).join('\n')}\n`;
 }

@@ -17,8 +17,7 @@ import type { Skeleton } from '../../reader/skeleton.js';
 import { blockWorkspace, dominantDtype, headWorkspace, TARGETS } from '../memory-model.js';
 import type { Plan, PlanDeviceSpec, Workload } from '../plan.js';
 import { formatBytes } from '../units.js';
-import { checkEndsLayout, pipelineStages } from './pipeline.js';
-import { shellWord } from './shell.js';
+import { checkEndsLayout, commandWithNotes, pipelineStages, servedModel, stageEnv } from './pipeline.js';
 
 /** Model files in python/sglang/srt/models/ for vramfit's families (llama.py, mistral.py, qwen2.py, baichuan.py, chatglm.py, …). */
 export const SGLANG_ARCHITECTURES = new Set([
@@ -108,15 +107,14 @@ export function renderSglang(p: Plan, s: Skeleton, model: string): string {
   }
   const staticOf = (d: Plan['devices'][number]): number => Math.floor(fraction * d.totalBytes!) + dynamic;
   const said = [...notes, ...checkEndsLayout(p, s, gpus, 'SGLang', staticOf)];
-  const env = [`CUDA_VISIBLE_DEVICES=${gpus.map((d) => String(d.physical ?? d.id)).join(',')}`];
-  if (gpus.length > 1) env.push(`SGLANG_PP_LAYER_PARTITION=${layers.join(',')}`);
+  const env = stageEnv(gpus, layers, 'SGLANG_PP_LAYER_PARTITION');
   const w = p.workload;
   const args = [
     'python',
     '-m',
     'sglang.launch_server',
     '--model-path',
-    shellWord(p.model.repo_id !== undefined && /^[\w.-]+\/[\w.-]+$/.test(p.model.repo_id) ? p.model.repo_id : model),
+    servedModel(p, model),
     ...(gpus.length > 1 ? ['--pp-size', String(gpus.length)] : []),
     '--mem-fraction-static',
     String(fraction),
@@ -132,5 +130,5 @@ export function renderSglang(p: Plan, s: Skeleton, model: string): string {
     ...(kv !== 'auto' ? ['--kv-cache-dtype', kv] : []),
   ];
   said.push(`stages: ${gpus.map((d, i) => `GPU ${d.id} ${layers[i]} layers`).join(', ')}; SGLang fills each GPU's static share with KV cache`);
-  return `${[...env, ...args].join(' ')}\n${said.map((n) => `# ${n}`).join('\n')}\n`;
+  return commandWithNotes([...env, ...args], said);
 }

@@ -16,8 +16,7 @@ import { InputError } from '../../util/errors.js';
 import type { Skeleton } from '../../reader/skeleton.js';
 import type { Plan, PlanDeviceSpec } from '../plan.js';
 import { formatBytes } from '../units.js';
-import { checkEndsLayout, pipelineStages } from './pipeline.js';
-import { shellWord } from './shell.js';
+import { checkEndsLayout, commandWithNotes, pipelineStages, servedModel, stageEnv } from './pipeline.js';
 
 /** Architectures in vLLM's model registry (vllm/model_executor/models/registry.py) that vramfit reads. */
 export const VLLM_ARCHITECTURES = new Set([
@@ -100,14 +99,12 @@ export function renderVllm(p: Plan, s: Skeleton, model: string): string {
   if (kv === undefined) throw new InputError('--kv-dtype', `vLLM keeps the KV cache in the model's dtype or fp8, not ${p.workload.kvDtype}`);
   const { gpus, layers, offloaded } = pipelineStages(p, s);
   const cpuOffloadGiB = Math.ceil(Math.max(...offloaded) / GiB);
-  const env = [`CUDA_VISIBLE_DEVICES=${gpus.map((d) => String(d.physical ?? d.id)).join(',')}`];
-  if (gpus.length > 1) env.push(`VLLM_PP_LAYER_PARTITION=${layers.join(',')}`);
+  const env = stageEnv(gpus, layers, 'VLLM_PP_LAYER_PARTITION');
   const w = p.workload;
   const args = [
     'vllm',
     'serve',
-    // A Hugging Face repo id when the plan knows one (vLLM downloads or finds it in the cache), else the path given.
-    shellWord(p.model.repo_id !== undefined && /^[\w.-]+\/[\w.-]+$/.test(p.model.repo_id) ? p.model.repo_id : model),
+    servedModel(p, model),
     ...(gpus.length > 1 ? ['--pipeline-parallel-size', String(gpus.length)] : []),
     '--gpu-memory-utilization',
     String(fraction),
@@ -127,5 +124,5 @@ export function renderVllm(p: Plan, s: Skeleton, model: string): string {
       `the plan keeps ${formatBytes(offloaded.reduce((a, b) => a + b, 0))} of blocks in RAM: vLLM streams up to ${cpuOffloadGiB} GiB of weights from the CPU on every GPU (--cpu-offload-gb is per GPU), slower than keeping them on the GPUs`,
     );
   said.push(`stages: ${gpus.map((d, i) => `GPU ${d.id} ${layers[i]} layers`).join(', ')}; vLLM fills each GPU's remaining share with KV cache`);
-  return `${[...env, ...args].join(' ')}\n${said.map((n) => `# ${n}`).join('\n')}\n`;
+  return commandWithNotes([...env, ...args], said);
 }
