@@ -174,8 +174,12 @@ describe('plan --cluster', () => {
       [['plan', 'llama-2-7b', '--cluster', 'a=1xA100-80GB', '--gpu-memory', '24GiB'], /--gpu-memory: --cluster already names every GPU of every host/],
       [['plan', 'llama-2-7b', '--link', '10'], /--link: describes the link between --cluster hosts; give --cluster too/],
       [
-        ['plan', 'llama-2-13b', '--cluster', 'a=2xRTX-4090,b=1xA100-80GB', '--max-memory', '0=10GiB,1=10GiB,2=75GiB', '--format', 'vllm'],
-        /--cluster: vLLM commands across hosts are not written yet; --format llama\.cpp gives the RPC commands/,
+        ['plan', 'llama-2-13b', '--cluster', 'a@10.0.0.1=2xRTX-4090,b@10.0.0.2=1xA100-80GB', '--max-memory', '0=10GiB,1=10GiB,2=75GiB', '--format', 'sglang'],
+        /--cluster: SGLang gives every node the same number of pipeline stages \(pp-size ÷ nnodes\) and this plan runs 2 on a, 1 on b/,
+      ],
+      [
+        ['plan', 'mixtral-8x7b', '--cluster', 'a@10.0.0.1=1xRTX-4090,b@10.0.0.9=2xRTX-4090,c@10.0.0.3=2xRTX-4090', '--format', 'vllm'],
+        /--cluster: vLLM's Ray executor ranks the other hosts by GPU count, then IP, so the pipeline would run a, c, b/,
       ],
       [['plan', 'llama-2-7b', '--cluster', 'a=1xA100-80GB', '--link', 'fast'], /--link: expected Gbit\/s\[,latency ms\]/],
     ];
@@ -184,6 +188,124 @@ describe('plan --cluster', () => {
       assert.equal(r.code, 2, `${args.join(' ')}: ${r.out}${r.err}`);
       assert.match(r.err, re);
       assert.equal(r.err.trim().split('\n').length, 1, r.err);
+    }
+  });
+
+  /** Each `# on host X` section's command lines, the words of each, and its leading VAR=value words. */
+  function sections(out: string): { host: string; role?: string; env: Record<string, string>; words: string[] }[] {
+    const found: { host: string; role?: string; env: Record<string, string>; words: string[] }[] = [];
+    let at: { host: string; role?: string } | undefined;
+    for (const line of out.trimEnd().split('\n')) {
+      const m = /^# on host (\S+?)(?: \((.+)\))?:$/.exec(line);
+      if (m) at = { host: m[1]!, ...(m[2] ? { role: m[2] } : {}) };
+      else if (!line.startsWith('#') && at) {
+        const words = line.split(' ');
+        const env: Record<string, string> = {};
+        while (/^[A-Z_]+=/.test(words[0]!)) {
+          const [k, v] = words.shift()!.split('=') as [string, string];
+          env[k] = v;
+        }
+        found.push({ ...at, env, words });
+      }
+    }
+    return found;
+  }
+  const flagOf = (words: string[], flag: string): string | undefined => (words.includes(flag) ? words[words.indexOf(flag) + 1] : undefined);
+
+  it('vLLM across hosts with as many stages on each: its --nnodes launch, one line per host, --headless off the head', async () => {
+    const r = await cli([
+      'plan',
+      'llama-2-13b',
+      '--cluster',
+      'a@10.0.0.1=1xRTX-4090,b@10.0.0.2=1xRTX-4090',
+      '--max-memory',
+      '0=20GiB,1=20GiB',
+      '--format',
+      'vllm',
+    ]);
+    assert.equal(r.code, 0, r.err);
+    const [a, b, ...rest] = sections(r.out);
+    assert.equal(rest.length, 0);
+    assert.deepEqual([a!.host, a!.role, b!.host, b!.role], ['a', 'serves the API', 'b', undefined]);
+    for (const [rank, s] of [a!, b!].entries()) {
+      assert.deepEqual(s.words.slice(0, 3), ['vllm', 'serve', 'meta-llama/Llama-2-13b-hf']);
+      assert.equal(s.env['CUDA_VISIBLE_DEVICES'], '0');
+      assert.equal(
+        s.env['VLLM_PP_LAYER_PARTITION']!.split(',').reduce((n, x) => n + Number(x), 0),
+        40,
+      );
+      assert.equal(flagOf(s.words, '--pipeline-parallel-size'), '2');
+      assert.equal(flagOf(s.words, '--nnodes'), '2');
+      assert.equal(flagOf(s.words, '--node-rank'), String(rank));
+      assert.equal(flagOf(s.words, '--master-addr'), '10.0.0.1');
+      assert.equal(s.words.includes('--headless'), rank > 0);
+    }
+    assert.match(r.out, /^# 1 host boundary over 10 Gbit\/s, 0\.5 ms: decode ≤ \d+ tokens\/s from the links alone$/m);
+  });
+
+  it('vLLM across hosts with uneven stages: Ray, each host starting with its own GPUs, the serve line on the head', async () => {
+    const r = await cli([
+      'plan',
+      'llama-2-13b',
+      '--cluster',
+      'a@10.0.0.1=2xRTX-4090,b@10.0.0.2=1xA100-80GB',
+      '--max-memory',
+      '0=10GiB,1=10GiB,2=75GiB',
+      '--format',
+      'vllm',
+    ]);
+    assert.equal(r.code, 0, r.err);
+    const [head, worker, serve, ...rest] = sections(r.out);
+    assert.equal(rest.length, 0);
+    assert.deepEqual([head!.host, head!.env['CUDA_VISIBLE_DEVICES'], head!.words.join(' ')], ['a', '0,1', 'ray start --head --port 6379 --num-gpus 2']);
+    assert.deepEqual(
+      [worker!.host, worker!.env['CUDA_VISIBLE_DEVICES'], worker!.words.join(' ')],
+      ['b', '0', 'ray start --address 10.0.0.1:6379 --num-gpus 1'],
+    );
+    assert.equal(serve!.host, 'a');
+    const partition = serve!.env['VLLM_PP_LAYER_PARTITION']!.split(',').map(Number);
+    assert.equal(partition.length, 3);
+    assert.equal(
+      partition.reduce((n, x) => n + x, 0),
+      40,
+    );
+    assert.equal(flagOf(serve!.words, '--pipeline-parallel-size'), '3');
+    assert.equal(flagOf(serve!.words, '--distributed-executor-backend'), 'ray');
+    assert.equal(serve!.words.includes('--nnodes'), false);
+    // Hosts named without an IP: the order Ray ranks them in cannot be checked, and the export says so.
+    const named = await cli(['plan', 'mixtral-8x7b', '--cluster', 'a=1xRTX-4090,b=2xRTX-4090,c=2xRTX-4090', '--format', 'vllm']);
+    assert.equal(named.code, 0, named.err);
+    assert.match(named.out, /^# vLLM's Ray executor ranks the other hosts by GPU count, then IP: the plan assumes the order given; give them as name@IP/m);
+  });
+
+  it('SGLang across hosts: --nnodes, --node-rank and --dist-init-addr on every host, the partition the same everywhere', async () => {
+    const r = await cli([
+      'plan',
+      'llama-2-13b',
+      '--cluster',
+      'a@10.0.0.1=1xRTX-4090,b@10.0.0.2=1xRTX-4090',
+      '--max-memory',
+      '0=20GiB,1=20GiB',
+      '--format',
+      'sglang',
+    ]);
+    assert.equal(r.code, 0, r.err);
+    const hosts = sections(r.out);
+    assert.deepEqual(
+      hosts.map((h) => h.host),
+      ['a', 'b'],
+    );
+    for (const [rank, s] of hosts.entries()) {
+      assert.deepEqual(s.words.slice(0, 3), ['python', '-m', 'sglang.launch_server']);
+      assert.equal(s.env['SGLANG_PP_LAYER_PARTITION'], hosts[0]!.env['SGLANG_PP_LAYER_PARTITION']);
+      assert.equal(
+        s.env['SGLANG_PP_LAYER_PARTITION']!.split(',').reduce((n, x) => n + Number(x), 0),
+        40,
+      );
+      assert.equal(flagOf(s.words, '--pp-size'), '2');
+      assert.equal(flagOf(s.words, '--nnodes'), '2');
+      assert.equal(flagOf(s.words, '--node-rank'), String(rank));
+      assert.equal(flagOf(s.words, '--dist-init-addr'), '10.0.0.1:50000');
     }
   });
 });

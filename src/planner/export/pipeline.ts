@@ -89,3 +89,57 @@ export function servedModel(p: Plan, model: string): string {
 export function commandWithNotes(words: readonly string[], notes: readonly string[]): string {
   return `${words.join(' ')}\n${notes.map((n) => `# ${n}`).join('\n')}\n`;
 }
+
+/** One host's share of a pipeline across hosts: its stages' GPUs as that host numbers them, and their stage numbers. */
+export interface HostStages {
+  name: string;
+  address: string;
+  localGpus: number[];
+  stages: number[];
+}
+
+/**
+ * The hosts the stages run on, in stage order (--cluster plans). GPU numbers start at 0 on each host, in the order
+ * --cluster lists its cards. A host that comes back later in the pipeline, or a first stage away from the serving
+ * host, is refused: the engines start their pipeline on the host that serves.
+ */
+export function stagesByHost(p: Plan, gpus: Plan['devices'], engine: string): HostStages[] {
+  const c = p.cluster;
+  if (!c) throw new InputError('--cluster', 'this plan was not made across hosts');
+  const out: HostStages[] = [];
+  gpus.forEach((d, stage) => {
+    const host = c.hosts.find((h) => h.name === d.host);
+    if (!host) throw new InputError('--cluster', `GPU ${d.id} is on no host of the cluster`);
+    let at = out.at(-1);
+    if (at?.name !== host.name) {
+      if (out.some((h) => h.name === host.name))
+        throw new InputError('--cluster', `${engine} runs each host's stages together; host ${host.name} comes back later in the pipeline`);
+      at = { name: host.name, address: host.address, localGpus: [], stages: [] };
+      out.push(at);
+    }
+    at.localGpus.push(Number(d.id) - Number(host.gpus[0]));
+    at.stages.push(stage);
+  });
+  if (out[0]?.name !== c.hosts[0]!.name)
+    throw new InputError('--cluster', `${engine} starts the pipeline on the host that serves (${c.hosts[0]!.name}), and this plan puts no stage there`);
+  return out;
+}
+
+/** The decode bound the links set, and the stage layout per host, as comment lines. */
+export function clusterNotes(p: Plan, hosts: readonly HostStages[]): string[] {
+  const c = p.cluster!;
+  const notes = [`stages per host: ${hosts.map((h) => `${h.name} ${h.stages.length} (GPU ${h.localGpus.join(',')})`).join(', ')}`];
+  if (c.decode_bound_tps !== null)
+    notes.push(
+      `${c.boundaries} host boundar${c.boundaries === 1 ? 'y' : 'ies'} over ${c.link_gbps} Gbit/s, ${c.link_latency_ms} ms: decode ≤ ${Math.floor(c.decode_bound_tps)} tokens/s from the links alone`,
+    );
+  return notes;
+}
+
+/** Commands per host: a `# on host X:` line before each host's lines, then the notes as comments. */
+export function perHostCommands(sections: readonly { host: string; role?: string; lines: readonly string[] }[], notes: readonly string[]): string {
+  const out: string[] = [];
+  for (const s of sections) out.push(`# on host ${s.host}${s.role ? ` (${s.role})` : ''}:`, ...s.lines);
+  out.push(...notes.map((n) => `# ${n}`));
+  return `${out.join('\n')}\n`;
+}

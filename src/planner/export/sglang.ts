@@ -17,7 +17,8 @@ import type { Skeleton } from '../../reader/skeleton.js';
 import { blockWorkspace, dominantDtype, headWorkspace, TARGETS } from '../memory-model.js';
 import type { Plan, PlanDeviceSpec, Workload } from '../plan.js';
 import { formatBytes } from '../units.js';
-import { checkEndsLayout, commandWithNotes, pipelineStages, servedModel, stageEnv } from './pipeline.js';
+import { checkEndsLayout, clusterNotes, commandWithNotes, perHostCommands, pipelineStages, servedModel, stageEnv, stagesByHost } from './pipeline.js';
+import { shellWord } from './shell.js';
 
 /** Model files in python/sglang/srt/models/ for vramfit's families (llama.py, mistral.py, qwen2.py, baichuan.py, chatglm.py, …). */
 export const SGLANG_ARCHITECTURES = new Set([
@@ -84,8 +85,6 @@ const KV_DTYPE: Record<string, string> = { float16: 'auto', bfloat16: 'auto', fl
 
 export function renderSglang(p: Plan, s: Skeleton, model: string): string {
   if (!p.sglang) throw new InputError('--format', 'this plan was not made for SGLang (--target sglang)');
-  if (p.cluster && p.cluster.boundaries > 0)
-    throw new InputError('--cluster', `SGLang commands across hosts are not written yet; --format llama.cpp gives the RPC commands for this plan`);
   if (s.source.kind === 'gguf') throw new InputError('--format', 'give SGLang the Hugging Face folder; for a GGUF file use --format llama.cpp');
   if (!SGLANG_ARCHITECTURES.has(p.model.root_class))
     throw new InputError(
@@ -130,5 +129,44 @@ export function renderSglang(p: Plan, s: Skeleton, model: string): string {
     ...(kv !== 'auto' ? ['--kv-cache-dtype', kv] : []),
   ];
   said.push(`stages: ${gpus.map((d, i) => `GPU ${d.id} ${layers[i]} layers`).join(', ')}; SGLang fills each GPU's static share with KV cache`);
+  if (p.cluster && p.cluster.boundaries > 0) return renderSglangAcrossHosts(p, gpus, layers, args, said);
   return commandWithNotes([...env, ...args], said);
+}
+
+/** Where node rank 0 listens for the others (`--dist-init-addr HOST:PORT`). */
+const DIST_INIT_PORT = 50000;
+
+/**
+ * Across hosts: `--nnodes --node-rank --dist-init-addr` on every host. SGLang gives each node pp_size ÷ nnodes
+ * consecutive pipeline ranks (its engine's pp_rank_range, gpu_id = base_gpu_id + local rank), so every host must run
+ * as many stages; each host's CUDA_VISIBLE_DEVICES lists its stages' GPUs in order, and every host reads the same
+ * SGLANG_PP_LAYER_PARTITION.
+ */
+function renderSglangAcrossHosts(p: Plan, gpus: Plan['devices'], layers: readonly number[], args: readonly string[], said: string[]): string {
+  const hosts = stagesByHost(p, gpus, 'SGLang');
+  const each = hosts[0]!.stages.length;
+  if (hosts.some((h) => h.stages.length !== each))
+    throw new InputError(
+      '--cluster',
+      `SGLang gives every node the same number of pipeline stages (pp-size ÷ nnodes) and this plan runs ${hosts.map((h) => `${h.stages.length} on ${h.name}`).join(', ')}; --format vllm (Ray) or llama.cpp (RPC) can run it`,
+    );
+  const init = shellWord(`${hosts[0]!.address}:${DIST_INIT_PORT}`);
+  const sections = hosts.map((h, rank) => ({
+    host: h.name,
+    ...(rank === 0 ? { role: 'serves the API' } : {}),
+    lines: [
+      [
+        `CUDA_VISIBLE_DEVICES=${h.localGpus.join(',')}`,
+        `SGLANG_PP_LAYER_PARTITION=${layers.join(',')}`,
+        ...args,
+        '--nnodes',
+        String(hosts.length),
+        '--node-rank',
+        String(rank),
+        '--dist-init-addr',
+        init,
+      ].join(' '),
+    ],
+  }));
+  return perHostCommands(sections, [...said, ...clusterNotes(p, hosts)]);
 }

@@ -16,7 +16,18 @@ import { InputError } from '../../util/errors.js';
 import type { Skeleton } from '../../reader/skeleton.js';
 import type { Plan, PlanDeviceSpec } from '../plan.js';
 import { formatBytes } from '../units.js';
-import { checkEndsLayout, commandWithNotes, pipelineStages, servedModel, stageEnv } from './pipeline.js';
+import {
+  checkEndsLayout,
+  clusterNotes,
+  commandWithNotes,
+  perHostCommands,
+  pipelineStages,
+  servedModel,
+  stageEnv,
+  stagesByHost,
+  type HostStages,
+} from './pipeline.js';
+import { shellWord } from './shell.js';
 
 /** Architectures in vLLM's model registry (vllm/model_executor/models/registry.py) that vramfit reads. */
 export const VLLM_ARCHITECTURES = new Set([
@@ -87,8 +98,6 @@ const KV_DTYPE: Record<string, string> = { float16: 'auto', bfloat16: 'auto', fl
 export function renderVllm(p: Plan, s: Skeleton, model: string): string {
   if (!p.vllm) throw new InputError('--format', 'this plan was not made for vLLM (--target vllm)');
   const { gpu_memory_utilization: fraction, notes } = p.vllm;
-  if (p.cluster && p.cluster.boundaries > 0)
-    throw new InputError('--cluster', `vLLM commands across hosts are not written yet; --format llama.cpp gives the RPC commands for this plan`);
   if (s.source.kind === 'gguf') throw new InputError('--format', 'give vLLM the Hugging Face folder; for a GGUF file use --format llama.cpp');
   if (!VLLM_ARCHITECTURES.has(p.model.root_class))
     throw new InputError(
@@ -124,5 +133,76 @@ export function renderVllm(p: Plan, s: Skeleton, model: string): string {
       `the plan keeps ${formatBytes(offloaded.reduce((a, b) => a + b, 0))} of blocks in RAM: vLLM streams up to ${cpuOffloadGiB} GiB of weights from the CPU on every GPU (--cpu-offload-gb is per GPU), slower than keeping them on the GPUs`,
     );
   said.push(`stages: ${gpus.map((d, i) => `GPU ${d.id} ${layers[i]} layers`).join(', ')}; vLLM fills each GPU's remaining share with KV cache`);
+  if (p.cluster && p.cluster.boundaries > 0) return renderVllmAcrossHosts(p, gpus, layers, args, said);
   return commandWithNotes([...env, ...args], said);
+}
+
+const RAY_PORT = 6379;
+
+/**
+ * Across hosts. Where every host runs as many stages, vLLM's own multi-node launch (`--nnodes --node-rank
+ * --master-addr`, `--headless` on the others) gives host k ranks k·L … k·L+L−1, L = world size ÷ nnodes
+ * (vllm/config/parallel.py asserts world_size % nnodes == 0). Otherwise Ray, which takes any count per host: its
+ * executor ranks the driver's host first, then the others by how few workers they hold, then by IP
+ * (ray_utils sort_by_driver_then_worker_ip), so the plan's host order must be that one. vLLM copies VLLM_*
+ * variables to its Ray workers (vllm/ray/ray_env.py), not CUDA_VISIBLE_DEVICES: each host sets that at `ray start`.
+ */
+function renderVllmAcrossHosts(p: Plan, gpus: Plan['devices'], layers: readonly number[], args: readonly string[], said: string[]): string {
+  const hosts = stagesByHost(p, gpus, 'vLLM');
+  const head = hosts[0]!;
+  const partition = `VLLM_PP_LAYER_PARTITION=${layers.join(',')}`;
+  const visible = (h: HostStages): string => `CUDA_VISIBLE_DEVICES=${h.localGpus.join(',')}`;
+  const notes = [...said, ...clusterNotes(p, hosts)];
+  if (hosts.every((h) => h.stages.length === head.stages.length)) {
+    const sections = hosts.map((h, rank) => ({
+      host: h.name,
+      ...(rank === 0 ? { role: 'serves the API' } : {}),
+      lines: [
+        [
+          visible(h),
+          partition,
+          ...args,
+          '--nnodes',
+          String(hosts.length),
+          '--node-rank',
+          String(rank),
+          '--master-addr',
+          shellWord(head.address),
+          ...(rank > 0 ? ['--headless'] : []),
+        ].join(' '),
+      ],
+    }));
+    notes.push(
+      `vLLM's multi-node launch: each host runs ${head.stages.length} stage${head.stages.length === 1 ? '' : 's'}, node rank k the k-th run of stages`,
+    );
+    return perHostCommands(sections, notes);
+  }
+  const others = hosts.slice(1);
+  const rayOrder = [...others].sort((a, b) => a.stages.length - b.stages.length || (a.address < b.address ? -1 : a.address > b.address ? 1 : 0));
+  const ipv4 = /^\d{1,3}(\.\d{1,3}){3}$/;
+  if (rayOrder.some((h, i) => h !== others[i])) {
+    const order = [head, ...rayOrder].map((h) => h.name).join(', ');
+    if (others.every((h) => ipv4.test(h.address)))
+      throw new InputError(
+        '--cluster',
+        `vLLM's Ray executor ranks the other hosts by GPU count, then IP, so the pipeline would run ${order}; list the hosts in that order`,
+      );
+    notes.push(
+      `vLLM's Ray executor ranks the other hosts by GPU count, then IP: give them as name@IP so vramfit can check the order (${order} by the names given)`,
+    );
+  } else if (!others.every((h) => ipv4.test(h.address))) {
+    notes.push(
+      "vLLM's Ray executor ranks the other hosts by GPU count, then IP: the plan assumes the order given; give them as name@IP so vramfit can check it",
+    );
+  }
+  const sections = [
+    { host: head.name, role: 'Ray head', lines: [`${visible(head)} ray start --head --port ${RAY_PORT} --num-gpus ${head.localGpus.length}`] },
+    ...others.map((h) => ({
+      host: h.name,
+      lines: [`${visible(h)} ray start --address ${shellWord(`${head.address}:${RAY_PORT}`)} --num-gpus ${h.localGpus.length}`],
+    })),
+    { host: head.name, role: 'then, serves the API', lines: [[partition, ...args, '--distributed-executor-backend', 'ray'].join(' ')] },
+  ];
+  notes.push("the hosts run different numbers of stages, which only vLLM's Ray executor places (its --nnodes launch gives every host as many)");
+  return perHostCommands(sections, notes);
 }
