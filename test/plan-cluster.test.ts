@@ -5,6 +5,7 @@
  * every device in pipeline order.
  */
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { main } from '../src/cli/main.js';
@@ -306,6 +307,88 @@ describe('plan --cluster', () => {
       assert.equal(flagOf(s.words, '--nnodes'), '2');
       assert.equal(flagOf(s.words, '--node-rank'), String(rank));
       assert.equal(flagOf(s.words, '--dist-init-addr'), '10.0.0.1:50000');
+    }
+  });
+
+  it('reads the cluster from a JSON or YAML file: hosts, addresses, per-GPU caps and the link, the same plan as the flags give', async () => {
+    const yaml = join(root, 'cluster.yaml');
+    writeFileSync(
+      yaml,
+      [
+        'hosts:',
+        '  - { name: a, address: 10.0.0.1, gpus: 2xRTX-4090, caps: [10GiB, 10GiB] }',
+        '  - name: b',
+        '    address: 10.0.0.2',
+        '    gpus: [A100-80GB]',
+        '    caps: 75GiB',
+        'link: { gbps: 25, latency_ms: 0.2 }',
+        '',
+      ].join('\n'),
+    );
+    const json = join(root, 'cluster.json');
+    writeFileSync(
+      json,
+      JSON.stringify({
+        hosts: [
+          { name: 'a', address: '10.0.0.1', gpus: '2xRTX-4090', caps: ['10GiB', '10GiB'] },
+          { name: 'b', address: '10.0.0.2', gpus: ['A100-80GB'], caps: '75GiB' },
+        ],
+        link: { gbps: 25, latency_ms: 0.2 },
+      }),
+    );
+    const byFlags = await makePlan('llama-2-13b', {
+      ...BASE,
+      cluster: 'a@10.0.0.1=2xRTX-4090,b@10.0.0.2=1xA100-80GB',
+      maxMemory: '0=10GiB,1=10GiB,2=75GiB',
+      link: '25,0.2',
+    });
+    for (const file of [yaml, json]) {
+      const byFile = await makePlan('llama-2-13b', { ...BASE, cluster: file });
+      assert.deepEqual(byFile.plan.deviceMap, byFlags.plan.deviceMap, file);
+      assert.deepEqual(
+        byFile.plan.devices.map((d) => [d.id, d.cap, d.host]),
+        byFlags.plan.devices.map((d) => [d.id, d.cap, d.host]),
+      );
+      assert.deepEqual(byFile.plan.cluster, byFlags.plan.cluster);
+    }
+    // --max-memory adds to the file's caps (here the CPU's) and may not cap a GPU twice.
+    const withCpu = await makePlan('llama-2-13b', { ...BASE, cluster: yaml, maxMemory: 'cpu=20GiB' });
+    assert.equal(withCpu.plan.devices.find((d) => d.kind === 'cpu')?.cap, 20 * 1024 ** 3);
+  });
+
+  it('refuses a bad cluster file naming the file and the entry', async () => {
+    const write = (name: string, text: string): string => {
+      const f = join(root, name);
+      writeFileSync(f, text);
+      return f;
+    };
+    const cases: [string[], RegExp][] = [
+      [['--cluster', join(root, 'missing.yaml')], /--cluster: cannot read \S+missing\.yaml: ENOENT/],
+      [['--cluster', write('bad.yaml', 'hosts: [a, {')], /bad\.yaml: is not valid JSON or YAML/],
+      [['--cluster', write('nohosts.yaml', 'link: {gbps: 10}\n')], /nohosts\.yaml: hosts: expected a list of at least one host/],
+      [
+        ['--cluster', write('key.yaml', 'hosts:\n  - {name: a, gpus: 1xRTX-4090, memory: 20GiB}\n')],
+        /key\.yaml: hosts\[0\]: unknown key memory \(known: name, address, gpus, caps\)/,
+      ],
+      [['--cluster', write('count.yaml', 'hosts:\n  - {name: a, gpus: 2xRTX-4090, caps: [20GiB]}\n')], /count\.yaml: a\.caps: gives 1 caps for 2 GPUs/],
+      [['--cluster', write('cap.yaml', 'hosts:\n  - {name: a, gpus: 1xRTX-4090, caps: lots}\n')], /cap\.yaml: a\.caps: /],
+      [['--cluster', write('card.yaml', 'hosts:\n  - {name: a, gpus: 1xRTX-9999}\n')], /card\.yaml: a\.gpus/],
+      [
+        ['--cluster', write('twice.yaml', 'hosts:\n  - {name: a, gpus: 1xRTX-4090}\n  - {name: a, gpus: 1xRTX-4090}\n')],
+        /twice\.yaml: hosts\[1\]\.name: host a is named twice/,
+      ],
+      [['--cluster', write('link.yaml', 'hosts:\n  - {name: a, gpus: 1xRTX-4090}\nlink: {gbps: fast}\n')], /link\.yaml: link\.gbps: expected Gbit\/s above 0/],
+      [
+        ['--cluster', write('ok.yaml', 'hosts:\n  - {name: a, gpus: 1xRTX-4090, caps: 20GiB}\n'), '--link', '10'],
+        /--link: \S+ok\.yaml describes the cluster; put the link there/,
+      ],
+      [['--cluster', join(root, 'ok.yaml'), '--max-memory', '0=10GiB'], /--max-memory: GPU 0 already has a cap in \S+ok\.yaml/],
+    ];
+    for (const [args, re] of cases) {
+      const r = await cli(['plan', 'llama-2-7b', ...args]);
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.out}${r.err}`);
+      assert.match(r.err, re);
+      assert.equal(r.err.trim().split('\n').length, 1, r.err);
     }
   });
 });

@@ -16,7 +16,9 @@ import { renderAccelerate } from '../planner/export/accelerate.js';
 import { renderPlanJson } from '../planner/export/json.js';
 import { renderLlamaCpp } from '../planner/export/llamacpp.js';
 import { renderVllm, vllmDevices } from '../planner/export/vllm.js';
-import { clusterGpus, decodeBound, hostBoundaries, parseCluster, type Cluster } from '../planner/cluster.js';
+import { clusterGpus, decodeBound, hostBoundaries, parseCluster, parseClusterFile, type Cluster } from '../planner/cluster.js';
+import { maxMemoryEntries } from '../planner/budgets.js';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { renderSglang, sglangDevices, sglangDynamicBytes } from '../planner/export/sglang.js';
 import { renderPython } from '../planner/export/python.js';
 import { EXPORT_TARGET } from '../planner/export/targets.js';
@@ -147,7 +149,7 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   }
   const target = targetFor(flags);
   if (flags.link !== undefined && flags.cluster === undefined) throw new InputError('--link', 'describes the link between --cluster hosts; give --cluster too');
-  const cluster = flags.cluster !== undefined ? parseCluster(flags.cluster, flags.link) : undefined;
+  const { cluster, maxMemory } = clusterOf(flags);
   if (mode !== undefined && target !== 'vramfit')
     throw new InputError('--quantize', `ggml block types are planned for the vramfit engine, not target ${target}`);
   const inv = await inventoryFor(flags, cluster);
@@ -158,7 +160,8 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   const ubatch = positive(flags.ubatch, '--ubatch');
   const maxCtx = skeleton.attention?.maxPositionEmbeddings ?? 131072;
   const deviceOpts: Parameters<typeof devicesForPlan>[1] = { target };
-  for (const k of ['maxMemory', 'offloadFolder', 'overhead', 'gpuWeights'] as const) if (flags[k] !== undefined) deviceOpts[k] = flags[k];
+  for (const k of ['offloadFolder', 'overhead', 'gpuWeights'] as const) if (flags[k] !== undefined) deviceOpts[k] = flags[k];
+  if (maxMemory !== undefined) deviceOpts.maxMemory = maxMemory;
   if (virtual !== undefined) deviceOpts.virtual = virtual;
   if (target === 'vramfit') {
     // GPUs ggml runs (listed by `vramfit devices`): the backend's own scratch at the largest context asked for.
@@ -270,6 +273,29 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   return { plan, skeleton, notes: inv.notes };
 }
 
+/** `--cluster` as a string or a JSON/YAML file, and --max-memory with the file's caps added (a GPU capped in both is refused). */
+function clusterOf(flags: PlanFlags): { cluster?: Cluster; maxMemory?: string } {
+  const given = flags.cluster;
+  if (given === undefined) return flags.maxMemory !== undefined ? { maxMemory: flags.maxMemory } : {};
+  const isFile = /\.(json|ya?ml)$/i.test(given) || (existsSync(given) && statSync(given).isFile());
+  if (!isFile) return { cluster: parseCluster(given, flags.link), ...(flags.maxMemory !== undefined ? { maxMemory: flags.maxMemory } : {}) };
+  let text: string;
+  try {
+    text = readFileSync(given, 'utf8');
+  } catch (e) {
+    throw new InputError('--cluster', `cannot read ${given}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  const { cluster, caps } = parseClusterFile(text, given);
+  if (flags.link !== undefined) throw new InputError('--link', `${given} describes the cluster; put the link there (link: {gbps, latency_ms})`);
+  if (Object.keys(caps).length === 0) return { cluster, ...(flags.maxMemory !== undefined ? { maxMemory: flags.maxMemory } : {}) };
+  const merged: Record<string, unknown> = { ...caps };
+  for (const [key, value] of flags.maxMemory !== undefined ? maxMemoryEntries(flags.maxMemory) : []) {
+    if (key.trim() in caps) throw new InputError('--max-memory', `GPU ${key.trim()} already has a cap in ${given}`);
+    merged[key.trim()] = value;
+  }
+  return { cluster, maxMemory: JSON.stringify(merged) };
+}
+
 /** `--ctx auto`, probing plans without remedies; when nothing fits, the shortest context's error with them. */
 function autoContext(maxCtx: number, planAt: (ctx: number, remedies: boolean) => Plan): Plan {
   try {
@@ -316,8 +342,8 @@ export function addPlanCommand(program: Command, io: Io): void {
     .option('--device-spec <spec>', 'simulate known cards: 4xA100-80GB, 2xRTX-4090,1xA6000')
     .option('--devices <spec>', 'virtual:N — N independent CPU backends standing in for GPUs (capped like GPUs)')
     .option(
-      '--cluster <hosts>',
-      'plan across hosts: a=2xRTX-4090,b@10.0.0.2=1xA100-80GB (cards as --device-spec takes them; GPUs numbered on from host to host for --max-memory; the first host serves). The fewest leading hosts that hold the weights on GPUs are used',
+      '--cluster <hosts|file>',
+      'plan across hosts: a=2xRTX-4090,b@10.0.0.2=1xA100-80GB (cards as --device-spec takes them; GPUs numbered on from host to host for --max-memory; the first host serves), or a JSON/YAML file with hosts (name, address, gpus, caps) and link (gbps, latency_ms). The fewest leading hosts that hold the weights on GPUs are used',
     )
     .option('--link <gbps[,ms]>', 'the link between --cluster hosts: Gbit/s and latency in ms (default 10,0.5); sets the decode bound printed')
     .option('--offload-folder <dir>', 'allow disk offload into this folder (its free space is the disk budget)')

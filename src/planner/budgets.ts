@@ -66,7 +66,7 @@ function unknownKey(key: string): InputError {
 }
 
 /** The (device, size) entries of a --max-memory value as written, in order. */
-function entriesOf(value: string | Record<string, unknown>): Array<[string, unknown, 'text' | 'json']> {
+export function maxMemoryEntries(value: string | Record<string, unknown>): Array<[string, unknown, 'text' | 'json']> {
   const pairs: Array<[string, unknown, 'text' | 'json']> = [];
   if (typeof value === 'string') {
     const text = value.trim();
@@ -104,7 +104,7 @@ function entriesOf(value: string | Record<string, unknown>): Array<[string, unkn
 /** Each device's cap as the user typed it (`5GB`, `90%`, `free-2GiB`), keyed like parseMaxMemory's result. */
 export function typedBudgets(value: string | Record<string, unknown>): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const [key, raw] of entriesOf(value)) {
+  for (const [key, raw] of maxMemoryEntries(value)) {
     const device = parseDeviceKey(key);
     if (device !== undefined) out[String(device)] = typeof raw === 'string' ? raw.trim() : String(raw);
   }
@@ -113,7 +113,7 @@ export function typedBudgets(value: string | Record<string, unknown>): Record<st
 
 /** Parses `--max-memory` from its comma form, a JSON dict string, or an already-parsed dict. */
 export function parseMaxMemory(value: string | Record<string, unknown>, options: ParseMaxMemoryOptions = {}): BudgetSpecs {
-  const pairs = entriesOf(value);
+  const pairs = maxMemoryEntries(value);
   const specs: BudgetSpecs = {};
   for (const [rawKey, rawValue, form] of pairs) {
     const device = parseDeviceKey(rawKey);
