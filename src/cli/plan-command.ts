@@ -21,19 +21,30 @@ import { maxMemoryEntries } from '../planner/budgets.js';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { renderSglang, sglangDevices, sglangDynamicBytes } from '../planner/export/sglang.js';
 import { renderPython } from '../planner/export/python.js';
+import {
+  checkExllamaInput,
+  exllamaCacheMode,
+  exllamaChunk,
+  exllamaDevices,
+  exllamaEmbedding,
+  finishExllamaPlan,
+  renderExllamav3,
+  renderTabby,
+  withoutEmbedding,
+} from '../planner/export/exllamav3.js';
 import { EXPORT_TARGET } from '../planner/export/targets.js';
 import { renderPlanTable } from '../planner/export/table.js';
 import { InfeasiblePlanError, planFit } from '../planner/fit.js';
 import { PLAN_KNOBS } from '../planner/remedies.js';
-import type { Plan, Target } from '../planner/plan.js';
+import type { Plan, PlanDeviceSpec, Target } from '../planner/plan.js';
 import { InputError } from '../util/errors.js';
 import { planAccelerateCompat, type CompatFlags } from './plan-compat.js';
 import type { Io } from './main.js';
 
-export const FORMATS = ['table', 'json', 'accelerate', 'python', 'llama.cpp', 'vllm', 'sglang'] as const;
+export const FORMATS = ['table', 'json', 'accelerate', 'python', 'llama.cpp', 'vllm', 'sglang', 'exllamav3', 'tabbyapi'] as const;
 export type Format = (typeof FORMATS)[number];
 const STRATEGIES = ['fit', 'sequential', 'balanced', 'balanced_low_0', 'auto'] as const;
-const TARGET_NAMES = ['vramfit', 'transformers', 'llama.cpp', 'vllm', 'sglang'] as const;
+const TARGET_NAMES = ['vramfit', 'transformers', 'llama.cpp', 'vllm', 'sglang', 'exllamav3'] as const;
 
 export interface PlanFlags extends CompatFlags {
   maxMemory?: string;
@@ -154,11 +165,18 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     throw new InputError('--quantize', `ggml block types are planned for the vramfit engine, not target ${target}`);
   const inv = await inventoryFor(flags, cluster);
   const virtual = virtualCount(flags.devices);
-  let kvDtype = checkDtype(flags.kvDtype, '--kv-dtype') ?? kvDefaultDtype(skeleton);
-  const dtype = checkDtype(flags.dtype, '--dtype');
+  // exllamav3 keeps its cache in float16 unless quantized, whatever the weights' dtype, and computes in float16.
+  let kvDtype = checkDtype(flags.kvDtype, '--kv-dtype') ?? (target === 'exllamav3' ? 'float16' : kvDefaultDtype(skeleton));
+  const dtype = target === 'exllamav3' ? 'float16' : checkDtype(flags.dtype, '--dtype');
   const batch = positive(flags.batch, '--batch');
   const ubatch = positive(flags.ubatch, '--ubatch');
   const maxCtx = skeleton.attention?.maxPositionEmbeddings ?? 131072;
+  let exllama: { gpus: PlanDeviceSpec[]; cpu?: PlanDeviceSpec; embedding?: ReturnType<typeof exllamaEmbedding> } | undefined;
+  if (target === 'exllamav3') {
+    if (cluster) throw new InputError('--cluster', 'exllamav3 runs on one host; --format vllm, sglang or llama.cpp plan across hosts');
+    checkExllamaInput(skeleton, flags.ctx === 'auto' ? undefined : positive(flags.ctx, '--ctx'), batch, checkDtype(flags.dtype, '--dtype'));
+    exllamaCacheMode(kvDtype);
+  }
   const deviceOpts: Parameters<typeof devicesForPlan>[1] = { target };
   for (const k of ['offloadFolder', 'overhead', 'gpuWeights'] as const) if (flags[k] !== undefined) deviceOpts[k] = flags[k];
   if (maxMemory !== undefined) deviceOpts.maxMemory = maxMemory;
@@ -185,6 +203,14 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
       : 0;
   const sglang = target === 'sglang' ? sglangDevices(devices, sglangDynamic) : undefined;
   if (sglang) devices = sglang.devices;
+  // exllamav3 loads every layer onto its GPUs, the embedding into CPU RAM.
+  let planSkeleton = skeleton;
+  if (target === 'exllamav3') {
+    const embedding = exllamaEmbedding(skeleton);
+    exllama = { ...exllamaDevices(devices), ...(embedding ? { embedding } : {}) };
+    devices = exllama.gpus;
+    if (embedding) planSkeleton = withoutEmbedding(skeleton, embedding);
+  }
   if (devices.length === 0) throw new InputError('--max-memory', 'names no device the plan could use');
   if (mode === 'auto') {
     // Types chosen at the context asked for (--ctx auto: at most 4096, then the context grows with them fixed).
@@ -209,8 +235,16 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   const planAt = (ctx: number, remedies: boolean): Plan => {
     const workload = { ctx, batch, ubatch: Math.min(ubatch, ctx), kvDtype, ...(dtype ? { dtype } : {}) };
     // SGLang cannot offload: no remedy may suggest CPU RAM or disk.
-    const knobs = target === 'sglang' ? { ...PLAN_KNOBS, offload: false } : PLAN_KNOBS;
-    return planFit({ skeleton, devices, workload, target, remedies: remedies ? knobs : false });
+    const knobs = target === 'sglang' || target === 'exllamav3' ? { ...PLAN_KNOBS, offload: false } : PLAN_KNOBS;
+    // exllamav3's loader fills each GPU before the next: the plan does too, so its split is the loader's.
+    return planFit({
+      skeleton: planSkeleton,
+      devices,
+      workload,
+      target,
+      remedies: remedies ? knobs : false,
+      ...(target === 'exllamav3' ? { fill: 'in-order' as const } : {}),
+    });
   };
   // Across hosts: the fewest leading hosts whose GPUs hold every weight, so no boundary is crossed needlessly.
   if (cluster && cluster.hosts.length > 1) {
@@ -237,6 +271,8 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
       e.message += `\nnote: vLLM runs every GPU at one --gpu-memory-utilization, ${vllm.fraction} here (the tightest cap over its GPU's memory); the caps above are that share of each GPU`;
     if (sglang && e instanceof InfeasiblePlanError)
       e.message += `\nnote: SGLang runs every GPU at one --mem-fraction-static, ${sglang.fraction} here (the tightest cap, less activations and CUDA graphs, over its GPU's memory); the caps above are that share of each GPU plus those`;
+    if (exllama && e instanceof InfeasiblePlanError)
+      e.message += '\nnote: exllamav3 keeps every layer on its GPUs (only the embedding in CPU RAM): the cpu line is not an option for it';
     throw e;
   }
   if (flags.ctx !== 'auto' && plan.workload.ctx > maxCtx) plan.warnings.push(`--ctx ${plan.workload.ctx} is longer than the model's ${maxCtx}-token maximum`);
@@ -262,6 +298,7 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   }
   if (vllm) plan.vllm = { gpu_memory_utilization: vllm.fraction, notes: vllm.notes };
   if (sglang) plan.sglang = { mem_fraction_static: sglang.fraction, dynamic_bytes: sglangDynamic, notes: sglang.notes };
+  if (exllama) plan.exllamav3 = finishExllamaPlan(plan, exllama.embedding, exllama.cpu, exllamaChunk(plan.workload.ubatch * batch), plan.workload.kvDtype);
   if (mode !== undefined) {
     plan.quantization = summarizeQuantization(source, skeleton, mode, plan.workload.kvDtype);
     if (mode === 'auto')
@@ -320,6 +357,10 @@ export function renderPlan(plan: Plan, skeleton: Skeleton, model: string, format
       return renderVllm(plan, skeleton, model);
     case 'sglang':
       return renderSglang(plan, skeleton, model);
+    case 'exllamav3':
+      return renderExllamav3(plan, skeleton, model);
+    case 'tabbyapi':
+      return renderTabby(plan, skeleton, model);
     default:
       return `${renderPlanTable(plan)}\n`;
   }

@@ -2,6 +2,7 @@ import { makePlan, type PlanFlags } from '../cli/plan-command.js';
 import { renderAccelerate, accelerateArgs } from '../planner/export/accelerate.js';
 import { renderLlamaCpp } from '../planner/export/llamacpp.js';
 import { renderSglang } from '../planner/export/sglang.js';
+import { renderExllamav3, renderTabby } from '../planner/export/exllamav3.js';
 import { renderVllm } from '../planner/export/vllm.js';
 import { renderPython } from '../planner/export/python.js';
 import { renderPlanTable } from '../planner/export/table.js';
@@ -29,6 +30,10 @@ export interface PlanOptions {
   target?: Target;
   overhead?: string;
   gpuWeights?: string;
+  /** GPUs across hosts: 'a=2xRTX-4090,b@10.0.0.2=1xA100-80GB', or a JSON/YAML cluster file (as `plan --cluster`). */
+  cluster?: string;
+  /** The link between cluster hosts: 'GBPS[,MS]'. */
+  link?: string;
 }
 
 /**
@@ -50,7 +55,20 @@ export async function planWithSkeleton(model: string, options: PlanOptions = {})
     ubatch: String(options.ubatch ?? 512),
   };
   if (options.maxMemory !== undefined) flags.maxMemory = typeof options.maxMemory === 'string' ? options.maxMemory : JSON.stringify(options.maxMemory);
-  for (const k of ['gpuMemory', 'deviceSpec', 'gpus', 'devices', 'offloadFolder', 'kvDtype', 'dtype', 'target', 'overhead', 'gpuWeights'] as const) {
+  for (const k of [
+    'gpuMemory',
+    'deviceSpec',
+    'gpus',
+    'devices',
+    'offloadFolder',
+    'kvDtype',
+    'dtype',
+    'target',
+    'overhead',
+    'gpuWeights',
+    'cluster',
+    'link',
+  ] as const) {
     const v = options[k];
     if (v !== undefined) (flags as unknown as Record<string, unknown>)[k] = v;
   }
@@ -72,4 +90,8 @@ export const exporters = {
   vllm: (p: Plan, skeleton: Skeleton, model: string): string => renderVllm(p, skeleton, model),
   /** An `sglang.launch_server` line with its notes, for a plan made with `target: 'sglang'`. */
   sglang: (p: Plan, skeleton: Skeleton, model: string): string => renderSglang(p, skeleton, model),
+  /** A Python script loading the model with exllamav3 (use_per_device per GPU), for a plan made with `target: 'exllamav3'`. */
+  exllamav3: (p: Plan, skeleton: Skeleton, model: string): string => renderExllamav3(p, skeleton, model),
+  /** TabbyAPI's config.yml `model:` keys (gpu_split, cache_size, …), for a plan made with `target: 'exllamav3'`. */
+  tabbyapi: (p: Plan, skeleton: Skeleton, model: string): string => renderTabby(p, skeleton, model),
 };

@@ -23,6 +23,11 @@ export interface FitInput {
   /** Modules that must sit on the first accelerator (ChatGLM's chat code moves inputs there). */
   pins?: string[];
   /**
+   * How the accelerators fill: `balanced` (default) evens their utilisation; `in-order` fills each to its cap before
+   * the next, as a runtime that places layers greedily does (exllamav3's autosplit).
+   */
+  fill?: 'balanced' | 'in-order';
+  /**
    * Compute workspace measured by the runtime (a no-allocation reservation of its real graphs) in place
    * of the memory model's formula: for a device running blocks only, the head only, or both.
    */
@@ -452,7 +457,7 @@ function place(input: FitInput, groups: Group[], c: Costs, accs: PlanDeviceSpec[
   // The device hosting offloaded groups must hold some of its own, or accelerate would pick another.
   const mustStart = c.hosted ? 1 : 0;
   let ends = most.ends;
-  if (most.placed > 0 && accs.length > 1) {
+  if (input.fill !== 'in-order' && most.placed > 0 && accs.length > 1) {
     const weight = (d: PlanDeviceSpec): number => d.weight ?? d.cap;
     const keeps = (r: { placed: number; ends: number[] }): boolean =>
       r.placed >= most.placed && (r.ends[0] ?? 0) >= mustStart && (!keepsPins(most.ends) || keepsPins(r.ends));

@@ -15,10 +15,19 @@ export interface TargetProfile {
   gpuOverhead: number;
   /** Bytes per activation element. */
   activationBytes: (weightDtype: string) => number;
+  /** Attention through flash-attention kernels: the scores are never materialised. */
+  flashAttention?: true;
   describe: string;
 }
 
 const MiB = 1024 * 1024;
+
+/**
+ * What a PyTorch process holds on a GPU outside its caching allocator: the CUDA context with cuBLAS and the
+ * extension's kernels (300–500 MiB as nvidia-smi shows an idle torch process; 384 MiB taken). exllamav3's
+ * use_per_device caps only the allocator (torch.cuda.set_per_process_memory_fraction), so this comes on top.
+ */
+export const EXLLAMA_NON_TORCH = 384 * MiB;
 
 export const TARGETS: Record<Target, TargetProfile> = {
   // ggml computes in F32; a CUDA context with ggml-cuda's pools costs about 250–300 MiB.
@@ -48,6 +57,16 @@ export const TARGETS: Record<Target, TargetProfile> = {
     activationBytes: (d) => (isFloatDType(d) ? Math.min(bytesPerElement(d), 4) : 2),
     describe: 'SGLang (PyTorch workers, activations in the load dtype, CUDA graphs and NCCL in the overhead)',
   },
+  // exllamav3: float16 activations through flash-attention, the prefill chunk (max_chunk_size) run once per module
+  // while loading; outside torch's allocator the CUDA context with its kernels, inside it a 128 MiB loader arena's
+  // unused tail (exllamav3/util/memory.py vram_accounting: ARENA_BLOCK_BYTES, "non-torch").
+  exllamav3: {
+    target: 'exllamav3',
+    gpuOverhead: EXLLAMA_NON_TORCH + 128 * MiB,
+    activationBytes: () => 2,
+    flashAttention: true,
+    describe: 'exllamav3 (PyTorch, float16 activations, flash-attention; CUDA context and a loader arena in the overhead)',
+  },
 };
 
 /** KV cache bytes for one layer: K and V for every token of every sequence. */
@@ -70,7 +89,8 @@ export function blockWorkspace(a: AttentionFacts, w: Workload, profile: TargetPr
   const u = w.ubatch * w.batch;
   const act = profile.activationBytes(weightDtype);
   const f = (a.intermediateSize ?? 4 * a.hiddenSize) * Math.max(1, a.expertsPerToken ?? 1);
-  const perToken = act * (4 * a.hiddenSize + (a.numHeads + 2 * a.numKvHeads) * a.headDim + 3 * f) + 4 * 2 * a.numHeads * w.ctx;
+  const scores = profile.flashAttention ? 0 : 4 * 2 * a.numHeads * w.ctx;
+  const perToken = act * (4 * a.hiddenSize + (a.numHeads + 2 * a.numKvHeads) * a.headDim + 3 * f) + scores;
   return u * perToken;
 }
 

@@ -39,7 +39,7 @@ export interface Workload {
   dtype?: string;
 }
 
-export type Target = 'vramfit' | 'transformers' | 'llama.cpp' | 'vllm' | 'sglang';
+export type Target = 'vramfit' | 'transformers' | 'llama.cpp' | 'vllm' | 'sglang' | 'exllamav3';
 
 export interface DevicePlan {
   id: string;
@@ -110,6 +110,12 @@ export interface Plan {
   vllm?: { gpu_memory_utilization: number; notes: string[] };
   /** --format sglang: the one static fraction, the bytes each GPU keeps outside it (activations, CUDA graphs), notes. */
   sglang?: { mem_fraction_static: number; dynamic_bytes: number; notes: string[] };
+  /**
+   * --format exllamav3|tabbyapi: the GiB each GPU gives exllamav3's loader (use_per_device, TabbyAPI's gpu_split:
+   * the cap less what the CUDA context holds outside torch's allocator), the GPUs in that order, the cache in tokens,
+   * the prefill chunk, and notes.
+   */
+  exllamav3?: { use_per_device: number[]; gpus: string[]; cache_tokens: number; chunk_size: number; notes: string[] };
   /** --compat accelerate only: accelerate's own numbers for this plan. */
   accelerate?: {
     module_sizes: Record<string, number>;

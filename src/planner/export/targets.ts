@@ -7,6 +7,8 @@ export const EXPORT_TARGET = {
   'llama.cpp': 'llama.cpp',
   vllm: 'vllm',
   sglang: 'sglang',
+  exllamav3: 'exllamav3',
+  tabbyapi: 'exllamav3',
 } as const satisfies Record<string, Target>;
 
 /** Exports that plan for a target other than `target`, e.g. "accelerate|python" → transformers. */
