@@ -6,6 +6,7 @@
  * exllamav3 cannot run is refused with the reason.
  */
 import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { parse as parseYaml } from 'yaml';
@@ -17,7 +18,8 @@ import { EXLLAMA_NON_TORCH } from '../src/planner/memory-model.js';
 import { realModelsDir } from './helpers/paths.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';
-import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { cleanup, storedTensorsFor, tempDir, TINY_LLAMA_CONFIG } from './helpers/tiny-models.js';
+import { writeSafetensors } from '../src/reader/formats/safetensors-writer.js';
 
 const root = tempDir('vramfit-exllamav3-');
 after(() => cleanup(root));
@@ -155,6 +157,32 @@ describe('plan --format exllamav3 / tabbyapi', () => {
     const values = 32 * 4096 * 2 * 4096;
     assert.equal(fp16.devices[0]!.kv, values * 2);
     assert.equal(q8.devices[0]!.kv, values * (1 + 1 / 16));
+  });
+
+  it('plans an EXL3 folder at the sizes it stores (trellis tiles in place of float weights)', async () => {
+    const dir = join(root, 'exl3');
+    mkdirSync(dir, { recursive: true });
+    const config = { ...TINY_LLAMA_CONFIG, torch_dtype: 'float16', quantization_config: { quant_method: 'exl3', bits: 4 } };
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+    // EXL3 keeps each block matrix as 16×16 tiles of 4-bit codes (16 int16 words per tile per bit) and two sign vectors.
+    const tensors = storedTensorsFor({ ...config, torch_dtype: 'float16' }).flatMap((t) =>
+      t.name.startsWith('model.layers.') && t.name.endsWith('_proj.weight')
+        ? [
+            { name: t.name.replace(/weight$/, 'trellis'), shape: [t.shape[1]! / 16, t.shape[0]! / 16, 16 * 4], dtype: 'int16' },
+            { name: t.name.replace(/weight$/, 'suh'), shape: [t.shape[1]!], dtype: 'float16' },
+            { name: t.name.replace(/weight$/, 'svh'), shape: [t.shape[0]!], dtype: 'float16' },
+          ]
+        : [t],
+    );
+    writeSafetensors(join(dir, 'model.safetensors'), tensors, { format: 'pt' }, { fill: 'zero' });
+    // Besides what the file stores, the runtime computes the rotary inv_freq buffer: head_dim / 2 float32 values.
+    const stored = tensors.reduce((n, t) => n + tensorBytes(t.shape, t.dtype), 0) + (64 / 4 / 2) * 4;
+    const { plan } = await makePlan(dir, { ...BASE, ctx: '512', gpuMemory: '24GiB', maxMemory: '0=1GiB,cpu=1GiB' });
+    assert.equal(
+      plan.devices.reduce((n, d) => n + d.weights, 0),
+      stored,
+    );
+    assert.ok(plan.devices[0]!.modules.includes('model.layers.0'), plan.devices[0]!.modules.join(' '));
   });
 
   it('the library gives the same exports', async () => {

@@ -96,6 +96,15 @@ const CASES: Record<string, Case> = {
     expect:
       /^# on host b:\nCUDA_VISIBLE_DEVICES=0 rpc-server -H 0\.0\.0\.0 -p 50052 &\n# on host a \(serves the model\):\n.*llama-server -m \S+ -ngl \d+ --split-mode layer --tensor-split [\d,]+ --rpc 10\.0\.0\.2:50052 -dev 'CUDA0,CUDA1,RPC0\[10\.0\.0\.2:50052\]' [^\n]*\n# 1 host boundary over 10 Gbit\/s, 0\.5 ms: decode ≤ \d+ tokens\/s/m,
   },
+  'vramfit plan llama-2-13b --device-spec 1xRTX-3090,1xRTX-4090 --max-memory 0=10GiB,1=20GiB --format tabbyapi': {
+    expect:
+      /^# start TabbyAPI with CUDA_VISIBLE_DEVICES=0,1\nmodel:\n[\s\S]*^ {2}cache_size: 4096\n {2}cache_mode: FP16\n {2}chunk_size: 512\n[\s\S]*^ {2}gpu_split_auto: false\n {2}gpu_split: \[ 9\.62, 19\.62 \]\n[\s\S]*^# expected split: GPU 0 14 layers, GPU 1 26 layers/m,
+  },
+  'vramfit plan llama-2-13b --cluster cluster.yaml --format vllm': {
+    map: { 'cluster.yaml': 'root/cluster.yaml' },
+    expect:
+      /^# on host a \(Ray head\):\nCUDA_VISIBLE_DEVICES=0,1 ray start --head --port 6379 --num-gpus 2\n# on host b:\nCUDA_VISIBLE_DEVICES=0 ray start --address 10\.0\.0\.1:6379 --num-gpus 1\n# on host a \(then, serves the API\):\nVLLM_PP_LAYER_PARTITION=6,7,27 vllm serve meta-llama\/Llama-2-13b-hf --pipeline-parallel-size 3 --gpu-memory-utilization 0\.416 .* --distributed-executor-backend ray\n[\s\S]*^# 1 host boundary over 25 Gbit\/s, 0\.2 ms: decode ≤ 4841 tokens\/s/m,
+  },
   'vramfit plan llama-2-7b --gpu-memory 24GiB,24GiB --max-memory 0=5GB,1=10GB --quantize auto': {
     expect: /weights all on GPUs[\s\S]*^quantize auto: KV cache float16 · types ranked by the error model$/m,
   },
@@ -192,6 +201,10 @@ before(() => {
   writeTinyChatglmCheckpoint(P.chatglm, 'chatglm3-32k', { paddedVocabSize: 576 });
   copyFileSync(join(fixturesDir, 'sentencepiece', 'tiny-bpe.model'), join(P.chatglm, 'tokenizer.model'));
   writeFileSync(join(P.chatglm, 'tokenizer_config.json'), JSON.stringify({ name_or_path: 'THUDM/chatglm3-6b', tokenizer_class: 'ChatGLMTokenizer' }));
+  // The cluster file the README shows, as it shows it (its first yaml block).
+  const yaml = /```yaml\n([\s\S]*?)```/.exec(readFileSync(join(repoRoot, 'README.md'), 'utf8'));
+  assert.ok(yaml, 'the README shows a cluster file');
+  writeFileSync(join(root, 'cluster.yaml'), yaml[1]!);
   // nvidia-smi answering for four A100s, as a machine the plan commands are meant for.
   P.smiDir = join(root, 'bin');
   mkdirSync(P.smiDir);
@@ -211,7 +224,8 @@ function resolvePlaceholder(word: string, c: Case): string {
   if (mapped.startsWith('-') || /^\d=/.test(mapped)) return mapped;
   if (mapped === 'mixtral') return join(realModelsDir, 'mistralai__Mixtral-8x7B-v0.1');
   const [base, ...rest] = mapped.split('/');
-  const dir = base === 'hf' ? P.hf : base === 'gguf' ? P.gguf : base === 'gguftok' ? P.ggufTok : base === 'chatglm' ? P.chatglm : base!;
+  const dir =
+    base === 'hf' ? P.hf : base === 'gguf' ? P.gguf : base === 'gguftok' ? P.ggufTok : base === 'chatglm' ? P.chatglm : base === 'root' ? root : base!;
   return join(dir, ...rest);
 }
 

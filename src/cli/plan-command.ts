@@ -204,12 +204,10 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   const sglang = target === 'sglang' ? sglangDevices(devices, sglangDynamic) : undefined;
   if (sglang) devices = sglang.devices;
   // exllamav3 loads every layer onto its GPUs, the embedding into CPU RAM.
-  let planSkeleton = skeleton;
   if (target === 'exllamav3') {
     const embedding = exllamaEmbedding(skeleton);
     exllama = { ...exllamaDevices(devices), ...(embedding ? { embedding } : {}) };
     devices = exllama.gpus;
-    if (embedding) planSkeleton = withoutEmbedding(skeleton, embedding);
   }
   if (devices.length === 0) throw new InputError('--max-memory', 'names no device the plan could use');
   if (mode === 'auto') {
@@ -238,7 +236,7 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     const knobs = target === 'sglang' || target === 'exllamav3' ? { ...PLAN_KNOBS, offload: false } : PLAN_KNOBS;
     // exllamav3's loader fills each GPU before the next: the plan does too, so its split is the loader's.
     return planFit({
-      skeleton: planSkeleton,
+      skeleton: exllama?.embedding ? withoutEmbedding(skeleton, exllama.embedding) : skeleton,
       devices,
       workload,
       target,
@@ -430,7 +428,11 @@ the first GPU, as accelerate's dispatch_model does: their KV cache, activations 
 transit are counted there. --format vllm (--target vllm) plans every GPU under vLLM's one
 --gpu-memory-utilization, the tightest cap over its GPU's memory, and prints a vllm serve line with a
 pipeline stage per GPU (VLLM_PP_LAYER_PARTITION); --format sglang likewise with --mem-fraction-static, the
-tightest cap less activations and CUDA graphs, and SGLANG_PP_LAYER_PARTITION. An infeasible plan lists each short device and changes that would fit,
+tightest cap less activations and CUDA graphs, and SGLANG_PP_LAYER_PARTITION. --format exllamav3 (a Python load
+script) and --format tabbyapi (config.yml keys) give each GPU its cap less the CUDA context as use_per_device /
+gpu_split, the plan filling GPUs in order as exllamav3's loader does. With --cluster, vllm prints one command per
+host (its --nnodes launch, or Ray where hosts run unequal stage counts), sglang one per host (--nnodes,
+--dist-init-addr), llama.cpp an rpc-server per remote GPU. An infeasible plan lists each short device and changes that would fit,
 each checked by planning again.
 Without --max-memory it uses every visible GPU's free memory and the available RAM; with it, only the
 devices named. A lower-case b (5gb) is refused as ambiguous: accelerate reads it as bits.`,
