@@ -391,4 +391,56 @@ describe('plan --cluster', () => {
       assert.equal(r.err.trim().split('\n').length, 1, r.err);
     }
   });
+
+  it('property: vLLM and SGLang across hosts either refuse in one line or start every stage once, in plan order, with the whole partition', async () => {
+    const next = rng(11);
+    const shapes = [
+      'a@10.0.0.1=2xRTX-4090,b@10.0.0.2=2xRTX-4090',
+      'a@10.0.0.1=1xRTX-4090,b@10.0.0.2=2xRTX-4090,c@10.0.0.3=1xA100-80GB',
+      'a@10.0.0.1=2xRTX-4090,b@10.0.0.9=1xRTX-4090',
+    ];
+    const outcomes = new Set<string>();
+    for (let trial = 0; trial < 18; trial++) {
+      const cluster = shapes[trial % shapes.length]!;
+      const gpus = parseCluster(cluster).hosts.reduce((n, h) => n + h.gpus, 0);
+      const maxMemory = Array.from({ length: gpus }, (_, i) => `${i}=${Math.round((10 + next() * 14) * 10) / 10}GiB`).join(',');
+      const model = ['llama-2-13b', 'qwen2.5-14b'][Math.floor(next() * 2)]!;
+      const layers = model === 'llama-2-13b' ? 40 : 48;
+      const format = trial % 2 === 0 ? 'vllm' : 'sglang';
+      const r = await cli(['plan', model, '--cluster', cluster, '--max-memory', maxMemory, '--format', format]);
+      if (r.code !== 0) {
+        assert.equal(r.code, 2, r.err);
+        assert.equal(r.err.trim().split('\n')[0]!.startsWith('vramfit: '), true, r.err);
+        outcomes.add(`${format} refused`);
+        continue;
+      }
+      const found = sections(r.out);
+      if (!/^# on host/m.test(r.out)) {
+        outcomes.add(`${format} one host`);
+        continue;
+      }
+      const serve = found.filter((f) => f.words[0] !== 'ray');
+      const partition = (serve[0]!.env['VLLM_PP_LAYER_PARTITION'] ?? serve[0]!.env['SGLANG_PP_LAYER_PARTITION'])!.split(',').map(Number);
+      assert.equal(
+        partition.reduce((n, x) => n + x, 0),
+        layers,
+        r.out,
+      );
+      assert.ok(partition.every((n) => n > 0));
+      const size = Number(flagOf(serve[0]!.words, format === 'vllm' ? '--pipeline-parallel-size' : '--pp-size'));
+      assert.equal(size, partition.length);
+      // Every stage is started once: the GPUs the hosts make visible (or give Ray) add up to the pipeline.
+      const started = found
+        .filter((f) => f.env['CUDA_VISIBLE_DEVICES'] !== undefined)
+        .reduce((n, f) => n + f.env['CUDA_VISIBLE_DEVICES']!.split(',').length, 0);
+      assert.equal(started, size, r.out);
+      // Hosts appear in cluster order, the serving host first.
+      const order = [...new Set(found.map((f) => f.host))];
+      const hosts = parseCluster(cluster).hosts.map((h) => h.name);
+      assert.deepEqual(order, hosts.slice(0, order.length), r.out);
+      outcomes.add(`${format} ${found.some((f) => f.words[0] === 'ray') ? 'ray' : 'nnodes'}`);
+    }
+    for (const seen of ['vllm nnodes', 'vllm ray', 'sglang nnodes', 'sglang refused'])
+      assert.ok(outcomes.has(seen), `${seen} not met: ${[...outcomes].join(', ')}`);
+  });
 });

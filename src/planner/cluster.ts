@@ -149,8 +149,10 @@ export function clusterGpus(c: Cluster): { deviceSpec: string; hostOf: string[] 
 }
 
 /**
- * Decode tokens/s the links allow: each crossing sends one token's hidden state (F32 activations, as llama.cpp's
- * RPC backend does) and waits for the link's latency, in series. Infinity without a crossing.
+ * Decode tokens/s the links allow: each crossing sends one token's hidden state and waits for the link's latency, in
+ * series. 4 bytes per hidden element either way: llama.cpp's RPC backend sends the F32 activations; vLLM and SGLang
+ * send the hidden state and the residual in the 16-bit model dtype (IntermediateTensors / PPProxyTensors).
+ * Infinity without a crossing.
  */
 export function decodeBound(boundaries: number, hiddenSize: number, c: Pick<Cluster, 'linkGbps' | 'linkLatencyMs'>): number {
   if (boundaries === 0) return Infinity;
