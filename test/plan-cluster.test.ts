@@ -211,19 +211,13 @@ describe('plan --cluster', () => {
     }
     return found;
   }
+  /** llama-2-13b planned across `cluster` under `maxMemory`, exported for `format`. */
+  const planAcross = (cluster: string, maxMemory: string, format: string): ReturnType<typeof cli> =>
+    cli(['plan', 'llama-2-13b', '--cluster', cluster, '--max-memory', maxMemory, '--format', format]);
   const flagOf = (words: string[], flag: string): string | undefined => (words.includes(flag) ? words[words.indexOf(flag) + 1] : undefined);
 
   it('vLLM across hosts with as many stages on each: its --nnodes launch, one line per host, --headless off the head', async () => {
-    const r = await cli([
-      'plan',
-      'llama-2-13b',
-      '--cluster',
-      'a@10.0.0.1=1xRTX-4090,b@10.0.0.2=1xRTX-4090',
-      '--max-memory',
-      '0=20GiB,1=20GiB',
-      '--format',
-      'vllm',
-    ]);
+    const r = await planAcross('a@10.0.0.1=1xRTX-4090,b@10.0.0.2=1xRTX-4090', '0=20GiB,1=20GiB', 'vllm');
     assert.equal(r.code, 0, r.err);
     const [a, b, ...rest] = sections(r.out);
     assert.equal(rest.length, 0);
@@ -245,16 +239,7 @@ describe('plan --cluster', () => {
   });
 
   it('vLLM across hosts with uneven stages: Ray, each host starting with its own GPUs, the serve line on the head', async () => {
-    const r = await cli([
-      'plan',
-      'llama-2-13b',
-      '--cluster',
-      'a@10.0.0.1=2xRTX-4090,b@10.0.0.2=1xA100-80GB',
-      '--max-memory',
-      '0=10GiB,1=10GiB,2=75GiB',
-      '--format',
-      'vllm',
-    ]);
+    const r = await planAcross('a@10.0.0.1=2xRTX-4090,b@10.0.0.2=1xA100-80GB', '0=10GiB,1=10GiB,2=75GiB', 'vllm');
     assert.equal(r.code, 0, r.err);
     const [head, worker, serve, ...rest] = sections(r.out);
     assert.equal(rest.length, 0);
@@ -280,16 +265,7 @@ describe('plan --cluster', () => {
   });
 
   it('SGLang across hosts: --nnodes, --node-rank and --dist-init-addr on every host, the partition the same everywhere', async () => {
-    const r = await cli([
-      'plan',
-      'llama-2-13b',
-      '--cluster',
-      'a@10.0.0.1=1xRTX-4090,b@10.0.0.2=1xRTX-4090',
-      '--max-memory',
-      '0=20GiB,1=20GiB',
-      '--format',
-      'sglang',
-    ]);
+    const r = await planAcross('a@10.0.0.1=1xRTX-4090,b@10.0.0.2=1xRTX-4090', '0=20GiB,1=20GiB', 'sglang');
     assert.equal(r.code, 0, r.err);
     const hosts = sections(r.out);
     assert.deepEqual(
