@@ -2,17 +2,10 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { main } from '../src/cli/main.js';
 import { catalogNames, catalogSuggestions } from '../src/reader/catalog/index.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
-  return { code, out, err };
-}
+import { cli } from './helpers/run-cli.js';
 
 describe('CLI conventions', () => {
   it('vramfit --version prints the package version', async () => {

@@ -6,7 +6,6 @@
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { main } from '../src/cli/main.js';
 import { after, describe, it } from 'node:test';
 import { loadModel, type LoadOptions } from '../src/engine/load.js';
 import { readModel } from '../src/reader/read-model.js';
@@ -22,6 +21,7 @@ import { gv, writeGguf } from '../src/reader/formats/gguf-writer.js';
 import { writeServedModel } from './helpers/tiny-served-model.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
 import { greedy, maxAbsDiff, type GreedyRun } from './helpers/engine-harness.js';
+import { cli } from './helpers/run-cli.js';
 
 const root = tempDir('vramfit-engine-gguf-');
 after(() => cleanup(root));
@@ -139,13 +139,6 @@ describe('engine: GPT-2, ChatGLM and Baichuan GGUFs (llama.cpp layouts: Linear G
     }
   }
 });
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
-  return { code, out, err };
-}
 
 describe('a lone GGUF runs with the tokenizer and chat template in its metadata', () => {
   const hf = join(root, 'served');

@@ -7,12 +7,12 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { main } from '../src/cli/main.js';
 import { loadModel, type LoadOptions } from '../src/engine/load.js';
 import { chunkStream, compareModels, LogitRows } from '../src/engine/eval/compare.js';
 import { greedy } from './helpers/engine-harness.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { cli } from './helpers/run-cli.js';
 
 let root = '';
 let dir = ''; // tiny Llama 2, float32, vocabulary 128
@@ -21,13 +21,6 @@ let other = ''; // tiny Mistral, vocabulary 112
 /** 150 ids spread over the vocabulary of 128, deterministic. */
 const IDS = Array.from({ length: 150 }, (_, i) => (i * 37 + 11 + ((i * i) % 7)) % 128);
 const CTX = 32;
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
-  return { code, out, err };
-}
 
 interface EvalJson {
   positions: number;

@@ -9,7 +9,6 @@ import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { main } from '../src/cli/main.js';
 import { loadModel } from '../src/engine/load.js';
 import { readSafetensorsHeader } from '../src/reader/formats/safetensors.js';
 import { gv, type GgufWriteValue } from '../src/reader/formats/gguf-writer.js';
@@ -18,17 +17,11 @@ import { greedy } from './helpers/engine-harness.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { cli } from './helpers/run-cli.js';
 
 const root = tempDir('vramfit-hostile-');
 after(() => cleanup(root));
 const base = writeTinyFamilyCheckpoint(join(root, 'base'), 'llama2', { seed: 4 });
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
-  return { code, out, err };
-}
 
 /** A copy of the base checkpoint with one tensor re-stored by `change`. */
 function withTensor(name: string, change: (values: Float32Array) => { dtype: string; data: Uint8Array }): string {

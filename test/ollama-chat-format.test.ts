@@ -7,7 +7,6 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { main } from '../src/cli/main.js';
 import { samplingFrom } from '../src/cli/run-action.js';
 import { createChatFormat, readModelDefaults, storeDefaults } from '../src/engine/text/chat-format.js';
 import { loadGgufTokenizer } from '../src/engine/text/gguf-tokenizer.js';
@@ -21,6 +20,7 @@ import { writeOllamaModel } from './helpers/ollama-store.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
 import { writeServedModel } from './helpers/tiny-served-model.js';
+import { cli } from './helpers/run-cli.js';
 
 const root = tempDir('vramfit-ollama-chat-');
 const store = join(root, 'ollama');
@@ -69,13 +69,6 @@ before(() => {
   add('small-ctx', { template: SIMPLE, params: { num_ctx: 16 } });
   add('huge-ctx', { template: SIMPLE, params: { num_ctx: 1_000_000 } });
 });
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
-  return { code, out, err };
-}
 
 const RUN = ['--devices', 'virtual:1', '--threads', '1'];
 const id = (token: string): number => tok.tokenToId(token)!;

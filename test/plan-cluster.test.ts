@@ -8,24 +8,17 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { main } from '../src/cli/main.js';
 import { makePlan, type PlanFlags } from '../src/cli/plan-command.js';
 import { decodeBound, hostBoundaries, parseCluster } from '../src/planner/cluster.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { cli } from './helpers/run-cli.js';
 
 const root = tempDir('vramfit-cluster-');
 after(() => cleanup(root));
 
 const BASE: PlanFlags = { strategy: 'fit', ctx: '4096', batch: '1', ubatch: '512', format: 'table' };
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
-  return { code, out, err };
-}
 
 /** A deterministic stream of numbers in [0, 1). */
 function rng(seed: number): () => number {

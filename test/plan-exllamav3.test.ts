@@ -10,7 +10,6 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { parse as parseYaml } from 'yaml';
-import { main } from '../src/cli/main.js';
 import { makePlan, renderPlan, type PlanFlags } from '../src/cli/plan-command.js';
 import { exporters, planWithSkeleton } from '../src/index.js';
 import { isFloatDType, tensorBytes } from '../src/reader/dtypes.js';
@@ -20,6 +19,7 @@ import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';
 import { cleanup, storedTensorsFor, tempDir, TINY_LLAMA_CONFIG } from './helpers/tiny-models.js';
 import { writeSafetensors } from '../src/reader/formats/safetensors-writer.js';
+import { cli } from './helpers/run-cli.js';
 
 const root = tempDir('vramfit-exllamav3-');
 after(() => cleanup(root));
@@ -39,13 +39,6 @@ const TABBY_KEYS = [
   'gpu_split_auto',
   'gpu_split',
 ];
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
-  return { code, out, err };
-}
 
 const CASES: { model: string; layers: number; flags: Partial<PlanFlags>; caps: number[]; cacheMode: string }[] = [
   {

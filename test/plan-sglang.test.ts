@@ -7,26 +7,19 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { main } from '../src/cli/main.js';
 import { makePlan, type PlanFlags } from '../src/cli/plan-command.js';
 import { SGLANG_GRAPHS } from '../src/planner/export/sglang.js';
 import { realModelsDir } from './helpers/paths.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { cli } from './helpers/run-cli.js';
 
 const root = tempDir('vramfit-sglang-');
 after(() => cleanup(root));
 
 const GiB = 1024 ** 3;
 const BASE: PlanFlags = { strategy: 'fit', ctx: '4096', batch: '1', ubatch: '512', format: 'sglang' };
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
-  return { code, out, err };
-}
 
 const CASES: { model: string; layers: number; flags: Partial<PlanFlags>; caps: number[]; total: number }[] = [
   { model: 'llama-2-7b', layers: 32, flags: { gpuMemory: '24GiB,24GiB', maxMemory: '0=12GiB,1=10GiB' }, caps: [12 * GiB, 10 * GiB], total: 24 * GiB },

@@ -8,26 +8,19 @@ import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { main } from '../src/cli/main.js';
 import { makePlan, renderPlan, type PlanFlags } from '../src/cli/plan-command.js';
 import { exporters, planWithSkeleton } from '../src/index.js';
 import { realModelsDir } from './helpers/paths.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { cli } from './helpers/run-cli.js';
 
 const root = tempDir('vramfit-vllm-');
 after(() => cleanup(root));
 
 const GiB = 1024 ** 3;
 const FLAGS: PlanFlags = { strategy: 'fit', ctx: '4096', batch: '1', ubatch: '512', format: 'vllm' };
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
-  return { code, out, err };
-}
 
 /** POSIX shell words of one line with single quotes (what shellWord writes); throws on anything unbalanced. */
 function shellWords(line: string): string[] {

@@ -6,7 +6,6 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { main } from '../src/cli/main.js';
 import { loadModel, type LoadOptions } from '../src/engine/load.js';
 import { chooseType, parseQuantizeType, quantizeSkeleton, QUANTIZE_TYPES } from '../src/planner/quantize.js';
 import { readModel } from '../src/reader/read-model.js';
@@ -16,6 +15,7 @@ import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { writeTinyMoeCheckpoint } from './helpers/tiny-moe.js';
 import { writeTinyGguf, writeTinyMoeGguf } from './helpers/tiny-gguf.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { cli } from './helpers/run-cli.js';
 
 const root = tempDir('vramfit-quantize-');
 after(() => cleanup(root));
@@ -29,13 +29,6 @@ async function run(model: string, opts: LoadOptions): Promise<GreedyRun> {
   } finally {
     m.dispose();
   }
-}
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
-  return { code, out, err };
 }
 
 describe('--quantize type rules', () => {

@@ -9,7 +9,6 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import fc from 'fast-check';
-import { main } from '../src/cli/main.js';
 import { loadModel } from '../src/engine/load.js';
 import { InfeasiblePlanError, planFit } from '../src/planner/fit.js';
 import type { PlanDeviceSpec } from '../src/planner/plan.js';
@@ -19,6 +18,7 @@ import type { Skeleton } from '../src/reader/skeleton.js';
 import { assertUnderCapsAsPredicted, greedy, maxAbsDiff } from './helpers/engine-harness.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { cli } from './helpers/run-cli.js';
 
 const root = tempDir('vramfit-quantize-auto-');
 after(() => cleanup(root));
@@ -148,13 +148,6 @@ describe('--quantize auto (planner)', () => {
     assert.throws(() => planQuantizeAuto({ skeleton, devices: at(0.98), workload: WORKLOAD, target: 'vramfit', kvDtypes: KV }), InfeasiblePlanError);
   });
 });
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
-  return { code, out, err };
-}
 
 describe('vramfit plan / run --quantize auto', () => {
   it("plan: a Llama-2-7B that offloads at 5 GB + 10 GB runs on the GPUs alone, the table shows each device's types", async () => {

@@ -8,7 +8,6 @@ import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { main } from '../src/cli/main.js';
 import { makePlan } from '../src/cli/plan-command.js';
 import { exportGguf } from '../src/engine/gguf-export.js';
 import { loadModel } from '../src/engine/load.js';
@@ -23,6 +22,7 @@ import { writeTinyChatglmCheckpoint } from './helpers/tiny-chatglm.js';
 import { writeTinyFamilyCheckpoint, type TinyFamilyName } from './helpers/tiny-llama-family.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
 import { PARITY_TEXTS } from './helpers/tokenizer-texts.js';
+import { cli } from './helpers/run-cli.js';
 
 const root = tempDir('vramfit-quantize-cmd-');
 after(() => cleanup(root));
@@ -36,13 +36,6 @@ function checkpoint(name: string, family: TinyFamilyName, vocab: 'llama2' | 'gpt
   if (vocab) for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(lenmlModels(vocab), f), join(dir, f));
   else for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(lenmlModels('llama2'), f), join(dir, f));
   return dir;
-}
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
-  return { code, out, err };
 }
 
 /** HF tensor name → dtype, as the written file holds them (read back through vramfit's GGUF reader). */

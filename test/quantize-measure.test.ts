@@ -8,7 +8,6 @@ import assert from 'node:assert/strict';
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, utimesSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { main } from '../src/cli/main.js';
 import { makePlan, type PlanFlags } from '../src/cli/plan-command.js';
 import { measureQuantError } from '../src/engine/measure-error.js';
 import { loadModel } from '../src/engine/load.js';
@@ -16,6 +15,7 @@ import { AUTO_LEVELS, RELATIVE_ERROR, type AutoLevel } from '../src/planner/quan
 import { readModel } from '../src/reader/read-model.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { cli } from './helpers/run-cli.js';
 
 const root = tempDir('vramfit-measure-');
 after(() => cleanup(root));
@@ -40,13 +40,6 @@ async function lossless(dir: string, layer: number): Promise<void> {
   } finally {
     closeSync(fd);
   }
-}
-
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const code = await main(args, { stdout: (s) => (out += s), stderr: (s) => (err += s) });
-  return { code, out, err };
 }
 
 const FLAGS: PlanFlags = { strategy: 'fit', ctx: '256', batch: '1', ubatch: '64', format: 'table', gpuMemory: '24GiB', quantize: 'auto' };
