@@ -137,7 +137,7 @@ describe('plan --format exllamav3 / tabbyapi', () => {
       assert.equal(doc.model['cache_size'], plan.workload.ctx * plan.workload.batch);
       assert.equal((doc.model['cache_size'] as number) % 256, 0);
       assert.equal((doc.model['chunk_size'] as number) % 256, 0);
-      assert.ok((doc.model['chunk_size'] as number) <= Math.max(256, plan.workload.ubatch * plan.workload.batch));
+      assert.ok((doc.model['chunk_size'] as number) <= plan.workload.ubatch * plan.workload.batch);
       assert.equal(doc.model['max_batch_size'], plan.workload.batch);
       assert.match(yml, /^# start TabbyAPI with CUDA_VISIBLE_DEVICES=/);
     });
@@ -219,6 +219,10 @@ describe('plan --format exllamav3 / tabbyapi', () => {
       [['plan', 'llama-2-7b', '--gpu-memory', '24GiB', '--dtype', 'bfloat16', '--format', 'exllamav3'], /--dtype: exllamav3 computes in float16, not bfloat16/],
       [['plan', 'llama-2-7b', '--gpu-memory', '24GiB', '--ctx', '1000', '--format', 'exllamav3'], /--ctx: exllamav3's cache holds whole 256-token pages/],
       [['plan', 'llama-2-7b', '--cluster', 'a=1xRTX-4090,b=1xRTX-4090', '--format', 'exllamav3'], /--cluster: exllamav3 runs on one host/],
+      [
+        ['plan', 'llama-2-7b', '--gpu-memory', '24GiB', '--ubatch', '128', '--format', 'exllamav3'],
+        /--ubatch: exllamav3 prefills in chunks of whole 256-token pages/,
+      ],
       [
         ['plan', 'llama-2-7b', '--gpu-memory', '24GiB', '--target', 'vllm', '--format', 'tabbyapi'],
         /--target: --format tabbyapi runs under exllamav3, not vllm/,

@@ -174,7 +174,7 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   let exllama: { gpus: PlanDeviceSpec[]; cpu?: PlanDeviceSpec; embedding?: ReturnType<typeof exllamaEmbedding> } | undefined;
   if (target === 'exllamav3') {
     if (cluster) throw new InputError('--cluster', 'exllamav3 runs on one host; --format vllm, sglang or llama.cpp plan across hosts');
-    checkExllamaInput(skeleton, flags.ctx === 'auto' ? undefined : positive(flags.ctx, '--ctx'), batch, checkDtype(flags.dtype, '--dtype'));
+    checkExllamaInput(skeleton, flags.ctx === 'auto' ? undefined : positive(flags.ctx, '--ctx'), batch, ubatch, checkDtype(flags.dtype, '--dtype'));
     exllamaCacheMode(kvDtype);
   }
   const deviceOpts: Parameters<typeof devicesForPlan>[1] = { target };

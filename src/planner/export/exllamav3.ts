@@ -61,7 +61,7 @@ export function exllamaCacheMode(kvDtype: string): { mode: string; bits?: number
 }
 
 /** What can be refused before planning: the source, the architecture, the devices, the context. */
-export function checkExllamaInput(s: Skeleton, ctx: number | undefined, batch: number, dtype: string | undefined): void {
+export function checkExllamaInput(s: Skeleton, ctx: number | undefined, batch: number, ubatch: number, dtype: string | undefined): void {
   if (s.source.kind === 'gguf')
     throw new InputError('--format', 'exllamav3 loads Hugging Face folders (float16 or EXL3); for a GGUF file use --format llama.cpp');
   if (!EXLLAMAV3_ARCHITECTURES.has(s.root_class))
@@ -72,6 +72,8 @@ export function checkExllamaInput(s: Skeleton, ctx: number | undefined, batch: n
   if (s.quantization && s.quantization.method !== 'exl3')
     throw new InputError('--format', `exllamav3 loads float16 or EXL3 weights, not ${s.quantization.method}; quantize with its convert.py`);
   if (dtype !== undefined && dtype !== 'float16') throw new InputError('--dtype', `exllamav3 computes in float16, not ${dtype}`);
+  if (ubatch * batch < EXLLAMA_PAGE)
+    throw new InputError('--ubatch', `exllamav3 prefills in chunks of whole 256-token pages and --ubatch × --batch is ${ubatch * batch}; give at least 256`);
   if (ctx !== undefined && (ctx * batch) % EXLLAMA_PAGE !== 0)
     throw new InputError('--ctx', `exllamav3's cache holds whole 256-token pages and --ctx × --batch is ${ctx * batch}; give a multiple of 256`);
 }
@@ -156,11 +158,11 @@ export function finishExllamaPlan(
 }
 
 /**
- * TabbyAPI's and the loader's prefill chunk, a whole number of pages: the tokens of one micro-batch rounded down
- * (never above what the plan's workspace counts), at least one page.
+ * TabbyAPI's and the loader's prefill chunk, a whole number of pages: the tokens of one micro-batch (at least a page,
+ * checkExllamaInput) rounded down, never above what the plan's workspace counts.
  */
 export function exllamaChunk(tokens: number): number {
-  return Math.max(EXLLAMA_PAGE, Math.floor(tokens / EXLLAMA_PAGE) * EXLLAMA_PAGE);
+  return Math.floor(tokens / EXLLAMA_PAGE) * EXLLAMA_PAGE;
 }
 
 function stagesNote(p: Plan, s: Skeleton): string {
