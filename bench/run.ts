@@ -1,5 +1,5 @@
 /**
- * `npm run bench`: the reader, planner, fit-vs-accelerate, engine, server, GPU and quantize-to-fit benchmarks, one compact report.
+ * `npm run bench`: the reader, planner, engine-export, fit-vs-accelerate, engine, server, GPU and quantize-to-fit benchmarks, one compact report.
  * Every timing is a ratio against a baseline measured in the same run; nothing here passes or fails
  * on a threshold. `--brief` leaves out the per-row comparison table (its summary line stays);
  * `--no-peer` skips the llama.cpp comparison (which installs node-llama-cpp into bench/.peer on demand).
@@ -9,6 +9,7 @@ import { renderEngineBench, runEngineBench } from './engine.js';
 import { renderGpuBench, runGpuBench } from './gpu.js';
 import { ms, ratio } from './common.js';
 import { renderPlannerBench, runPlannerBench } from './planner.js';
+import { renderExportsBench, runExportsBench } from './exports.js';
 import { renderReaderBench, runReaderBench } from './reader.js';
 import { renderServeBench, runServeBench } from './serve.js';
 import { renderQuantizeBench, runQuantizeBench } from './quantize.js';
@@ -30,6 +31,11 @@ console.log(done(), '\n');
 done = section('planner');
 const planner = await runPlannerBench();
 console.log(renderPlannerBench(planner));
+console.log(done(), '\n');
+
+done = section('exports');
+const exportsBench = await runExportsBench();
+console.log(renderExportsBench(exportsBench));
 console.log(done(), '\n');
 
 done = section('compare');
@@ -81,6 +87,10 @@ console.log(
 console.log(`fit / accelerate auto (plan time) ${ratio(fitTotal, autoTotal)} summed over ${planner.rows.length} model × set-up rows`);
 console.log(
   `fit ≥ accelerate (GPU bytes)      ${both.filter((x) => x.fitGpu! >= x.accGpu!).length} of ${both.length} rows; accelerate would overflow in ${compare.rows.filter((x) => x.oom).length}`,
+);
+const unequal = exportsBench.rows.at(-1)!;
+console.log(
+  `share of caps reached, ${unequal.model} ${unequal.caps}: exllamav3 ${((unequal.share['exllamav3'] ?? 0) * 100).toFixed(1)} %, vLLM ${((unequal.share['vllm'] ?? 0) * 100).toFixed(1)} %, SGLang ${((unequal.share['sglang'] ?? 0) * 100).toFixed(1)} % (one fraction for all GPUs); --cluster / one host (plan time) ${ratio(exportsBench.cluster.across, exportsBench.cluster.one)}`,
 );
 const [cpuRun, oneGpu, twoGpus] = gpu.setups;
 if (cpuRun && oneGpu)
