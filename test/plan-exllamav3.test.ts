@@ -13,7 +13,7 @@ import { parse as parseYaml } from 'yaml';
 import { makePlan, renderPlan, type PlanFlags } from '../src/cli/plan-command.js';
 import { exporters, planWithSkeleton } from '../src/index.js';
 import { isFloatDType, tensorBytes } from '../src/reader/dtypes.js';
-import { EXLLAMA_NON_TORCH } from '../src/planner/memory-model.js';
+import { TORCH_CUDA_CONTEXT } from '../src/planner/memory-model.js';
 import { realModelsDir } from './helpers/paths.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';
@@ -87,9 +87,9 @@ describe('plan --format exllamav3 / tabbyapi', () => {
       );
       assert.deepEqual(
         x.use_per_device,
-        used.map((d) => Math.floor(((c.caps[Number(d.id)]! - EXLLAMA_NON_TORCH) / GiB) * 100) / 100),
+        used.map((d) => Math.floor(((c.caps[Number(d.id)]! - TORCH_CUDA_CONTEXT) / GiB) * 100) / 100),
       );
-      for (const [i, d] of used.entries()) assert.ok(x.use_per_device[i]! * GiB <= d.cap - EXLLAMA_NON_TORCH);
+      for (const [i, d] of used.entries()) assert.ok(x.use_per_device[i]! * GiB <= d.cap - TORCH_CUDA_CONTEXT);
       // In order: no GPU before the last could also take the first layer of the GPU after it.
       const prefix = `${skeleton.blocks!.prefix}.`;
       const blockOf = (m: string): number | undefined =>

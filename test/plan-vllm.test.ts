@@ -14,6 +14,7 @@ import { realModelsDir } from './helpers/paths.js';
 import { writeTinyFamilyCheckpoint } from './helpers/tiny-llama-family.js';
 import { writeTinyGguf } from './helpers/tiny-gguf.js';
 import { cleanup, tempDir } from './helpers/tiny-models.js';
+import { TORCH_CUDA_CONTEXT } from '../src/planner/memory-model.js';
 import { cli } from './helpers/run-cli.js';
 
 const root = tempDir('vramfit-vllm-');
@@ -129,6 +130,20 @@ describe('plan --format vllm', () => {
       );
     });
   }
+
+  it('a model on one whole card: no offload where the plan keeps every block on it, and a fraction that leaves the CUDA context free', async () => {
+    for (const format of ['vllm', 'sglang']) {
+      const r = await cli(['plan', 'llama-2-7b', '--gpu-memory', '24GiB', '--format', format]);
+      assert.equal(r.code, 0, r.err);
+      assert.doesNotMatch(r.out, /--cpu-offload-gb/);
+      assert.match(r.out, /^# stages: GPU 0 32 layers;/m);
+      assert.doesNotMatch(r.out, /layout moves/, 'the embedding and head already sit on the one stage');
+    }
+    const whole = await makePlan('llama-2-7b', { ...FLAGS, gpuMemory: '24GiB' });
+    const f = whole.plan.vllm!.gpu_memory_utilization;
+    // vLLM starts only when what is free after its CUDA context is at least total × f.
+    assert.ok(f < 1 && f * 24 * GiB <= 24 * GiB - TORCH_CUDA_CONTEXT, String(f));
+  });
 
   it('says what the one fraction costs the GPUs whose caps were larger', async () => {
     const r = await cli(['plan', 'llama-2-7b', '--gpu-memory', '24GiB,24GiB', '--max-memory', '0=20GB,1=10GB', '--format', 'vllm']);

@@ -23,11 +23,12 @@ export interface TargetProfile {
 const MiB = 1024 * 1024;
 
 /**
- * What a PyTorch process holds on a GPU outside its caching allocator: the CUDA context with cuBLAS and the
- * extension's kernels (300–500 MiB as nvidia-smi shows an idle torch process; 384 MiB taken). exllamav3's
- * use_per_device caps only the allocator (torch.cuda.set_per_process_memory_fraction), so this comes on top.
+ * What a PyTorch process holds on a GPU outside its caching allocator: the CUDA context with cuBLAS and its
+ * kernels (300–500 MiB as nvidia-smi shows an idle torch process; 384 MiB taken). exllamav3's use_per_device caps
+ * only the allocator (torch.cuda.set_per_process_memory_fraction), so this comes on top; vLLM checks at start that
+ * what is free after it is at least total × --gpu-memory-utilization.
  */
-export const EXLLAMA_NON_TORCH = 384 * MiB;
+export const TORCH_CUDA_CONTEXT = 384 * MiB;
 
 export const TARGETS: Record<Target, TargetProfile> = {
   // ggml computes in F32; a CUDA context with ggml-cuda's pools costs about 250–300 MiB.
@@ -62,7 +63,7 @@ export const TARGETS: Record<Target, TargetProfile> = {
   // unused tail (exllamav3/util/memory.py vram_accounting: ARENA_BLOCK_BYTES, "non-torch").
   exllamav3: {
     target: 'exllamav3',
-    gpuOverhead: EXLLAMA_NON_TORCH + 128 * MiB,
+    gpuOverhead: TORCH_CUDA_CONTEXT + 128 * MiB,
     activationBytes: () => 2,
     flashAttention: true,
     describe: 'exllamav3 (PyTorch, float16 activations, flash-attention; CUDA context and a loader arena in the overhead)',

@@ -107,6 +107,16 @@ export function countHandoffs(units: readonly PlacementUnit[], where: Map<string
   return n;
 }
 
+/** The device a compact device map gives `name`: its own key or its nearest ancestor's ("" covers everything). */
+export function deviceOfModule(map: readonly (readonly [string, string])[], name: string): string | undefined {
+  let best: readonly [string, string] | undefined;
+  for (const e of map) {
+    const k = e[0];
+    if ((k === '' || name === k || name.startsWith(`${k}.`)) && (best === undefined || k.length > best[0].length)) best = e;
+  }
+  return best?.[1];
+}
+
 /**
  * accelerate-style compact map: a module whose every unit shares one device appears as one key;
  * a model on one device is `{"": device}`. Linear in modules and units (each unit marks its ancestors).

@@ -19,7 +19,7 @@
 import { tensorBytes } from '../../reader/dtypes.js';
 import type { Skeleton } from '../../reader/skeleton.js';
 import { InputError } from '../../util/errors.js';
-import { EXLLAMA_NON_TORCH } from '../memory-model.js';
+import { TORCH_CUDA_CONTEXT } from '../memory-model.js';
 import type { DevicePlan, Plan, PlanDeviceSpec } from '../plan.js';
 import { formatBytes } from '../units.js';
 import { basename } from 'node:path';
@@ -147,11 +147,11 @@ export function finishExllamaPlan(
     notes.push(`exllamav3 keeps the embedding (${formatBytes(e.bytes)}) in CPU RAM and looks tokens up there`);
   }
   const gpus = plan.devices.filter((d) => d.kind === 'gpu' && d.modules.length > 0);
-  const use = gpus.map((d) => Math.floor(((d.cap - EXLLAMA_NON_TORCH) / GiB) * 100) / 100);
+  const use = gpus.map((d) => Math.floor(((d.cap - TORCH_CUDA_CONTEXT) / GiB) * 100) / 100);
   const bad = gpus.findIndex((_, i) => use[i]! <= 0);
-  if (bad >= 0) throw new InputError('--max-memory', `GPU ${gpus[bad]!.id}'s cap leaves nothing beside the CUDA context (${formatBytes(EXLLAMA_NON_TORCH)})`);
+  if (bad >= 0) throw new InputError('--max-memory', `GPU ${gpus[bad]!.id}'s cap leaves nothing beside the CUDA context (${formatBytes(TORCH_CUDA_CONTEXT)})`);
   notes.push(
-    `each GPU's value is its cap less ${formatBytes(EXLLAMA_NON_TORCH)} for the CUDA context, which torch's per-process fraction does not count; the loader fills the GPUs in order`,
+    `each GPU's value is its cap less ${formatBytes(TORCH_CUDA_CONTEXT)} for the CUDA context, which torch's per-process fraction does not count; the loader fills the GPUs in order`,
   );
   if (exllamaCacheMode(kvDtype).bits === undefined && kvDtype !== 'float16') notes.push(`the cache is float16 (exllamav3 has no ${kvDtype} cache; same size)`);
   return { use_per_device: use, gpus: gpus.map((d) => d.id), cache_tokens: plan.workload.ctx * plan.workload.batch, chunk_size: chunk, notes };

@@ -3,6 +3,7 @@ import { InputError } from '../../util/errors.js';
 import type { Skeleton } from '../../reader/skeleton.js';
 import { tensorBytes } from '../../reader/dtypes.js';
 import type { Plan } from '../plan.js';
+import { deviceOfModule } from '../plan-builder.js';
 import { tensorRoles } from '../quantize.js';
 import { formatBytes } from '../units.js';
 import { shellWord } from './shell.js';
@@ -11,7 +12,6 @@ import { shellWord } from './shell.js';
 export function pipelineStages(p: Plan, s: Skeleton): { gpus: Plan['devices']; layers: number[]; offloaded: number[] } {
   const b = s.blocks;
   if (!b) throw new InputError('--format', "a pipeline split needs the model's repeated blocks, which this skeleton does not name");
-  const deviceOf = new Map(p.deviceMap);
   const blockBytes = (i: number): number =>
     s.tensors.filter((t) => t.name.startsWith(`${b.prefix}.${i}.`)).reduce((n, t) => n + tensorBytes(t.shape, t.dtype), 0);
   const gpuIds = p.devices.filter((d) => d.kind === 'gpu' && d.modules.some((m) => m.startsWith(`${b.prefix}.`))).map((d) => d.id);
@@ -20,7 +20,7 @@ export function pipelineStages(p: Plan, s: Skeleton): { gpus: Plan['devices']; l
   const offloaded = gpuIds.map(() => 0);
   let stage = 0;
   for (let i = 0; i < b.count; i++) {
-    const dev = deviceOf.get(`${b.prefix}.${i}`) ?? 'cpu';
+    const dev = deviceOfModule(p.deviceMap, `${b.prefix}.${i}`) ?? 'cpu';
     const at = gpuIds.indexOf(dev);
     if (at >= 0) {
       if (at < stage) throw new InputError('--format', `block ${i} goes back to GPU ${dev}: pipeline stages are contiguous`);
@@ -48,7 +48,7 @@ export function checkEndsLayout(
   capOf: (d: Plan['devices'][number]) => number = (d) => d.cap,
 ): string[] {
   const roles = tensorRoles(s);
-  const deviceOf = (tensor: string): string | undefined => p.deviceMap.find(([m]) => tensor === m || tensor.startsWith(`${m}.`))?.[1];
+  const deviceOf = (tensor: string): string | undefined => deviceOfModule(p.deviceMap, tensor);
   const extra = new Map<string, number>();
   const moved: string[] = [];
   for (const t of s.tensors) {

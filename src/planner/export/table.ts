@@ -1,4 +1,4 @@
-import { label } from '../plan-builder.js';
+import { deviceOfModule, label } from '../plan-builder.js';
 import type { DevicePlan, Plan } from '../plan.js';
 import { formatBytes } from '../units.js';
 import { exportsNotFor } from './targets.js';
@@ -113,7 +113,8 @@ function quantizationLines(p: Plan): string[] {
         ? ' · types ranked by the error model'
         : ` · types ranked by measured error (${r.tensors} tensors${r.fromCache ? ', from the cache' : ''}${r.cache ? `; ${r.cache}` : ''})`;
   const out = [`quantize ${q.mode}: KV cache ${q.kvDtype}${ranked}`];
-  const deviceOf = (unit: string): string | undefined => p.deviceMap.find(([m]) => unit === m || unit.startsWith(`${m}.`) || m.startsWith(`${unit}.`))?.[1];
+  // A unit is covered by its own key or an ancestor's, or split into finer keys (then the first of them).
+  const deviceOf = (unit: string): string | undefined => deviceOfModule(p.deviceMap, unit) ?? p.deviceMap.find(([m]) => m.startsWith(`${unit}.`))?.[1];
   for (const d of p.devices) {
     const mine = q.units.filter((u) => deviceOf(u.name) === d.id);
     if (mine.length === 0) continue;

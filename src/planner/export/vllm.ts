@@ -15,6 +15,7 @@
 import { InputError } from '../../util/errors.js';
 import type { Skeleton } from '../../reader/skeleton.js';
 import type { Plan, PlanDeviceSpec } from '../plan.js';
+import { TORCH_CUDA_CONTEXT } from '../memory-model.js';
 import { formatBytes } from '../units.js';
 import {
   checkEndsLayout,
@@ -57,7 +58,11 @@ export const VLLM_ARCHITECTURES = new Set([
 
 const GiB = 1024 ** 3;
 
-/** vLLM's one fraction for all GPUs: the tightest cap over total, rounded down to 0.001. */
+/**
+ * vLLM's one fraction for all GPUs: the tightest cap over total, rounded down to 0.001. A cap of the whole card
+ * counts as the card less the CUDA context: vLLM refuses to start when the memory free after its context is under
+ * total × fraction (vllm/v1/worker/utils.py request_memory), so 1.0 could never start.
+ */
 export function vllmFraction(gpus: readonly PlanDeviceSpec[]): number {
   const missing = gpus.find((d) => !d.totalBytes);
   if (missing)
@@ -65,7 +70,7 @@ export function vllmFraction(gpus: readonly PlanDeviceSpec[]): number {
       '--format',
       `vLLM takes a fraction of each GPU's total memory, and GPU ${missing.id} has no known total (plan for real GPUs, --gpu-memory or --device-spec)`,
     );
-  const f = Math.floor(Math.min(...gpus.map((d) => d.cap / d.totalBytes!)) * 1000) / 1000;
+  const f = Math.floor(Math.min(...gpus.map((d) => Math.min(d.cap, d.totalBytes! - TORCH_CUDA_CONTEXT) / d.totalBytes!)) * 1000) / 1000;
   if (f <= 0) throw new InputError('--max-memory', 'a GPU cap under 0.1 % of its memory leaves vLLM nothing');
   return Math.min(f, 1);
 }
