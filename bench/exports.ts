@@ -9,7 +9,7 @@
  */
 import { makePlan, renderPlan, type Format, type PlanFlags } from '../src/cli/plan-command.js';
 import type { Plan } from '../src/planner/plan.js';
-import { EXLLAMA_NON_TORCH } from '../src/planner/memory-model.js';
+import { TORCH_CUDA_CONTEXT } from '../src/planner/memory-model.js';
 import { GiB, isMain, markdownTable, ms, ratio, timeIt } from './common.js';
 
 const BASE: PlanFlags = { strategy: 'fit', ctx: '4096', batch: '1', ubatch: '512', format: 'table' };
@@ -51,7 +51,7 @@ function reachable(p: Plan, format: Format, caps: readonly number[]): number {
           : format === 'sglang'
             ? p.sglang!.mem_fraction_static * d.totalBytes! + p.sglang!.dynamic_bytes
             : at >= 0
-              ? x!.use_per_device[at]! * GiB + EXLLAMA_NON_TORCH
+              ? x!.use_per_device[at]! * GiB + TORCH_CUDA_CONTEXT
               : cap;
       return n + Math.min(cap, budget);
     }, 0);
