@@ -189,6 +189,7 @@ describe('plan --format exllamav3 / tabbyapi', () => {
     const r = await cli(['plan', 'llama-2-70b', '--device-spec', '2xRTX-4090', '--max-memory', '0=20GiB,1=20GiB,cpu=200GiB', '--format', 'tabbyapi']);
     assert.equal(r.code, 2);
     assert.match(r.err, /note: exllamav3 keeps every layer on its GPUs/);
+    assert.doesNotMatch(r.err, /cpu is short/, 'no cpu to fall short of');
     assert.doesNotMatch(r.err, /--max-memory …,cpu=/);
   });
 

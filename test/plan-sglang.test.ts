@@ -86,6 +86,7 @@ describe('plan --format sglang', () => {
     assert.equal(bad.code, 2);
     assert.match(bad.err, /note: SGLang runs every GPU at one --mem-fraction-static, 0\.\d+ here/);
     assert.doesNotMatch(bad.err, /--max-memory …,cpu=/, 'no remedy suggests offloading');
+    assert.doesNotMatch(bad.err, /cpu is short/, 'no cpu to fall short of');
   });
 
   it('refuses what SGLang cannot run, naming why', async () => {

@@ -270,7 +270,7 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     if (sglang && e instanceof InfeasiblePlanError)
       e.message += `\nnote: SGLang runs every GPU at one --mem-fraction-static, ${sglang.fraction} here (the tightest cap, less activations and CUDA graphs, over its GPU's memory); the caps above are that share of each GPU plus those`;
     if (exllama && e instanceof InfeasiblePlanError)
-      e.message += '\nnote: exllamav3 keeps every layer on its GPUs (only the embedding in CPU RAM): the cpu line is not an option for it';
+      e.message += '\nnote: exllamav3 keeps every layer on its GPUs (only the embedding in CPU RAM), so no change offloads to CPU RAM or disk';
     throw e;
   }
   if (flags.ctx !== 'auto' && plan.workload.ctx > maxCtx) plan.warnings.push(`--ctx ${plan.workload.ctx} is longer than the model's ${maxCtx}-token maximum`);

@@ -663,7 +663,9 @@ function diagnose(input: FitInput, groups: Group[], c: Costs, ends: number[], pl
   const cpu = input.devices.find((d) => d.kind === 'cpu');
   const disk = input.devices.find((d) => d.kind === 'disk');
   const hostShort = disk ? Math.max(0, hostTotal - leftWeights - cpuCap) : Math.max(0, hostTotal - cpuCap);
-  if (hostShort > 0) shortfalls.push({ device: 'cpu', label: 'cpu', short: hostShort, ...(cpu ? {} : { note: 'no cpu budget was given' }) });
+  // A runtime that cannot offload (its knobs say so) has no cpu to fall short of.
+  const offloads = input.remedies === undefined || input.remedies === false || input.remedies.offload;
+  if (hostShort > 0 && offloads) shortfalls.push({ device: 'cpu', label: 'cpu', short: hostShort, ...(cpu ? {} : { note: 'no cpu budget was given' }) });
   return new InfeasiblePlanError(
     `the model does not fit: ${formatBytes(leftWeights)} of weights and ${formatBytes(leftKv)} of KV cache have no room`,
     shortfalls,
