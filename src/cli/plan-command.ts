@@ -171,7 +171,8 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   const batch = positive(flags.batch, '--batch');
   const ubatch = positive(flags.ubatch, '--ubatch');
   const maxCtx = skeleton.attention?.maxPositionEmbeddings ?? 131072;
-  let exllama: { gpus: PlanDeviceSpec[]; cpu?: PlanDeviceSpec; embedding?: ReturnType<typeof exllamaEmbedding> } | undefined;
+  // exllamav3: its GPUs, its cpu (the embedding's), and the skeleton its GPUs see (no --quantize here: it stays so).
+  let exllama: { gpus: PlanDeviceSpec[]; cpu?: PlanDeviceSpec; embedding?: ReturnType<typeof exllamaEmbedding>; skeleton: Skeleton } | undefined;
   if (target === 'exllamav3') {
     if (cluster) throw new InputError('--cluster', 'exllamav3 runs on one host; --format vllm, sglang or llama.cpp plan across hosts');
     checkExllamaInput(skeleton, flags.ctx === 'auto' ? undefined : positive(flags.ctx, '--ctx'), batch, ubatch, checkDtype(flags.dtype, '--dtype'));
@@ -206,7 +207,7 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
   // exllamav3 loads every layer onto its GPUs, the embedding into CPU RAM.
   if (target === 'exllamav3') {
     const embedding = exllamaEmbedding(skeleton);
-    exllama = { ...exllamaDevices(devices), ...(embedding ? { embedding } : {}) };
+    exllama = { ...exllamaDevices(devices), ...(embedding ? { embedding } : {}), skeleton: embedding ? withoutEmbedding(skeleton, embedding) : skeleton };
     devices = exllama.gpus;
   }
   if (devices.length === 0) throw new InputError('--max-memory', 'names no device the plan could use');
@@ -236,7 +237,7 @@ export async function makePlan(model: string, flags: PlanFlags): Promise<{ plan:
     const knobs = target === 'sglang' || target === 'exllamav3' ? { ...PLAN_KNOBS, offload: false } : PLAN_KNOBS;
     // exllamav3's loader fills each GPU before the next: the plan does too, so its split is the loader's.
     return planFit({
-      skeleton: exllama?.embedding ? withoutEmbedding(skeleton, exllama.embedding) : skeleton,
+      skeleton: exllama?.skeleton ?? skeleton,
       devices,
       workload,
       target,

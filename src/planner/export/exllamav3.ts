@@ -24,7 +24,7 @@ import type { DevicePlan, Plan, PlanDeviceSpec } from '../plan.js';
 import { formatBytes } from '../units.js';
 import { basename } from 'node:path';
 import { Document, type YAMLSeq } from 'yaml';
-import { pipelineStages } from './pipeline.js';
+import { describeStages, pipelineStages } from './pipeline.js';
 
 /** Architectures exllamav3 registers (exllamav3/architecture/architectures.py arch_string) among vramfit's families. */
 export const EXLLAMAV3_ARCHITECTURES = new Set([
@@ -167,7 +167,7 @@ export function exllamaChunk(tokens: number): number {
 
 function stagesNote(p: Plan, s: Skeleton): string {
   const { gpus, layers } = pipelineStages(p, s);
-  return `expected split: ${gpus.map((d, i) => `GPU ${d.id} ${layers[i]} layers`).join(', ')} (exllamav3 decides it while loading, filling each GPU in turn)`;
+  return `expected split: ${describeStages(gpus, layers)} (exllamav3 decides it while loading, filling each GPU in turn)`;
 }
 
 function exllamaOf(p: Plan): NonNullable<Plan['exllamav3']> {

@@ -1,6 +1,7 @@
 import { InputError } from '../../util/errors.js';
 import type { Skeleton } from '../../reader/skeleton.js';
 import type { Plan } from '../plan.js';
+import { decodeBoundNote } from './pipeline.js';
 import { shellWord } from './shell.js';
 
 const GGML_KV_TYPES: Record<string, string> = {
@@ -103,10 +104,8 @@ function renderRpc(p: Plan, gpus: Plan['devices'], args: string[]): string {
     `# on host ${main.name} (serves the model):`,
     [...env, 'llama-server', ...args, '--rpc', endpoints.join(','), '-dev', shellWord(devs.join(',')), ...workloadArgs(p)].join(' '),
   );
-  if (c.decode_bound_tps !== null)
-    lines.push(
-      `# ${c.boundaries} host boundar${c.boundaries === 1 ? 'y' : 'ies'} over ${c.link_gbps} Gbit/s, ${c.link_latency_ms} ms: decode ≤ ${Math.floor(c.decode_bound_tps)} tokens/s from the links alone`,
-    );
+  const bound = decodeBoundNote(p);
+  if (bound) lines.push(`# ${bound}`);
   lines.push('# llama.cpp RPC has no authentication or encryption: run it on a trusted network only');
   return `${lines.join('\n')}\n`;
 }

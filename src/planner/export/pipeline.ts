@@ -125,15 +125,44 @@ export function stagesByHost(p: Plan, gpus: Plan['devices'], engine: string): Ho
   return out;
 }
 
-/** The decode bound the links set, and the stage layout per host, as comment lines. */
+/** "GPU 0 20 layers, GPU 1 20 layers": the layers each stage runs. */
+export function describeStages(gpus: Plan['devices'], layers: readonly number[]): string {
+  return gpus.map((d, i) => `GPU ${d.id} ${layers[i]} layers`).join(', ');
+}
+
+/** The decode rate the links alone allow, as a note; undefined when the plan crosses no host boundary. */
+export function decodeBoundNote(p: Plan): string | undefined {
+  const c = p.cluster;
+  if (!c || c.decode_bound_tps === null) return undefined;
+  return `${c.boundaries} host boundar${c.boundaries === 1 ? 'y' : 'ies'} over ${c.link_gbps} Gbit/s, ${c.link_latency_ms} ms: decode ≤ ${Math.floor(c.decode_bound_tps)} tokens/s from the links alone`;
+}
+
+/** The stage layout per host and the decode bound the links set, as comment lines. */
 export function clusterNotes(p: Plan, hosts: readonly HostStages[]): string[] {
-  const c = p.cluster!;
-  const notes = [`stages per host: ${hosts.map((h) => `${h.name} ${h.stages.length} (GPU ${h.localGpus.join(',')})`).join(', ')}`];
-  if (c.decode_bound_tps !== null)
-    notes.push(
-      `${c.boundaries} host boundar${c.boundaries === 1 ? 'y' : 'ies'} over ${c.link_gbps} Gbit/s, ${c.link_latency_ms} ms: decode ≤ ${Math.floor(c.decode_bound_tps)} tokens/s from the links alone`,
-    );
-  return notes;
+  const bound = decodeBoundNote(p);
+  return [`stages per host: ${hosts.map((h) => `${h.name} ${h.stages.length} (GPU ${h.localGpus.join(',')})`).join(', ')}`, ...(bound ? [bound] : [])];
+}
+
+/** A host's stages' GPUs, as that host numbers them. */
+export function visibleOn(h: HostStages): string {
+  return `CUDA_VISIBLE_DEVICES=${h.localGpus.join(',')}`;
+}
+
+/**
+ * One launch line per host for engines that number nodes (`--nnodes N --node-rank k`): the host's GPUs, the same
+ * partition everywhere, the engine's command, then `rankFlags(k)` (where the others find node 0, …).
+ */
+export function nnodesLaunch(
+  hosts: readonly HostStages[],
+  partition: string,
+  args: readonly string[],
+  rankFlags: (rank: number) => string[],
+): { host: string; role?: string; lines: string[] }[] {
+  return hosts.map((h, rank) => ({
+    host: h.name,
+    ...(rank === 0 ? { role: 'serves the API' } : {}),
+    lines: [[visibleOn(h), partition, ...args, '--nnodes', String(hosts.length), '--node-rank', String(rank), ...rankFlags(rank)].join(' ')],
+  }));
 }
 
 /** Commands per host: a `# on host X:` line before each host's lines, then the notes as comments. */

@@ -17,7 +17,18 @@ import type { Skeleton } from '../../reader/skeleton.js';
 import { blockWorkspace, dominantDtype, headWorkspace, TARGETS } from '../memory-model.js';
 import type { Plan, PlanDeviceSpec, Workload } from '../plan.js';
 import { formatBytes } from '../units.js';
-import { checkEndsLayout, clusterNotes, commandWithNotes, perHostCommands, pipelineStages, servedModel, stageEnv, stagesByHost } from './pipeline.js';
+import {
+  checkEndsLayout,
+  clusterNotes,
+  commandWithNotes,
+  describeStages,
+  nnodesLaunch,
+  perHostCommands,
+  pipelineStages,
+  servedModel,
+  stageEnv,
+  stagesByHost,
+} from './pipeline.js';
 import { shellWord } from './shell.js';
 
 /** Model files in python/sglang/srt/models/ for vramfit's families (llama.py, mistral.py, qwen2.py, baichuan.py, chatglm.py, …). */
@@ -128,7 +139,7 @@ export function renderSglang(p: Plan, s: Skeleton, model: string): string {
     ...(w.dtype ? ['--dtype', w.dtype] : []),
     ...(kv !== 'auto' ? ['--kv-cache-dtype', kv] : []),
   ];
-  said.push(`stages: ${gpus.map((d, i) => `GPU ${d.id} ${layers[i]} layers`).join(', ')}; SGLang fills each GPU's static share with KV cache`);
+  said.push(`stages: ${describeStages(gpus, layers)}; SGLang fills each GPU's static share with KV cache`);
   if (p.cluster && p.cluster.boundaries > 0) return renderSglangAcrossHosts(p, gpus, layers, args, said);
   return commandWithNotes([...env, ...args], said);
 }
@@ -151,22 +162,6 @@ function renderSglangAcrossHosts(p: Plan, gpus: Plan['devices'], layers: readonl
       `SGLang gives every node the same number of pipeline stages (pp-size ÷ nnodes) and this plan runs ${hosts.map((h) => `${h.stages.length} on ${h.name}`).join(', ')}; --format vllm (Ray) or llama.cpp (RPC) can run it`,
     );
   const init = shellWord(`${hosts[0]!.address}:${DIST_INIT_PORT}`);
-  const sections = hosts.map((h, rank) => ({
-    host: h.name,
-    ...(rank === 0 ? { role: 'serves the API' } : {}),
-    lines: [
-      [
-        `CUDA_VISIBLE_DEVICES=${h.localGpus.join(',')}`,
-        `SGLANG_PP_LAYER_PARTITION=${layers.join(',')}`,
-        ...args,
-        '--nnodes',
-        String(hosts.length),
-        '--node-rank',
-        String(rank),
-        '--dist-init-addr',
-        init,
-      ].join(' '),
-    ],
-  }));
+  const sections = nnodesLaunch(hosts, `SGLANG_PP_LAYER_PARTITION=${layers.join(',')}`, args, () => ['--dist-init-addr', init]);
   return perHostCommands(sections, [...said, ...clusterNotes(p, hosts)]);
 }

@@ -20,13 +20,15 @@ import { formatBytes } from '../units.js';
 import {
   checkEndsLayout,
   clusterNotes,
+  describeStages,
   commandWithNotes,
+  nnodesLaunch,
   perHostCommands,
   pipelineStages,
   servedModel,
   stageEnv,
   stagesByHost,
-  type HostStages,
+  visibleOn,
 } from './pipeline.js';
 import { shellWord } from './shell.js';
 
@@ -137,7 +139,7 @@ export function renderVllm(p: Plan, s: Skeleton, model: string): string {
     said.push(
       `the plan keeps ${formatBytes(offloaded.reduce((a, b) => a + b, 0))} of blocks in RAM: vLLM streams up to ${cpuOffloadGiB} GiB of weights from the CPU on every GPU (--cpu-offload-gb is per GPU), slower than keeping them on the GPUs`,
     );
-  said.push(`stages: ${gpus.map((d, i) => `GPU ${d.id} ${layers[i]} layers`).join(', ')}; vLLM fills each GPU's remaining share with KV cache`);
+  said.push(`stages: ${describeStages(gpus, layers)}; vLLM fills each GPU's remaining share with KV cache`);
   if (p.cluster && p.cluster.boundaries > 0) return renderVllmAcrossHosts(p, gpus, layers, args, said);
   return commandWithNotes([...env, ...args], said);
 }
@@ -156,27 +158,9 @@ function renderVllmAcrossHosts(p: Plan, gpus: Plan['devices'], layers: readonly 
   const hosts = stagesByHost(p, gpus, 'vLLM');
   const head = hosts[0]!;
   const partition = `VLLM_PP_LAYER_PARTITION=${layers.join(',')}`;
-  const visible = (h: HostStages): string => `CUDA_VISIBLE_DEVICES=${h.localGpus.join(',')}`;
   const notes = [...said, ...clusterNotes(p, hosts)];
   if (hosts.every((h) => h.stages.length === head.stages.length)) {
-    const sections = hosts.map((h, rank) => ({
-      host: h.name,
-      ...(rank === 0 ? { role: 'serves the API' } : {}),
-      lines: [
-        [
-          visible(h),
-          partition,
-          ...args,
-          '--nnodes',
-          String(hosts.length),
-          '--node-rank',
-          String(rank),
-          '--master-addr',
-          shellWord(head.address),
-          ...(rank > 0 ? ['--headless'] : []),
-        ].join(' '),
-      ],
-    }));
+    const sections = nnodesLaunch(hosts, partition, args, (rank) => ['--master-addr', shellWord(head.address), ...(rank > 0 ? ['--headless'] : [])]);
     notes.push(
       `vLLM's multi-node launch: each host runs ${head.stages.length} stage${head.stages.length === 1 ? '' : 's'}, node rank k the k-th run of stages`,
     );
@@ -201,10 +185,10 @@ function renderVllmAcrossHosts(p: Plan, gpus: Plan['devices'], layers: readonly 
     );
   }
   const sections = [
-    { host: head.name, role: 'Ray head', lines: [`${visible(head)} ray start --head --port ${RAY_PORT} --num-gpus ${head.localGpus.length}`] },
+    { host: head.name, role: 'Ray head', lines: [`${visibleOn(head)} ray start --head --port ${RAY_PORT} --num-gpus ${head.localGpus.length}`] },
     ...others.map((h) => ({
       host: h.name,
-      lines: [`${visible(h)} ray start --address ${shellWord(`${head.address}:${RAY_PORT}`)} --num-gpus ${h.localGpus.length}`],
+      lines: [`${visibleOn(h)} ray start --address ${shellWord(`${head.address}:${RAY_PORT}`)} --num-gpus ${h.localGpus.length}`],
     })),
     { host: head.name, role: 'then, serves the API', lines: [[partition, ...args, '--distributed-executor-backend', 'ray'].join(' ')] },
   ];
